@@ -1,0 +1,296 @@
+"""The local stack: etcd + kube-apiserver (RBAC, TokenRequest), Postgres, Prometheus and the store simulator.
+
+``Stack`` starts each component on a free 127.0.0.1 port, waits for real readiness, and stops every process it
+started by pid. Used by pytest fixtures and by ``python -m devstack``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.binaries import Binaries, ensure_all
+from devstack.pki import Pki, make_pki
+from devstack.processes import ComponentFailed, Process, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CRD_DIR = REPO_ROOT / "crds"
+SCRAPE_INTERVAL = "1s"
+
+
+def _log(message: str) -> None:
+    print(f"[devstack] {message}", flush=True)
+
+
+def _postgres_bindir() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if not found:
+        raise ComponentFailed("Postgres server binaries not found: run `make setup` (installs the postgresql package)")
+    return found[-1].parent
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None, expect: str | None = None) -> bool:
+    with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - loopback URLs we built
+        body: str = response.read().decode()
+        return response.status == 200 and (expect is None or expect in body)
+
+
+@dataclass
+class Stack:
+    """A running stack; every address is on 127.0.0.1."""
+
+    workdir: Path
+    binaries: Binaries
+    processes: list[Process] = field(default_factory=list)
+    pki: Pki | None = None
+    apiserver_url: str = ""
+    kubeconfig: Path = Path()
+    postgres_dsn: str = ""
+    prometheus_url: str = ""
+    simulator_url: str = ""
+    keep_workdir: bool = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, *, simulator: bool = True, keep_workdir: bool = False) -> Stack:
+        binaries = ensure_all()
+        workdir = Path(tempfile.mkdtemp(prefix="operator-k8s-stack-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+        stack = cls(workdir=workdir, binaries=binaries, keep_workdir=keep_workdir)
+        started = time.monotonic()
+        try:
+            stack._start_kubernetes()
+            stack._start_postgres()
+            if simulator:
+                stack._start_simulator()
+            stack._start_prometheus()
+        except BaseException:
+            stack.stop()
+            raise
+        _log(f"Stack ready in {time.monotonic() - started:.1f}s (workdir {workdir})")
+        return stack
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+        if not self.keep_workdir:
+            subprocess.run(["chmod", "-R", "u+rwX", str(self.workdir)], check=False, capture_output=True)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def process(self, name: str) -> Process:
+        return next(p for p in self.processes if p.name == name)
+
+    def logs(self) -> str:
+        """The tail of every component's log, for a failing test's output."""
+        return "\n".join(f"--- {p.name} ({p.log_path}) ---\n{p.log_tail()}" for p in self.processes)
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point clients (kubectl, helm, the operator) at this stack."""
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "OPERATOR_K8S_DATABASE_DSN": self.postgres_dsn,
+            "DEVSTACK_PROMETHEUS_URL": self.prometheus_url,
+            "DEVSTACK_SIMULATOR_URL": self.simulator_url,
+            "PATH": f"{self.binaries.kubectl.parent}:{self.binaries.helm.parent}:{os.environ.get('PATH', '')}",
+        }
+
+    def kubectl(self, *args: str, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.binaries.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
+            check=check, capture_output=True, text=True, input=input_text, timeout=60,
+        )  # fmt: skip
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HELM_CACHE_HOME": str(self.workdir / "helm-cache"),
+               "HELM_CONFIG_HOME": str(self.workdir / "helm-config"), "HELM_DATA_HOME": str(self.workdir / "helm-data")}  # fmt: skip
+        return subprocess.run([str(self.binaries.helm), *args], check=check, capture_output=True, text=True,
+                              env=env, timeout=120)  # fmt: skip
+
+    # -- Kubernetes ------------------------------------------------------------------------------------------------
+
+    def _start_kubernetes(self) -> None:
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd = Process(
+            "etcd",
+            [
+                str(self.binaries.etcd), "--name", "devstack", "--data-dir", str(self.workdir / "etcd"),
+                "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster", f"devstack=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync", "--log-level", "warn",
+            ],
+            self.workdir / "logs" / "etcd.log",
+        ).start()  # fmt: skip
+        self.processes.append(etcd)
+        etcd.wait_until(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health", expect="true"), 30, "healthy")
+
+        self.pki = pki = make_pki(self.workdir / "pki")
+        apiserver = Process(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+                f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.service_account_key}",
+                f"--service-account-signing-key-file={pki.service_account_key}",
+                "--disable-admission-plugins=ServiceAccount",
+                "--endpoint-reconciler-type=none",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=false",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            ],
+            self.workdir / "logs" / "kube-apiserver.log",
+        ).start()  # fmt: skip
+        self.processes.append(apiserver)
+        self.apiserver_url = f"https://127.0.0.1:{api_port}"
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+        apiserver.wait_until(lambda: _http_ok(f"{self.apiserver_url}/readyz", context, "ok"), 90, "ready (/readyz)")
+
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "devstack", "cluster": {"server": self.apiserver_url,
+                                                                  "certificate-authority": str(pki.ca_cert)}}],
+                    "users": [{"name": "admin", "user": {"client-certificate": str(pki.admin_cert),
+                                                         "client-key": str(pki.admin_key)}}],
+                    "contexts": [{"name": "devstack", "context": {"cluster": "devstack", "user": "admin",
+                                                                   "namespace": "default"}}],
+                    "current-context": "devstack",
+                },
+                indent=2,
+            )
+        )  # fmt: skip
+        # Pods are bound to this Node so that their status may say Running; no kubelet ever runs.
+        self.kubectl("apply", "-f", "-", input_text=json.dumps(
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "devstack-node"}}))  # fmt: skip
+        self.wait_for_namespace("default")
+        self.install_crds()
+
+    def wait_for_namespace(self, name: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.kubectl("get", "namespace", name, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise ComponentFailed(f"Namespace {name} never appeared; API server log:\n{self.logs()}")
+            time.sleep(0.2)
+
+    def install_crds(self) -> None:
+        self.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRD_DIR))
+
+    # -- Postgres --------------------------------------------------------------------------------------------------
+
+    def _start_postgres(self) -> None:
+        bindir = _postgres_bindir()
+        data = self.workdir / "postgres"
+        sockets = self.workdir / "postgres-sockets"
+        data.mkdir()
+        sockets.mkdir()
+        user = "postgres" if os.geteuid() == 0 else None
+        if user:
+            shutil.chown(data, user, user)
+            shutil.chown(sockets, user, user)
+            os.chmod(self.workdir, 0o755)
+        subprocess.run(
+            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
+            check=True, capture_output=True, user=user,
+        )  # fmt: skip
+        port = free_port()
+        postgres = Process(
+            "postgres",
+            [
+                str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
+                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off", "-c", "max_connections=200",
+            ],
+            self.workdir / "logs" / "postgres.log",
+            user=user,
+        ).start()  # fmt: skip
+        self.processes.append(postgres)
+        self.postgres_dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        pg_isready = bindir / "pg_isready"
+        postgres.wait_until(
+            lambda: subprocess.run([str(pg_isready), "-h", "127.0.0.1", "-p", str(port)], capture_output=True,
+                                   check=False).returncode == 0,
+            30, "accepting connections",
+        )  # fmt: skip
+
+    def restart_postgres(self) -> None:
+        """Stop and start Postgres on the same port and data (for outage tests)."""
+        postgres = self.process("postgres")
+        postgres.stop()
+        postgres.start()
+        port = self.postgres_dsn.rsplit(":", 1)[1].split("/")[0]
+        pg_isready = _postgres_bindir() / "pg_isready"
+        postgres.wait_until(
+            lambda: subprocess.run([str(pg_isready), "-h", "127.0.0.1", "-p", port], capture_output=True,
+                                   check=False).returncode == 0,
+            30, "accepting connections",
+        )  # fmt: skip
+
+    # -- simulator and Prometheus ----------------------------------------------------------------------------------
+
+    def _start_simulator(self) -> None:
+        port = free_port()
+        simulator = Process(
+            "simulator",
+            [sys.executable, "-m", "devstack.simulator", "--port", str(port), "--kubeconfig", str(self.kubeconfig)],
+            self.workdir / "logs" / "simulator.log",
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        ).start()
+        self.processes.append(simulator)
+        self.simulator_url = f"http://127.0.0.1:{port}"
+        simulator.wait_until(lambda: _http_ok(f"{self.simulator_url}/healthz"), 30, "serving")
+
+    def _start_prometheus(self) -> None:
+        port = free_port()
+        config = self.workdir / "prometheus.yml"
+        scrape = [] if not self.simulator_url else [
+            {"job_name": "simulator", "scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL,
+             "static_configs": [{"targets": [urllib.parse.urlparse(self.simulator_url).netloc]}]}
+        ]  # fmt: skip
+        config.write_text(json.dumps({"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"},
+                                      "scrape_configs": scrape}))  # fmt: skip
+        prometheus = Process(
+            "prometheus",
+            [
+                "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'prometheus'}",
+                f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle", "--log.level=warn",
+            ],
+            self.workdir / "logs" / "prometheus.log",
+        ).start()  # fmt: skip
+        self.processes.append(prometheus)
+        self.prometheus_url = f"http://127.0.0.1:{port}"
+        prometheus.wait_until(lambda: _http_ok(f"{self.prometheus_url}/-/ready"), 60, "ready")
+        if self.simulator_url:
+            query = urllib.parse.quote('up{job="simulator"} == 1')
+            prometheus.wait_until(
+                lambda: _http_ok(f"{self.prometheus_url}/api/v1/query?query={query}", expect='"value"'),
+                30, "scraping the simulator",
+            )  # fmt: skip

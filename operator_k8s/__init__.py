@@ -1,0 +1,1 @@
+"""operator-k8s: holds invariants over stateful distributed stores and turns violations into tickets."""

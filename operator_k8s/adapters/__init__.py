@@ -1,0 +1,1 @@
+"""Thin adapters that hide Kubernetes, Prometheus and Postgres behind the ports; they return domain values."""

@@ -1,0 +1,57 @@
+"""What one check cycle gathered: store pods from Kubernetes and query results from Prometheus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class StorePod:
+    """The facts about one store pod that the invariants need."""
+
+    name: str
+    phase: str
+    ready: bool
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return self.phase == "Running" and self.ready
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One series' value; ``store`` is None for a series without the store label (a cluster-wide value)."""
+
+    store: str | None
+    value: float
+
+
+class QueryFailure(StrEnum):
+    UNREACHABLE = "unreachable"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The outcome of one instant query: samples, or why there are none."""
+
+    query: str
+    samples: tuple[Sample, ...] = ()
+    failure: QueryFailure | None = None
+    error: str = ""
+
+    @classmethod
+    def failed(cls, query: str, failure: QueryFailure, error: str) -> QueryResult:
+        return cls(query=query, failure=failure, error=error)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one cycle decides from. ``results`` is keyed by invariant name."""
+
+    pods: tuple[StorePod, ...]
+    results: dict[str, QueryResult]
+    tracked_stores: dict[str, frozenset[str]]
+    """Stores that have an active ticket, per invariant: they are judged even when no pod or series names them."""

@@ -1,0 +1,276 @@
+"""The ticket state machine: a ticket and a finding in, the next ticket and its effects out.
+
+States (each with the facts that define it):
+
+- ``pending``: violated now, ``for`` grace not yet elapsed since ``violating_since``; persisted so a restart keeps
+  the countdown. Never shown to humans as a ticket; cancelled (deleted) if the invariant holds before it opens.
+- ``open``: violated for at least ``for``; counts ``occurrences`` of violation episodes.
+- ``acknowledged``: open, and a human said they have seen it (``spec.acknowledged``).
+- ``diagnosed``: reserved for the diagnosis stage; behaves as acknowledged.
+- ``resolved``: the invariant held for ``clearFor`` and nobody holds the ticket. A violation within the reopen window
+  revives it (a flap, ``occurrences`` + 1); a later one opens a new ticket.
+
+UNKNOWN findings change nothing but the clear countdown, which they reset: missing data never resolves a ticket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from operator_k8s.domain.invariants import Finding, Verdict
+from operator_k8s.domain.vocabulary import Reason, Severity
+
+
+class TicketState(StrEnum):
+    PENDING = "pending"
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    DIAGNOSED = "diagnosed"
+    RESOLVED = "resolved"
+
+    @property
+    def active(self) -> bool:
+        """Open in the broad sense: a human-visible ticket that is not resolved."""
+        return self in (TicketState.OPEN, TicketState.ACKNOWLEDGED, TicketState.DIAGNOSED)
+
+
+@dataclass(frozen=True)
+class TicketKey:
+    """The dedup key: at most one unresolved ticket per key."""
+
+    cluster_uid: str
+    invariant: str
+    store: str
+
+
+@dataclass(frozen=True)
+class Ticket:
+    key: TicketKey
+    namespace: str
+    cluster_name: str
+    state: TicketState
+    severity: Severity
+    message: str
+    first_seen: datetime
+    last_seen: datetime
+    occurrences: int = 0
+    violating_since: datetime | None = None
+    clearing_since: datetime | None = None
+    opened_at: datetime | None = None
+    resolved_at: datetime | None = None
+    hold: bool = False
+    acknowledged: bool = False
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+    version: int = 0
+    """Bumped by every write; a change is applied only to the version it was decided from."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Timing of one invariant's lifecycle."""
+
+    onset_grace: timedelta
+    clear_grace: timedelta
+    reopen_window: timedelta
+
+
+class EffectKind(StrEnum):
+    PENDING = "Pending"
+    CANCELLED = "Cancelled"
+    OPENED = "Opened"
+    REOPENED = "Reopened"
+    RECURRED = "Recurred"
+    ESCALATED = "Escalated"
+    RESOLVED = "Resolved"
+    ACKNOWLEDGED = "Acknowledged"
+    HELD = "Held"
+    RELEASED = "Released"
+
+
+EFFECT_REASON = {
+    EffectKind.OPENED: Reason.TICKET_OPENED,
+    EffectKind.REOPENED: Reason.TICKET_REOPENED,
+    EffectKind.ESCALATED: Reason.TICKET_ESCALATED,
+    EffectKind.RESOLVED: Reason.TICKET_RESOLVED,
+    EffectKind.ACKNOWLEDGED: Reason.TICKET_ACKNOWLEDGED,
+}
+"""Effects that users hear about as Kubernetes Events; the others are only history."""
+
+
+@dataclass(frozen=True)
+class Effect:
+    kind: EffectKind
+    from_state: TicketState | None
+    to_state: TicketState | None
+    reason: str
+    actor: str = "operator"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What one decision did: the ticket after it (None: deleted) and what happened on the way."""
+
+    before: Ticket | None
+    after: Ticket | None
+    effects: tuple[Effect, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def snapshot_of(finding: Finding, now: datetime) -> dict[str, Any]:
+    """The evidence stored with a ticket at open and at each escalation."""
+    return {
+        "value": finding.value,
+        "threshold": finding.threshold,
+        "query": finding.query,
+        "store": finding.store,
+        "message": finding.message,
+        "at": now.isoformat(),
+    }
+
+
+def new_ticket(key: TicketKey, namespace: str, cluster_name: str, finding: Finding, now: datetime) -> Ticket:
+    return Ticket(
+        key=key,
+        namespace=namespace,
+        cluster_name=cluster_name,
+        state=TicketState.PENDING,
+        severity=finding.severity,
+        message=finding.message,
+        first_seen=now,
+        last_seen=now,
+        violating_since=now,
+    )
+
+
+def transition(
+    ticket: Ticket | None,
+    finding: Finding,
+    now: datetime,
+    policy: Policy,
+    *,
+    key: TicketKey,
+    namespace: str,
+    cluster_name: str,
+) -> Transition:
+    """Decide the next state of the ticket for ``key`` given this cycle's finding."""
+    if ticket is None or (ticket.state is TicketState.RESOLVED and not _reopenable(ticket, now, policy)):
+        if finding.verdict is not Verdict.VIOLATED:
+            return Transition(ticket, ticket)
+        pending = new_ticket(key, namespace, cluster_name, finding, now)
+        return _maybe_open(None, pending, finding, now, policy, (Effect(EffectKind.PENDING, None, TicketState.PENDING, finding.message),))
+    if ticket.state is TicketState.PENDING or ticket.state is TicketState.RESOLVED:
+        return _waiting(ticket, finding, now, policy)
+    return _active(ticket, finding, now, policy)
+
+
+def _reopenable(ticket: Ticket, now: datetime, policy: Policy) -> bool:
+    return ticket.resolved_at is not None and now - ticket.resolved_at <= policy.reopen_window
+
+
+def _waiting(ticket: Ticket, finding: Finding, now: datetime, policy: Policy) -> Transition:
+    """A pending ticket, or a recently resolved one that a recurrence may revive."""
+    if finding.verdict is Verdict.UNKNOWN:
+        return Transition(ticket, ticket)
+    if finding.verdict is not Verdict.VIOLATED:
+        if ticket.violating_since is None:
+            return Transition(ticket, ticket)
+        if ticket.state is TicketState.PENDING:
+            return Transition(ticket, None, (Effect(EffectKind.CANCELLED, TicketState.PENDING, None, finding.message),))
+        return Transition(ticket, replace(ticket, violating_since=None))
+    started = ticket.violating_since or now
+    waiting = replace(ticket, violating_since=started, message=finding.message, severity=finding.severity)
+    return _maybe_open(ticket, waiting, finding, now, policy, ())
+
+
+def _maybe_open(
+    before: Ticket | None,
+    ticket: Ticket,
+    finding: Finding,
+    now: datetime,
+    policy: Policy,
+    effects: tuple[Effect, ...],
+) -> Transition:
+    assert ticket.violating_since is not None
+    if now - ticket.violating_since < policy.onset_grace:
+        return Transition(before, ticket, effects)
+    revived = ticket.state is TicketState.RESOLVED
+    kind = EffectKind.REOPENED if revived else EffectKind.OPENED
+    opened = replace(
+        ticket,
+        state=TicketState.ACKNOWLEDGED if revived and ticket.acknowledged else TicketState.OPEN,
+        occurrences=ticket.occurrences + 1,
+        opened_at=ticket.opened_at or now,
+        resolved_at=None,
+        clearing_since=None,
+        last_seen=now,
+        snapshot=snapshot_of(finding, now),
+    )
+    return Transition(before, opened, (*effects, Effect(kind, ticket.state, opened.state, finding.message)))
+
+
+def _active(ticket: Ticket, finding: Finding, now: datetime, policy: Policy) -> Transition:
+    """An open, acknowledged or diagnosed ticket."""
+    match finding.verdict:
+        case Verdict.UNKNOWN:
+            return Transition(ticket, replace(ticket, clearing_since=None))
+        case Verdict.MARGINAL:
+            return Transition(ticket, replace(ticket, clearing_since=None, last_seen=now))
+        case Verdict.VIOLATED:
+            return _still_violated(ticket, finding, now)
+        case Verdict.HOLDS:
+            clearing_since = ticket.clearing_since or now
+            if now - clearing_since < policy.clear_grace or ticket.hold:
+                return Transition(ticket, replace(ticket, clearing_since=clearing_since))
+            resolved = replace(ticket, state=TicketState.RESOLVED, resolved_at=now, clearing_since=None, violating_since=None)
+            reason = f"{finding.message} for {policy.clear_grace.total_seconds():g}s"
+            return Transition(ticket, resolved, (Effect(EffectKind.RESOLVED, ticket.state, TicketState.RESOLVED, reason),))
+
+
+def _still_violated(ticket: Ticket, finding: Finding, now: datetime) -> Transition:
+    effects: list[Effect] = []
+    after = replace(ticket, last_seen=now, message=finding.message)
+    if ticket.clearing_since is not None:
+        # The invariant held briefly but not for clearFor: a new episode of the same ticket.
+        after = replace(after, occurrences=ticket.occurrences + 1, clearing_since=None)
+        effects.append(Effect(EffectKind.RECURRED, ticket.state, ticket.state, finding.message))
+    if finding.severity.rank > ticket.severity.rank:
+        after = replace(after, severity=finding.severity, snapshot=snapshot_of(finding, now))
+        reason = f"Severity raised from {ticket.severity} to {finding.severity}: {finding.message}"
+        effects.append(Effect(EffectKind.ESCALATED, ticket.state, ticket.state, reason))
+    return Transition(ticket, after, tuple(effects))
+
+
+def apply_human_intent(ticket: Ticket, *, hold: bool, acknowledged: bool, actor: str) -> Transition:
+    """Fold a human's ``spec.hold`` / ``spec.acknowledged`` from the Ticket resource into the ticket."""
+    effects: list[Effect] = []
+    after = ticket
+    if hold != ticket.hold:
+        after = replace(after, hold=hold)
+        kind = EffectKind.HELD if hold else EffectKind.RELEASED
+        effects.append(Effect(kind, ticket.state, ticket.state, f"hold set to {hold}", actor))
+    if acknowledged != ticket.acknowledged:
+        after = replace(after, acknowledged=acknowledged)
+        if acknowledged and ticket.state is TicketState.OPEN:
+            after = replace(after, state=TicketState.ACKNOWLEDGED)
+            effects.append(Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledged", actor))
+        elif not acknowledged and ticket.state is TicketState.ACKNOWLEDGED:
+            after = replace(after, state=TicketState.OPEN)
+            effects.append(Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledgement withdrawn", actor))
+    return Transition(ticket, after, tuple(effects))
+
+
+def retire(ticket: Ticket, now: datetime, reason: str) -> Transition:
+    """Its cluster or invariant is gone: an unresolved ticket resolves with ``reason``, a pending one vanishes."""
+    if ticket.state is TicketState.RESOLVED:
+        return Transition(ticket, ticket)
+    if ticket.state is TicketState.PENDING:
+        return Transition(ticket, None, (Effect(EffectKind.CANCELLED, ticket.state, None, reason),))
+    resolved = replace(ticket, state=TicketState.RESOLVED, resolved_at=now, clearing_since=None, violating_since=None)
+    return Transition(ticket, resolved, (Effect(EffectKind.RESOLVED, ticket.state, TicketState.RESOLVED, reason),))

@@ -1,0 +1,100 @@
+"""The one vocabulary of the API: group, kinds, condition types, reasons, label keys.
+
+Reasons are API (CamelCase constants that users match on); messages are prose.
+"""
+
+from enum import StrEnum
+
+GROUP = "operator-k8s.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CLUSTER_KIND = "MonitoredCluster"
+CLUSTER_PLURAL = "monitoredclusters"
+TICKET_KIND = "Ticket"
+TICKET_PLURAL = "tickets"
+
+CLUSTER_STORE = "cluster"
+"""The store name of findings and tickets about the whole cluster rather than one store."""
+
+
+class Invariant(StrEnum):
+    STORES_READY = "storesReady"
+    LATENCY = "latency"
+    DISK_USAGE = "diskUsage"
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return [Severity.INFO, Severity.WARNING, Severity.CRITICAL].index(self)
+
+
+class ConditionType(StrEnum):
+    HEALTHY = "Healthy"
+    STORES_READY = "StoresReady"
+    LATENCY_WITHIN_BUDGET = "LatencyWithinBudget"
+    DISK_SPACE_AVAILABLE = "DiskSpaceAvailable"
+    METRICS_AVAILABLE = "MetricsAvailable"
+    TICKET_STORE_AVAILABLE = "TicketStoreAvailable"
+
+
+BUILTIN_CONDITION = {
+    Invariant.STORES_READY: ConditionType.STORES_READY,
+    Invariant.LATENCY: ConditionType.LATENCY_WITHIN_BUDGET,
+    Invariant.DISK_USAGE: ConditionType.DISK_SPACE_AVAILABLE,
+}
+
+
+def custom_condition_type(name: str) -> str:
+    """``write-stall`` → ``CustomWriteStall``: a condition type per custom invariant."""
+    return "Custom" + "".join(part.capitalize() for part in name.split("-"))
+
+
+class Reason(StrEnum):
+    # Invariant conditions
+    HOLDS = "InvariantHolds"
+    VIOLATED = "InvariantViolated"
+    VIOLATION_PENDING = "ViolationPending"
+    HELD_OPEN = "TicketHeld"
+    NO_DATA = "NoData"
+    # Store readiness
+    ALL_STORES_READY = "AllStoresReady"
+    STORES_NOT_READY = "StoresNotReady"
+    # Metrics
+    METRICS_OK = "MetricsAvailable"
+    PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
+    QUERY_FAILED = "QueryFailed"
+    NO_SERIES = "NoSeries"
+    # Ticket store
+    TICKET_STORE_OK = "TicketStoreReachable"
+    TICKET_STORE_UNREACHABLE = "TicketStoreUnreachable"
+    # Aggregate
+    ALL_INVARIANTS_HOLD = "AllInvariantsHold"
+    INVARIANTS_VIOLATED = "InvariantsViolated"
+    INVARIANTS_UNKNOWN = "InvariantsUnknown"
+    INVALID_SPEC = "InvalidSpec"
+    # Ticket transitions (events and history)
+    TICKET_OPENED = "TicketOpened"
+    TICKET_REOPENED = "TicketReopened"
+    TICKET_ESCALATED = "TicketEscalated"
+    TICKET_RESOLVED = "TicketResolved"
+    TICKET_ACKNOWLEDGED = "TicketAcknowledged"
+    CLUSTER_DELETED = "ClusterDeleted"
+    INVARIANT_REMOVED = "InvariantRemoved"
+
+
+class Label:
+    """Label keys on Ticket resources, for ``kubectl get tickets -l invariant=latency``."""
+
+    CLUSTER = "operator-k8s.io/cluster"
+    INVARIANT = "invariant"
+    SEVERITY = "severity"
+    STATE = "state"
+    MANAGED_BY = "app.kubernetes.io/managed-by"
+
+
+MANAGER = "operator-k8s"
