@@ -237,7 +237,7 @@ async def serve(port: int, kubeconfig: str) -> None:
     await config.load_kube_config(config_file=kubeconfig)
     async with client.ApiClient() as api:
         simulator = Simulator(client.CoreV1Api(api))
-        runner = web.AppRunner(build_app(simulator))
+        runner = web.AppRunner(build_app(simulator), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         log.info("Simulator serving", extra={"port": port})

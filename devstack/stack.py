@@ -236,7 +236,7 @@ class Stack:
         self.postgres_dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         pg_isready = bindir / "pg_isready"
         postgres.wait_until(
-            lambda: subprocess.run([str(pg_isready), "-h", "127.0.0.1", "-p", str(port)], capture_output=True,
+            lambda: subprocess.run([str(pg_isready), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"], capture_output=True,
                                    check=False).returncode == 0,
             30, "accepting connections",
         )  # fmt: skip
@@ -249,7 +249,7 @@ class Stack:
         port = self.postgres_dsn.rsplit(":", 1)[1].split("/")[0]
         pg_isready = _postgres_bindir() / "pg_isready"
         postgres.wait_until(
-            lambda: subprocess.run([str(pg_isready), "-h", "127.0.0.1", "-p", port], capture_output=True,
+            lambda: subprocess.run([str(pg_isready), "-h", "127.0.0.1", "-p", port, "-U", "postgres"], capture_output=True,
                                    check=False).returncode == 0,
             30, "accepting connections",
         )  # fmt: skip

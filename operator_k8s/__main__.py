@@ -1,0 +1,163 @@
+"""Composition root: settings → adapters → service → kopf handlers, then run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import timedelta
+from typing import Any
+
+import kopf
+
+from operator_k8s import handlers
+from operator_k8s.adapters.kube import KubeTicketMirror, api_client
+from operator_k8s.adapters.prometheus import PrometheusMetrics
+from operator_k8s.adapters.ticket_store import PostgresTicketStore
+from operator_k8s.ports import TicketStoreUnavailable
+from operator_k8s.service import Monitor, ServiceSettings
+from operator_k8s.settings import Settings, SettingsError, load_settings
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's structured ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("operator_k8s").setLevel(settings.log_level)
+    logging.getLogger("kopf").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
+
+
+class Operator:
+    """The running operator's parts, built lazily inside kopf's event loop."""
+
+    def __init__(self, settings: Settings, kubeconfig: str | None = None) -> None:
+        self.settings = settings
+        self.store = PostgresTicketStore(settings.database_dsn.get_secret_value(), pool_size=settings.db_pool_size)
+        self.metrics = PrometheusMetrics(concurrency=settings.query_concurrency)
+        self.kubeconfig = kubeconfig
+        self.monitor: Monitor | None = None
+
+    def registry(self) -> kopf.OperatorRegistry:
+        registry = kopf.OperatorRegistry()
+        monitor = Monitor(
+            store=self.store,
+            metrics=self.metrics,
+            mirror=_LazyMirror(self),
+            settings=ServiceSettings(
+                reopen_window=timedelta(seconds=self.settings.reopen_window_seconds),
+                ticket_retention=timedelta(seconds=self.settings.ticket_retention_seconds),
+            ),
+        )
+        self.monitor = monitor
+        handlers.register(registry, monitor, tick_seconds=self.settings.tick_seconds)
+
+        @kopf.on.startup(registry=registry)
+        async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.posting.enabled = False  # Events are posted by the service, on ticket transitions only
+            settings.persistence.finalizer = "operator-k8s.io/tickets"
+            settings.watching.server_timeout = 300
+            settings.networking.request_timeout = 30
+            if self.settings.peering:
+                settings.peering.name = self.settings.peering
+                settings.peering.mandatory = True
+            else:
+                settings.peering.standalone = True
+            try:
+                await self.store.start()
+            except TicketStoreUnavailable as error:
+                logging.getLogger("operator_k8s").warning("Postgres not reachable at start-up; will retry each cycle",
+                                                          extra={"error": str(error)})  # fmt: skip
+
+        @kopf.on.login(registry=registry)
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            """In a cluster, the pod's service account; elsewhere, the kubeconfig."""
+            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+        @kopf.on.cleanup(registry=registry)
+        async def cleanup(**_: Any) -> None:
+            self.metrics.close()
+
+        return registry
+
+
+class _LazyMirror:
+    """The Kubernetes mirror, connected on first use so the API client is made inside kopf's loop."""
+
+    def __init__(self, operator: Operator) -> None:
+        self._operator = operator
+        self._mirror: KubeTicketMirror | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> KubeTicketMirror:
+        async with self._lock:
+            if self._mirror is None:
+                self._mirror = KubeTicketMirror(await api_client(self._operator.kubeconfig))
+            return self._mirror
+
+    async def upsert(self, *args: Any) -> None:
+        await (await self._get()).upsert(*args)
+
+    async def delete(self, *args: Any) -> None:
+        await (await self._get()).delete(*args)
+
+    async def events(self, *args: Any) -> None:
+        await (await self._get()).events(*args)
+
+
+def kopf_namespaces(settings: Settings) -> dict[str, Any]:
+    return {"namespaces": settings.namespaces} if settings.namespaces else {"clusterwide": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="operator-k8s", description="Run the operator-k8s Kubernetes operator.")
+    parser.add_argument("--kubeconfig", help="kubeconfig to use outside a cluster (default: in-cluster, then ~/.kube)")
+    parser.add_argument("--liveness", default=None, help="kopf health endpoint, e.g. http://0.0.0.0:8081/healthz")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"operator-k8s: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    if args.kubeconfig:
+        import os  # noqa: PLC0415
+
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    operator = Operator(settings, args.kubeconfig)
+    kopf.run(
+        registry=operator.registry(),
+        standalone=not settings.peering,
+        peering_name=settings.peering or None,
+        liveness_endpoint=args.liveness,
+        **kopf_namespaces(settings),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

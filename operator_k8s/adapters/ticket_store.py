@@ -1,0 +1,189 @@
+"""Postgres as the ticket system of record, through asyncpg: versioned migrations and one round trip per cycle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from operator_k8s.domain.tickets import Ticket, TicketKey, TicketState
+from operator_k8s.domain.vocabulary import Severity
+from operator_k8s.ports import TicketStoreUnavailable, TicketWrite
+
+log = logging.getLogger("operator_k8s.ticket_store")
+
+MIGRATION_LOCK = 7_418_203  # pg_advisory_lock key: one operator migrates at a time
+UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """The versioned migrations shipped in ``adapters/sql``, in order (``NNNN_name.sql``)."""
+    found = []
+    for entry in resources.files("operator_k8s.adapters").joinpath("sql").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append(Migration(version, entry.name, entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def migrate(connection: asyncpg.Connection, *, target: int | None = None) -> list[int]:
+    """Apply the migrations not yet applied (up to ``target``); return the versions applied now."""
+    await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for migration in migrations():
+            if migration.version in done or (target is not None and migration.version > target):
+                continue
+            async with connection.transaction():
+                await connection.execute(migration.sql)
+                await connection.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", migration.version, migration.name
+                )
+            applied.append(migration.version)
+            log.info("Applied migration", extra={"version": migration.version, "migration": migration.name})
+        return applied
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _write_json(write: TicketWrite) -> dict[str, Any]:
+    ticket = write.after or write.before
+    assert ticket is not None
+    at = _time(write.at)
+    return {
+        "delete": write.after is None,
+        "ticket": {
+            "id": ticket.id,
+            "namespace": ticket.namespace,
+            "cluster_name": ticket.cluster_name,
+            "invariant": ticket.key.invariant,
+            "store": ticket.key.store,
+            "state": ticket.state.value,
+            "severity": ticket.severity.value,
+            "message": ticket.message,
+            "occurrences": ticket.occurrences,
+            "first_seen": _time(ticket.first_seen),
+            "last_seen": _time(ticket.last_seen),
+            "violating_since": _time(ticket.violating_since),
+            "clearing_since": _time(ticket.clearing_since),
+            "opened_at": _time(ticket.opened_at),
+            "resolved_at": _time(ticket.resolved_at),
+            "hold": ticket.hold,
+            "acknowledged": ticket.acknowledged,
+            "snapshot": ticket.snapshot,
+        },
+        "events": [
+            {
+                "at": at,
+                "kind": effect.kind.value,
+                "from_state": effect.from_state.value if effect.from_state else None,
+                "to_state": effect.to_state.value if effect.to_state else None,
+                "actor": effect.actor,
+                "reason": effect.reason,
+            }
+            for effect in write.effects
+        ],
+    }
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def ticket_from_row(row: dict[str, Any]) -> Ticket:
+    """A Ticket from a ``tickets`` row (as a record or as ``to_jsonb``)."""
+    def when(name: str) -> datetime | None:
+        value = row.get(name)
+        return _parse_time(value) if isinstance(value, str) else value
+
+    snapshot = row.get("snapshot") or {}
+    first_seen, last_seen = when("first_seen"), when("last_seen")
+    assert first_seen is not None and last_seen is not None
+    return Ticket(
+        key=TicketKey(row["cluster_uid"], row["invariant"], row["store"]),
+        namespace=row["namespace"],
+        cluster_name=row["cluster_name"],
+        state=TicketState(row["state"]),
+        severity=Severity(row["severity"]),
+        message=row["message"],
+        first_seen=first_seen,
+        last_seen=last_seen,
+        occurrences=row["occurrences"],
+        violating_since=when("violating_since"),
+        clearing_since=when("clearing_since"),
+        opened_at=when("opened_at"),
+        resolved_at=when("resolved_at"),
+        hold=row["hold"],
+        acknowledged=row["acknowledged"],
+        snapshot=json.loads(snapshot) if isinstance(snapshot, str) else dict(snapshot),
+        id=row["id"],
+    )
+
+
+class PostgresTicketStore:
+    """The TicketStore port over an asyncpg pool. Connection errors become TicketStoreUnavailable."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 4, observe: Callable[[float], None] | None = None) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._observe = observe
+        self.round_trips = 0
+
+    async def _ensure_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            try:
+                pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size, timeout=5,
+                                                 command_timeout=10)  # fmt: skip
+                async with pool.acquire() as connection:
+                    await migrate(connection)
+            except UNAVAILABLE as error:
+                raise TicketStoreUnavailable(f"Postgres unreachable: {type(error).__name__}") from None
+            self._pool = pool
+        return self._pool
+
+    async def start(self) -> None:
+        """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer."""
+        await self._ensure_pool()
+
+    async def sync(self, cluster_uid: str, writes: Sequence[TicketWrite], horizon: datetime) -> list[Ticket]:
+        pool = await self._ensure_pool()
+        payload = json.dumps([_write_json(w) for w in writes])
+        started = time.monotonic()
+        try:
+            self.round_trips += 1
+            result = await pool.fetchval("SELECT sync_cluster($1, $2::jsonb, $3)", cluster_uid, payload, horizon)
+        except UNAVAILABLE as error:
+            raise TicketStoreUnavailable(f"Postgres unreachable: {type(error).__name__}") from None
+        finally:
+            if self._observe is not None:
+                self._observe(time.monotonic() - started)
+        return [ticket_from_row(row) for row in json.loads(result)]
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

@@ -1,0 +1,112 @@
+"""kopf registrations only: translate kopf's kwargs into service calls and back. No decisions here."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from operator_k8s.adapters.kube import store_pod
+from operator_k8s.domain.durations import parse_duration
+from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION
+from operator_k8s.ports import ClusterRef
+from operator_k8s.service import Monitor
+
+log = logging.getLogger("operator_k8s.handlers")
+
+
+class Schedule:
+    """Per-cluster due times for a timer that ticks at a fixed base period (kopf fixes a timer's interval)."""
+
+    def __init__(self, jitter: float = 1.0) -> None:
+        self._due: dict[str, float] = {}
+        self._jitter = jitter
+
+    def due(self, uid: str, interval: float, now: float) -> bool:
+        """True when this cluster's cycle should run now; the first run is spread over one interval."""
+        due = self._due.get(uid)
+        if due is None:
+            due = self._due[uid] = now + random.uniform(0, interval * self._jitter)  # noqa: S311 - spreading load
+        if now < due:
+            return False
+        self._due[uid] = max(due + interval, now)
+        return True
+
+    def forget(self, uid: str) -> None:
+        self._due.pop(uid, None)
+
+
+def _interval(spec: Any) -> float:
+    try:
+        return parse_duration(str(spec.get("interval", "30s")))
+    except ValueError:
+        return 0.0  # an invalid spec is checked at once, so its InvalidSpec condition shows
+
+
+def _ref(meta: Any, namespace: str) -> ClusterRef:
+    return ClusterRef(uid=meta["uid"], name=meta["name"], namespace=namespace, generation=int(meta.get("generation", 0)))
+
+
+def _human_actor(meta: Any) -> str:
+    """Who last changed a Ticket's spec, as far as managedFields tells (the field manager's name)."""
+    for entry in reversed(meta.get("managedFields") or []):
+        manager = entry.get("manager", "")
+        if manager and manager != MANAGER and "f:spec" in (entry.get("fieldsV1") or {}):
+            return f"kubernetes:{manager}"
+    return "kubernetes:unknown"
+
+
+def register(registry: kopf.OperatorRegistry, monitor: Monitor, *, tick_seconds: float, jitter: float = 1.0) -> None:
+    """Register every handler of the operator in ``registry``, bound to ``monitor``."""
+    schedule = Schedule(jitter)
+
+    @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
+    def store_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any]:
+        return {namespace: store_pod(body)}
+
+    @kopf.timer(GROUP, VERSION, CLUSTER_PLURAL, id="check", interval=tick_seconds, registry=registry)
+    async def check(
+        spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, namespace: str, patch: kopf.Patch,
+        store_pods: kopf.Index[str, Any], **_: Any,
+    ) -> None:  # fmt: skip
+        if not schedule.due(meta["uid"], _interval(spec), time.monotonic()):
+            return
+        pods = list(store_pods.get(namespace, []))
+        new_status, _stats = await monitor.check_cluster(
+            _ref(meta, namespace), dict(spec), pods, dict(status), datetime.now(UTC)
+        )
+        if new_status is not None:
+            patch.status.update(new_status)
+
+    @kopf.on.delete(GROUP, VERSION, CLUSTER_PLURAL, id="cluster_deleted", registry=registry)
+    async def deleted(meta: kopf.Meta, namespace: str, **_: Any) -> None:
+        schedule.forget(meta["uid"])
+        resolved = await monitor.cluster_deleted(_ref(meta, namespace), datetime.now(UTC))
+        log.info("Resolved Tickets of deleted MonitoredCluster", extra={"cluster": meta["name"], "resolved": resolved})
+
+    @kopf.on.field(GROUP, VERSION, TICKET_PLURAL, field="spec", id="human_intent", registry=registry)
+    async def human_intent(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any) -> None:
+        owners = meta.get("ownerReferences") or []
+        ticket_id = status.get("ticketId")
+        if not owners or ticket_id is None:
+            return
+        known = await monitor.human_intent(
+            owners[0]["uid"], int(ticket_id), hold=bool(spec.get("hold", False)),
+            acknowledged=bool(spec.get("acknowledged", False)), actor=_human_actor(meta), now=datetime.now(UTC),
+        )  # fmt: skip
+        if not known:
+            raise kopf.TemporaryError("Ticket not yet known to the operator", delay=5)
+
+    @kopf.on.event(GROUP, VERSION, TICKET_PLURAL, id="ticket_event", registry=registry)
+    def ticket_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
+        owners = meta.get("ownerReferences") or []
+        if event.get("type") == "DELETED" and owners:
+            monitor.forget_projection(owners[0]["uid"], meta["name"])
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(**_: Any) -> None:
+        await monitor.close()

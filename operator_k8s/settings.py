@@ -1,0 +1,60 @@
+"""Operator settings from the environment, validated once at start-up. Secrets never reach logs or reprs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+PREFIX = "OPERATOR_K8S_"
+
+
+class SettingsError(Exception):
+    """The environment does not describe a usable operator; the message says which variable and why."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_dsn: SecretStr
+    tick_seconds: float = Field(default=5.0, gt=0, le=60, description="Base period of the per-cluster timers")
+    reopen_window_seconds: float = Field(default=600, ge=0)
+    ticket_retention_seconds: float = Field(default=3600, ge=0)
+    query_concurrency: int = Field(default=8, ge=1, le=128)
+    db_pool_size: int = Field(default=4, ge=1, le=64)
+    namespaces: list[str] = Field(default_factory=list, description="Empty: watch every namespace")
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    health_port: int = Field(default=8081, ge=0, le=65535)
+    peering: str = Field(default="", description="kopf peering name; empty runs standalone")
+
+
+def _dsn(env: Mapping[str, str]) -> str:
+    path = env.get(f"{PREFIX}DATABASE_DSN_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as error:
+            raise SettingsError(f"{PREFIX}DATABASE_DSN_FILE={path} cannot be read: {error.strerror}") from None
+    dsn = env.get(f"{PREFIX}DATABASE_DSN")
+    if not dsn:
+        raise SettingsError(f"Set {PREFIX}DATABASE_DSN or {PREFIX}DATABASE_DSN_FILE (a Postgres DSN, e.g. from a Secret)")
+    return dsn
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, object] = {"database_dsn": _dsn(env)}
+    for name in Settings.model_fields:
+        raw = env.get(PREFIX + name.upper())
+        if raw is None or name == "database_dsn":
+            continue
+        values[name] = [n.strip() for n in raw.split(",") if n.strip()] if name == "namespaces" else raw
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors())
+        raise SettingsError(problems) from None
