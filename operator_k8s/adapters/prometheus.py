@@ -34,7 +34,7 @@ class PrometheusMetrics:
     def _query_blocking(self, url: str, promql: str, store_label: str, timeout: float) -> QueryResult:
         started = time.monotonic()
         try:
-            data = self._client(url).custom_query(promql, params={"timeout": f"{timeout}s"}, timeout=timeout)
+            data = self._client(url).custom_query(promql, params={"timeout": f"{round(timeout * 1000)}ms"}, timeout=timeout)
         except (requests.ConnectionError, requests.Timeout) as error:
             return QueryResult.failed(promql, QueryFailure.UNREACHABLE, f"Prometheus unreachable: {type(error).__name__}")
         except (PrometheusApiClientException, requests.RequestException, ValueError, KeyError) as error:
