@@ -1,7 +1,7 @@
 """PromQL for the built-in invariants, from presets or user overrides, with label values safely escaped.
 
 Templates may use ``{selector}`` (the label matchers, with braces), ``{matchers}`` (the same without braces, for
-appending), ``{store_label}``, ``{quantile}`` and ``{window}``.
+appending), ``{store_label}``, ``{quantile}`` and ``{window}``; any other brace is PromQL's own.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ PRESETS: dict[str, dict[str, str]] = {
             "(rate(tikv_grpc_msg_duration_seconds_bucket{selector}[{window}]))) * 1000"
         ),
         Invariant.DISK_USAGE: (
-            'sum by ({store_label}) (tikv_store_size_bytes{{type="used",{matchers}}}) / '
-            'sum by ({store_label}) (tikv_store_size_bytes{{type="capacity",{matchers}}}) * 100'
+            'sum by ({store_label}) (tikv_store_size_bytes{type="used",{matchers}}) / '
+            'sum by ({store_label}) (tikv_store_size_bytes{type="capacity",{matchers}}) * 100'
         ),
     },
     "generic": {
@@ -58,13 +58,21 @@ def builtin_query(spec: MonitoredClusterSpec, invariant: Invariant, namespace: s
     override = spec.queries.latency if invariant is Invariant.LATENCY else spec.queries.disk_usage
     template = override or PRESETS[spec.preset][invariant]
     matchers = label_matchers(spec, namespace, stores)
-    return template.format(
+    return fill_template(
+        template,
         selector="{" + matchers + "}",
         matchers=matchers,
         store_label=spec.prometheus.store_label,
         quantile=repr(spec.invariants.latency.quantile),
         window=spec.prometheus.rate_window,
     )
+
+
+def fill_template(template: str, **values: str) -> str:
+    """Replace only the known ``{placeholders}``; every other brace is PromQL's own (label matchers)."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template
 
 
 def custom_query(custom: CustomInvariantSpec) -> str:

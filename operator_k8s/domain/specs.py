@@ -18,6 +18,7 @@ from operator_k8s.domain.vocabulary import Severity
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 Duration = Annotated[str, Field(max_length=16, pattern=DURATION_PATTERN)]
 Comparator = Literal[">", ">=", "<", "<="]
+LabelName = Annotated[str, Field(max_length=63, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 
 
 class ApiModel(BaseModel):
@@ -45,7 +46,7 @@ class PrometheusSpec(ApiModel):
     timeout: Duration = "5s"
     rate_window: Duration = "1m"
     store_label: str = Field(default="pod", max_length=63, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-    matchers: dict[str, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=16)
+    matchers: dict[LabelName, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=16)
     bearer_token_secret_ref: SecretKeyRef | None = None
 
     @field_validator("timeout", "rate_window")

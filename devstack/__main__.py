@@ -1,0 +1,30 @@
+"""``python -m devstack build|up|demo``: build the binaries, run the stack, or run the narrated demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from devstack import binaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help="build etcd, kube-apiserver, kubectl and helm (cached by version)")
+    up = commands.add_parser("up", help="start the stack, an example MonitoredCluster and the operator; show them")
+    up.add_argument("--hold", action="store_true", help="keep everything running until Ctrl-C")
+    commands.add_parser("demo", help="narrated demo: store outage, latency spike, disk fill → tickets → resolution")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        binaries.ensure_all()
+        return 0
+    from devstack import demo  # noqa: PLC0415 - the stack's imports are not needed to build
+
+    if args.command == "up":
+        return demo.up(hold=args.hold)
+    return demo.run_demo()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

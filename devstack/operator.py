@@ -1,0 +1,30 @@
+"""Run the real operator as a child process against a stack (for the demo and restart tests)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from devstack.processes import Process
+from devstack.stack import REPO_ROOT, Stack
+
+
+def operator_process(stack: Stack, log_name: str = "operator.log", **env: str) -> Process:
+    """``python -m operator_k8s`` with the stack's kubeconfig and DSN; ``env`` overrides OPERATOR_K8S_* settings."""
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "KUBECONFIG": str(stack.kubeconfig),
+        "OPERATOR_K8S_DATABASE_DSN": stack.postgres_dsn,
+        "OPERATOR_K8S_TICK_SECONDS": "0.5",
+        **env,
+    }
+    process = Process(
+        "operator",
+        [sys.executable, "-m", "operator_k8s", "--kubeconfig", str(stack.kubeconfig)],
+        Path(stack.workdir) / "logs" / log_name,
+        env=environment,
+    )
+    stack.processes.append(process)
+    return process.start()
