@@ -1,0 +1,190 @@
+"""The ticket state machine, table-driven: (ticket, finding, time, policy) → (ticket, effects)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from operator_k8s.domain.invariants import Verdict
+from operator_k8s.domain.tickets import (
+    EffectKind,
+    TicketState,
+    apply_human_intent,
+    retire,
+    transition,
+)
+from operator_k8s.domain.vocabulary import Severity
+from tests.unit.builders import KEY, at, finding, policy, ticket
+
+V, M, H, U = Verdict.VIOLATED, Verdict.MARGINAL, Verdict.HOLDS, Verdict.UNKNOWN
+
+
+def step(current, verdict, seconds, pol=None, severity=Severity.WARNING):  # type: ignore[no-untyped-def]
+    return transition(current, finding(verdict, severity), at(seconds), pol or policy(), key=KEY, namespace="ns",
+                      cluster_name="tikv")  # fmt: skip
+
+
+def kinds(result) -> list[EffectKind]:  # type: ignore[no-untyped-def]
+    return [e.kind for e in result.effects]
+
+
+@pytest.mark.parametrize("verdict", [H, M, U])
+def test_no_ticket_and_no_violation_does_nothing(verdict: Verdict) -> None:
+    result = step(None, verdict, 0)
+    assert result.after is None
+    assert not result.changed
+
+
+def test_violation_without_grace_opens_at_once() -> None:
+    result = step(None, V, 0)
+    assert result.after is not None
+    assert result.after.state is TicketState.OPEN
+    assert result.after.occurrences == 1
+    assert result.after.snapshot["value"] == 1.0
+    assert kinds(result) == [EffectKind.PENDING, EffectKind.OPENED]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "state"), [(0, TicketState.PENDING), (29.9, TicketState.PENDING), (30, TicketState.OPEN)]
+)
+def test_onset_grace(seconds: float, state: TicketState) -> None:
+    pending = step(None, V, 0, policy(onset=30)).after
+    assert pending is not None and pending.state is TicketState.PENDING
+    result = step(pending, V, seconds, policy(onset=30))
+    assert result.after is not None
+    assert result.after.state is state
+    assert result.after.violating_since == at(0), "the countdown starts at the first violation, not at each cycle"
+
+
+@pytest.mark.parametrize(("verdict", "cancelled"), [(H, True), (M, True), (U, False)])
+def test_pending_cancelled_only_by_known_recovery(verdict: Verdict, cancelled: bool) -> None:
+    pending = step(None, V, 0, policy(onset=30)).after
+    result = step(pending, verdict, 10, policy(onset=30))
+    assert (result.after is None) is cancelled
+    if cancelled:
+        assert kinds(result) == [EffectKind.CANCELLED]
+    else:
+        assert result.after == pending, "Unknown keeps the countdown untouched"
+
+
+@pytest.mark.parametrize(
+    ("sequence", "final_state"),
+    [
+        ([(H, 0)], TicketState.RESOLVED),
+        ([(H, 0), (H, 59)], TicketState.OPEN),
+        ([(H, 0), (H, 60)], TicketState.RESOLVED),
+        ([(H, 0), (U, 30), (H, 60)], TicketState.OPEN),
+        ([(H, 0), (M, 30), (H, 60)], TicketState.OPEN),
+        ([(H, 0), (M, 30), (H, 60), (H, 120)], TicketState.RESOLVED),
+        ([(U, 0), (U, 1000)], TicketState.OPEN),
+    ],
+    ids=["no-grace", "grace-not-elapsed", "grace-elapsed", "unknown-resets", "band-resets", "band-then-clear", "unknown-never-resolves"],
+)
+def test_clear_grace(sequence: list[tuple[Verdict, float]], final_state: TicketState) -> None:
+    pol = policy(clear=60) if len(sequence) > 1 or sequence[0][0] is not H else policy()
+    current = ticket(TicketState.OPEN)
+    for verdict, seconds in sequence:
+        current = step(current, verdict, seconds, pol).after
+    assert current.state is final_state
+
+
+def test_resolution_records_time_and_effect() -> None:
+    result = step(ticket(TicketState.OPEN), H, 5)
+    assert result.after is not None
+    assert result.after.resolved_at == at(5)
+    assert kinds(result) == [EffectKind.RESOLVED]
+
+
+@pytest.mark.parametrize("state", [TicketState.OPEN, TicketState.ACKNOWLEDGED])
+def test_hold_prevents_auto_resolve(state: TicketState) -> None:
+    result = step(ticket(state, hold=True), H, 1000)
+    assert result.after is not None
+    assert result.after.state is state
+    assert not result.effects
+
+
+def test_violation_again_before_clear_grace_is_a_new_occurrence() -> None:
+    clearing = step(ticket(TicketState.OPEN), H, 0, policy(clear=60)).after
+    result = step(clearing, V, 10, policy(clear=60))
+    assert result.after is not None
+    assert result.after.occurrences == 2
+    assert result.after.clearing_since is None
+    assert kinds(result) == [EffectKind.RECURRED]
+
+
+def test_steady_violation_only_moves_last_seen() -> None:
+    result = step(ticket(TicketState.OPEN), V, 10)
+    assert result.after == replace(ticket(TicketState.OPEN), last_seen=at(10), message=finding(V).message)
+    assert not result.effects
+
+
+def test_severity_rise_escalates_with_a_new_snapshot() -> None:
+    result = step(ticket(TicketState.OPEN), V, 10, severity=Severity.CRITICAL)
+    assert result.after is not None
+    assert result.after.severity is Severity.CRITICAL
+    assert result.after.snapshot["at"] == at(10).isoformat()
+    assert kinds(result) == [EffectKind.ESCALATED]
+
+
+@pytest.mark.parametrize(
+    ("resolved_ago", "reopens"), [(60, True), (600, True), (601, False)], ids=["soon", "at-window", "later"]
+)
+def test_recurrence_after_resolution(resolved_ago: float, reopens: bool) -> None:
+    resolved = ticket(TicketState.RESOLVED, resolved_at=at(0))
+    result = step(resolved, V, resolved_ago)
+    assert result.after is not None
+    assert result.after.state is TicketState.OPEN
+    if reopens:
+        assert result.after.id == resolved.id
+        assert result.after.occurrences == 2
+        assert kinds(result) == [EffectKind.REOPENED]
+    else:
+        assert result.after.id is None, "a later recurrence is a new ticket"
+        assert result.after.occurrences == 1
+        assert kinds(result) == [EffectKind.PENDING, EffectKind.OPENED]
+
+
+def test_reopen_respects_onset_grace() -> None:
+    resolved = ticket(TicketState.RESOLVED, resolved_at=at(0))
+    waiting = step(resolved, V, 10, policy(onset=30)).after
+    assert waiting is not None
+    assert waiting.state is TicketState.RESOLVED
+    assert waiting.violating_since == at(10)
+    assert step(waiting, V, 40, policy(onset=30)).after.state is TicketState.OPEN
+    assert step(waiting, H, 20, policy(onset=30)).after.violating_since is None
+
+
+@pytest.mark.parametrize(
+    ("state", "hold", "ack", "want_state", "want_kinds"),
+    [
+        (TicketState.OPEN, False, True, TicketState.ACKNOWLEDGED, [EffectKind.ACKNOWLEDGED]),
+        (TicketState.ACKNOWLEDGED, False, False, TicketState.OPEN, [EffectKind.ACKNOWLEDGED]),
+        (TicketState.OPEN, True, False, TicketState.OPEN, [EffectKind.HELD]),
+        (TicketState.RESOLVED, False, True, TicketState.RESOLVED, []),
+    ],
+)
+def test_human_intent(state: TicketState, hold: bool, ack: bool, want_state: TicketState, want_kinds: list[EffectKind]) -> None:
+    current = ticket(state, acknowledged=state is TicketState.ACKNOWLEDGED)
+    result = apply_human_intent(current, hold=hold, acknowledged=ack, actor="kubernetes:kubectl-patch")
+    assert result.after is not None
+    assert result.after.state is want_state
+    assert [e.kind for e in result.effects] == want_kinds
+    assert all(e.actor == "kubernetes:kubectl-patch" for e in result.effects)
+
+
+def test_releasing_a_hold_lets_the_next_cycle_resolve() -> None:
+    held = ticket(TicketState.OPEN, hold=True)
+    released = apply_human_intent(held, hold=False, acknowledged=False, actor="me").after
+    assert [e.kind for e in apply_human_intent(held, hold=False, acknowledged=False, actor="me").effects] == [EffectKind.RELEASED]
+    assert step(released, H, 1).after.state is TicketState.RESOLVED
+
+
+@pytest.mark.parametrize(
+    ("state", "after_state"),
+    [(TicketState.OPEN, TicketState.RESOLVED), (TicketState.PENDING, None), (TicketState.RESOLVED, TicketState.RESOLVED)],
+)
+def test_retire(state: TicketState, after_state: TicketState | None) -> None:
+    result = retire(ticket(state), at(5), "ClusterDeleted")
+    assert (result.after.state if result.after else None) is after_state
+    assert all(e.reason == "ClusterDeleted" for e in result.effects)

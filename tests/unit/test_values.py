@@ -1,0 +1,98 @@
+"""Small pure pieces: durations, query templating and escaping, status writes, ticket projections."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from operator_k8s.domain.durations import format_duration, parse_duration
+from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_status
+from operator_k8s.domain.queries import builtin_query, escape_label_value, fill_template
+from operator_k8s.domain.status import StoreCounts, status_patch
+from operator_k8s.domain.tickets import TicketKey, TicketState
+from operator_k8s.domain.vocabulary import Invariant
+from tests.unit.builders import at, pods, spec, ticket
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m30s", 90), ("250ms", 0.25), ("1h", 3600), ("1.5s", 1.5)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "s", "1d", "-1s", "1m 30s"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(45, "45s"), (125, "2m5s"), (3600, "1h"), (1.5, "1.5s")])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+@given(st.text(max_size=40))
+def test_escaped_label_value_cannot_end_the_string(value: str) -> None:
+    escaped = escape_label_value(value)
+    # Every double quote is escaped, so the PromQL string literal ends only where we end it.
+    unescaped_quotes = [i for i, c in enumerate(escaped) if c == '"' and (len(escaped[:i]) - len(escaped[:i].rstrip("\\"))) % 2 == 0]
+    assert unescaped_quotes == []
+    assert "\n" not in escaped
+
+
+def test_hostile_matcher_value_stays_inside_its_string() -> None:
+    hostile = 'x"} or vector(1) or up{a="'
+    query = builtin_query(spec(prometheus={"url": "http://p", "matchers": {"job": hostile}}), Invariant.DISK_USAGE, "ns", ())
+    assert 'job="x\\"} or vector(1) or up{a=\\""' in query
+
+
+def test_namespace_and_stores_are_escaped() -> None:
+    query = builtin_query(spec(), Invariant.LATENCY, 'n"s', ("a.b", "c"))
+    assert 'namespace="n\\"s"' in query
+    assert 'pod=~"a\\\\.b|c"' in query
+
+
+def test_override_template_keeps_promql_braces() -> None:
+    cluster = spec(queries={"latency": 'histogram_quantile({quantile}, rate(x_bucket{job="kv",{matchers}}[{window}]))'})
+    assert builtin_query(cluster, Invariant.LATENCY, "ns", ()) == 'histogram_quantile(0.99, rate(x_bucket{job="kv",namespace="ns"}[1m]))'
+
+
+def test_fill_template_ignores_unknown_braces() -> None:
+    assert fill_template("{a}{b}", a="1") == "1{b}"
+
+
+def test_status_patch_skips_unchanged_until_heartbeat() -> None:
+    body = {"observedGeneration": 1, "conditions": [], "lastCheckTime": "2026-01-01T12:00:00Z"}
+    assert status_patch(body, {**body, "lastCheckTime": "2026-01-01T12:00:30Z"}, at(30)) is None
+    assert status_patch(body, {**body, "lastCheckTime": "2026-01-01T12:01:00Z"}, at(60)) is not None
+    assert status_patch(body, {**body, "observedGeneration": 2}, at(1)) is not None
+    assert status_patch({}, body, at(0)) == body
+
+
+def test_store_counts_summary() -> None:
+    assert StoreCounts.of(pods("ready", "notready"), 3).to_wire() == {"observed": 2, "ready": 1, "summary": "1/3 ready", "expected": 3}
+    assert StoreCounts.of(pods("ready"), None).to_wire()["summary"] == "1/1 ready"
+
+
+def test_ticket_name_is_deterministic_and_dns_safe() -> None:
+    current = ticket(TicketState.OPEN, key=TicketKey("u", "storesReady", "TiKV_0"), cluster_name="Prod.Cluster")
+    assert ticket_name(current) == "prod-cluster-storesready-tikv-0-7"
+    long = ticket(TicketState.OPEN, key=TicketKey("u", "latency", "s" * 300))
+    assert len(ticket_name(long)) <= 253
+    assert ticket_name(long) == ticket_name(long)
+
+
+def test_ticket_labels_and_status() -> None:
+    current = ticket(TicketState.OPEN, snapshot={"value": 812.5, "threshold": 500, "at": "t"})
+    assert ticket_labels(current)["invariant"] == "latency"
+    status = ticket_status(current)
+    assert (status["state"], status["occurrences"], status["store"]) == ("open", 1, "tikv-0")
+    assert status["snapshot"] == "value 812.5 (threshold 500) at t"
+
+
+def test_projection_ignores_last_seen_moving_under_a_minute() -> None:
+    old = {"state": "open", "lastSeen": "2026-01-01T12:00:00Z"}
+    assert not projection_differs(old, {"state": "open", "lastSeen": "2026-01-01T12:00:59Z"})
+    assert projection_differs(old, {"state": "open", "lastSeen": "2026-01-01T12:01:00Z"})
+    assert projection_differs(old, {"state": "resolved", "lastSeen": "2026-01-01T12:00:00Z"})
+    assert projection_differs(None, old)
