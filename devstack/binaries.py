@@ -147,13 +147,18 @@ def build_etcd(version: str = versions.ETCD) -> Path:
     if binary.exists():
         return binary
     workdir = CACHE_ROOT / "build" / f"etcd-{version}"
-    main = 'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n'
+    main = (
+        'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+        "func main() { etcdmain.Main(os.Args) }\n"
+    )
     go_mod = f"module operator-k8s.local/etcdbuild\n\ngo 1.25.0\n\nrequire go.etcd.io/etcd/server/v3 {version}\n"
     _write_module(workdir, go_mod, {"main.go": main})
     _run_with_progress(f"go mod tidy for etcd {version}", ["go", "mod", "tidy"], workdir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "etcd.partial"
-    _run_with_progress(f"etcd {version}", ["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."], workdir)
+    _run_with_progress(
+        f"etcd {version}", ["go", "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."], workdir
+    )
     tmp.rename(binary)
     return binary
 

@@ -24,9 +24,13 @@ def say(text: str) -> None:
 
 
 def _simulator(stack: Stack, method: str, path: str, body: dict[str, Any] | None = None) -> None:
-    request = urllib.request.Request(stack.simulator_url + path, data=json.dumps(body or {}).encode(), method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    urllib.request.urlopen(request, timeout=10).read()  # noqa: S310 - loopback simulator
+    request = urllib.request.Request(
+        stack.simulator_url + path,
+        data=json.dumps(body or {}).encode(),
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=10).read()
 
 
 def example_for_local_stack(stack: Stack, example: Path = EXAMPLE) -> dict[str, Any]:
@@ -45,8 +49,12 @@ def example_for_local_stack(stack: Stack, example: Path = EXAMPLE) -> dict[str, 
 def _start(stack: Stack) -> None:
     say(f"Creating namespace {NAMESPACE} and 3 simulated TiKV stores (Pods + metrics scraped by Prometheus)")
     stack.kubectl("create", "namespace", NAMESPACE)
-    _simulator(stack, "PUT", f"/clusters/{NAMESPACE}/{CLUSTER}",
-               {"stores": 3, "labels": {"app.kubernetes.io/component": "tikv"}})  # fmt: skip
+    _simulator(
+        stack,
+        "PUT",
+        f"/clusters/{NAMESPACE}/{CLUSTER}",
+        {"stores": 3, "labels": {"app.kubernetes.io/component": "tikv"}},
+    )
     print(stack.kubectl("get", "pods", "-n", NAMESPACE).stdout, end="")
     say(f"Applying {EXAMPLE.relative_to(REPO_ROOT)} (Prometheus URL and timings adjusted for the local stack)")
     print(stack.kubectl("apply", "-f", "-", input_text=json.dumps(example_for_local_stack(stack))).stdout, end="")
@@ -65,7 +73,9 @@ def _condition(stack: Stack, ctype: str) -> str | None:
 
 
 def _ticket_state(stack: Stack, invariant: str, store: str) -> str | None:
-    items = json.loads(stack.kubectl("get", "tickets", "-n", NAMESPACE, "-l", f"invariant={invariant}", "-o", "json").stdout)
+    items = json.loads(
+        stack.kubectl("get", "tickets", "-n", NAMESPACE, "-l", f"invariant={invariant}", "-o", "json").stdout
+    )
     states = [i.get("status", {}).get("state") for i in items["items"] if i.get("status", {}).get("store") == store]
     return "open" if "open" in states else (states[-1] if states else None)
 
@@ -98,12 +108,16 @@ def run_demo() -> int:
             for title, store, fault, body, invariant in SCENARIOS:
                 say(f"Injecting a {title} on {store}")
                 _simulator(stack, "PUT", f"/clusters/{NAMESPACE}/{CLUSTER}/stores/{store}/faults/{fault}", body)
-                detected = _wait(lambda i=invariant, s=store: _ticket_state(stack, i, s) == "open", 90, f"a {invariant} ticket")
+                detected = _wait(
+                    lambda i=invariant, s=store: _ticket_state(stack, i, s) == "open", 90, f"a {invariant} ticket"
+                )
                 print(f"Ticket opened {detected:.1f}s after the fault ({invariant} 'for' grace is 2s)")
                 _show(stack)
                 say(f"Healing {store}")
                 _simulator(stack, "DELETE", f"/clusters/{NAMESPACE}/{CLUSTER}/stores/{store}/faults/{fault}")
-                resolved = _wait(lambda i=invariant, s=store: _ticket_state(stack, i, s) == "resolved", 120, "resolution")
+                resolved = _wait(
+                    lambda i=invariant, s=store: _ticket_state(stack, i, s) == "resolved", 120, "resolution"
+                )
                 print(f"Ticket auto-resolved {resolved:.1f}s after healing ('clearFor' grace is 4s)")
                 _show(stack)
                 results.append((title, invariant, detected, resolved))

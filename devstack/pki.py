@@ -28,21 +28,49 @@ def _signed_cert(directory: Path, name: str, subject: str, extensions: str) -> N
     _openssl("genrsa", "-out", f"{name}.key", "2048", cwd=directory)
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=directory)
     _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "30", "-extfile", ext_file.name, "-out", f"{name}.crt", cwd=directory,
-    )  # fmt: skip
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        ext_file.name,
+        "-out",
+        f"{name}.crt",
+        cwd=directory,
+    )
 
 
 def make_pki(directory: Path) -> Pki:
     """A CA, a serving certificate for 127.0.0.1, an admin client (system:masters) and a service-account key."""
     directory.mkdir(parents=True, exist_ok=True)
     _openssl("genrsa", "-out", "ca.key", "2048", cwd=directory)
-    _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=operator-k8s-devstack-ca", "-days", "30",
-             "-out", "ca.crt", cwd=directory)  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=operator-k8s-devstack-ca",
+        "-days",
+        "30",
+        "-out",
+        "ca.crt",
+        cwd=directory,
+    )
     _signed_cert(
-        directory, "apiserver", "/CN=kube-apiserver",
+        directory,
+        "apiserver",
+        "/CN=kube-apiserver",
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
-    )  # fmt: skip
+    )
     _signed_cert(directory, "admin", "/O=system:masters/CN=devstack-admin", "extendedKeyUsage=clientAuth\n")
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=directory)
     return Pki(

@@ -71,8 +71,9 @@ class Process:
             try:
                 if ready():
                     return
-            except Exception:  # noqa: BLE001 - readiness probes fail in many ways until the component is up
-                pass
+            except Exception:
+                time.sleep(0.1)
+                continue
             time.sleep(0.1)
         raise ComponentFailed(f"{self.name} not {what} after {timeout:.0f}s; its log:\n{self.log_tail()}")
 

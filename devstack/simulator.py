@@ -85,7 +85,7 @@ class Store:
 
 
 class Simulator:
-    def __init__(self, core: client.CoreV1Api) -> None:
+    def __init__(self, core: Any) -> None:
         self.core = core
         self.stores: dict[tuple[str, str], Store] = {}
         self.clusters: dict[tuple[str, str], list[str]] = {}
@@ -114,7 +114,9 @@ class Simulator:
                         "imageID": "",
                         "ready": not store.down,
                         "restartCount": 0,
-                        "state": {"running": {"startedAt": now}} if not store.down else {"waiting": {"reason": "Simulated"}},
+                        "state": {"running": {"startedAt": now}}
+                        if not store.down
+                        else {"waiting": {"reason": "Simulated"}},
                     }
                 ],
             }
@@ -196,7 +198,9 @@ def build_app(simulator: Simulator) -> web.Application:
         body: dict[str, Any] = await request.json()
         stores = int(body.get("stores", 3))
         labels = dict(body.get("labels") or {"app": request.match_info["name"]})
-        pods = await simulator.create_cluster(request.match_info["namespace"], request.match_info["name"], stores, labels)
+        pods = await simulator.create_cluster(
+            request.match_info["namespace"], request.match_info["name"], stores, labels
+        )
         return web.json_response({"pods": pods})
 
     @routes.delete("/clusters/{namespace}/{name}")
@@ -207,7 +211,9 @@ def build_app(simulator: Simulator) -> web.Application:
     async def fault(request: web.Request, heal: bool) -> web.Response:
         kind = request.match_info["kind"]
         if kind not in FAULT_VALUE_KEYS:
-            return web.json_response({"error": f"unknown fault kind {kind!r}; one of {sorted(FAULT_VALUE_KEYS)}"}, status=400)
+            return web.json_response(
+                {"error": f"unknown fault kind {kind!r}; one of {sorted(FAULT_VALUE_KEYS)}"}, status=400
+            )
         key = (request.match_info["namespace"], request.match_info["pod"])
         if key not in simulator.stores:
             return web.json_response({"error": f"no store {key[0]}/{key[1]}"}, status=404)

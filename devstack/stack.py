@@ -40,7 +40,7 @@ def _postgres_bindir() -> Path:
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None, expect: str | None = None) -> bool:
-    with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - loopback URLs we built
+    with urllib.request.urlopen(url, timeout=2, context=context) as response:
         body: str = response.read().decode()
         return response.status == 200 and (expect is None or expect in body)
 
@@ -65,7 +65,9 @@ class Stack:
     @classmethod
     def start(cls, *, simulator: bool = True, keep_workdir: bool = False) -> Stack:
         binaries = ensure_all()
-        workdir = Path(tempfile.mkdtemp(prefix="operator-k8s-stack-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+        workdir = Path(
+            tempfile.mkdtemp(prefix="operator-k8s-stack-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
+        )
         stack = cls(workdir=workdir, binaries=binaries, keep_workdir=keep_workdir)
         started = time.monotonic()
         try:
@@ -111,17 +113,29 @@ class Stack:
             "PATH": f"{self.binaries.kubectl.parent}:{self.binaries.helm.parent}:{os.environ.get('PATH', '')}",
         }
 
-    def kubectl(self, *args: str, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.binaries.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
-            check=check, capture_output=True, text=True, input=input_text, timeout=60,
-        )  # fmt: skip
+            check=check,
+            capture_output=True,
+            text=True,
+            input=input_text,
+            timeout=60,
+        )
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HELM_CACHE_HOME": str(self.workdir / "helm-cache"),
-               "HELM_CONFIG_HOME": str(self.workdir / "helm-config"), "HELM_DATA_HOME": str(self.workdir / "helm-data")}  # fmt: skip
-        return subprocess.run([str(self.binaries.helm), *args], check=check, capture_output=True, text=True,
-                              env=env, timeout=120)  # fmt: skip
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "HELM_CACHE_HOME": str(self.workdir / "helm-cache"),
+            "HELM_CONFIG_HOME": str(self.workdir / "helm-config"),
+            "HELM_DATA_HOME": str(self.workdir / "helm-data"),
+        }
+        return subprocess.run(
+            [str(self.binaries.helm), *args], check=check, capture_output=True, text=True, env=env, timeout=120
+        )
 
     # -- Kubernetes ------------------------------------------------------------------------------------------------
 
@@ -130,16 +144,27 @@ class Stack:
         etcd = Process(
             "etcd",
             [
-                str(self.binaries.etcd), "--name", "devstack", "--data-dir", str(self.workdir / "etcd"),
-                "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-                "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-                "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                "--initial-cluster", f"devstack=http://127.0.0.1:{peer_port}",
-                "--unsafe-no-fsync", "--log-level", "warn",
+                str(self.binaries.etcd),
+                "--name",
+                "devstack",
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"devstack=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
             ],
             self.workdir / "logs" / "etcd.log",
-        ).start()  # fmt: skip
+        ).start()
         self.processes.append(etcd)
         etcd.wait_until(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health", expect="true"), 30, "healthy")
 
@@ -149,8 +174,11 @@ class Stack:
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
-                f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
                 f"--client-ca-file={pki.ca_cert}",
                 "--authorization-mode=RBAC",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -163,7 +191,7 @@ class Stack:
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
             ],
             self.workdir / "logs" / "kube-apiserver.log",
-        ).start()  # fmt: skip
+        ).start()
         self.processes.append(apiserver)
         self.apiserver_url = f"https://127.0.0.1:{api_port}"
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -176,20 +204,36 @@ class Stack:
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
-                    "clusters": [{"name": "devstack", "cluster": {"server": self.apiserver_url,
-                                                                  "certificate-authority": str(pki.ca_cert)}}],
-                    "users": [{"name": "admin", "user": {"client-certificate": str(pki.admin_cert),
-                                                         "client-key": str(pki.admin_key)}}],
-                    "contexts": [{"name": "devstack", "context": {"cluster": "devstack", "user": "admin",
-                                                                   "namespace": "default"}}],
+                    "clusters": [
+                        {
+                            "name": "devstack",
+                            "cluster": {"server": self.apiserver_url, "certificate-authority": str(pki.ca_cert)},
+                        }
+                    ],
+                    "users": [
+                        {
+                            "name": "admin",
+                            "user": {"client-certificate": str(pki.admin_cert), "client-key": str(pki.admin_key)},
+                        }
+                    ],
+                    "contexts": [
+                        {
+                            "name": "devstack",
+                            "context": {"cluster": "devstack", "user": "admin", "namespace": "default"},
+                        }
+                    ],
                     "current-context": "devstack",
                 },
                 indent=2,
             )
-        )  # fmt: skip
+        )
         # Pods are bound to this Node so that their status may say Running; no kubelet ever runs.
-        self.kubectl("apply", "-f", "-", input_text=json.dumps(
-            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "devstack-node"}}))  # fmt: skip
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input_text=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "devstack-node"}}),
+        )
         self.wait_for_namespace("default")
         self.install_crds()
 
@@ -219,27 +263,50 @@ class Stack:
             os.chmod(self.workdir, 0o755)
         subprocess.run(
             [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
-            check=True, capture_output=True, user=user,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            user=user,
+        )
         port = free_port()
         postgres = Process(
             "postgres",
             [
-                str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
-                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off", "-c", "max_connections=200",
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(sockets),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
             ],
             self.workdir / "logs" / "postgres.log",
             user=user,
-        ).start()  # fmt: skip
+        ).start()
         self.processes.append(postgres)
         self.postgres_dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         pg_isready = bindir / "pg_isready"
         postgres.wait_until(
-            lambda: subprocess.run([str(pg_isready), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"], capture_output=True,
-                                   check=False).returncode == 0,
-            30, "accepting connections",
-        )  # fmt: skip
+            lambda: (
+                subprocess.run(
+                    [str(pg_isready), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            30,
+            "accepting connections",
+        )
 
     def restart_postgres(self) -> None:
         """Stop and start Postgres on the same port and data (for outage tests)."""
@@ -249,10 +316,15 @@ class Stack:
         port = self.postgres_dsn.rsplit(":", 1)[1].split("/")[0]
         pg_isready = _postgres_bindir() / "pg_isready"
         postgres.wait_until(
-            lambda: subprocess.run([str(pg_isready), "-h", "127.0.0.1", "-p", port, "-U", "postgres"], capture_output=True,
-                                   check=False).returncode == 0,
-            30, "accepting connections",
-        )  # fmt: skip
+            lambda: (
+                subprocess.run(
+                    [str(pg_isready), "-h", "127.0.0.1", "-p", port, "-U", "postgres"], capture_output=True, check=False
+                ).returncode
+                == 0
+            ),
+            30,
+            "accepting connections",
+        )
 
     # -- simulator and Prometheus ----------------------------------------------------------------------------------
 
@@ -271,20 +343,35 @@ class Stack:
     def _start_prometheus(self) -> None:
         port = free_port()
         config = self.workdir / "prometheus.yml"
-        scrape = [] if not self.simulator_url else [
-            {"job_name": "simulator", "scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL,
-             "static_configs": [{"targets": [urllib.parse.urlparse(self.simulator_url).netloc]}]}
-        ]  # fmt: skip
-        config.write_text(json.dumps({"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"},
-                                      "scrape_configs": scrape}))  # fmt: skip
+        scrape = (
+            []
+            if not self.simulator_url
+            else [
+                {
+                    "job_name": "simulator",
+                    "scrape_interval": SCRAPE_INTERVAL,
+                    "scrape_timeout": SCRAPE_INTERVAL,
+                    "static_configs": [{"targets": [urllib.parse.urlparse(self.simulator_url).netloc]}],
+                }
+            ]
+        )
+        config.write_text(
+            json.dumps(
+                {"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"}, "scrape_configs": scrape}
+            )
+        )
         prometheus = Process(
             "prometheus",
             [
-                "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'prometheus'}",
-                f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle", "--log.level=warn",
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.workdir / 'prometheus'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",
+                "--log.level=warn",
             ],
             self.workdir / "logs" / "prometheus.log",
-        ).start()  # fmt: skip
+        ).start()
         self.processes.append(prometheus)
         self.prometheus_url = f"http://127.0.0.1:{port}"
         prometheus.wait_until(lambda: _http_ok(f"{self.prometheus_url}/-/ready"), 60, "ready")
@@ -292,5 +379,6 @@ class Stack:
             query = urllib.parse.quote('up{job="simulator"} == 1')
             prometheus.wait_until(
                 lambda: _http_ok(f"{self.prometheus_url}/api/v1/query?query={query}", expect='"value"'),
-                30, "scraping the simulator",
-            )  # fmt: skip
+                30,
+                "scraping the simulator",
+            )

@@ -90,8 +90,9 @@ class Operator:
             try:
                 await self.store.start()
             except TicketStoreUnavailable as error:
-                logging.getLogger("operator_k8s").warning("Postgres not reachable at start-up; will retry each cycle",
-                                                          extra={"error": str(error)})  # fmt: skip
+                logging.getLogger("operator_k8s").warning(
+                    "Postgres not reachable at start-up; will retry each cycle", extra={"error": str(error)}
+                )
 
         @kopf.on.login(registry=registry)
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

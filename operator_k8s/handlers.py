@@ -48,7 +48,9 @@ def _interval(spec: Any) -> float:
 
 
 def _ref(meta: Any, namespace: str) -> ClusterRef:
-    return ClusterRef(uid=meta["uid"], name=meta["name"], namespace=namespace, generation=int(meta.get("generation", 0)))
+    return ClusterRef(
+        uid=meta["uid"], name=meta["name"], namespace=namespace, generation=int(meta.get("generation", 0))
+    )
 
 
 def _human_actor(meta: Any) -> str:
@@ -65,27 +67,27 @@ def register(registry: kopf.OperatorRegistry, monitor: Monitor, *, tick_seconds:
     schedule = Schedule(jitter)
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
-    def store_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[str, Any]:
-        return {namespace: store_pod(body)}
+    def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
+        return {namespace or "": store_pod(body)}
 
     @kopf.timer(GROUP, VERSION, CLUSTER_PLURAL, id="check", interval=tick_seconds, registry=registry)
     async def check(
-        spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, namespace: str, patch: kopf.Patch,
-        store_pods: kopf.Index[str, Any], **_: Any,
-    ) -> None:  # fmt: skip
+        spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, namespace: str | None, patch: kopf.Patch, **kwargs: Any
+    ) -> None:
         if not schedule.due(meta["uid"], _interval(spec), time.monotonic()):
             return
-        pods = list(store_pods.get(namespace, []))
+        pods: kopf.Index[str, Any] = kwargs["store_pods"]
+        namespace = namespace or ""
         new_status, _stats = await monitor.check_cluster(
-            _ref(meta, namespace), dict(spec), pods, dict(status), datetime.now(UTC)
+            _ref(meta, namespace), dict(spec), list(pods.get(namespace, [])), dict(status), datetime.now(UTC)
         )
         if new_status is not None:
             patch.status.update(new_status)
 
     @kopf.on.delete(GROUP, VERSION, CLUSTER_PLURAL, id="cluster_deleted", registry=registry)
-    async def deleted(meta: kopf.Meta, namespace: str, **_: Any) -> None:
+    async def deleted(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
         schedule.forget(meta["uid"])
-        resolved = await monitor.cluster_deleted(_ref(meta, namespace), datetime.now(UTC))
+        resolved = await monitor.cluster_deleted(_ref(meta, namespace or ""), datetime.now(UTC))
         log.info("Resolved Tickets of deleted MonitoredCluster", extra={"cluster": meta["name"], "resolved": resolved})
 
     @kopf.on.field(GROUP, VERSION, TICKET_PLURAL, field="spec", id="human_intent", registry=registry)
@@ -95,9 +97,13 @@ def register(registry: kopf.OperatorRegistry, monitor: Monitor, *, tick_seconds:
         if not owners or ticket_id is None:
             return
         known = await monitor.human_intent(
-            owners[0]["uid"], int(ticket_id), hold=bool(spec.get("hold", False)),
-            acknowledged=bool(spec.get("acknowledged", False)), actor=_human_actor(meta), now=datetime.now(UTC),
-        )  # fmt: skip
+            owners[0]["uid"],
+            int(ticket_id),
+            hold=bool(spec.get("hold", False)),
+            acknowledged=bool(spec.get("acknowledged", False)),
+            actor=_human_actor(meta),
+            now=datetime.now(UTC),
+        )
         if not known:
             raise kopf.TemporaryError("Ticket not yet known to the operator", delay=5)
 

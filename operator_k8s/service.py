@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from operator_k8s.domain import conditions as cond
+from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.invariants import Finding, evaluate, invariant_names, invariant_spec
 from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod
 from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_status
@@ -35,7 +36,6 @@ from operator_k8s.domain.tickets import (
     retire,
     transition,
 )
-from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.vocabulary import Invariant, Reason
 from operator_k8s.ports import (
     ClusterRef,
@@ -114,7 +114,10 @@ class Monitor:
             spec = MonitoredClusterSpec.model_validate(raw_spec)
         except ValidationError as error:
             message = _validation_message(error)
-            log.warning("Rejected MonitoredCluster spec", extra={"cluster": ref.name, "namespace": ref.namespace, "error": message})
+            log.warning(
+                "Rejected MonitoredCluster spec",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "error": message},
+            )
             conditions = cond.invalid_spec_conditions(previous, message, ref.generation, now)
             return status_patch(previous_status, status_body(conditions, ref.generation, None, None, now), now), stats
         memory = self.memory(ref.uid)
@@ -148,9 +151,15 @@ class Monitor:
         stats.transitions = sum(1 for t in transitions if t.effects)
         log.debug(
             "Checked MonitoredCluster",
-            extra={"cluster": ref.name, "namespace": ref.namespace, "findings": len(findings), "queries": stats.queries,
-                   "transitions": stats.transitions, "status_written": patch is not None},
-        )  # fmt: skip
+            extra={
+                "cluster": ref.name,
+                "namespace": ref.namespace,
+                "findings": len(findings),
+                "queries": stats.queries,
+                "transitions": stats.transitions,
+                "status_written": patch is not None,
+            },
+        )
         return patch, stats
 
     async def _refresh(self, ref: ClusterRef, memory: ClusterMemory, now: datetime, stats: CycleStats) -> str | None:
@@ -161,7 +170,9 @@ class Monitor:
             memory.outbox.clear()
             return None
         except TicketStoreUnavailable as error:
-            log.warning("Could not load Tickets", extra={"cluster": ref.name, "namespace": ref.namespace, "error": str(error)})
+            log.warning(
+                "Could not load Tickets", extra={"cluster": ref.name, "namespace": ref.namespace, "error": str(error)}
+            )
             return str(error)
 
     async def _query(
@@ -187,7 +198,12 @@ class Monitor:
         return dict(zip(queries, outcomes, strict=True))
 
     def _decide(
-        self, ref: ClusterRef, spec: MonitoredClusterSpec, findings: Sequence[Finding], tickets: list[Ticket], now: datetime
+        self,
+        ref: ClusterRef,
+        spec: MonitoredClusterSpec,
+        findings: Sequence[Finding],
+        tickets: list[Ticket],
+        now: datetime,
     ) -> list[Transition]:
         current = _current_by_key(tickets)
         enabled = set(invariant_names(spec))
@@ -201,7 +217,9 @@ class Monitor:
                 clear_grace=timedelta(seconds=settings.clear_for_seconds),
                 reopen_window=self.settings.reopen_window,
             )
-            result = transition(current.get(key), finding, now, policy, key=key, namespace=ref.namespace, cluster_name=ref.name)
+            result = transition(
+                current.get(key), finding, now, policy, key=key, namespace=ref.namespace, cluster_name=ref.name
+            )
             if result.changed:
                 transitions.append(result)
         for key, ticket in current.items():
@@ -210,7 +228,12 @@ class Monitor:
         return transitions
 
     async def _store(
-        self, ref: ClusterRef, memory: ClusterMemory, transitions: Sequence[Transition], now: datetime, stats: CycleStats
+        self,
+        ref: ClusterRef,
+        memory: ClusterMemory,
+        transitions: Sequence[Transition],
+        now: datetime,
+        stats: CycleStats,
     ) -> str | None:
         """Record the transitions in one round trip; if Postgres is down keep them (in order) for the next cycle."""
         assert memory.tickets is not None
@@ -224,7 +247,12 @@ class Monitor:
         except TicketStoreUnavailable as error:
             log.warning(
                 "Could not store Ticket transitions",
-                extra={"cluster": ref.name, "namespace": ref.namespace, "queued": len(memory.outbox), "error": str(error)},
+                extra={
+                    "cluster": ref.name,
+                    "namespace": ref.namespace,
+                    "queued": len(memory.outbox),
+                    "error": str(error),
+                },
             )
             return str(error)
 

@@ -41,7 +41,9 @@ def _dsn(env: Mapping[str, str]) -> str:
             raise SettingsError(f"{PREFIX}DATABASE_DSN_FILE={path} cannot be read: {error.strerror}") from None
     dsn = env.get(f"{PREFIX}DATABASE_DSN")
     if not dsn:
-        raise SettingsError(f"Set {PREFIX}DATABASE_DSN or {PREFIX}DATABASE_DSN_FILE (a Postgres DSN, e.g. from a Secret)")
+        raise SettingsError(
+            f"Set {PREFIX}DATABASE_DSN or {PREFIX}DATABASE_DSN_FILE (a Postgres DSN, e.g. from a Secret)"
+        )
     return dsn
 
 

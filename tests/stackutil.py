@@ -28,9 +28,10 @@ def eventually(probe: Callable[[], T | None], *, timeout: float = 60, interval: 
 
 def simulator(stack: Stack, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     data = json.dumps(body or {}).encode()
-    request = urllib.request.Request(stack.simulator_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback simulator
+    request = urllib.request.Request(
+        stack.simulator_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
         result: dict[str, Any] = json.loads(response.read())
         return result
 
@@ -55,7 +56,7 @@ def condition_status(stack: Stack, namespace: str, name: str, ctype: str) -> str
 
 def prometheus_query(stack: Stack, promql: str) -> list[dict[str, Any]]:
     url = stack.prometheus_url + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback Prometheus
+    with urllib.request.urlopen(url, timeout=10) as response:
         result: list[dict[str, Any]] = json.loads(response.read())["data"]["result"]
         return result
 
@@ -74,4 +75,3 @@ def monitored_cluster(name: str, namespace: str, stack: Stack, *, expected: int 
     }
     body["spec"].update(spec)
     return body
-

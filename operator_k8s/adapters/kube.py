@@ -6,7 +6,6 @@ Reads (MonitoredClusters, Pods) arrive through kopf's watches and indexes, so th
 from __future__ import annotations
 
 import logging
-
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -15,7 +14,15 @@ from typing import Any
 from kubernetes_asyncio import client, config
 
 from operator_k8s.domain.observations import StorePod
-from operator_k8s.domain.vocabulary import API_VERSION, CLUSTER_KIND, GROUP, MANAGER, TICKET_KIND, TICKET_PLURAL, VERSION
+from operator_k8s.domain.vocabulary import (
+    API_VERSION,
+    CLUSTER_KIND,
+    GROUP,
+    MANAGER,
+    TICKET_KIND,
+    TICKET_PLURAL,
+    VERSION,
+)
 from operator_k8s.ports import ClusterRef, Projection, TicketEvent
 
 log = logging.getLogger("operator_k8s.kube")
@@ -25,7 +32,7 @@ MERGE_PATCH = "application/merge-patch+json"
 async def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """An API client from the in-cluster service account, else from the kubeconfig."""
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         await config.load_kube_config(config_file=kubeconfig)
     return client.ApiClient()
@@ -45,26 +52,37 @@ def store_pod(body: Mapping[str, Any]) -> StorePod:
 
 
 def owner_reference(owner: ClusterRef) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": CLUSTER_KIND, "name": owner.name, "uid": owner.uid,
-            "controller": True, "blockOwnerDeletion": False}  # fmt: skip
+    return {
+        "apiVersion": API_VERSION,
+        "kind": CLUSTER_KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
 
 
 class KubeTicketMirror:
     """The TicketMirror port: Ticket custom resources and core/v1 Events."""
 
     def __init__(self, api: client.ApiClient, *, count: Callable[[str], None] | None = None) -> None:
-        self._custom = client.CustomObjectsApi(api)
-        self._core = client.CoreV1Api(api)
+        # The generated clients are typed for model objects; we pass plain dicts, which they accept.
+        self._custom: Any = client.CustomObjectsApi(api)
+        self._core: Any = client.CoreV1Api(api)
         self._count = count or (lambda verb: None)
 
     async def upsert(self, owner: ClusterRef, projection: Projection) -> None:
         body = {
             "apiVersion": API_VERSION,
             "kind": TICKET_KIND,
-            "metadata": {"name": projection.name, "namespace": owner.namespace, "labels": projection.labels,
-                         "ownerReferences": [owner_reference(owner)]},
+            "metadata": {
+                "name": projection.name,
+                "namespace": owner.namespace,
+                "labels": projection.labels,
+                "ownerReferences": [owner_reference(owner)],
+            },
             "spec": {},
-        }  # fmt: skip
+        }
         try:
             self._count("create")
             await self._custom.create_namespaced_custom_object(GROUP, VERSION, owner.namespace, TICKET_PLURAL, body)
@@ -73,16 +91,26 @@ class KubeTicketMirror:
                 raise
             self._count("patch")
             await self._custom.patch_namespaced_custom_object(
-                GROUP, VERSION, owner.namespace, TICKET_PLURAL, projection.name,
-                {"metadata": {"labels": projection.labels}}, _content_type=MERGE_PATCH,
-            )  # fmt: skip
+                GROUP,
+                VERSION,
+                owner.namespace,
+                TICKET_PLURAL,
+                projection.name,
+                {"metadata": {"labels": projection.labels}},
+                _content_type=MERGE_PATCH,
+            )
         else:
             log.info("Created Ticket", extra={"ticket": projection.name, "namespace": owner.namespace})
         self._count("patch")
         await self._custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, owner.namespace, TICKET_PLURAL, projection.name, {"status": projection.status},
+            GROUP,
+            VERSION,
+            owner.namespace,
+            TICKET_PLURAL,
+            projection.name,
+            {"status": projection.status},
             _content_type=MERGE_PATCH,
-        )  # fmt: skip
+        )
 
     async def delete(self, namespace: str, name: str) -> None:
         try:
@@ -98,8 +126,13 @@ class KubeTicketMirror:
         for event in events:
             body = {
                 "metadata": {"name": f"{owner.name}.{uuid.uuid4().hex[:16]}", "namespace": owner.namespace},
-                "involvedObject": {"apiVersion": API_VERSION, "kind": CLUSTER_KIND, "name": owner.name,
-                                   "namespace": owner.namespace, "uid": owner.uid},
+                "involvedObject": {
+                    "apiVersion": API_VERSION,
+                    "kind": CLUSTER_KIND,
+                    "name": owner.name,
+                    "namespace": owner.namespace,
+                    "uid": owner.uid,
+                },
                 "reason": event.reason,
                 "message": event.message,
                 "type": "Warning" if event.warning else "Normal",
@@ -109,11 +142,9 @@ class KubeTicketMirror:
                 "firstTimestamp": now,
                 "lastTimestamp": now,
                 "count": 1,
-            }  # fmt: skip
+            }
             try:
                 self._count("create")
                 await self._core.create_namespaced_event(owner.namespace, body)
             except client.ApiException as error:
                 log.warning("Could not post Event", extra={"cluster": owner.name, "status": error.status})
-
-

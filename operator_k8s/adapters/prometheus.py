@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
-from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample
@@ -34,9 +35,13 @@ class PrometheusMetrics:
     def _query_blocking(self, url: str, promql: str, store_label: str, timeout: float) -> QueryResult:
         started = time.monotonic()
         try:
-            data = self._client(url).custom_query(promql, params={"timeout": f"{round(timeout * 1000)}ms"}, timeout=timeout)
+            data = self._client(url).custom_query(
+                promql, params={"timeout": f"{round(timeout * 1000)}ms"}, timeout=timeout
+            )
         except (requests.ConnectionError, requests.Timeout) as error:
-            return QueryResult.failed(promql, QueryFailure.UNREACHABLE, f"Prometheus unreachable: {type(error).__name__}")
+            return QueryResult.failed(
+                promql, QueryFailure.UNREACHABLE, f"Prometheus unreachable: {type(error).__name__}"
+            )
         except (PrometheusApiClientException, requests.RequestException, ValueError, KeyError) as error:
             return QueryResult.failed(promql, QueryFailure.ERROR, str(error)[:500])
         finally:

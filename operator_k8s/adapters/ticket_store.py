@@ -20,7 +20,13 @@ from operator_k8s.ports import TicketStoreUnavailable, TicketWrite
 log = logging.getLogger("operator_k8s.ticket_store")
 
 MIGRATION_LOCK = 7_418_203  # pg_advisory_lock key: one operator migrates at a time
-UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError, TimeoutError)
+UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(connection: asyncpg.Connection, *, target: int | None = None) -> list[int]:
+async def migrate(connection: Any, *, target: int | None = None) -> list[int]:
     """Apply the migrations not yet applied (up to ``target``); return the versions applied now."""
     await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
@@ -115,13 +121,15 @@ def _parse_time(value: str | None) -> datetime | None:
 
 def ticket_from_row(row: dict[str, Any]) -> Ticket:
     """A Ticket from a ``tickets`` row (as a record or as ``to_jsonb``)."""
+
     def when(name: str) -> datetime | None:
         value = row.get(name)
         return _parse_time(value) if isinstance(value, str) else value
 
     snapshot = row.get("snapshot") or {}
     first_seen, last_seen = when("first_seen"), when("last_seen")
-    assert first_seen is not None and last_seen is not None
+    assert first_seen is not None
+    assert last_seen is not None
     return Ticket(
         key=TicketKey(row["cluster_uid"], row["invariant"], row["store"]),
         namespace=row["namespace"],
@@ -156,8 +164,9 @@ class PostgresTicketStore:
     async def _ensure_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             try:
-                pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size, timeout=5,
-                                                 command_timeout=10)  # fmt: skip
+                pool = await asyncpg.create_pool(
+                    self._dsn, min_size=1, max_size=self._pool_size, timeout=5, command_timeout=10
+                )
                 async with pool.acquire() as connection:
                     await migrate(connection)
             except UNAVAILABLE as error:

@@ -42,7 +42,9 @@ def _listing(items: Sequence[str]) -> str:
     return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
-def _invariant_condition(invariant: str, findings: Sequence[Finding], tickets: Sequence[Ticket]) -> tuple[Status, str, str]:
+def _invariant_condition(
+    invariant: str, findings: Sequence[Finding], tickets: Sequence[Ticket]
+) -> tuple[Status, str, str]:
     """False while a ticket is open; Unknown when there is no data and no open ticket; True otherwise."""
     open_tickets = sorted((t for t in tickets if t.state.active), key=lambda t: t.key.store)
     if open_tickets:
@@ -60,7 +62,11 @@ def _invariant_condition(invariant: str, findings: Sequence[Finding], tickets: S
     if pending:
         return "True", Reason.VIOLATION_PENDING, f"Violated within its onset grace period: {_listing(sorted(pending))}"
     if invariant == Invariant.STORES_READY:
-        return "True", Reason.ALL_STORES_READY, f"All {len([f for f in findings if f.store != 'cluster'])} store pods are Running and Ready"
+        return (
+            "True",
+            Reason.ALL_STORES_READY,
+            f"All {len([f for f in findings if f.store != 'cluster'])} store pods are Running and Ready",
+        )
     known = len(findings) - len(unknown)
     return "True", Reason.HOLDS, f"Holds for {known} of {len(findings)} stores" if findings else "Nothing to judge"
 
@@ -126,14 +132,18 @@ def ticket_store_down_conditions(
     """Postgres never answered, so tickets are unknown: invariant conditions stay as last written, never cleared."""
     own = (ConditionType.METRICS_AVAILABLE, ConditionType.TICKET_STORE_AVAILABLE)
     previous = list(previous)
-    computed: list[tuple[str, Status, str, str]] = [(c.type, c.status, c.reason, c.message) for c in previous if c.type not in own]
+    computed: list[tuple[str, Status, str, str]] = [
+        (c.type, c.status, c.reason, c.message) for c in previous if c.type not in own
+    ]
     computed.append((ConditionType.METRICS_AVAILABLE, *_metrics_condition(findings)))
     computed.append((ConditionType.TICKET_STORE_AVAILABLE, "False", Reason.TICKET_STORE_UNREACHABLE, error))
     return merge_conditions(previous, computed, generation, now)
 
 
-def invalid_spec_conditions(previous: Iterable[Condition], error: str, generation: int, now: datetime) -> list[Condition]:
-    """A spec the operator cannot use: Healthy is Unknown with reason InvalidSpec; other conditions stay as they were."""
+def invalid_spec_conditions(
+    previous: Iterable[Condition], error: str, generation: int, now: datetime
+) -> list[Condition]:
+    """A spec the operator cannot use: Healthy is Unknown (InvalidSpec); the other conditions stay as they were."""
     kept = [c for c in previous if c.type != ConditionType.HEALTHY]
     computed: list[tuple[str, Status, str, str]] = [(ConditionType.HEALTHY, "Unknown", Reason.INVALID_SPEC, error)]
     computed += [(c.type, c.status, c.reason, c.message) for c in kept]

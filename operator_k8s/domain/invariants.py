@@ -100,10 +100,14 @@ def _stores_ready(spec: MonitoredClusterSpec, snapshot: Snapshot) -> list[Findin
     present = {pod.name for pod in snapshot.pods}
     for pod in sorted(snapshot.pods, key=lambda p: p.name):
         if pod.healthy:
-            findings.append(Finding(name, pod.name, Verdict.HOLDS, severity, f"Store pod {pod.name} is Running and Ready"))
+            findings.append(
+                Finding(name, pod.name, Verdict.HOLDS, severity, f"Store pod {pod.name} is Running and Ready")
+            )
         else:
             state = f"phase {pod.phase}, {'Ready' if pod.ready else 'not Ready'}"
-            findings.append(Finding(name, pod.name, Verdict.VIOLATED, severity, f"Store pod {pod.name} is down ({state})"))
+            findings.append(
+                Finding(name, pod.name, Verdict.VIOLATED, severity, f"Store pod {pod.name} is down ({state})")
+            )
     expected = spec.stores.expected
     missing_count = 0 if expected is None else max(0, expected - len(snapshot.pods))
     for store in sorted(snapshot.tracked_stores.get(name, frozenset()) - present - {CLUSTER_STORE}):
@@ -147,7 +151,8 @@ def _metric(
         verdict = rule.verdict(value)
         subject = f"store {store}" if per_store else "the cluster"
         relation = {Verdict.VIOLATED: "breaks", Verdict.MARGINAL: "is recovering within", Verdict.HOLDS: "is within"}
-        message = f"{name} of {subject} is {value:.4g}{rule.unit}, {relation[verdict]} threshold {rule.comparator} {rule.threshold:g}{rule.unit}"
+        limit = f"{rule.comparator} {rule.threshold:g}{rule.unit}"
+        message = f"{name} of {subject} is {value:.4g}{rule.unit}, {relation[verdict]} threshold {limit}"
         findings.append(Finding(name, store, verdict, invariant.severity, message, value, rule.threshold, result.query))
     return findings
 

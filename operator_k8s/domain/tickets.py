@@ -164,7 +164,14 @@ def transition(
         if finding.verdict is not Verdict.VIOLATED:
             return Transition(ticket, ticket)
         pending = new_ticket(key, namespace, cluster_name, finding, now)
-        return _maybe_open(None, pending, finding, now, policy, (Effect(EffectKind.PENDING, None, TicketState.PENDING, finding.message),))
+        return _maybe_open(
+            None,
+            pending,
+            finding,
+            now,
+            policy,
+            (Effect(EffectKind.PENDING, None, TicketState.PENDING, finding.message),),
+        )
     if ticket.state is TicketState.PENDING or ticket.state is TicketState.RESOLVED:
         return _waiting(ticket, finding, now, policy)
     return _active(ticket, finding, now, policy)
@@ -228,9 +235,13 @@ def _active(ticket: Ticket, finding: Finding, now: datetime, policy: Policy) -> 
             clearing_since = ticket.clearing_since or now
             if now - clearing_since < policy.clear_grace or ticket.hold:
                 return Transition(ticket, replace(ticket, clearing_since=clearing_since))
-            resolved = replace(ticket, state=TicketState.RESOLVED, resolved_at=now, clearing_since=None, violating_since=None)
+            resolved = replace(
+                ticket, state=TicketState.RESOLVED, resolved_at=now, clearing_since=None, violating_since=None
+            )
             reason = f"{finding.message} for {policy.clear_grace.total_seconds():g}s"
-            return Transition(ticket, resolved, (Effect(EffectKind.RESOLVED, ticket.state, TicketState.RESOLVED, reason),))
+            return Transition(
+                ticket, resolved, (Effect(EffectKind.RESOLVED, ticket.state, TicketState.RESOLVED, reason),)
+            )
 
 
 def _still_violated(ticket: Ticket, finding: Finding, now: datetime) -> Transition:
@@ -262,7 +273,9 @@ def apply_human_intent(ticket: Ticket, *, hold: bool, acknowledged: bool, actor:
             effects.append(Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledged", actor))
         elif not acknowledged and ticket.state is TicketState.ACKNOWLEDGED:
             after = replace(after, state=TicketState.OPEN)
-            effects.append(Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledgement withdrawn", actor))
+            effects.append(
+                Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledgement withdrawn", actor)
+            )
     return Transition(ticket, after, tuple(effects))
 
 

@@ -23,4 +23,6 @@ def test_stores_ready_flips_with_a_store_outage(stack: Stack, namespace: str, op
     eventually(lambda: condition_status(stack, namespace, "tikv", "StoresReady") == "False", what="StoresReady=False")
 
     simulator(stack, "DELETE", f"/clusters/{namespace}/tikv/stores/tikv-1/faults/down")
-    eventually(lambda: condition_status(stack, namespace, "tikv", "StoresReady") == "True", what="StoresReady=True again")
+    eventually(
+        lambda: condition_status(stack, namespace, "tikv", "StoresReady") == "True", what="StoresReady=True again"
+    )

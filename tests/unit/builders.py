@@ -38,12 +38,17 @@ def result(query: str = "q", **values: float) -> QueryResult:
     return QueryResult(query=query, samples=tuple(Sample(store, value) for store, value in values.items()))
 
 
-def snapshot(pod_states: tuple[StorePod, ...], results: dict[str, QueryResult] | None = None,
-             tracked: dict[str, frozenset[str]] | None = None) -> Snapshot:  # fmt: skip
+def snapshot(
+    pod_states: tuple[StorePod, ...],
+    results: dict[str, QueryResult] | None = None,
+    tracked: dict[str, frozenset[str]] | None = None,
+) -> Snapshot:
     return Snapshot(pods=pod_states, results=results or {}, tracked_stores=tracked or {})
 
 
-def finding(verdict: Verdict, severity: Severity = Severity.WARNING, store: str = "tikv-0", value: float = 1.0) -> Finding:
+def finding(
+    verdict: Verdict, severity: Severity = Severity.WARNING, store: str = "tikv-0", value: float = 1.0
+) -> Finding:
     return Finding("latency", store, verdict, severity, f"{verdict} message", value, 0.5, "q")
 
 

@@ -34,21 +34,45 @@ def latency_ticket(state: TicketState, store: str = "tikv-0", **fields):  # type
     ("findings", "tickets", "latency", "healthy"),
     [
         ([lat("tikv-0", Verdict.HOLDS)], [], ("True", Reason.HOLDS), ("True", Reason.ALL_INVARIANTS_HOLD)),
-        ([lat("tikv-0", Verdict.VIOLATED)], [latency_ticket(TicketState.OPEN)], ("False", Reason.VIOLATED),
-         ("False", Reason.INVARIANTS_VIOLATED)),
-        ([lat("tikv-0", Verdict.VIOLATED)], [latency_ticket(TicketState.PENDING)], ("True", Reason.VIOLATION_PENDING),
-         ("True", Reason.ALL_INVARIANTS_HOLD)),
-        ([lat("tikv-0", Verdict.UNKNOWN, Reason.NO_SERIES)], [], ("Unknown", Reason.NO_DATA),
-         ("Unknown", Reason.INVARIANTS_UNKNOWN)),
-        ([lat("tikv-0", Verdict.UNKNOWN, Reason.NO_SERIES)], [latency_ticket(TicketState.OPEN)], ("False", Reason.VIOLATED),
-         ("False", Reason.INVARIANTS_VIOLATED)),
-        ([lat("tikv-0", Verdict.HOLDS)], [latency_ticket(TicketState.OPEN, hold=True)], ("False", Reason.HELD_OPEN),
-         ("False", Reason.INVARIANTS_VIOLATED)),
-        ([lat("tikv-0", Verdict.HOLDS)], [latency_ticket(TicketState.RESOLVED)], ("True", Reason.HOLDS),
-         ("True", Reason.ALL_INVARIANTS_HOLD)),
+        (
+            [lat("tikv-0", Verdict.VIOLATED)],
+            [latency_ticket(TicketState.OPEN)],
+            ("False", Reason.VIOLATED),
+            ("False", Reason.INVARIANTS_VIOLATED),
+        ),
+        (
+            [lat("tikv-0", Verdict.VIOLATED)],
+            [latency_ticket(TicketState.PENDING)],
+            ("True", Reason.VIOLATION_PENDING),
+            ("True", Reason.ALL_INVARIANTS_HOLD),
+        ),
+        (
+            [lat("tikv-0", Verdict.UNKNOWN, Reason.NO_SERIES)],
+            [],
+            ("Unknown", Reason.NO_DATA),
+            ("Unknown", Reason.INVARIANTS_UNKNOWN),
+        ),
+        (
+            [lat("tikv-0", Verdict.UNKNOWN, Reason.NO_SERIES)],
+            [latency_ticket(TicketState.OPEN)],
+            ("False", Reason.VIOLATED),
+            ("False", Reason.INVARIANTS_VIOLATED),
+        ),
+        (
+            [lat("tikv-0", Verdict.HOLDS)],
+            [latency_ticket(TicketState.OPEN, hold=True)],
+            ("False", Reason.HELD_OPEN),
+            ("False", Reason.INVARIANTS_VIOLATED),
+        ),
+        (
+            [lat("tikv-0", Verdict.HOLDS)],
+            [latency_ticket(TicketState.RESOLVED)],
+            ("True", Reason.HOLDS),
+            ("True", Reason.ALL_INVARIANTS_HOLD),
+        ),
     ],
     ids=["holds", "open-ticket", "pending", "no-data", "unknown-keeps-open", "held", "resolved-clears"],
-)  # fmt: skip
+)
 def test_invariant_and_healthy(findings, tickets, latency, healthy) -> None:  # type: ignore[no-untyped-def]
     result = by_type(conditions_for(CycleOutcome(["latency"], findings, tickets), [], 3, at(0)))
     assert result["LatencyWithinBudget"] == latency
@@ -60,10 +84,15 @@ def test_invariant_and_healthy(findings, tickets, latency, healthy) -> None:  # 
     [
         ([lat("tikv-0", Verdict.HOLDS)], ("True", Reason.METRICS_OK)),
         ([lat("tikv-0", Verdict.UNKNOWN, Reason.NO_SERIES)], ("False", Reason.NO_SERIES)),
-        ([lat("tikv-0", Verdict.UNKNOWN, Reason.NO_SERIES), lat("tikv-1", Verdict.UNKNOWN, Reason.PROMETHEUS_UNREACHABLE)],
-         ("False", Reason.PROMETHEUS_UNREACHABLE)),
+        (
+            [
+                lat("tikv-0", Verdict.UNKNOWN, Reason.NO_SERIES),
+                lat("tikv-1", Verdict.UNKNOWN, Reason.PROMETHEUS_UNREACHABLE),
+            ],
+            ("False", Reason.PROMETHEUS_UNREACHABLE),
+        ),
     ],
-)  # fmt: skip
+)
 def test_metrics_available(findings: list[Finding], want: tuple[str, str]) -> None:
     assert by_type(conditions_for(CycleOutcome(["latency"], findings, []), [], 1, at(0)))["MetricsAvailable"] == want
 
@@ -82,7 +111,10 @@ def test_transition_time_kept_unless_status_flips() -> None:
     first = conditions_for(CycleOutcome(["latency"], [lat("tikv-0", Verdict.HOLDS)], []), [], 1, at(0))
     same = conditions_for(CycleOutcome(["latency"], [lat("tikv-0", Verdict.HOLDS)], []), first, 2, at(10))
     flipped = conditions_for(
-        CycleOutcome(["latency"], [lat("tikv-0", Verdict.VIOLATED)], [latency_ticket(TicketState.OPEN)]), same, 2, at(20)
+        CycleOutcome(["latency"], [lat("tikv-0", Verdict.VIOLATED)], [latency_ticket(TicketState.OPEN)]),
+        same,
+        2,
+        at(20),
     )
     latency = {c.type: c for c in same}["LatencyWithinBudget"]
     assert latency.last_transition_time == at(0)
@@ -92,7 +124,9 @@ def test_transition_time_kept_unless_status_flips() -> None:
 
 def test_merge_drops_conditions_no_longer_computed() -> None:
     old = [Condition("Gone", "True", "R", "m", 1, at(0))]
-    assert merge_conditions(old, [("Kept", "True", "R", "m")], 1, at(1)) == [Condition("Kept", "True", "R", "m", 1, at(1))]
+    assert merge_conditions(old, [("Kept", "True", "R", "m")], 1, at(1)) == [
+        Condition("Kept", "True", "R", "m", 1, at(1))
+    ]
 
 
 def test_invalid_spec_keeps_other_conditions() -> None:

@@ -60,7 +60,9 @@ def compare(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], pa
     if crd.get("type") == "object" and "properties" in crd:
         crd_props, model_props = set(crd["properties"]), set(model.get("properties", {}))
         if crd_props != model_props:
-            problems.append(f"{path}: CRD has {sorted(crd_props - model_props)}, model has {sorted(model_props - crd_props)}")
+            problems.append(
+                f"{path}: CRD has {sorted(crd_props - model_props)}, model has {sorted(model_props - crd_props)}"
+            )
         for name in crd_props & model_props:
             compare(crd["properties"][name], model["properties"][name], defs, f"{path}.{name}", problems)
         return
@@ -128,14 +130,20 @@ BASE = {"stores": {"selector": {"matchLabels": {"app": "tikv"}}}, "prometheus": 
         ({"interval": "5x"}, "String should match pattern"),
         ({"invariants": {"latency": {"thresholdMs": -1}}}, "greater than 0"),
         ({"invariants": {"latency": {"thresholdMs": 100, "clearThresholdMs": 200}}}, "must not exceed"),
-        ({"invariants": {"custom": [{"name": "a", "query": "q", "comparator": "<", "threshold": 5, "clearThreshold": 1}]}},
-         "safe side"),
+        (
+            {
+                "invariants": {
+                    "custom": [{"name": "a", "query": "q", "comparator": "<", "threshold": 5, "clearThreshold": 1}]
+                }
+            },
+            "safe side",
+        ),
         ({"invariants": {"custom": [{"name": "a", "query": "q", "comparator": ">", "threshold": 1}] * 2}}, "unique"),
         ({"unknownField": 1}, "Extra inputs are not permitted"),
         ({"prometheus": {"url": "ftp://p"}}, "String should match pattern"),
         ({"prometheus": {"url": "http://p", "matchers": {"bad key": "v"}}}, "String should match pattern"),
     ],
-)  # fmt: skip
+)
 def test_model_rejects_what_the_operator_cannot_use(patch: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         MonitoredClusterSpec.model_validate(BASE | patch)

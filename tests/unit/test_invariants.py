@@ -22,8 +22,16 @@ def verdicts(findings: list, invariant: str) -> dict[str, Verdict]:
     ("states", "expected_count", "want"),
     [
         (("ready", "ready", "ready"), 3, {"tikv-0": "Holds", "tikv-1": "Holds", "tikv-2": "Holds", "cluster": "Holds"}),
-        (("ready", "notready", "ready"), 3, {"tikv-0": "Holds", "tikv-1": "Violated", "tikv-2": "Holds", "cluster": "Holds"}),
-        (("ready", "pending", "ready"), 3, {"tikv-0": "Holds", "tikv-1": "Violated", "tikv-2": "Holds", "cluster": "Holds"}),
+        (
+            ("ready", "notready", "ready"),
+            3,
+            {"tikv-0": "Holds", "tikv-1": "Violated", "tikv-2": "Holds", "cluster": "Holds"},
+        ),
+        (
+            ("ready", "pending", "ready"),
+            3,
+            {"tikv-0": "Holds", "tikv-1": "Violated", "tikv-2": "Holds", "cluster": "Holds"},
+        ),
         (("ready", "ready"), 3, {"tikv-0": "Holds", "tikv-1": "Holds", "cluster": "Violated"}),
         ((), 3, {"cluster": "Violated"}),
         ((), 0, {"cluster": "Holds"}),
@@ -38,8 +46,9 @@ def test_stores_ready(states: tuple[str, ...], expected_count: int, want: dict[s
 def test_stores_ready_without_expected_count_judges_only_pods() -> None:
     cluster = spec(invariants=NO_METRICS, stores={"selector": {"matchLabels": {"a": "b"}}})
     assert verdicts(evaluate(cluster, snapshot(pods("ready", "notready"))), "storesReady") == {
-        "tikv-0": Verdict.HOLDS, "tikv-1": Verdict.VIOLATED,
-    }  # fmt: skip
+        "tikv-0": Verdict.HOLDS,
+        "tikv-1": Verdict.VIOLATED,
+    }
 
 
 @pytest.mark.parametrize(
@@ -88,10 +97,13 @@ def test_store_without_series_is_unknown_not_holds() -> None:
 def test_failed_query_makes_every_store_unknown(failure: QueryFailure, reason: Reason) -> None:
     cluster = spec(invariants={"diskUsage": {"enabled": False}})
     failed = QueryResult.failed("q", failure, "boom")
-    found = [f for f in evaluate(cluster, snapshot(pods("ready", "ready"), {"latency": failed})) if f.invariant == "latency"]
+    found = [
+        f for f in evaluate(cluster, snapshot(pods("ready", "ready"), {"latency": failed})) if f.invariant == "latency"
+    ]
     assert [(f.store, f.verdict, f.unknown_reason) for f in found] == [
-        ("tikv-0", Verdict.UNKNOWN, reason), ("tikv-1", Verdict.UNKNOWN, reason),
-    ]  # fmt: skip
+        ("tikv-0", Verdict.UNKNOWN, reason),
+        ("tikv-1", Verdict.UNKNOWN, reason),
+    ]
 
 
 def test_series_for_store_without_pod_is_judged() -> None:
@@ -102,7 +114,9 @@ def test_series_for_store_without_pod_is_judged() -> None:
 
 def test_disk_usage_percent() -> None:
     cluster = spec(invariants={"latency": {"enabled": False}, "diskUsage": {"thresholdPercent": 85}})
-    found = evaluate(cluster, snapshot(pods("ready", "ready"), {"diskUsage": result(**{"tikv-0": 40.0, "tikv-1": 95.0})}))
+    found = evaluate(
+        cluster, snapshot(pods("ready", "ready"), {"diskUsage": result(**{"tikv-0": 40.0, "tikv-1": 95.0})})
+    )
     assert verdicts(found, "diskUsage") == {"tikv-0": Verdict.HOLDS, "tikv-1": Verdict.VIOLATED}
 
 

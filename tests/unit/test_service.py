@@ -40,8 +40,15 @@ class FakeStore:
         for write in writes:
             ticket = write.after or write.before
             assert ticket is not None
-            existing = next((i for i, r in enumerate(self.rows) if (r.id == ticket.id and ticket.id is not None)
-                             or (ticket.id is None and r.key == ticket.key and r.state is not TicketState.RESOLVED)), None)  # fmt: skip
+            existing = next(
+                (
+                    i
+                    for i, r in enumerate(self.rows)
+                    if (r.id == ticket.id and ticket.id is not None)
+                    or (ticket.id is None and r.key == ticket.key and r.state is not TicketState.RESOLVED)
+                ),
+                None,
+            )
             if write.after is None:
                 if existing is not None:
                     del self.rows[existing]
@@ -53,7 +60,9 @@ class FakeStore:
                 self.rows.append(row)
             else:
                 self.rows[existing] = replace(row, id=self.rows[existing].id)
-        return [r for r in self.rows if r.state is not TicketState.RESOLVED or (r.resolved_at and r.resolved_at >= horizon)]
+        return [
+            r for r in self.rows if r.state is not TicketState.RESOLVED or (r.resolved_at and r.resolved_at >= horizon)
+        ]
 
     async def close(self) -> None:
         pass
@@ -99,7 +108,9 @@ def parts() -> tuple[Monitor, FakeStore, FakeMetrics, FakeMirror]:
     return Monitor(store=store, metrics=metrics, mirror=mirror), store, metrics, mirror
 
 
-async def cycle(monitor: Monitor, seconds: float, status: dict[str, Any] | None = None, spec: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
+async def cycle(
+    monitor: Monitor, seconds: float, status: dict[str, Any] | None = None, spec: dict[str, Any] | None = None
+):  # type: ignore[no-untyped-def]
     return await monitor.check_cluster(REF, spec or SPEC, PODS, status or {}, at(seconds))
 
 
@@ -108,7 +119,7 @@ def conditions(status: dict[str, Any]) -> dict[str, str]:
 
 
 async def test_healthy_steady_state_costs_one_round_trip_and_no_kubernetes_write(parts) -> None:  # type: ignore[no-untyped-def]
-    monitor, store, metrics, mirror = parts
+    monitor, store, _, mirror = parts
     status, _ = await cycle(monitor, 0)
     assert status is not None and conditions(status)["Healthy"] == "True"
     before = len(store.calls)
@@ -211,14 +222,16 @@ async def test_human_hold_keeps_ticket_open(parts) -> None:  # type: ignore[no-u
     await cycle(monitor, 0)
     ticket_id = store.rows[0].id
     assert ticket_id is not None
-    assert await monitor.human_intent("uid-1", ticket_id, hold=True, acknowledged=True, actor="kubernetes:kubectl", now=at(1))
+    assert await monitor.human_intent(
+        "uid-1", ticket_id, hold=True, acknowledged=True, actor="kubernetes:kubectl", now=at(1)
+    )
     metrics.latency["tikv-1"] = 5.0
     await cycle(monitor, 2)
     assert (store.rows[0].state, store.rows[0].hold) == (TicketState.ACKNOWLEDGED, True)
 
 
 async def test_queries_per_cycle_do_not_grow_with_stores(parts) -> None:  # type: ignore[no-untyped-def]
-    monitor, _, metrics, _ = parts
+    monitor, _, _, _ = parts
     many = [StorePod(f"tikv-{i}", "Running", True) for i in range(50)]
     _, stats = await monitor.check_cluster(REF, SPEC, many, {}, at(0))
     assert stats.queries == 1

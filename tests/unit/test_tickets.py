@@ -21,8 +21,9 @@ V, M, H, U = Verdict.VIOLATED, Verdict.MARGINAL, Verdict.HOLDS, Verdict.UNKNOWN
 
 
 def step(current, verdict, seconds, pol=None, severity=Severity.WARNING):  # type: ignore[no-untyped-def]
-    return transition(current, finding(verdict, severity), at(seconds), pol or policy(), key=KEY, namespace="ns",
-                      cluster_name="tikv")  # fmt: skip
+    return transition(
+        current, finding(verdict, severity), at(seconds), pol or policy(), key=KEY, namespace="ns", cluster_name="tikv"
+    )
 
 
 def kinds(result) -> list[EffectKind]:  # type: ignore[no-untyped-def]
@@ -79,7 +80,15 @@ def test_pending_cancelled_only_by_known_recovery(verdict: Verdict, cancelled: b
         ([(H, 0), (M, 30), (H, 60), (H, 120)], TicketState.RESOLVED),
         ([(U, 0), (U, 1000)], TicketState.OPEN),
     ],
-    ids=["no-grace", "grace-not-elapsed", "grace-elapsed", "unknown-resets", "band-resets", "band-then-clear", "unknown-never-resolves"],
+    ids=[
+        "no-grace",
+        "grace-not-elapsed",
+        "grace-elapsed",
+        "unknown-resets",
+        "band-resets",
+        "band-then-clear",
+        "unknown-never-resolves",
+    ],
 )
 def test_clear_grace(sequence: list[tuple[Verdict, float]], final_state: TicketState) -> None:
     pol = policy(clear=60) if len(sequence) > 1 or sequence[0][0] is not H else policy()
@@ -164,7 +173,9 @@ def test_reopen_respects_onset_grace() -> None:
         (TicketState.RESOLVED, False, True, TicketState.RESOLVED, []),
     ],
 )
-def test_human_intent(state: TicketState, hold: bool, ack: bool, want_state: TicketState, want_kinds: list[EffectKind]) -> None:
+def test_human_intent(
+    state: TicketState, hold: bool, ack: bool, want_state: TicketState, want_kinds: list[EffectKind]
+) -> None:
     current = ticket(state, acknowledged=state is TicketState.ACKNOWLEDGED)
     result = apply_human_intent(current, hold=hold, acknowledged=ack, actor="kubernetes:kubectl-patch")
     assert result.after is not None
@@ -176,13 +187,19 @@ def test_human_intent(state: TicketState, hold: bool, ack: bool, want_state: Tic
 def test_releasing_a_hold_lets_the_next_cycle_resolve() -> None:
     held = ticket(TicketState.OPEN, hold=True)
     released = apply_human_intent(held, hold=False, acknowledged=False, actor="me").after
-    assert [e.kind for e in apply_human_intent(held, hold=False, acknowledged=False, actor="me").effects] == [EffectKind.RELEASED]
+    assert [e.kind for e in apply_human_intent(held, hold=False, acknowledged=False, actor="me").effects] == [
+        EffectKind.RELEASED
+    ]
     assert step(released, H, 1).after.state is TicketState.RESOLVED
 
 
 @pytest.mark.parametrize(
     ("state", "after_state"),
-    [(TicketState.OPEN, TicketState.RESOLVED), (TicketState.PENDING, None), (TicketState.RESOLVED, TicketState.RESOLVED)],
+    [
+        (TicketState.OPEN, TicketState.RESOLVED),
+        (TicketState.PENDING, None),
+        (TicketState.RESOLVED, TicketState.RESOLVED),
+    ],
 )
 def test_retire(state: TicketState, after_state: TicketState | None) -> None:
     result = retire(ticket(state), at(5), "ClusterDeleted")

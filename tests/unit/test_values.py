@@ -15,7 +15,9 @@ from operator_k8s.domain.vocabulary import Invariant
 from tests.unit.builders import at, pods, spec, ticket
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m30s", 90), ("250ms", 0.25), ("1h", 3600), ("1.5s", 1.5)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("1m30s", 90), ("250ms", 0.25), ("1h", 3600), ("1.5s", 1.5)]
+)
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -35,14 +37,18 @@ def test_format_duration(seconds: float, text: str) -> None:
 def test_escaped_label_value_cannot_end_the_string(value: str) -> None:
     escaped = escape_label_value(value)
     # Every double quote is escaped, so the PromQL string literal ends only where we end it.
-    unescaped_quotes = [i for i, c in enumerate(escaped) if c == '"' and (len(escaped[:i]) - len(escaped[:i].rstrip("\\"))) % 2 == 0]
+    unescaped_quotes = [
+        i for i, c in enumerate(escaped) if c == '"' and (len(escaped[:i]) - len(escaped[:i].rstrip("\\"))) % 2 == 0
+    ]
     assert unescaped_quotes == []
     assert "\n" not in escaped
 
 
 def test_hostile_matcher_value_stays_inside_its_string() -> None:
     hostile = 'x"} or vector(1) or up{a="'
-    query = builtin_query(spec(prometheus={"url": "http://p", "matchers": {"job": hostile}}), Invariant.DISK_USAGE, "ns", ())
+    query = builtin_query(
+        spec(prometheus={"url": "http://p", "matchers": {"job": hostile}}), Invariant.DISK_USAGE, "ns", ()
+    )
     assert 'job="x\\"} or vector(1) or up{a=\\""' in query
 
 
@@ -54,7 +60,10 @@ def test_namespace_and_stores_are_escaped() -> None:
 
 def test_override_template_keeps_promql_braces() -> None:
     cluster = spec(queries={"latency": 'histogram_quantile({quantile}, rate(x_bucket{job="kv",{matchers}}[{window}]))'})
-    assert builtin_query(cluster, Invariant.LATENCY, "ns", ()) == 'histogram_quantile(0.99, rate(x_bucket{job="kv",namespace="ns"}[1m]))'
+    assert (
+        builtin_query(cluster, Invariant.LATENCY, "ns", ())
+        == 'histogram_quantile(0.99, rate(x_bucket{job="kv",namespace="ns"}[1m]))'
+    )
 
 
 def test_fill_template_ignores_unknown_braces() -> None:
@@ -70,7 +79,12 @@ def test_status_patch_skips_unchanged_until_heartbeat() -> None:
 
 
 def test_store_counts_summary() -> None:
-    assert StoreCounts.of(pods("ready", "notready"), 3).to_wire() == {"observed": 2, "ready": 1, "summary": "1/3 ready", "expected": 3}
+    assert StoreCounts.of(pods("ready", "notready"), 3).to_wire() == {
+        "observed": 2,
+        "ready": 1,
+        "summary": "1/3 ready",
+        "expected": 3,
+    }
     assert StoreCounts.of(pods("ready"), None).to_wire()["summary"] == "1/1 ready"
 
 
