@@ -294,37 +294,25 @@ class Stack:
         ).start()
         self.processes.append(postgres)
         self.postgres_dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        pg_isready = bindir / "pg_isready"
-        postgres.wait_until(
-            lambda: (
-                subprocess.run(
-                    [str(pg_isready), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
-                    capture_output=True,
-                    check=False,
-                ).returncode
-                == 0
-            ),
-            30,
-            "accepting connections",
-        )
+        postgres.wait_until(self._postgres_ready, 30, "accepting connections")
 
-    def restart_postgres(self) -> None:
-        """Stop and start Postgres on the same port and data (for outage tests)."""
-        postgres = self.process("postgres")
-        postgres.stop()
-        postgres.start()
+    def stop_component(self, name: str) -> None:
+        """Stop one component (for outage tests); ``start_component`` brings it back on the same port and data."""
+        self.process(name).stop()
+
+    def start_component(self, name: str) -> None:
+        process = self.process(name)
+        process.start()
+        ready = {"postgres": self._postgres_ready, "prometheus": self._prometheus_ready}[name]
+        process.wait_until(ready, 60, "ready again")
+
+    def _postgres_ready(self) -> bool:
         port = self.postgres_dsn.rsplit(":", 1)[1].split("/")[0]
-        pg_isready = _postgres_bindir() / "pg_isready"
-        postgres.wait_until(
-            lambda: (
-                subprocess.run(
-                    [str(pg_isready), "-h", "127.0.0.1", "-p", port, "-U", "postgres"], capture_output=True, check=False
-                ).returncode
-                == 0
-            ),
-            30,
-            "accepting connections",
-        )
+        argv = [str(_postgres_bindir() / "pg_isready"), "-h", "127.0.0.1", "-p", port, "-U", "postgres"]
+        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+    def _prometheus_ready(self) -> bool:
+        return _http_ok(f"{self.prometheus_url}/-/ready")
 
     # -- simulator and Prometheus ----------------------------------------------------------------------------------
 
@@ -374,7 +362,7 @@ class Stack:
         ).start()
         self.processes.append(prometheus)
         self.prometheus_url = f"http://127.0.0.1:{port}"
-        prometheus.wait_until(lambda: _http_ok(f"{self.prometheus_url}/-/ready"), 60, "ready")
+        prometheus.wait_until(self._prometheus_ready, 60, "ready")
         if self.simulator_url:
             query = urllib.parse.quote('up{job="simulator"} == 1')
             prometheus.wait_until(
