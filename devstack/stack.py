@@ -237,6 +237,23 @@ class Stack:
         self.wait_for_namespace("default")
         self.install_crds()
 
+    def token_kubeconfig(self, token: str, name: str) -> Path:
+        """A kubeconfig that authenticates with a bearer token only (e.g. a ServiceAccount's, from TokenRequest)."""
+        assert self.pki is not None
+        path = self.workdir / f"kubeconfig-{name}"
+        cluster = {"server": self.apiserver_url, "certificate-authority": str(self.pki.ca_cert)}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "devstack", "cluster": cluster}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {"cluster": "devstack", "user": name, "namespace": "default"}}],
+            "current-context": name,
+        }
+        path.write_text(json.dumps(body))
+        path.chmod(0o600)
+        return path
+
     def wait_for_namespace(self, name: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while self.kubectl("get", "namespace", name, check=False).returncode != 0:

@@ -1,0 +1,92 @@
+"""The Prometheus adapter against the real Prometheus scraping the store simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from devstack.processes import free_port
+from devstack.stack import Stack
+from operator_k8s.adapters.prometheus import PrometheusMetrics
+from operator_k8s.domain.observations import QueryFailure
+from operator_k8s.domain.queries import builtin_query
+from operator_k8s.domain.vocabulary import Invariant
+from tests.stackutil import eventually, prometheus_query, simulator
+from tests.unit.builders import spec
+
+pytestmark = pytest.mark.stack
+_clusters = itertools.count()
+STORES = ("prom-0", "prom-1", "prom-2")
+
+
+@pytest.fixture
+def metrics() -> Iterator[PrometheusMetrics]:
+    adapter = PrometheusMetrics(concurrency=2)
+    yield adapter
+    adapter.close()
+
+
+@pytest.fixture
+def simulated(stack: Stack, namespace: str) -> str:
+    simulator(stack, "PUT", f"/clusters/{namespace}/prom", {"stores": 3, "labels": {"app": "prom"}})
+    eventually(
+        lambda: len(prometheus_query(stack, f'tikv_store_size_bytes{{namespace="{namespace}",type="used"}}')) == 3,
+        what="Prometheus to scrape the simulated stores",
+    )
+    return namespace
+
+
+def test_prometheus_serves_the_simulator_series(stack: Stack, simulated: str) -> None:
+    series = prometheus_query(stack, f'tikv_grpc_msg_duration_seconds_count{{namespace="{simulated}"}}')
+    assert sorted(s["metric"]["pod"] for s in series) == list(STORES)
+
+
+async def test_preset_queries_return_one_sample_per_store(stack: Stack, simulated: str, metrics: PrometheusMetrics) -> None:
+    cluster = spec(prometheus={"url": stack.prometheus_url, "rateWindow": "5s"})
+    for invariant in (Invariant.LATENCY, Invariant.DISK_USAGE):
+        query = builtin_query(cluster, invariant, simulated, STORES)
+
+        async def samples(q: str = query) -> dict[str, float]:
+            result = await metrics.query(stack.prometheus_url, q, store_label="pod", timeout=2)
+            assert result.failure is None, result.error
+            return {s.store: s.value for s in result.samples if s.store}
+
+        values = await samples()
+        for _ in range(40):
+            if len(values) == 3:
+                break
+            await asyncio.sleep(0.25)
+            values = await samples()
+        assert sorted(values) == list(STORES), (invariant, values)
+    disk = await metrics.query(stack.prometheus_url, builtin_query(cluster, Invariant.DISK_USAGE, simulated, STORES),
+                               store_label="pod", timeout=2)  # fmt: skip
+    assert {round(s.value) for s in disk.samples} == {40}
+
+
+async def test_injected_disk_fill_shows_in_the_query(stack: Stack, simulated: str, metrics: PrometheusMetrics) -> None:
+    query = builtin_query(spec(prometheus={"url": stack.prometheus_url}), Invariant.DISK_USAGE, simulated, STORES)
+    simulator(stack, "PUT", f"/clusters/{simulated}/prom/stores/prom-1/faults/disk", {"percent": 93})
+
+    async def filled() -> bool:
+        result = await metrics.query(stack.prometheus_url, query, store_label="pod", timeout=2)
+        return {s.store: round(s.value) for s in result.samples}.get("prom-1") == 93
+
+    for _ in range(40):
+        if await filled():
+            break
+        await asyncio.sleep(0.25)
+    assert await filled()
+
+
+async def test_bad_query_is_an_error_not_an_exception(stack: Stack, metrics: PrometheusMetrics) -> None:
+    result = await metrics.query(stack.prometheus_url, "sum(", store_label="pod", timeout=2)
+    assert result.failure is QueryFailure.ERROR
+    assert "parse error" in result.error
+
+
+async def test_unreachable_prometheus_is_reported_as_such(metrics: PrometheusMetrics) -> None:
+    result = await metrics.query(f"http://127.0.0.1:{free_port()}", "up", store_label="pod", timeout=1)
+    assert result.failure is QueryFailure.UNREACHABLE
