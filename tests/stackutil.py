@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import asyncpg
 
 from devstack.stack import Stack
 
@@ -75,3 +78,26 @@ def monitored_cluster(name: str, namespace: str, stack: Stack, *, expected: int 
     }
     body["spec"].update(spec)
     return body
+
+
+def pg_rows(stack: Stack, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Rows from the stack's Postgres (the operator's system of record), for assertions."""
+
+    async def fetch() -> list[dict[str, Any]]:
+        connection = await asyncpg.connect(stack.postgres_dsn)
+        try:
+            return [dict(r) for r in await connection.fetch(sql, *args)]
+        finally:
+            await connection.close()
+
+    return asyncio.run(fetch())
+
+
+def tickets_in_db(stack: Stack, namespace: str, invariant: str | None = None) -> list[dict[str, Any]]:
+    rows = pg_rows(stack, "SELECT * FROM tickets WHERE namespace = $1 ORDER BY id", namespace)
+    return [r for r in rows if invariant is None or r["invariant"] == invariant]
+
+
+def ticket_resources(stack: Stack, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(stack, "tickets", "-n", namespace)["items"]
+    return items

@@ -86,7 +86,9 @@ def test_invalid_cluster_is_rejected_by_the_api_server(
 
 def test_unknown_fields_are_pruned_or_refused(stack: Stack, namespace: str) -> None:
     body = variant(["surprise"], True, "strict")
-    result = stack.kubectl("apply", "--validate=strict", "-n", namespace, "-f", "-", check=False, input_text=json.dumps(body))
+    result = stack.kubectl(
+        "apply", "--validate=strict", "-n", namespace, "-f", "-", check=False, input_text=json.dumps(body)
+    )
     assert result.returncode != 0
     assert 'unknown field "spec.surprise"' in result.stderr
 
@@ -105,7 +107,9 @@ def test_printer_columns(stack: Stack, namespace: str) -> None:
     status = {"status": {"openTickets": 1, "stores": {"summary": "2/3 ready"}, "lastCheckTime": "2026-01-01T00:00:00Z",
                          "conditions": [{"type": "Healthy", "status": "False", "reason": "InvariantsViolated",
                                          "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}  # fmt: skip
-    stack.kubectl("patch", "mc", "valid", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    stack.kubectl(
+        "patch", "mc", "valid", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(status)
+    )
     _ticket(stack, namespace)
 
     mc = stack.kubectl("get", "mc", "-n", namespace).stdout.splitlines()
@@ -113,13 +117,31 @@ def test_printer_columns(stack: Stack, namespace: str) -> None:
     assert mc[1].split()[:5] == ["valid", "False", "2/3", "ready", "1"]
 
     tickets = stack.kubectl("get", "tickets", "-n", namespace).stdout.splitlines()
-    assert tickets[0].split() == ["NAME", "CLUSTER", "INVARIANT", "STORE", "SEVERITY", "STATE", "COUNT", "LAST-SEEN", "AGE"]
+    assert tickets[0].split() == [
+        "NAME",
+        "CLUSTER",
+        "INVARIANT",
+        "STORE",
+        "SEVERITY",
+        "STATE",
+        "COUNT",
+        "LAST-SEEN",
+        "AGE",
+    ]
     assert tickets[1].split()[:7] == ["tikv-latency-tikv-1-1", "tikv", "latency", "tikv-1", "warning", "open", "2"]
-    assert stack.kubectl("get", "tk", "-n", namespace, "-o", "name").stdout.strip() == "ticket.operator-k8s.io/tikv-latency-tikv-1-1"
+    assert (
+        stack.kubectl("get", "tk", "-n", namespace, "-o", "name").stdout.strip()
+        == "ticket.operator-k8s.io/tikv-latency-tikv-1-1"
+    )
 
 
 def test_ticket_spec_is_bounded(stack: Stack, namespace: str) -> None:
-    body = {"apiVersion": "operator-k8s.io/v1alpha1", "kind": "Ticket", "metadata": {"name": "t"}, "spec": {"note": "n" * 2000}}
+    body = {
+        "apiVersion": "operator-k8s.io/v1alpha1",
+        "kind": "Ticket",
+        "metadata": {"name": "t"},
+        "spec": {"note": "n" * 2000},
+    }
     code, error = apply(stack, namespace, body)
     assert code != 0
     assert "may not be more than 1024" in error
@@ -134,7 +156,9 @@ def test_token_request_and_rbac(stack: Stack, namespace: str) -> None:
     assert denied.returncode != 0
     assert f"system:serviceaccount:{namespace}:probe" in denied.stderr
     stack.kubectl("create", "role", "read-pods", "--verb=list", "--resource=pods", "-n", namespace)
-    stack.kubectl("create", "rolebinding", "probe", "--role=read-pods", f"--serviceaccount={namespace}:probe", "-n", namespace)
+    stack.kubectl(
+        "create", "rolebinding", "probe", "--role=read-pods", f"--serviceaccount={namespace}:probe", "-n", namespace
+    )
     allowed = stack.kubectl("auth", "can-i", "list", "pods", *as_probe, check=False)
     assert allowed.stdout.strip() == "yes"
     assert stack.kubectl("auth", "can-i", "get", "secrets", *as_probe, check=False).stdout.strip() == "no"

@@ -44,7 +44,9 @@ def test_prometheus_serves_the_simulator_series(stack: Stack, simulated: str) ->
     assert sorted(s["metric"]["pod"] for s in series) == list(STORES)
 
 
-async def test_preset_queries_return_one_sample_per_store(stack: Stack, simulated: str, metrics: PrometheusMetrics) -> None:
+async def test_preset_queries_return_one_sample_per_store(
+    stack: Stack, simulated: str, metrics: PrometheusMetrics
+) -> None:
     cluster = spec(prometheus={"url": stack.prometheus_url, "rateWindow": "5s"})
     for invariant in (Invariant.LATENCY, Invariant.DISK_USAGE):
         query = builtin_query(cluster, invariant, simulated, STORES)

@@ -40,7 +40,10 @@ async def test_migrates_an_empty_database(database: str) -> None:
     try:
         assert await migrate(connection) == [m.version for m in migrations()]
         assert await migrate(connection) == [], "migrations are applied once"
-        tables = {r["tablename"] for r in await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        tables = {
+            r["tablename"]
+            for r in await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
         assert {"tickets", "ticket_events", "schema_migrations"} <= tables
     finally:
         await connection.close()
@@ -134,12 +137,16 @@ async def test_history_records_every_transition_with_actor(database: str) -> Non
         await monitor.check_cluster(REF, SPEC, PODS, {}, at(0))
         ticket_id = next(t.id for t in await store.sync(REF.uid, [], at(0)))
         assert ticket_id is not None
-        await monitor.human_intent(REF.uid, ticket_id, hold=False, acknowledged=True, actor="kubernetes:kubectl-patch", now=at(1))
+        await monitor.human_intent(
+            REF.uid, ticket_id, hold=False, acknowledged=True, actor="kubernetes:kubectl-patch", now=at(1)
+        )
         metrics.latency["tikv-1"] = 5.0
         await monitor.check_cluster(REF, SPEC, PODS, {}, at(2))
         connection = await asyncpg.connect(database)
         try:
-            events = await connection.fetch("SELECT kind, actor, to_state FROM ticket_events WHERE ticket_id = $1 ORDER BY id", ticket_id)
+            events = await connection.fetch(
+                "SELECT kind, actor, to_state FROM ticket_events WHERE ticket_id = $1 ORDER BY id", ticket_id
+            )
         finally:
             await connection.close()
         assert [(e["kind"], e["actor"], e["to_state"]) for e in events] == [

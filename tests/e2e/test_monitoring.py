@@ -1,0 +1,244 @@
+"""The monitoring core end to end: simulator faults → tickets in Postgres, Ticket resources, conditions → resolution."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from typing import Any
+
+import pytest
+from kopf.testing import KopfRunner
+
+from devstack.operator import operator_process
+from devstack.stack import Stack
+from tests.stackutil import (
+    condition,
+    condition_status,
+    eventually,
+    monitored_cluster,
+    pg_rows,
+    simulator,
+    ticket_resources,
+    tickets_in_db,
+)
+
+pytestmark = pytest.mark.stack
+
+CONDITION = {"storesReady": "StoresReady", "latency": "LatencyWithinBudget", "diskUsage": "DiskSpaceAvailable",
+             "slow-stores": "CustomSlowStores"}  # fmt: skip
+CUSTOM = {
+    "name": "slow-stores",
+    "query": "sum by (pod) (rate(tikv_grpc_msg_duration_seconds_sum{{namespace='{ns}'}}[5s])) / "
+    "sum by (pod) (rate(tikv_grpc_msg_duration_seconds_count{{namespace='{ns}'}}[5s])) * 1000",
+    "comparator": ">",
+    "threshold": 250,
+}
+
+
+def start_cluster(stack: Stack, namespace: str, name: str = "tikv", **spec: Any) -> None:
+    simulator(stack, "PUT", f"/clusters/{namespace}/{name}", {"stores": 3, "labels": {"app": name}})
+    custom = {**CUSTOM, "query": CUSTOM["query"].format(ns=namespace)}
+    invariants = spec.pop("invariants", {"custom": [custom]})
+    body = monitored_cluster(name, namespace, stack, invariants=invariants, **spec)
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+    eventually(lambda: condition_status(stack, namespace, name, "Healthy") == "True", what="Healthy=True", timeout=90)
+
+
+def fault(
+    stack: Stack, namespace: str, store: str, kind: str, body: dict[str, Any] | None = None, heal: bool = False
+) -> None:
+    method = "DELETE" if heal else "PUT"
+    simulator(stack, method, f"/clusters/{namespace}/tikv/stores/{store}/faults/{kind}", body)
+
+
+def open_in_db(stack: Stack, namespace: str, invariant: str) -> list[dict[str, Any]]:
+    return [r for r in tickets_in_db(stack, namespace, invariant) if r["state"] == "open"]
+
+
+@pytest.mark.parametrize(
+    ("invariant", "kind", "body", "stores"),
+    [
+        ("storesReady", "down", None, ["tikv-1"]),
+        ("latency", "latency", {"seconds": 0.8}, ["tikv-0", "tikv-2"]),
+        ("diskUsage", "disk", {"percent": 95}, ["tikv-2"]),
+        ("slow-stores", "latency", {"seconds": 0.4}, ["tikv-1"]),
+    ],
+)
+def test_fault_opens_one_ticket_per_store_and_heal_resolves_it(
+    stack: Stack, namespace: str, operator: KopfRunner, invariant: str, kind: str, body: Any, stores: list[str]
+) -> None:
+    start_cluster(stack, namespace)
+    for store in stores:
+        fault(stack, namespace, store, kind, body)
+    eventually(lambda: len(open_in_db(stack, namespace, invariant)) == len(stores), what=f"{invariant} tickets open")
+    eventually(
+        lambda: condition_status(stack, namespace, "tikv", CONDITION[invariant]) == "False", what="condition False"
+    )
+    time.sleep(3)  # a few more cycles of the same violation must not duplicate anything
+    rows = open_in_db(stack, namespace, invariant)
+    assert sorted(r["store"] for r in rows) == stores
+    assert len(tickets_in_db(stack, namespace, invariant)) == len(stores), "exactly one ticket per affected store"
+    resources = [t for t in ticket_resources(stack, namespace) if t["status"]["invariant"] == invariant]
+    assert sorted(t["status"]["store"] for t in resources) == stores
+    assert {t["status"]["state"] for t in resources} == {"open"}
+    assert all(t["metadata"]["ownerReferences"][0]["kind"] == "MonitoredCluster" for t in resources)
+
+    for store in stores:
+        fault(stack, namespace, store, kind, heal=True)
+    eventually(lambda: not open_in_db(stack, namespace, invariant), what="auto-resolution in Postgres", timeout=60)
+    eventually(
+        lambda: condition_status(stack, namespace, "tikv", CONDITION[invariant]) == "True", what="condition True"
+    )
+    eventually(
+        lambda: (
+            {t["status"]["state"] for t in ticket_resources(stack, namespace) if t["status"]["invariant"] == invariant}
+            == {"resolved"}
+        ),
+        what="Ticket resources resolved",
+    )
+    assert len(tickets_in_db(stack, namespace, invariant)) == len(stores)
+
+
+def test_held_ticket_stays_open_after_heal(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+    start_cluster(stack, namespace, invariants={"diskUsage": {"clearFor": "2s"}})
+    fault(stack, namespace, "tikv-0", "disk", {"percent": 97})
+    eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="a diskUsage ticket")
+    name = eventually(lambda: [t["metadata"]["name"] for t in ticket_resources(stack, namespace)], what="its resource")[
+        0
+    ]
+    stack.kubectl(
+        "patch", "ticket", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"hold":true,"acknowledged":true}}'
+    )
+    eventually(lambda: [r for r in tickets_in_db(stack, namespace, "diskUsage") if r["hold"] and r["state"] == "acknowledged"],
+               what="hold and acknowledgement in Postgres")  # fmt: skip
+    fault(stack, namespace, "tikv-0", "disk", heal=True)
+    time.sleep(6)
+    row = tickets_in_db(stack, namespace, "diskUsage")[0]
+    assert (row["state"], row["hold"]) == ("acknowledged", True)
+    assert condition(stack, namespace, "tikv", "DiskSpaceAvailable")["reason"] == "TicketHeld"
+    stack.kubectl("patch", "ticket", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"hold":false}}')
+    eventually(
+        lambda: tickets_in_db(stack, namespace, "diskUsage")[0]["state"] == "resolved", what="resolution after release"
+    )
+
+
+def test_prometheus_down_resolves_nothing(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+    start_cluster(stack, namespace, invariants={"latency": {"thresholdMs": 100}})
+    fault(stack, namespace, "tikv-1", "latency", {"seconds": 0.8})
+    eventually(lambda: open_in_db(stack, namespace, "latency"), what="a latency ticket")
+    stack.stop_component("prometheus")
+    try:
+        fault(stack, namespace, "tikv-1", "latency", heal=True)
+        eventually(
+            lambda: condition_status(stack, namespace, "tikv", "MetricsAvailable") == "False",
+            what="MetricsAvailable=False",
+        )
+        assert condition(stack, namespace, "tikv", "MetricsAvailable")["reason"] == "PrometheusUnreachable"
+        time.sleep(4)
+        assert [r["state"] for r in tickets_in_db(stack, namespace, "latency")] == ["open"]
+        assert condition_status(stack, namespace, "tikv", "LatencyWithinBudget") == "False"
+    finally:
+        stack.start_component("prometheus")
+    eventually(
+        lambda: not open_in_db(stack, namespace, "latency"), what="resolution once Prometheus is back", timeout=60
+    )
+
+
+def test_postgres_outage_loses_no_transition(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+    start_cluster(stack, namespace)
+    stack.stop_component("postgres")
+    try:
+        fault(stack, namespace, "tikv-2", "down")
+        eventually(
+            lambda: condition_status(stack, namespace, "tikv", "TicketStoreAvailable") == "False",
+            what="TicketStoreAvailable=False",
+        )
+        eventually(
+            lambda: condition_status(stack, namespace, "tikv", "StoresReady") == "False", what="StoresReady=False"
+        )
+        fault(stack, namespace, "tikv-2", "down", heal=True)
+        eventually(lambda: condition_status(stack, namespace, "tikv", "StoresReady") == "True", what="StoresReady=True")
+    finally:
+        stack.start_component("postgres")
+    eventually(
+        lambda: condition_status(stack, namespace, "tikv", "TicketStoreAvailable") == "True", what="Postgres back"
+    )
+    rows = eventually(
+        lambda: tickets_in_db(stack, namespace, "storesReady"), what="the ticket written after the outage"
+    )
+    assert [(r["store"], r["state"]) for r in rows] == [("tikv-2", "resolved")]
+    events = [e["kind"] for e in pg_events(stack, rows[0]["id"])]
+    assert events == ["Pending", "Opened", "Resolved"]
+
+
+def pg_events(stack: Stack, ticket_id: int) -> list[dict[str, Any]]:
+    return pg_rows(stack, "SELECT kind FROM ticket_events WHERE ticket_id = $1 ORDER BY id", ticket_id)
+
+
+def test_restart_mid_violation_keeps_countdown_and_makes_no_duplicate(stack: Stack, namespace: str) -> None:
+    first = operator_process(stack, "operator-restart-1.log")
+    try:
+        start_cluster(stack, namespace, invariants={"storesReady": {"for": "10s"}})
+        fault(stack, namespace, "tikv-0", "down")
+        injected = time.monotonic()
+        eventually(lambda: [r for r in tickets_in_db(stack, namespace, "storesReady") if r["state"] == "pending"],
+                   what="a pending ticket")  # fmt: skip
+    finally:
+        assert first.popen is not None
+        first.popen.send_signal(signal.SIGKILL)  # no graceful shutdown: a crash mid-violation
+        first.popen.wait()
+    second = operator_process(stack, "operator-restart-2.log")
+    try:
+        eventually(lambda: open_in_db(stack, namespace, "storesReady"), what="the ticket to open", timeout=60)
+        opened_after = time.monotonic() - injected
+        assert opened_after < 18, f"the countdown restarted: opened {opened_after:.1f}s after the fault (for: 10s)"
+        assert len(tickets_in_db(stack, namespace, "storesReady")) == 1
+        time.sleep(3)
+        assert len(tickets_in_db(stack, namespace, "storesReady")) == 1
+        assert len([t for t in ticket_resources(stack, namespace)]) == 1
+    finally:
+        second.stop()
+
+
+def test_deleting_the_cluster_resolves_its_tickets(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+    start_cluster(stack, namespace)
+    fault(stack, namespace, "tikv-1", "down")
+    eventually(lambda: open_in_db(stack, namespace, "storesReady"), what="a storesReady ticket")
+    stack.kubectl("delete", "mc", "tikv", "-n", namespace, "--wait=true", "--timeout=30s")
+    rows = tickets_in_db(stack, namespace, "storesReady")
+    assert [r["state"] for r in rows] == ["resolved"]
+    assert [e["kind"] for e in pg_events(stack, rows[0]["id"])][-1] == "Resolved"
+
+
+def test_deleted_ticket_resource_is_rebuilt_from_postgres(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+    start_cluster(stack, namespace)
+    fault(stack, namespace, "tikv-1", "down")
+    name = eventually(lambda: [t["metadata"]["name"] for t in ticket_resources(stack, namespace)], what="a Ticket")[0]
+    stack.kubectl("delete", "ticket", name, "-n", namespace)
+    eventually(
+        lambda: name in [t["metadata"]["name"] for t in ticket_resources(stack, namespace)], what="the Ticket rebuilt"
+    )
+
+
+def test_kubectl_get_tickets_shows_real_values(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+    start_cluster(stack, namespace)
+    fault(stack, namespace, "tikv-2", "disk", {"percent": 99})
+    eventually(lambda: ticket_resources(stack, namespace), what="a Ticket")
+    lines = stack.kubectl("get", "tickets", "-n", namespace).stdout.splitlines()
+    assert lines[0].split() == [
+        "NAME",
+        "CLUSTER",
+        "INVARIANT",
+        "STORE",
+        "SEVERITY",
+        "STATE",
+        "COUNT",
+        "LAST-SEEN",
+        "AGE",
+    ]
+    assert lines[1].split()[1:7] == ["tikv", "diskUsage", "tikv-2", "warning", "open", "1"]
+    by_label = stack.kubectl(
+        "get", "tickets", "-n", namespace, "-l", "invariant=diskUsage", "-o", "name"
+    ).stdout.split()
+    assert len(by_label) == 1
