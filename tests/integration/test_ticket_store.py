@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -24,7 +23,7 @@ _databases = itertools.count()
 
 
 @pytest.fixture
-async def database(stack: Stack) -> AsyncIterator[str]:
+async def database(stack: Stack) -> str:
     """A fresh, empty database per test; its DSN."""
     name = f"tickets_{next(_databases)}"
     admin = await asyncpg.connect(stack.postgres_dsn)
@@ -32,7 +31,7 @@ async def database(stack: Stack) -> AsyncIterator[str]:
         await admin.execute(f"CREATE DATABASE {name}")
     finally:
         await admin.close()
-    yield stack.postgres_dsn.rsplit("/", 1)[0] + "/" + name
+    return stack.postgres_dsn.rsplit("/", 1)[0] + "/" + name
 
 
 async def test_migrates_an_empty_database(database: str) -> None:
