@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from devstack.processes import Process
+from devstack.processes import Process, free_port
 from devstack.stack import REPO_ROOT, Stack
 
 
@@ -18,6 +18,8 @@ def operator_process(stack: Stack, log_name: str = "operator.log", **env: str) -
         "KUBECONFIG": str(stack.kubeconfig),
         "OPERATOR_K8S_DATABASE_DSN": stack.postgres_dsn,
         "OPERATOR_K8S_TICK_SECONDS": "0.5",
+        "OPERATOR_K8S_METRICS_PORT": str(free_port()),
+        "OPERATOR_K8S_HEALTH_PORT": str(free_port()),
         **env,
     }
     process = Process(

@@ -12,10 +12,12 @@ from typing import Any
 
 import kopf
 
-from operator_k8s import handlers
+from operator_k8s import cli, handlers
 from operator_k8s.adapters.kube import KubeTicketMirror, api_client
 from operator_k8s.adapters.prometheus import PrometheusMetrics
+from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
+from operator_k8s.domain.tickets import Ticket
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor, ServiceSettings
 from operator_k8s.settings import Settings, SettingsError, load_settings
@@ -57,10 +59,22 @@ class Operator:
 
     def __init__(self, settings: Settings, kubeconfig: str | None = None) -> None:
         self.settings = settings
-        self.store = PostgresTicketStore(settings.database_dsn.get_secret_value(), pool_size=settings.db_pool_size)
-        self.metrics = PrometheusMetrics(concurrency=settings.query_concurrency)
+        self.telemetry = Telemetry(self._all_tickets)
+        self.store = PostgresTicketStore(
+            settings.database_dsn.get_secret_value(),
+            pool_size=settings.db_pool_size,
+            observe=self.telemetry.postgres_seconds.observe,
+        )
+        self.metrics = PrometheusMetrics(
+            concurrency=settings.query_concurrency, observe=self.telemetry.query_seconds.observe
+        )
         self.kubeconfig = kubeconfig
         self.monitor: Monitor | None = None
+
+    def _all_tickets(self) -> list[Ticket]:
+        if self.monitor is None:
+            return []
+        return [t for memory in list(self.monitor.memories.values()) for t in memory.tickets or []]
 
     def registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()
@@ -74,7 +88,7 @@ class Operator:
             ),
         )
         self.monitor = monitor
-        handlers.register(registry, monitor, tick_seconds=self.settings.tick_seconds)
+        handlers.register(registry, monitor, self.telemetry, tick_seconds=self.settings.tick_seconds)
 
         @kopf.on.startup(registry=registry)
         async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -87,6 +101,7 @@ class Operator:
                 settings.peering.mandatory = True
             else:
                 settings.peering.standalone = True
+            self.telemetry.serve(self.settings.bind_address, self.settings.metrics_port)
             try:
                 await self.store.start()
             except TicketStoreUnavailable as error:
@@ -117,7 +132,8 @@ class _LazyMirror:
     async def _get(self) -> KubeTicketMirror:
         async with self._lock:
             if self._mirror is None:
-                self._mirror = KubeTicketMirror(await api_client(self._operator.kubeconfig))
+                api = await api_client(self._operator.kubeconfig)
+                self._mirror = KubeTicketMirror(api, count=self._operator.telemetry.count_kube)
             return self._mirror
 
     async def upsert(self, *args: Any) -> None:
@@ -130,14 +146,24 @@ class _LazyMirror:
         await (await self._get()).events(*args)
 
 
+def liveness_endpoint(settings: Settings) -> str | None:
+    """kopf's health endpoint (for the liveness and readiness probes), or None when disabled."""
+    return f"http://{settings.bind_address}:{settings.health_port}/healthz" if settings.health_port else None
+
+
 def kopf_namespaces(settings: Settings) -> dict[str, Any]:
     return {"namespaces": settings.namespaces} if settings.namespaces else {"clusterwide": True}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="operator-k8s", description="Run the operator-k8s Kubernetes operator.")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tickets"]:
+        return cli.main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="operator-k8s",
+        description="Run the operator-k8s Kubernetes operator (`operator-k8s tickets --help`: the ticket history).",
+    )
     parser.add_argument("--kubeconfig", help="kubeconfig to use outside a cluster (default: in-cluster, then ~/.kube)")
-    parser.add_argument("--liveness", default=None, help="kopf health endpoint, e.g. http://0.0.0.0:8081/healthz")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -154,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         registry=operator.registry(),
         standalone=not settings.peering,
         peering_name=settings.peering or None,
-        liveness_endpoint=args.liveness,
+        liveness_endpoint=liveness_endpoint(settings),
         **kopf_namespaces(settings),
     )
     return 0

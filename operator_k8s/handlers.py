@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from operator_k8s.adapters.kube import store_pod
+from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION
 from operator_k8s.ports import ClusterRef
@@ -62,7 +63,9 @@ def _human_actor(meta: Any) -> str:
     return "kubernetes:unknown"
 
 
-def register(registry: kopf.OperatorRegistry, monitor: Monitor, *, tick_seconds: float, jitter: float = 1.0) -> None:
+def register(
+    registry: kopf.OperatorRegistry, monitor: Monitor, telemetry: Telemetry, *, tick_seconds: float, jitter: float = 1.0
+) -> None:
     """Register every handler of the operator in ``registry``, bound to ``monitor``."""
     schedule = Schedule(jitter)
 
@@ -77,17 +80,25 @@ def register(registry: kopf.OperatorRegistry, monitor: Monitor, *, tick_seconds:
         if not schedule.due(meta["uid"], _interval(spec), time.monotonic()):
             return
         pods: kopf.Index[str, Any] = kwargs["store_pods"]
-        namespace = namespace or ""
-        new_status, _stats = await monitor.check_cluster(
-            _ref(meta, namespace), dict(spec), list(pods.get(namespace, [])), dict(status), datetime.now(UTC)
-        )
+        ref = _ref(meta, namespace or "")
+        started = time.monotonic()
+        try:
+            new_status, stats = await monitor.check_cluster(
+                ref, dict(spec), list(pods.get(ref.namespace, [])), dict(status), datetime.now(UTC)
+            )
+        except Exception as error:
+            telemetry.record_failure(type(error).__name__)
+            raise
+        telemetry.record_cycle(ref, time.monotonic() - started, stats.errors, new_status is not None, time.time())
         if new_status is not None:
             patch.status.update(new_status)
 
     @kopf.on.delete(GROUP, VERSION, CLUSTER_PLURAL, id="cluster_deleted", registry=registry)
     async def deleted(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
         schedule.forget(meta["uid"])
-        resolved = await monitor.cluster_deleted(_ref(meta, namespace or ""), datetime.now(UTC))
+        ref = _ref(meta, namespace or "")
+        telemetry.forget(ref)
+        resolved = await monitor.cluster_deleted(ref, datetime.now(UTC))
         log.info("Resolved Tickets of deleted MonitoredCluster", extra={"cluster": meta["name"], "resolved": resolved})
 
     @kopf.on.field(GROUP, VERSION, TICKET_PLURAL, field="spec", id="human_intent", registry=registry)

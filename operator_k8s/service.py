@@ -77,6 +77,8 @@ class CycleStats:
     postgres_round_trips: int = 0
     kubernetes_writes: int = 0
     transitions: int = 0
+    errors: list[str] = field(default_factory=list)
+    """Kinds of dependency failures met (``prometheus_unreachable``, ``query_failed``, ``postgres_unavailable``)."""
 
 
 class Monitor:
@@ -93,6 +95,9 @@ class Monitor:
         self.mirror = mirror
         self.settings = settings or ServiceSettings()
         self.memories: dict[str, ClusterMemory] = {}
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def memory(self, uid: str) -> ClusterMemory:
         return self.memories.setdefault(uid, ClusterMemory())
@@ -108,6 +113,31 @@ class Monitor:
         now: datetime,
     ) -> tuple[dict[str, Any] | None, CycleStats]:
         """Run one cycle; return the status to write (None: nothing changed) and what the cycle cost."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._check(ref, raw_spec, pods, previous_status, now)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for the cycles in flight to finish (graceful shutdown); False if some were still running."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _check(
+        self,
+        ref: ClusterRef,
+        raw_spec: dict[str, Any],
+        pods: Sequence[StorePod],
+        previous_status: dict[str, Any],
+        now: datetime,
+    ) -> tuple[dict[str, Any] | None, CycleStats]:
         stats = CycleStats()
         previous = conditions_from_wire(previous_status.get("conditions"))
         try:
@@ -170,6 +200,7 @@ class Monitor:
             memory.outbox.clear()
             return None
         except TicketStoreUnavailable as error:
+            stats.errors.append("postgres_unavailable")
             log.warning(
                 "Could not load Tickets", extra={"cluster": ref.name, "namespace": ref.namespace, "error": str(error)}
             )
@@ -195,6 +226,7 @@ class Monitor:
             *(self.metrics.query(url, q, store_label=label, timeout=timeout) for q in queries.values())
         )
         stats.queries += len(queries)
+        stats.errors += [f"prometheus_{o.failure.value}" for o in outcomes if o.failure is not None]
         return dict(zip(queries, outcomes, strict=True))
 
     def _decide(
@@ -245,6 +277,7 @@ class Monitor:
             memory.outbox.clear()
             return None
         except TicketStoreUnavailable as error:
+            stats.errors.append("postgres_unavailable")
             log.warning(
                 "Could not store Ticket transitions",
                 extra={
@@ -321,8 +354,12 @@ class Monitor:
         if memory is not None:
             memory.projected.pop(name, None)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 20.0) -> None:
+        """Let the cycles in flight finish (up to ``grace`` seconds), then close the Postgres pool."""
+        if not await self.drain(grace):
+            log.warning("Closed with MonitoredCluster checks still running", extra={"in_flight": self._in_flight})
         await self.store.close()
+        log.info("Closed the ticket store")
 
 
 def _validation_message(error: ValidationError) -> str:

@@ -27,8 +27,9 @@ class Settings(BaseModel):
     namespaces: list[str] = Field(default_factory=list, description="Empty: watch every namespace")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: str = Field(default="json", pattern="^(json|text)$")
-    metrics_port: int = Field(default=8080, ge=0, le=65535)
-    health_port: int = Field(default=8081, ge=0, le=65535)
+    bind_address: str = Field(default="127.0.0.1", description="Address of the metrics and health endpoints")
+    metrics_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the metrics endpoint")
+    health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables kopf's health endpoint")
     peering: str = Field(default="", description="kopf peering name; empty runs standalone")
 
 

@@ -44,6 +44,7 @@ def run_operator(stack: Stack, **overrides: str) -> Iterator[KopfRunner]:
         "OPERATOR_K8S_DATABASE_DSN": stack.postgres_dsn,
         "OPERATOR_K8S_TICK_SECONDS": "0.5",
         "OPERATOR_K8S_LOG_FORMAT": "text",
+        "OPERATOR_K8S_METRICS_PORT": "0",
         **overrides,
     }
     settings = load_settings(env)

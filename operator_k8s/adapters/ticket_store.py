@@ -201,3 +201,73 @@ class PostgresTicketStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+@dataclass(frozen=True)
+class TicketFilter:
+    """What ``operator-k8s tickets list`` narrows by; None means any."""
+
+    namespace: str | None = None
+    cluster: str | None = None
+    invariant: str | None = None
+    state: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class TicketHistoryEntry:
+    at: datetime
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    actor: str
+    reason: str
+
+
+class TicketHistory:
+    """The read side for humans: every ticket ever recorded, with its events (resolved ones included)."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+
+    async def _connect(self) -> Any:
+        try:
+            return await asyncpg.connect(self._dsn, timeout=5)
+        except (*UNAVAILABLE, asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as error:
+            raise TicketStoreUnavailable(f"Postgres unreachable: {type(error).__name__}: {error}") from None
+
+    async def find(self, where: TicketFilter) -> list[Ticket]:
+        """Tickets last seen within the range, newest first."""
+        connection = await self._connect()
+        try:
+            rows = await connection.fetch(
+                """
+                SELECT * FROM tickets
+                 WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR cluster_name = $2)
+                   AND ($3::text IS NULL OR invariant = $3) AND ($4::text IS NULL OR state = $4)
+                   AND ($5::timestamptz IS NULL OR last_seen >= $5) AND ($6::timestamptz IS NULL OR first_seen <= $6)
+                 ORDER BY last_seen DESC, id DESC
+                 LIMIT $7
+                """,
+                where.namespace, where.cluster, where.invariant, where.state, where.since, where.until, where.limit,
+            )  # fmt: skip
+        finally:
+            await connection.close()
+        return [ticket_from_row(dict(row)) for row in rows]
+
+    async def show(self, ticket_id: int) -> tuple[Ticket, list[TicketHistoryEntry]] | None:
+        connection = await self._connect()
+        try:
+            row = await connection.fetchrow("SELECT * FROM tickets WHERE id = $1", ticket_id)
+            if row is None:
+                return None
+            events = await connection.fetch(
+                "SELECT at, kind, from_state, to_state, actor, reason FROM ticket_events WHERE ticket_id = $1"
+                " ORDER BY at, id",
+                ticket_id,
+            )
+        finally:
+            await connection.close()
+        return ticket_from_row(dict(row)), [TicketHistoryEntry(**dict(e)) for e in events]

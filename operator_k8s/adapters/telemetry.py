@@ -1,0 +1,84 @@
+"""The operator's own Prometheus metrics, served on the metrics port. Documented in the README."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from operator_k8s.domain.tickets import Ticket
+from operator_k8s.ports import ClusterRef
+
+PREFIX = "operator_k8s"
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class _OpenTickets(Collector):
+    """Unresolved tickets by severity and state, read from the service's memory at scrape time."""
+
+    def __init__(self, tickets: Callable[[], Iterable[Ticket]]) -> None:
+        self._tickets = tickets
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            f"{PREFIX}_open_tickets", "Unresolved tickets (pending included) by severity and state",
+            labels=["severity", "state"],
+        )  # fmt: skip
+        counts = Tally((t.severity.value, t.state.value) for t in self._tickets() if t.state.value != "resolved")
+        for (severity, state), count in sorted(counts.items()):
+            family.add_metric([severity, state], count)
+        yield family
+
+
+class Telemetry:
+    def __init__(self, tickets: Callable[[], Iterable[Ticket]] = list) -> None:
+        self.registry = CollectorRegistry()
+        self.cycles = Counter(f"{PREFIX}_check_cycles_total", "Check cycles run, by outcome", ["outcome"],
+                              registry=self.registry)  # fmt: skip
+        self.cycle_seconds = Histogram(f"{PREFIX}_check_duration_seconds", "Duration of one cluster's check cycle",
+                                       buckets=FAST_BUCKETS, registry=self.registry)  # fmt: skip
+        self.errors = Counter(f"{PREFIX}_check_errors_total", "Dependency failures met by check cycles, by kind",
+                              ["kind"], registry=self.registry)  # fmt: skip
+        self.query_seconds = Histogram(f"{PREFIX}_prometheus_query_duration_seconds", "Latency of Prometheus queries",
+                                       buckets=FAST_BUCKETS, registry=self.registry)  # fmt: skip
+        self.postgres_seconds = Histogram(f"{PREFIX}_postgres_round_trip_seconds", "Latency of Postgres round trips",
+                                          buckets=FAST_BUCKETS, registry=self.registry)  # fmt: skip
+        self.kube_requests = Counter(f"{PREFIX}_kubernetes_requests_total", "Kubernetes API writes by verb",
+                                     ["verb"], registry=self.registry)  # fmt: skip
+        self.status_writes = Counter(f"{PREFIX}_status_writes_total", "MonitoredCluster status patches",
+                                     registry=self.registry)  # fmt: skip
+        self.last_success = Gauge(f"{PREFIX}_last_successful_check_timestamp_seconds",
+                                  "Unix time of each cluster's last check that met no dependency failure",
+                                  ["namespace", "cluster"], registry=self.registry)  # fmt: skip
+        self.registry.register(_OpenTickets(tickets))
+
+    def serve(self, address: str, port: int) -> None:
+        """Serve /metrics in a background thread (port 0 disables it)."""
+        if port:
+            start_http_server(port, addr=address, registry=self.registry)
+
+    def record_cycle(self, ref: ClusterRef, seconds: float, errors: list[str], wrote_status: bool, now: float) -> None:
+        self.cycle_seconds.observe(seconds)
+        self.cycles.labels("degraded" if errors else "ok").inc()
+        for kind in errors:
+            self.errors.labels(kind).inc()
+        if wrote_status:
+            self.status_writes.inc()
+            self.kube_requests.labels("patch").inc()
+        if not errors:
+            self.last_success.labels(ref.namespace, ref.name).set(now)
+
+    def record_failure(self, kind: str) -> None:
+        self.cycles.labels("error").inc()
+        self.errors.labels(kind).inc()
+
+    def forget(self, ref: ClusterRef) -> None:
+        with contextlib.suppress(KeyError):
+            self.last_success.remove(ref.namespace, ref.name)
+
+    def count_kube(self, verb: str) -> None:
+        self.kube_requests.labels(verb).inc()
