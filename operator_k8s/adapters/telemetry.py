@@ -55,6 +55,13 @@ class Telemetry:
                                   "Unix time of each cluster's last check that met no dependency failure",
                                   ["namespace", "cluster"], registry=self.registry)  # fmt: skip
         self.registry.register(_OpenTickets(tickets))
+        # Known label values are exported at zero from the start, so rates and alerts work before the first event.
+        for outcome in ("ok", "degraded", "error"):
+            self.cycles.labels(outcome)
+        for kind in ("prometheus_unreachable", "prometheus_error", "postgres_unavailable"):
+            self.errors.labels(kind)
+        for verb in ("create", "patch", "delete"):
+            self.kube_requests.labels(verb)
 
     def serve(self, address: str, port: int) -> None:
         """Serve /metrics in a background thread (port 0 disables it)."""
