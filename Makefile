@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: setup system venv binaries demo up test lint typecheck layers unit integration e2e bench clean
+.PHONY: setup system venv binaries demo up test lint typecheck layers unit integration e2e manifests bench clean
 
 setup: system venv binaries
 
@@ -52,6 +52,10 @@ e2e: setup
 ## Everything CI runs: static checks, then every test tier (unit, integration, e2e) on the real stack.
 test: setup lint typecheck layers
 	@$(PY) -m pytest tests -q --durations=15
+
+## Render deploy/operator-k8s.yaml from the chart (a test fails when they drift).
+manifests: venv
+	@$(PY) -m devstack manifests
 
 bench: setup
 	@$(PY) -m devstack bench

@@ -15,9 +15,15 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start the stack, an example MonitoredCluster and the operator; show them")
     up.add_argument("--hold", action="store_true", help="keep everything running until Ctrl-C")
     commands.add_parser("demo", help="narrated demo: store outage, latency spike, disk fill → tickets → resolution")
+    commands.add_parser("manifests", help="render deploy/operator-k8s.yaml from the Helm chart")
     args = parser.parse_args(argv)
     if args.command == "build":
         binaries.ensure_all()
+        return 0
+    if args.command == "manifests":
+        from devstack import manifests  # noqa: PLC0415
+
+        print(f"Wrote {manifests.write()}")
         return 0
     from devstack import demo  # noqa: PLC0415 - the stack's imports are not needed to build
 

@@ -10,12 +10,16 @@ from devstack.processes import Process, free_port
 from devstack.stack import REPO_ROOT, Stack
 
 
-def operator_process(stack: Stack, log_name: str = "operator.log", **env: str) -> Process:
-    """``python -m operator_k8s`` with the stack's kubeconfig and DSN; ``env`` overrides OPERATOR_K8S_* settings."""
+def operator_process(
+    stack: Stack, log_name: str = "operator.log", *, kubeconfig: Path | None = None, **env: str
+) -> Process:
+    """``python -m operator_k8s`` with the stack's DSN and (by default) admin kubeconfig; ``env`` overrides
+    OPERATOR_K8S_* settings. Pass a ServiceAccount token's kubeconfig to run with the chart's RBAC."""
+    kubeconfig = kubeconfig or stack.kubeconfig
     environment = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
-        "KUBECONFIG": str(stack.kubeconfig),
+        "KUBECONFIG": str(kubeconfig),
         "OPERATOR_K8S_DATABASE_DSN": stack.postgres_dsn,
         "OPERATOR_K8S_TICK_SECONDS": "0.5",
         "OPERATOR_K8S_METRICS_PORT": str(free_port()),
@@ -24,7 +28,7 @@ def operator_process(stack: Stack, log_name: str = "operator.log", **env: str) -
     }
     process = Process(
         "operator",
-        [sys.executable, "-m", "operator_k8s", "--kubeconfig", str(stack.kubeconfig)],
+        [sys.executable, "-m", "operator_k8s", "--kubeconfig", str(kubeconfig)],
         Path(stack.workdir) / "logs" / log_name,
         env=environment,
     )

@@ -1,0 +1,73 @@
+{{- define "operator-k8s.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "operator-k8s.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "operator-k8s.labels" -}}
+app.kubernetes.io/name: {{ include "operator-k8s.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "operator-k8s.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "operator-k8s.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "operator-k8s.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "operator-k8s.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "operator-k8s.databaseSecret" -}}
+{{- if .Values.postgres.enabled -}}
+{{- printf "%s-postgres" (include "operator-k8s.fullname" .) -}}
+{{- else -}}
+{{- .Values.database.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaced rules, used in a ClusterRole (cluster-wide) or a Role per watched namespace. */}}
+{{- define "operator-k8s.namespacedRules" -}}
+# Store pods: kopf's index of them is fed by a watch (list + watch); the operator never gets one by one.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+# Events on ticket transitions (opened, resolved, ...), posted on the MonitoredCluster.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+# MonitoredClusters: watched; patched for kopf's finalizer and its last-handled annotation.
+- apiGroups: [operator-k8s.io]
+  resources: [monitoredclusters]
+  verbs: [list, watch, patch]
+# Their status: conditions, store counts, open tickets.
+- apiGroups: [operator-k8s.io]
+  resources: [monitoredclusters/status]
+  verbs: [patch]
+# Tickets: the projection of Postgres; created, relabelled, removed after retention, watched for human edits.
+- apiGroups: [operator-k8s.io]
+  resources: [tickets]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [operator-k8s.io]
+  resources: [tickets/status]
+  verbs: [patch]
+{{- if .Values.peering.enabled }}
+# Peering between replicas (only with watchNamespaces: kopf uses a KopfPeering per namespace).
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [list, watch, patch]
+{{- end }}
+{{- end -}}
