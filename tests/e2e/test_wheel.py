@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with only the built wheel (and its dependencies) installed; its bin directory."""
     root = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(REPO_ROOT)],
@@ -35,7 +34,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
     pip = subprocess.run([str(root / "venv/bin/pip"), "install", "-q", str(wheel)], capture_output=True, text=True, check=False)
     assert pip.returncode == 0, pip.stderr
-    yield root / "venv" / "bin"
+    return root / "venv" / "bin"
 
 
 def test_entry_point_help(installed: Path) -> None:
