@@ -32,7 +32,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "operator_k8s/adapters/sql/0001_tickets.sql" in names
     assert not [n for n in names if n.startswith(("devstack/", "tests/"))], "only the operator is shipped"
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
-    pip = subprocess.run([str(root / "venv/bin/pip"), "install", "-q", str(wheel)], capture_output=True, text=True, check=False)
+    pip = subprocess.run(
+        [str(root / "venv/bin/pip"), "install", "-q", str(wheel)], capture_output=True, text=True, check=False
+    )
     assert pip.returncode == 0, pip.stderr
     return root / "venv" / "bin"
 
@@ -46,7 +48,9 @@ def test_entry_point_help(installed: Path) -> None:
 
 
 def test_missing_database_setting_is_a_clear_error(installed: Path) -> None:
-    result = subprocess.run([str(installed / "operator-k8s")], capture_output=True, text=True, cwd="/", env={}, check=False)
+    result = subprocess.run(
+        [str(installed / "operator-k8s")], capture_output=True, text=True, cwd="/", env={}, check=False
+    )
     assert result.returncode == 2
     assert "Set OPERATOR_K8S_DATABASE_DSN or OPERATOR_K8S_DATABASE_DSN_FILE" in result.stderr
 
@@ -66,7 +70,9 @@ def test_installed_operator_runs_against_the_stack(installed: Path, stack: Stack
     try:
         simulator(stack, "PUT", f"/clusters/{namespace}/tikv", {"stores": 3, "labels": {"app": "tikv"}})
         stack.kubectl("apply", "-f", "-", input_text=json.dumps(monitored_cluster("tikv", namespace, stack)))
-        eventually(lambda: condition_status(stack, namespace, "tikv", "Healthy") == "True", what="Healthy=True", timeout=90)
+        eventually(
+            lambda: condition_status(stack, namespace, "tikv", "Healthy") == "True", what="Healthy=True", timeout=90
+        )
         assert stack.postgres_dsn not in operator.log_path.read_text(), "the DSN never reaches the logs"
     finally:
         operator.stop()
