@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,22 +21,38 @@ from operator_k8s.service import Monitor
 log = logging.getLogger("operator_k8s.handlers")
 
 
+@dataclass(frozen=True)
+class Tick:
+    """A due cycle: how late it starts, and how many whole intervals were skipped before it."""
+
+    lag: float
+    skipped: int
+
+
 class Schedule:
-    """Per-cluster due times for a timer that ticks at a fixed base period (kopf fixes a timer's interval)."""
+    """Per-cluster due times for a timer that ticks at a fixed base period (kopf fixes a timer's interval).
+
+    A tick that is not due returns at once and writes nothing; the first run of each cluster is spread over one
+    interval so that a restart with 1,000 clusters does not fire them all at once.
+    """
 
     def __init__(self, jitter: float = 1.0) -> None:
         self._due: dict[str, float] = {}
         self._jitter = jitter
 
-    def due(self, uid: str, interval: float, now: float) -> bool:
-        """True when this cluster's cycle should run now; the first run is spread over one interval."""
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def due(self, uid: str, interval: float, now: float) -> Tick | None:
         due = self._due.get(uid)
         if due is None:
             due = self._due[uid] = now + random.uniform(0, interval * self._jitter)  # noqa: S311 - spreading load
         if now < due:
-            return False
-        self._due[uid] = max(due + interval, now)
-        return True
+            return None
+        lag = now - due
+        skipped = int(lag // interval) if interval > 0 else 0
+        self._due[uid] = due + (skipped + 1) * interval if interval > 0 else now
+        return Tick(lag=lag, skipped=skipped)
 
     def forget(self, uid: str) -> None:
         self._due.pop(uid, None)
@@ -77,8 +94,11 @@ def register(
     async def check(
         spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, namespace: str | None, patch: kopf.Patch, **kwargs: Any
     ) -> None:
-        if not schedule.due(meta["uid"], _interval(spec), time.monotonic()):
+        tick = schedule.due(meta["uid"], _interval(spec), time.monotonic())
+        telemetry.scheduled.set(len(schedule))
+        if tick is None:
             return
+        telemetry.record_tick(tick.lag, tick.skipped)
         pods: kopf.Index[str, Any] = kwargs["store_pods"]
         ref = _ref(meta, namespace or "")
         started = time.monotonic()

@@ -54,6 +54,12 @@ class Telemetry:
         self.last_success = Gauge(f"{PREFIX}_last_successful_check_timestamp_seconds",
                                   "Unix time of each cluster's last check that met no dependency failure",
                                   ["namespace", "cluster"], registry=self.registry)  # fmt: skip
+        self.start_lag = Histogram(f"{PREFIX}_check_start_lag_seconds", "How late due cycles start",
+                                   buckets=FAST_BUCKETS, registry=self.registry)  # fmt: skip
+        self.skipped = Counter(f"{PREFIX}_skipped_intervals_total", "Whole check intervals missed (late timers)",
+                               registry=self.registry)  # fmt: skip
+        self.scheduled = Gauge(f"{PREFIX}_scheduled_clusters", "MonitoredClusters with a running check timer",
+                               registry=self.registry)  # fmt: skip
         self.registry.register(_OpenTickets(tickets))
         # Known label values are exported at zero from the start, so rates and alerts work before the first event.
         for outcome in ("ok", "degraded", "error"):
@@ -78,6 +84,11 @@ class Telemetry:
             self.kube_requests.labels("patch").inc()
         if not errors:
             self.last_success.labels(ref.namespace, ref.name).set(now)
+
+    def record_tick(self, lag: float, skipped: int) -> None:
+        self.start_lag.observe(lag)
+        if skipped:
+            self.skipped.inc(skipped)
 
     def record_failure(self, kind: str) -> None:
         self.cycles.labels("error").inc()

@@ -1,0 +1,43 @@
+"""The per-cluster schedule behind the base-period timer."""
+
+from __future__ import annotations
+
+from operator_k8s.handlers import Schedule, Tick
+
+
+def test_first_run_is_spread_within_one_interval() -> None:
+    schedule = Schedule()
+    firsts = []
+    for uid in range(200):
+        now = 0.0
+        while schedule.due(str(uid), 30, now) is None:
+            now += 0.5
+        firsts.append(now)
+    assert max(firsts) <= 30.5
+    assert min(firsts) < 5, "first runs are spread, not all at once"
+    assert max(firsts) > 25
+
+
+def test_due_every_interval_and_not_between() -> None:
+    schedule = Schedule(jitter=0)
+    assert schedule.due("a", 10, 0) == Tick(lag=0, skipped=0)
+    assert schedule.due("a", 10, 5) is None
+    assert schedule.due("a", 10, 10.5) == Tick(lag=0.5, skipped=0)
+    assert schedule.due("a", 10, 19) is None
+    assert schedule.due("a", 10, 20) == Tick(lag=0, skipped=0)
+
+
+def test_late_tick_counts_skipped_intervals_and_keeps_the_cadence() -> None:
+    schedule = Schedule(jitter=0)
+    schedule.due("a", 10, 0)
+    assert schedule.due("a", 10, 35) == Tick(lag=25, skipped=2)
+    assert schedule.due("a", 10, 39) is None
+    assert schedule.due("a", 10, 40) == Tick(lag=0, skipped=0)
+
+
+def test_forget_and_len() -> None:
+    schedule = Schedule()
+    schedule.due("a", 10, 0)
+    schedule.due("b", 10, 0)
+    schedule.forget("a")
+    assert len(schedule) == 1
