@@ -57,8 +57,9 @@ test: setup lint typecheck layers
 manifests: venv
 	@$(PY) -m devstack manifests
 
+## The benchmark (about 30 minutes on 2 cores); pass options with BENCH_ARGS="--sizes 100,1000 --trials 3".
 bench: setup
-	@$(PY) -m devstack bench
+	@$(PY) -m devstack bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

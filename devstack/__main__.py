@@ -16,7 +16,15 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--hold", action="store_true", help="keep everything running until Ctrl-C")
     commands.add_parser("demo", help="narrated demo: store outage, latency spike, disk fill → tickets → resolution")
     commands.add_parser("manifests", help="render deploy/operator-k8s.yaml from the Helm chart")
-    args = parser.parse_args(argv)
+    commands.add_parser("bench", help="scale, cost and latency benchmark (options: python -m devstack bench --help)",
+                        add_help=False)  # fmt: skip
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from devstack import bench  # noqa: PLC0415
+
+        return bench.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "build":
         binaries.ensure_all()
         return 0

@@ -68,9 +68,11 @@ class Store:
         self.total_seconds += requests * latency
 
     def exposition(self) -> list[str]:
-        if self.down:
-            return []
         labels = f'namespace="{self.namespace}",pod="{self.pod}"'
+        # What kube-state-metrics would say about the pod: present even while the store itself is down.
+        readiness = [f'kube_pod_status_ready{{{labels},condition="true"}} {0 if self.down else 1}']
+        if self.down:
+            return readiness
         lines = [
             f'tikv_grpc_msg_duration_seconds_bucket{{{labels},type="kv_get",le="{upper:g}"}} {count:.3f}'
             for upper, count in zip(BUCKETS, self.bucket_counts, strict=True)
@@ -81,7 +83,7 @@ class Store:
         used = CAPACITY_BYTES * self.disk_percent() / 100
         for kind, value in (("capacity", CAPACITY_BYTES), ("used", used), ("available", CAPACITY_BYTES - used)):
             lines.append(f'tikv_store_size_bytes{{{labels},type="{kind}"}} {value:.0f}')
-        return lines
+        return readiness + lines
 
 
 class Simulator:
@@ -125,23 +127,25 @@ class Simulator:
 
     async def create_cluster(self, namespace: str, name: str, stores: int, labels: dict[str, str]) -> list[str]:
         pods = [f"{name}-{index}" for index in range(stores)]
-        for pod in pods:
-            manifest = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": pod, "namespace": namespace, "labels": labels},
-                "spec": {"nodeName": NODE_NAME, "containers": [{"name": "tikv", "image": "tikv/tikv:simulated"}]},
-            }
-            try:
-                await self.core.create_namespaced_pod(namespace, manifest)
-            except client.ApiException as error:
-                if error.status != 409:
-                    raise
-            store = self.stores.setdefault((namespace, pod), Store(namespace, pod))
-            await self.set_ready(store)
+        await asyncio.gather(*(self._create_pod(namespace, pod, labels) for pod in pods))
         self.clusters[(namespace, name)] = pods
         log.info("Created store pods", extra={"namespace": namespace, "pods": pods})
         return pods
+
+    async def _create_pod(self, namespace: str, pod: str, labels: dict[str, str]) -> None:
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod, "namespace": namespace, "labels": labels},
+            "spec": {"nodeName": NODE_NAME, "containers": [{"name": "tikv", "image": "tikv/tikv:simulated"}]},
+        }
+        try:
+            await self.core.create_namespaced_pod(namespace, manifest)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+        store = self.stores.setdefault((namespace, pod), Store(namespace, pod))
+        await self.set_ready(store)
 
     async def delete_cluster(self, namespace: str, name: str) -> None:
         for pod in self.clusters.pop((namespace, name), []):
@@ -168,6 +172,7 @@ class Simulator:
         lines = [
             "# TYPE tikv_grpc_msg_duration_seconds histogram",
             "# TYPE tikv_store_size_bytes gauge",
+            "# TYPE kube_pod_status_ready gauge",
         ]
         for store in self.stores.values():
             lines += store.exposition()

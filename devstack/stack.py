@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devstack.binaries import Binaries, ensure_all
 from devstack.pki import Pki, make_pki
@@ -58,24 +59,38 @@ class Stack:
     postgres_dsn: str = ""
     prometheus_url: str = ""
     simulator_url: str = ""
+    alertmanager_url: str = ""
     keep_workdir: bool = False
+    scrape_interval: str = SCRAPE_INTERVAL
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, *, simulator: bool = True, keep_workdir: bool = False) -> Stack:
+    def start(
+        cls,
+        *,
+        simulator: bool = True,
+        keep_workdir: bool = False,
+        scrape_interval: str = SCRAPE_INTERVAL,
+        alert_rules: list[dict[str, Any]] | None = None,
+        alert_webhook: str | None = None,
+    ) -> Stack:
+        """Start everything; ``alert_rules`` and ``alert_webhook`` add Prometheus alerting through Alertmanager
+        (default grouping) to a webhook, for side-by-side comparisons."""
         binaries = ensure_all()
         workdir = Path(
             tempfile.mkdtemp(prefix="operator-k8s-stack-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
         )
-        stack = cls(workdir=workdir, binaries=binaries, keep_workdir=keep_workdir)
+        stack = cls(workdir=workdir, binaries=binaries, keep_workdir=keep_workdir, scrape_interval=scrape_interval)
         started = time.monotonic()
         try:
             stack._start_kubernetes()
             stack._start_postgres()
             if simulator:
                 stack._start_simulator()
-            stack._start_prometheus()
+            if alert_webhook:
+                stack._start_alertmanager(alert_webhook)
+            stack._start_prometheus(alert_rules or [])
         except BaseException:
             stack.stop()
             raise
@@ -345,7 +360,27 @@ class Stack:
         self.simulator_url = f"http://127.0.0.1:{port}"
         simulator.wait_until(lambda: _http_ok(f"{self.simulator_url}/healthz"), 30, "serving")
 
-    def _start_prometheus(self) -> None:
+    def _start_alertmanager(self, webhook: str) -> None:
+        """Alertmanager with its default grouping (group_wait 30s, group_interval 5m) and one webhook receiver."""
+        port = free_port()
+        config = self.workdir / "alertmanager.yml"
+        config.write_text(json.dumps({
+            "route": {"receiver": "webhook"},
+            "receivers": [{"name": "webhook", "webhook_configs": [{"url": webhook, "send_resolved": True}]}],
+        }))  # fmt: skip
+        alertmanager = Process(
+            "alertmanager",
+            [
+                "prometheus-alertmanager", f"--config.file={config}", f"--storage.path={self.workdir / 'alertmanager'}",
+                f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn",
+            ],
+            self.workdir / "logs" / "alertmanager.log",
+        ).start()  # fmt: skip
+        self.processes.append(alertmanager)
+        self.alertmanager_url = f"http://127.0.0.1:{port}"
+        alertmanager.wait_until(lambda: _http_ok(f"{self.alertmanager_url}/-/ready"), 30, "ready")
+
+    def _start_prometheus(self, alert_rules: list[dict[str, Any]]) -> None:
         port = free_port()
         config = self.workdir / "prometheus.yml"
         scrape = (
@@ -354,17 +389,24 @@ class Stack:
             else [
                 {
                     "job_name": "simulator",
-                    "scrape_interval": SCRAPE_INTERVAL,
-                    "scrape_timeout": SCRAPE_INTERVAL,
+                    "scrape_interval": self.scrape_interval,
+                    "scrape_timeout": self.scrape_interval,
                     "static_configs": [{"targets": [urllib.parse.urlparse(self.simulator_url).netloc]}],
                 }
             ]
         )
-        config.write_text(
-            json.dumps(
-                {"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"}, "scrape_configs": scrape}
-            )
-        )
+        body: dict[str, Any] = {
+            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
+            "scrape_configs": scrape,
+        }
+        if alert_rules:
+            rules = self.workdir / "rules.yml"
+            rules.write_text(json.dumps({"groups": [{"name": "operator-k8s-comparison", "rules": alert_rules}]}))
+            body["rule_files"] = [str(rules)]
+        if self.alertmanager_url:
+            target = urllib.parse.urlparse(self.alertmanager_url).netloc
+            body["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [target]}]}]}
+        config.write_text(json.dumps(body))
         prometheus = Process(
             "prometheus",
             [
@@ -384,6 +426,6 @@ class Stack:
             query = urllib.parse.quote('up{job="simulator"} == 1')
             prometheus.wait_until(
                 lambda: _http_ok(f"{self.prometheus_url}/api/v1/query?query={query}", expect='"value"'),
-                30,
+                60,
                 "scraping the simulator",
             )

@@ -1,0 +1,850 @@
+"""``make bench``: scale, cost and detection latency of operator-k8s on the real stack, beside Prometheus alerting.
+
+Phases (each optional):
+
+1. latency — for each built-in invariant, faults injected at recorded instants into ``--trials`` clusters; when the
+   ticket opens (Postgres), when the condition turns False (API watch), when the equivalent Prometheus alerting rule
+   fires, and when Alertmanager (default grouping) delivers it to a local webhook; the same for the heal.
+2. scale — MonitoredClusters of 3 simulated stores each, all built-in invariants on, ramped through ``--sizes``,
+   each step held for ``--hold`` intervals after warm-up. Per step: the operator's CPU and RSS (from /proc), cycle
+   duration, timer lag, skipped intervals, and per-cycle Prometheus queries, Postgres round trips and Kubernetes
+   requests by verb — from the operator's own counters, cross-checked with Prometheus', Postgres' and the API
+   server's own statistics.
+3. restart (at the step given by ``--restart-at``) — time from operator start to all timers scheduled, and the
+   spread of first runs; then a cProfile of 60 s of steady state (``--profile``).
+
+Results are printed as tables and written as JSON with the machine's description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import pstats
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import asyncpg
+
+from devstack.operator import operator_process
+from devstack.processes import Process, free_port
+from devstack.stack import REPO_ROOT, Stack
+
+LATENCY_THRESHOLD_MS = 500
+DISK_THRESHOLD = 85
+FAULTS = {
+    "storesReady": ("down", None),
+    "latency": ("latency", {"seconds": 0.8}),
+    "diskUsage": ("disk", {"percent": 95}),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- plumbing ------------------------------------------------------------------------------------------------------
+
+
+def http_json(method: str, url: str, body: Any = None, context: ssl.SSLContext | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60, context=context) as response:
+        return json.loads(response.read() or b"null")
+
+
+def http_text(url: str, context: ssl.SSLContext | None = None) -> str:
+    with urllib.request.urlopen(url, timeout=30, context=context) as response:
+        return str(response.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                samples[name] = float(value)
+            except ValueError:
+                continue
+    return samples
+
+
+def total(samples: dict[str, float], pattern: str) -> float:
+    regex = re.compile(pattern)
+    return sum(v for k, v in samples.items() if regex.fullmatch(k))
+
+
+def quantile_from_buckets(buckets: dict[float, float], q: float) -> float:
+    """The q-quantile of a Prometheus histogram's (cumulative, already differenced) buckets, interpolated."""
+    edges = sorted(buckets)
+    count = buckets[edges[-1]] if edges else 0
+    if count <= 0:
+        return float("nan")
+    rank = q * count
+    previous_edge, previous_count = 0.0, 0.0
+    for edge in edges:
+        if buckets[edge] >= rank:
+            if edge == float("inf"):
+                return previous_edge
+            span = buckets[edge] - previous_count
+            return previous_edge + (edge - previous_edge) * ((rank - previous_count) / span if span else 1)
+        previous_edge, previous_count = edge, buckets[edge]
+    return previous_edge
+
+
+def histogram(before: dict[str, float], after: dict[str, float], name: str) -> dict[float, float]:
+    result = {}
+    for key, value in after.items():
+        match = re.fullmatch(rf'{name}_bucket\{{le="([^"]+)"\}}', key)
+        if match:
+            result[float(match.group(1))] = value - before.get(key, 0.0)
+    return result
+
+
+def _at_least(probe: Callable[[], float], target: float) -> bool:
+    return probe() >= target
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Webhook:
+    """A local Alertmanager webhook receiver that records when each alert was first delivered firing/resolved."""
+
+    def __init__(self) -> None:
+        self.firing: dict[tuple[str, str, str], float] = {}
+        self.resolved: dict[tuple[str, str, str], float] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                arrived = time.time()
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                for alert in body.get("alerts", []):
+                    labels = alert["labels"]
+                    key = (labels.get("invariant", ""), labels.get("namespace", ""), labels.get("pod", ""))
+                    target = receiver.resolved if alert["status"] == "resolved" else receiver.firing
+                    target.setdefault(key, arrived)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@dataclass
+class Bench:
+    stack: Stack
+    args: argparse.Namespace
+    results: dict[str, Any] = field(default_factory=dict)
+    operator: Process | None = None
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8))
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+
+    @property
+    def api_context(self) -> ssl.SSLContext:
+        assert self.stack.pki is not None
+        context = ssl.create_default_context(cafile=str(self.stack.pki.ca_cert))
+        context.load_cert_chain(str(self.stack.pki.admin_cert), str(self.stack.pki.admin_key))
+        return context
+
+    def simulate(self, method: str, path: str, body: Any = None) -> Any:
+        return http_json(method, self.stack.simulator_url + path, body)
+
+    def apply(self, objects: list[dict[str, Any]]) -> None:
+        for start in range(0, len(objects), 250):
+            chunk = {"apiVersion": "v1", "kind": "List", "items": objects[start : start + 250]}
+            self.stack.kubectl("apply", "-f", "-", input_text=json.dumps(chunk))
+
+    def cluster(self, name: str, namespace: str, interval: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "operator-k8s.io/v1alpha1",
+            "kind": "MonitoredCluster",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "interval": interval,
+                "stores": {"selector": {"matchLabels": {"cluster": name}}, "expected": 3},
+                "prometheus": {"url": self.stack.prometheus_url, "timeout": "5s", "rateWindow": self.args.rate_window},
+                "invariants": {
+                    "latency": {"thresholdMs": LATENCY_THRESHOLD_MS},
+                    "diskUsage": {"thresholdPercent": DISK_THRESHOLD},
+                },
+            },
+        }
+
+    def create_clusters(self, namespace: str, names: list[str], interval: str) -> None:
+        if self.stack.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+            self.stack.kubectl("create", "namespace", namespace)
+        started = time.monotonic()
+        list(
+            self.pool.map(
+                lambda n: self.simulate("PUT", f"/clusters/{namespace}/{n}", {"stores": 3, "labels": {"cluster": n}}),
+                names,
+            )
+        )
+        self.apply([self.cluster(n, namespace, interval) for n in names])
+        log(
+            f"Created {len(names)} MonitoredClusters and {3 * len(names)} store pods in {time.monotonic() - started:.0f}s"
+        )
+
+    def start_operator(self, name: str, profile: Path | None = None, tick: float | None = None) -> Process:
+        env = {
+            "OPERATOR_K8S_TICK_SECONDS": str(tick or self.args.tick),
+            "OPERATOR_K8S_LOG_LEVEL": "WARNING",
+            "OPERATOR_K8S_QUERY_CONCURRENCY": "8",
+            "OPERATOR_K8S_DB_POOL_SIZE": "4",
+        }
+        process = operator_process(self.stack, f"{name}.log", kubeconfig=None, **env)
+        if profile is not None:
+            process.stop()
+            process.argv = [
+                sys.executable,
+                "-m",
+                "cProfile",
+                "-o",
+                str(profile),
+                "-m",
+                "operator_k8s",
+                "--kubeconfig",
+                str(self.stack.kubeconfig),
+            ]
+            process.start()
+        self.operator = process
+        return process
+
+    def operator_metrics(self) -> dict[str, float]:
+        assert self.operator is not None
+        assert self.operator.env is not None
+        return parse_metrics(http_text(f"http://127.0.0.1:{self.operator.env['OPERATOR_K8S_METRICS_PORT']}/metrics"))
+
+    def operator_cpu_seconds(self) -> float:
+        assert self.operator is not None
+        fields = Path(f"/proc/{self.operator.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def operator_rss_mib(self) -> float:
+        assert self.operator is not None
+        for line in Path(f"/proc/{self.operator.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def apiserver_requests(self) -> dict[tuple[str, str], float]:
+        text = http_text(f"{self.stack.apiserver_url}/metrics", self.api_context)
+        counts: dict[tuple[str, str], float] = {}
+        for key, value in parse_metrics(text).items():
+            if key.startswith("apiserver_request_total{"):
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', key))
+                if labels.get("resource") in ("pods", "monitoredclusters", "tickets", "events"):
+                    verb = labels["verb"] + ("/status" if labels.get("subresource") == "status" else "")
+                    index = (verb, labels["resource"])
+                    counts[index] = counts.get(index, 0.0) + value
+        return counts
+
+    def prometheus_queries(self) -> float:
+        return total(
+            parse_metrics(http_text(f"{self.stack.prometheus_url}/metrics")),
+            r'prometheus_http_requests_total\{.*handler="/api/v1/query".*\}',
+        )
+
+    def postgres_transactions(self) -> float:
+        async def fetch() -> float:
+            connection = await asyncpg.connect(self.stack.postgres_dsn)
+            try:
+                await connection.execute("SELECT pg_stat_clear_snapshot()")
+                return float(
+                    await connection.fetchval(
+                        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+                    )
+                )
+            finally:
+                await connection.close()
+
+        return asyncio.run(fetch())
+
+    def wait_for(self, what: str, probe: Callable[[], bool], timeout: float) -> float:
+        started = time.monotonic()
+        while not probe():
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"Timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.5)
+        return time.monotonic() - started
+
+    # -- phase 1: detection and resolution latency, side by side -----------------------------------------------------
+
+    def latency_phase(self, webhook: Webhook) -> None:
+        namespace, trials, interval = "bench-latency", self.args.trials, f"{self.args.check_interval}s"
+        names = [f"lat-{i}" for i in range(trials)]
+        self.create_clusters(namespace, names, interval)
+        operator = self.start_operator("operator-latency", tick=1.0)
+        self.wait_for("every latency cluster to be Healthy", lambda: self._all_healthy(namespace, names), 180)
+        stores = {"storesReady": 0, "latency": 1, "diskUsage": 2}
+        injected: dict[tuple[str, str], float] = {}
+        watcher = ConditionWatcher(self.stack, namespace)
+        log(f"Injecting {3 * trials} faults ({trials} trials of each built-in invariant)")
+        for name in names:
+            for invariant, (kind, body) in FAULTS.items():
+                pod = f"{name}-{stores[invariant]}"
+                injected[(invariant, pod)] = self.simulate(
+                    "PUT", f"/clusters/{namespace}/{name}/stores/{pod}/faults/{kind}", body
+                )["at"]
+        opened = self._wait_tickets(namespace, injected, state="open")
+        self.wait_for("Alertmanager to deliver every alert", lambda: len(webhook.firing) >= len(injected), 180)
+        prom_fired = self._prometheus_alert_times()
+        log("Healing every fault")
+        healed: dict[tuple[str, str], float] = {}
+        for invariant, pod in injected:
+            kind = FAULTS[invariant][0]
+            cluster = pod.rsplit("-", 1)[0]
+            healed[(invariant, pod)] = self.simulate(
+                "DELETE", f"/clusters/{namespace}/{cluster}/stores/{pod}/faults/{kind}"
+            )["at"]
+        resolved = self._wait_tickets(namespace, healed, state="resolved")
+        prom_cleared = self._wait_prometheus_cleared(healed)
+        self.wait_for(
+            "Alertmanager to deliver every resolution (group_interval 5m)",
+            lambda: len(webhook.resolved) >= len(healed),
+            420,
+        )
+        watcher.stop()
+        rows = {}
+        for invariant in FAULTS:
+            keys = [k for k in injected if k[0] == invariant]
+            detect = {
+                "operator_ticket": [opened[k] - injected[k] for k in keys],
+                "operator_condition": [
+                    watcher.first_false(k[1].rsplit("-", 1)[0], invariant, injected[k]) - injected[k] for k in keys
+                ],
+                "prometheus_rule": [prom_fired[k] - injected[k] for k in keys],
+                "alertmanager": [webhook.firing[(invariant, namespace, k[1])] - injected[k] for k in keys],
+            }
+            resolve = {
+                "operator_ticket": [resolved[k] - healed[k] for k in keys],
+                "operator_condition": [
+                    watcher.first_true(k[1].rsplit("-", 1)[0], invariant, healed[k]) - healed[k] for k in keys
+                ],
+                "prometheus_rule": [prom_cleared[k] - healed[k] for k in keys],
+                "alertmanager": [webhook.resolved[(invariant, namespace, k[1])] - healed[k] for k in keys],
+            }
+            rows[invariant] = {
+                "detection": {
+                    system: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} for system, v in detect.items()
+                },
+                "resolution": {
+                    system: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} for system, v in resolve.items()
+                },
+            }
+        budget = float(self.args.scrape_interval.rstrip("s")) + self.args.check_interval + 2
+        self.results["latency"] = {
+            "trials": trials,
+            "check_interval_s": self.args.check_interval,
+            "scrape_interval": self.args.scrape_interval,
+            "budget_s": budget,
+            "invariants": rows,
+        }
+        operator.stop()
+        self.stack.processes.remove(operator)
+
+    def _all_healthy(self, namespace: str, names: list[str]) -> bool:
+        items = json.loads(self.stack.kubectl("get", "mc", "-n", namespace, "-o", "json").stdout)["items"]
+        healthy = {
+            i["metadata"]["name"]
+            for i in items
+            for c in (i.get("status") or {}).get("conditions") or []
+            if c["type"] == "Healthy" and c["status"] == "True"
+        }
+        return healthy >= set(names)
+
+    def _wait_tickets(
+        self, namespace: str, expected: dict[tuple[str, str], float], state: str
+    ) -> dict[tuple[str, str], float]:
+        """When each (invariant, store) ticket reached ``state``, by the operator's own Postgres timestamps."""
+        column = "opened_at" if state == "open" else "resolved_at"
+
+        async def fetch() -> dict[tuple[str, str], float]:
+            connection = await asyncpg.connect(self.stack.postgres_dsn)
+            try:
+                rows = await connection.fetch(
+                    f"SELECT invariant, store, max({column}) AS at FROM tickets WHERE namespace = $1 AND {column} IS NOT NULL"
+                    " GROUP BY invariant, store",
+                    namespace,
+                )
+            finally:
+                await connection.close()
+            return {(r["invariant"], r["store"]): r["at"].timestamp() for r in rows}
+
+        found: dict[tuple[str, str], float] = {}
+
+        def done() -> bool:
+            nonlocal found
+            found = asyncio.run(fetch())
+            return all(k in found and found[k] >= expected[k] - 1 for k in expected)
+
+        self.wait_for(f"every ticket to be {state}", done, 180)
+        return found
+
+    def _prometheus_alert_times(self) -> dict[tuple[str, str], float]:
+        alerts = http_json("GET", f"{self.stack.prometheus_url}/api/v1/alerts")["data"]["alerts"]
+        times = {}
+        for alert in alerts:
+            labels = alert["labels"]
+            active = alert["activeAt"].replace("Z", "+00:00")
+            times[(labels["invariant"], labels["pod"])] = datetime.fromisoformat(active).timestamp()
+        return times
+
+    def _wait_prometheus_cleared(self, healed: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+        cleared: dict[tuple[str, str], float] = {}
+        deadline = time.monotonic() + 180
+        while len(cleared) < len(healed) and time.monotonic() < deadline:
+            firing = {
+                (a["labels"]["invariant"], a["labels"]["pod"])
+                for a in http_json("GET", f"{self.stack.prometheus_url}/api/v1/alerts")["data"]["alerts"]
+            }
+            now = time.time()
+            for key in healed:
+                if key not in firing:
+                    cleared.setdefault(key, now)
+            time.sleep(0.25)
+        return cleared
+
+    # -- phase 2: scale ramp ------------------------------------------------------------------------------------------
+
+    def scale_phase(self) -> None:
+        interval = self.args.interval
+        namespace = "bench-scale"
+        created = 0
+        steps = []
+        operator = self.start_operator("operator-scale")
+        for size in self.args.sizes:
+            names = [f"c{i:05d}" for i in range(created, size)]
+            self.create_clusters(namespace, names, f"{interval}s")
+            created = size
+            log(f"Step {size}: warming up until every cluster has a timer and has been checked once")
+            self.wait_for(f"{size} timers", partial(_at_least, self._scheduled, size), 4 * interval + 300)
+            time.sleep(interval + self.args.tick)
+            steps.append(self.measure(size, interval))
+            if size == self.args.restart_at:
+                operator.stop()
+                self.stack.processes.remove(operator)
+                self.results["restart"] = self.restart(size, interval)
+                if self.args.profile:
+                    self.results["profile"] = self.profile(size, interval)
+                operator = self.start_operator("operator-scale-after")
+                self.wait_for("the operator to be back", partial(_at_least, self._cycles, size), 4 * interval + 300)
+        self.results["scale"] = steps
+        operator.stop()
+
+    def _cycles(self) -> float:
+        try:
+            return total(self.operator_metrics(), r"operator_k8s_check_cycles_total\{.*\}")
+        except OSError:
+            return 0.0
+
+    def _scheduled(self) -> float:
+        try:
+            return total(self.operator_metrics(), "operator_k8s_scheduled_clusters")
+        except OSError:
+            return 0.0
+
+    def measure(self, size: int, interval: int) -> dict[str, Any]:
+        hold = self.args.hold * interval
+        log(f"Step {size}: measuring for {hold}s ({self.args.hold} intervals of {interval}s)")
+        before = (
+            self.operator_metrics(),
+            self.operator_cpu_seconds(),
+            time.monotonic(),
+            self.apiserver_requests(),
+            self.prometheus_queries(),
+            self.postgres_transactions(),
+        )
+        time.sleep(hold)
+        after = (
+            self.operator_metrics(),
+            self.operator_cpu_seconds(),
+            time.monotonic(),
+            self.apiserver_requests(),
+            self.prometheus_queries(),
+            self.postgres_transactions(),
+        )
+        m0, m1 = before[0], after[0]
+
+        def delta(pattern: str) -> float:
+            return total(m1, pattern) - total(m0, pattern)
+
+        cycles = delta(r"operator_k8s_check_cycles_total\{.*\}")
+        durations = histogram(m0, m1, "operator_k8s_check_duration_seconds")
+        lags = histogram(m0, m1, "operator_k8s_check_start_lag_seconds")
+        verbs = {
+            v: delta(rf'operator_k8s_kubernetes_requests_total\{{verb="{v}"\}}') for v in ("create", "patch", "delete")
+        }
+        api = {
+            f"{verb} {resource}": after[3].get((verb, resource), 0) - before[3].get((verb, resource), 0)
+            for verb, resource in set(after[3]) | set(before[3])
+        }
+        api = {k: v for k, v in sorted(api.items()) if v}
+
+        def per_cycle(value: float) -> float:
+            return value / cycles if cycles else float("nan")
+
+        step = {
+            "clusters": size,
+            "stores": 3 * size,
+            "cycles": cycles,
+            "cycles_expected": size * hold / interval,
+            "cpu_cores": (after[1] - before[1]) / (after[2] - before[2]),
+            "rss_mib": self.operator_rss_mib(),
+            "cycle_p50_ms": 1000 * quantile_from_buckets(durations, 0.5),
+            "cycle_p99_ms": 1000 * quantile_from_buckets(durations, 0.99),
+            "start_lag_p99_ms": 1000 * quantile_from_buckets(lags, 0.99),
+            "skipped_intervals": delta(r"operator_k8s_skipped_intervals_total"),
+            "prometheus_queries_per_cycle": per_cycle(delta(r"operator_k8s_prometheus_query_duration_seconds_count")),
+            "prometheus_queries_per_cycle_by_prometheus": per_cycle(after[4] - before[4]),
+            "postgres_round_trips_per_cycle": per_cycle(delta(r"operator_k8s_postgres_round_trip_seconds_count")),
+            "postgres_transactions_per_cycle_by_postgres": per_cycle(after[5] - before[5]),
+            "status_patches_per_cycle": per_cycle(delta(r"operator_k8s_status_writes_total")),
+            "heartbeat_patches_per_cycle_expected": min(1.0, interval / 60),
+            "operator_k8s_writes_per_cycle": {verb: per_cycle(count) for verb, count in verbs.items()},
+            "apiserver_requests_per_cycle": {k: per_cycle(v) for k, v in api.items()},
+            "pod_lists": api.get("LIST pods", 0),
+        }
+        log(f"Step {size}: {json.dumps({k: v for k, v in step.items() if not isinstance(v, dict)}, default=str)}")
+        return step
+
+    # -- phase 3: restart and profile -------------------------------------------------------------------------------
+
+    def restart(self, size: int, interval: int) -> dict[str, Any]:
+        log(f"Restart at {size} clusters")
+        started = time.monotonic()
+        self.start_operator("operator-restart")
+        scheduled_at = None
+        first_runs: list[float] = []
+        last = 0.0
+        while time.monotonic() - started < 4 * interval + 120:
+            try:
+                metrics = self.operator_metrics()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            now = time.monotonic() - started
+            if scheduled_at is None and total(metrics, "operator_k8s_scheduled_clusters") >= size:
+                scheduled_at = now
+            cycles = total(metrics, r"operator_k8s_check_cycles_total\{.*\}")
+            if cycles > last:
+                first_runs.append(now)
+                last = cycles
+            if cycles >= size and scheduled_at is not None:
+                break
+            time.sleep(0.2)
+        assert self.operator is not None
+        self.operator.stop()
+        self.stack.processes.remove(self.operator)
+        return {
+            "clusters": size,
+            "all_timers_scheduled_s": scheduled_at,
+            "first_run_s": first_runs[0] if first_runs else None,
+            "all_first_runs_done_s": first_runs[-1] if first_runs else None,
+            "first_run_spread_s": (first_runs[-1] - first_runs[0]) if first_runs else None,
+        }
+
+    def profile(self, size: int, interval: int) -> dict[str, Any]:
+        path = self.stack.workdir / "operator.prof"
+        log(f"Profiling 60s of steady state at {size} clusters with cProfile")
+        operator = self.start_operator("operator-profile", profile=path)
+        self.wait_for(
+            "the profiled operator to check every cluster", partial(_at_least, self._cycles, size), 4 * interval + 300
+        )
+        time.sleep(60)
+        assert operator.popen is not None
+        operator.popen.send_signal(signal.SIGTERM)
+        operator.popen.wait(timeout=60)
+        self.stack.processes.remove(operator)
+        stats: Any = pstats.Stats(str(path))
+        rows = []
+        for (filename, line, function), (_, calls, tottime, cumtime, _) in sorted(
+            stats.stats.items(),
+            key=lambda item: item[1][2],
+            reverse=True,
+        )[:15]:
+            rows.append(
+                {
+                    "function": f"{Path(filename).name}:{line}({function})",
+                    "calls": calls,
+                    "tottime_s": round(tottime, 3),
+                    "cumtime_s": round(cumtime, 3),
+                }
+            )
+        return {"clusters": size, "seconds": 60, "top_by_own_time": rows}
+
+
+class ConditionWatcher:
+    """Records when each cluster's invariant condition changed status, from a kubectl watch of MonitoredClusters."""
+
+    TYPES: ClassVar[dict[str, str]] = {
+        "storesReady": "StoresReady",
+        "latency": "LatencyWithinBudget",
+        "diskUsage": "DiskSpaceAvailable",
+    }
+
+    def __init__(self, stack: Stack, namespace: str) -> None:
+        self.changes: list[tuple[float, str, str, str]] = []
+        self.process = subprocess.Popen(
+            [
+                str(stack.binaries.kubectl),
+                "--kubeconfig",
+                str(stack.kubeconfig),
+                "get",
+                "mc",
+                "-n",
+                namespace,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        buffer = ""
+        for line in self.process.stdout:
+            buffer += line
+            if line.rstrip() == "}":
+                arrived = time.time()
+                try:
+                    event = json.loads(buffer)
+                except json.JSONDecodeError:
+                    continue
+                buffer = ""
+                body = event.get("object", {})
+                for item in (body.get("status") or {}).get("conditions") or []:
+                    self.changes.append((arrived, body["metadata"]["name"], item["type"], item["status"]))
+
+    def _first(self, cluster: str, invariant: str, since: float, status: str) -> float:
+        ctype = self.TYPES[invariant]
+        return min(
+            (
+                t
+                for t, name, kind, s in self.changes
+                if name == cluster and kind == ctype and s == status and t >= since
+            ),
+            default=float("nan"),
+        )
+
+    def first_false(self, cluster: str, invariant: str, since: float) -> float:
+        return self._first(cluster, invariant, since, "False")
+
+    def first_true(self, cluster: str, invariant: str, since: float) -> float:
+        return self._first(cluster, invariant, since, "True")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def alert_rules(rate_window: str) -> list[dict[str, Any]]:
+    """Prometheus alerting rules with the same expressions and thresholds as the operator's invariants (for: 0)."""
+    ns = 'namespace="bench-latency"'
+    latency = (
+        f"histogram_quantile(0.99, sum by (le, namespace, pod) "
+        f"(rate(tikv_grpc_msg_duration_seconds_bucket{{{ns}}}[{rate_window}]))) * 1000 > {LATENCY_THRESHOLD_MS}"
+    )
+    disk = (
+        f'sum by (namespace, pod) (tikv_store_size_bytes{{type="used",{ns}}}) / '
+        f'sum by (namespace, pod) (tikv_store_size_bytes{{type="capacity",{ns}}}) * 100 > {DISK_THRESHOLD}'
+    )
+    ready = f'kube_pod_status_ready{{condition="true",{ns}}} == 0'
+    return [
+        {"alert": "StoreNotReady", "expr": ready, "labels": {"invariant": "storesReady"}},
+        {"alert": "StoreLatencyHigh", "expr": latency, "labels": {"invariant": "latency"}},
+        {"alert": "StoreDiskFull", "expr": disk, "labels": {"invariant": "diskUsage"}},
+    ]
+
+
+def machine() -> dict[str, Any]:
+    memory = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(int(memory.split()[1]) / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _cell(cell: dict[str, float]) -> str:
+    return f"{cell['p50']:.1f} / {cell['p99']:.1f}"
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
+        f"{results['machine']['memory_gib']} GiB, Python {results['machine']['python']}"
+    ]
+    if "latency" in results:
+        lat = results["latency"]
+        lines += [
+            "",
+            f"Detection and resolution latency, seconds (p50 / p99 over {lat['trials']} trials; check interval "
+            f"{lat['check_interval_s']}s, scrape {lat['scrape_interval']}, budget {lat['budget_s']:.0f}s)",
+            "",
+        ]
+        lines.append(
+            f"{'invariant':<12}{'phase':<11}{'ticket':>14}{'condition':>14}{'prom rule':>14}{'alertmanager':>16}{'AM/ticket':>11}"
+        )
+        for invariant, row in lat["invariants"].items():
+            for phase in ("detection", "resolution"):
+                cells = row[phase]
+                ratio = (
+                    cells["alertmanager"]["p50"] / cells["operator_ticket"]["p50"]
+                    if cells["operator_ticket"]["p50"]
+                    else float("nan")
+                )
+                lines.append(
+                    f"{invariant:<12}{phase:<11}{_cell(cells['operator_ticket']):>14}{_cell(cells['operator_condition']):>14}"
+                    f"{_cell(cells['prometheus_rule']):>14}{_cell(cells['alertmanager']):>16}{ratio:>10.1f}x"
+                )
+    if "scale" in results:
+        lines += [
+            "",
+            "Scale (interval 30s unless stated; per-cycle figures from the operator, [their own counters])",
+            "",
+        ]
+        header = [
+            "clusters",
+            "cpu cores",
+            "RSS MiB",
+            "cycle p50/p99 ms",
+            "lag p99 ms",
+            "skipped",
+            "PQ/cycle",
+            "PG/cycle",
+            "status PATCH/cycle",
+            "pod LISTs",
+        ]
+        lines.append(" | ".join(header))
+        for step in results["scale"]:
+            lines.append(
+                " | ".join(
+                    [
+                        str(step["clusters"]),
+                        f"{step['cpu_cores']:.2f}",
+                        f"{step['rss_mib']:.0f}",
+                        f"{step['cycle_p50_ms']:.1f} / {step['cycle_p99_ms']:.1f}",
+                        f"{step['start_lag_p99_ms']:.0f}",
+                        f"{step['skipped_intervals']:.0f}",
+                        f"{step['prometheus_queries_per_cycle']:.2f} [{step['prometheus_queries_per_cycle_by_prometheus']:.2f}]",
+                        f"{step['postgres_round_trips_per_cycle']:.2f} [{step['postgres_transactions_per_cycle_by_postgres']:.2f}]",
+                        f"{step['status_patches_per_cycle']:.2f} (heartbeat {step['heartbeat_patches_per_cycle_expected']:.2f})",
+                        f"{step['pod_lists']:.0f}",
+                    ]
+                )
+            )
+            lines.append(
+                "    API server requests per cycle: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in step["apiserver_requests_per_cycle"].items())
+            )
+    if results.get("restart"):
+        r = results["restart"]
+        lines += [
+            "",
+            f"Restart at {r['clusters']} clusters: all timers scheduled after {r['all_timers_scheduled_s']:.1f}s; "
+            f"first runs from {r['first_run_s']:.1f}s to {r['all_first_runs_done_s']:.1f}s (spread {r['first_run_spread_s']:.1f}s)",
+        ]
+    if results.get("profile"):
+        lines += [
+            "",
+            f"Profile (cProfile, {results['profile']['seconds']}s at {results['profile']['clusters']} clusters), top by own time:",
+        ]
+        lines += [
+            f"  {row['tottime_s']:>7.2f}s own {row['cumtime_s']:>8.2f}s cum {row['calls']:>9} calls  {row['function']}"
+            for row in results["profile"]["top_by_own_time"]
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1000, 3000])
+    parser.add_argument("--interval", type=int, default=30, help="check interval of the scale clusters (s)")
+    parser.add_argument("--hold", type=int, default=3, help="intervals measured per step")
+    parser.add_argument("--tick", type=float, default=5.0, help="the operator's base timer period (s)")
+    parser.add_argument("--trials", type=int, default=5, help="latency trials per invariant (run concurrently)")
+    parser.add_argument("--check-interval", type=int, default=5, help="check interval of the latency clusters (s)")
+    parser.add_argument("--scrape-interval", default="5s")
+    parser.add_argument("--rate-window", default="20s")
+    parser.add_argument("--restart-at", type=int, default=1000)
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--phases", default="latency,scale")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / ".bench" / "results.json")
+    args = parser.parse_args(argv)
+    phases = set(args.phases.split(","))
+    started = time.monotonic()
+    webhook = Webhook()
+    stack = Stack.start(
+        scrape_interval=args.scrape_interval, alert_rules=alert_rules(args.rate_window), alert_webhook=webhook.url
+    )
+    bench = Bench(stack, args)
+    bench.results["machine"] = machine()
+    bench.results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    try:
+        if "latency" in phases:
+            bench.latency_phase(webhook)
+        if "scale" in phases:
+            bench.scale_phase()
+    except BaseException:
+        print(stack.logs(), flush=True)
+        raise
+    finally:
+        bench.results["duration_s"] = round(time.monotonic() - started)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(bench.results, indent=2, default=str))
+        stack.stop()
+        webhook.close()
+    print("\n" + report(bench.results), flush=True)
+    print(f"\nWrote {args.output} ({bench.results['duration_s']}s)", flush=True)
+    return 0
