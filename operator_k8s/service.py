@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from operator_k8s.domain import conditions as cond
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.invariants import Finding, evaluate, invariant_names, invariant_spec
-from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod
+from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod, select_pods
 from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_status
 from operator_k8s.domain.queries import builtin_query, custom_query
 from operator_k8s.domain.specs import MonitoredClusterSpec
@@ -150,6 +150,7 @@ class Monitor:
             )
             conditions = cond.invalid_spec_conditions(previous, message, ref.generation, now)
             return status_patch(previous_status, status_body(conditions, ref.generation, None, None, now), now), stats
+        pods = select_pods(pods, spec.stores.selector.match_labels)
         memory = self.memory(ref.uid)
         memory.ref = ref
         store_error = await self._refresh(ref, memory, now, stats) if memory.tickets is None else None

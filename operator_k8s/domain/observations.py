@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -18,6 +19,12 @@ class StorePod:
     @property
     def healthy(self) -> bool:
         return self.phase == "Running" and self.ready
+
+
+def select_pods(pods: Iterable[StorePod], match_labels: Mapping[str, str]) -> tuple[StorePod, ...]:
+    """The pods whose labels include every ``matchLabels`` pair (the namespace's other pods are not stores)."""
+    wanted = set(match_labels.items())
+    return tuple(pod for pod in pods if wanted <= set(pod.labels))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from tests.stackutil import (
     condition,
     condition_status,
     eventually,
+    get_json,
     monitored_cluster,
     pg_rows,
     simulator,
@@ -242,3 +243,19 @@ def test_kubectl_get_tickets_shows_real_values(stack: Stack, namespace: str, ope
         "get", "tickets", "-n", namespace, "-l", "invariant=diskUsage", "-o", "name"
     ).stdout.split()
     assert len(by_label) == 1
+
+
+def test_clusters_sharing_a_namespace_judge_only_their_own_pods(
+    stack: Stack, namespace: str, operator: KopfRunner
+) -> None:
+    start_cluster(stack, namespace, "tikv", invariants={})
+    start_cluster(stack, namespace, "other", invariants={})
+    simulator(stack, "PUT", f"/clusters/{namespace}/other/stores/other-0/faults/down")
+    eventually(
+        lambda: condition_status(stack, namespace, "other", "StoresReady") == "False", what="other: StoresReady=False"
+    )
+    time.sleep(2)
+    assert condition_status(stack, namespace, "tikv", "StoresReady") == "True"
+    summary = get_json(stack, "mc", "tikv", "-n", namespace)["status"]["stores"]["summary"]
+    assert summary == "3/3 ready"
+    assert [r["cluster_name"] for r in tickets_in_db(stack, namespace)] == ["other"]

@@ -99,7 +99,8 @@ class FakeMirror:
         self.posted += events
 
 
-PODS = [StorePod("tikv-0", "Running", True), StorePod("tikv-1", "Running", True)]
+TIKV = (("app", "tikv"),)
+PODS = [StorePod("tikv-0", "Running", True, TIKV), StorePod("tikv-1", "Running", True, TIKV)]
 
 
 @pytest.fixture
@@ -232,6 +233,15 @@ async def test_human_hold_keeps_ticket_open(parts) -> None:  # type: ignore[no-u
 
 async def test_queries_per_cycle_do_not_grow_with_stores(parts) -> None:  # type: ignore[no-untyped-def]
     monitor, _, _, _ = parts
-    many = [StorePod(f"tikv-{i}", "Running", True) for i in range(50)]
+    many = [StorePod(f"tikv-{i}", "Running", True, TIKV) for i in range(50)]
     _, stats = await monitor.check_cluster(REF, SPEC, many, {}, at(0))
     assert stats.queries == 1
+
+
+async def test_only_pods_matching_the_selector_are_stores(parts) -> None:  # type: ignore[no-untyped-def]
+    monitor, store, _, _ = parts
+    neighbours = [StorePod(f"other-{i}", "Pending", False, (("app", "other"),)) for i in range(5)]
+    status, _ = await monitor.check_cluster(REF, SPEC, [*PODS, *neighbours], {}, at(0))
+    assert status is not None
+    assert status["stores"] == {"observed": 2, "ready": 2, "expected": 2, "summary": "2/2 ready"}
+    assert store.rows == [], "a neighbour's pods never open tickets here"

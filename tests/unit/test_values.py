@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from operator_k8s.domain.durations import format_duration, parse_duration
+from operator_k8s.domain.observations import StorePod, select_pods
 from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_status
 from operator_k8s.domain.queries import builtin_query, escape_label_value, fill_template
 from operator_k8s.domain.status import StoreCounts, status_patch
@@ -110,3 +111,16 @@ def test_projection_ignores_last_seen_moving_under_a_minute() -> None:
     assert projection_differs(old, {"state": "open", "lastSeen": "2026-01-01T12:01:00Z"})
     assert projection_differs(old, {"state": "resolved", "lastSeen": "2026-01-01T12:00:00Z"})
     assert projection_differs(None, old)
+
+
+@pytest.mark.parametrize(
+    ("selector", "want"),
+    [({"app": "tikv"}, ["a", "b"]), ({"app": "tikv", "zone": "z1"}, ["a"]), ({"app": "pd"}, ["c"]), ({"x": "y"}, [])],
+)
+def test_select_pods(selector: dict[str, str], want: list[str]) -> None:
+    pods = [
+        StorePod("a", "Running", True, (("app", "tikv"), ("zone", "z1"))),
+        StorePod("b", "Running", True, (("app", "tikv"), ("zone", "z2"))),
+        StorePod("c", "Running", True, (("app", "pd"),)),
+    ]
+    assert [p.name for p in select_pods(pods, selector)] == want
