@@ -341,22 +341,10 @@ class Bench:
         rows = {}
         for invariant in FAULTS:
             keys = [k for k in injected if k[0] == invariant]
-            detect = {
-                "operator_ticket": [opened[k] - injected[k] for k in keys],
-                "operator_condition": [
-                    watcher.first_false(k[1].rsplit("-", 1)[0], invariant, injected[k]) - injected[k] for k in keys
-                ],
-                "prometheus_rule": [prom_fired[k] - injected[k] for k in keys],
-                "alertmanager": [webhook.firing[(invariant, namespace, k[1])] - injected[k] for k in keys],
-            }
-            resolve = {
-                "operator_ticket": [resolved[k] - healed[k] for k in keys],
-                "operator_condition": [
-                    watcher.first_true(k[1].rsplit("-", 1)[0], invariant, healed[k]) - healed[k] for k in keys
-                ],
-                "prometheus_rule": [prom_cleared[k] - healed[k] for k in keys],
-                "alertmanager": [webhook.resolved[(invariant, namespace, k[1])] - healed[k] for k in keys],
-            }
+            detect = self._delays(keys, injected, opened, watcher.first_false, prom_fired, webhook.firing, namespace)
+            resolve = self._delays(
+                keys, healed, resolved, watcher.first_true, prom_cleared, webhook.resolved, namespace
+            )
             rows[invariant] = {
                 "detection": {
                     system: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} for system, v in detect.items()
@@ -375,6 +363,24 @@ class Bench:
         }
         operator.stop()
         self.stack.processes.remove(operator)
+
+    @staticmethod
+    def _delays(
+        keys: list[tuple[str, str]],
+        started: dict[tuple[str, str], float],
+        tickets: dict[tuple[str, str], float],
+        condition: Callable[[str, str, float], float],
+        rule: dict[tuple[str, str], float],
+        delivered: dict[tuple[str, str, str], float],
+        namespace: str,
+    ) -> dict[str, list[float]]:
+        """Seconds from each fault (or heal) to what each system did about it."""
+        return {
+            "operator_ticket": [tickets[k] - started[k] for k in keys],
+            "operator_condition": [condition(k[1].rsplit("-", 1)[0], k[0], started[k]) - started[k] for k in keys],
+            "prometheus_rule": [rule[k] - started[k] for k in keys],
+            "alertmanager": [delivered[(k[0], namespace, k[1])] - started[k] for k in keys],
+        }
 
     def _all_healthy(self, namespace: str, names: list[str]) -> bool:
         items = json.loads(self.stack.kubectl("get", "mc", "-n", namespace, "-o", "json").stdout)["items"]

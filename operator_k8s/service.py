@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -113,10 +114,15 @@ class Monitor:
         now: datetime,
     ) -> tuple[dict[str, Any] | None, CycleStats]:
         """Run one cycle; return the status to write (None: nothing changed) and what the cycle cost."""
+        with self._in_flight_cycle():
+            return await self._check(ref, raw_spec, pods, previous_status, now)
+
+    @contextmanager
+    def _in_flight_cycle(self) -> Iterator[None]:
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await self._check(ref, raw_spec, pods, previous_status, now)
+            yield
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:

@@ -15,6 +15,8 @@ import asyncpg
 from devstack.stack import Stack
 
 T = TypeVar("T")
+TICKET_COLUMNS = ["NAME", "CLUSTER", "INVARIANT", "STORE", "SEVERITY", "STATE", "COUNT", "LAST-SEEN", "AGE"]
+"""What ``kubectl get tickets`` must print, as the issue and the CRD's printer columns say."""
 
 
 def eventually(probe: Callable[[], T | None], *, timeout: float = 60, interval: float = 0.5, what: str = "") -> T:

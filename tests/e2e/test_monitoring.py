@@ -13,6 +13,7 @@ from kopf.testing import KopfRunner
 from devstack.operator import operator_process
 from devstack.stack import Stack
 from tests.stackutil import (
+    TICKET_COLUMNS,
     condition,
     condition_status,
     eventually,
@@ -227,17 +228,7 @@ def test_kubectl_get_tickets_shows_real_values(stack: Stack, namespace: str, ope
     fault(stack, namespace, "tikv-2", "disk", {"percent": 99})
     eventually(lambda: ticket_resources(stack, namespace), what="a Ticket")
     lines = stack.kubectl("get", "tickets", "-n", namespace).stdout.splitlines()
-    assert lines[0].split() == [
-        "NAME",
-        "CLUSTER",
-        "INVARIANT",
-        "STORE",
-        "SEVERITY",
-        "STATE",
-        "COUNT",
-        "LAST-SEEN",
-        "AGE",
-    ]
+    assert lines[0].split() == TICKET_COLUMNS
     assert lines[1].split()[1:7] == ["tikv", "diskUsage", "tikv-2", "warning", "open", "1"]
     by_label = stack.kubectl(
         "get", "tickets", "-n", namespace, "-l", "invariant=diskUsage", "-o", "name"

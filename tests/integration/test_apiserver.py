@@ -10,7 +10,7 @@ import pytest
 
 from devstack import versions
 from devstack.stack import Stack
-from tests.stackutil import get_json
+from tests.stackutil import TICKET_COLUMNS, get_json
 
 pytestmark = pytest.mark.stack
 
@@ -117,17 +117,7 @@ def test_printer_columns(stack: Stack, namespace: str) -> None:
     assert mc[1].split()[:5] == ["valid", "False", "2/3", "ready", "1"]
 
     tickets = stack.kubectl("get", "tickets", "-n", namespace).stdout.splitlines()
-    assert tickets[0].split() == [
-        "NAME",
-        "CLUSTER",
-        "INVARIANT",
-        "STORE",
-        "SEVERITY",
-        "STATE",
-        "COUNT",
-        "LAST-SEEN",
-        "AGE",
-    ]
+    assert tickets[0].split() == TICKET_COLUMNS
     assert tickets[1].split()[:7] == ["tikv-latency-tikv-1-1", "tikv", "latency", "tikv-1", "warning", "open", "2"]
     assert (
         stack.kubectl("get", "tk", "-n", namespace, "-o", "name").stdout.strip()
