@@ -105,18 +105,6 @@ class Monitor:
 
     # -- the cycle -------------------------------------------------------------------------------------------------
 
-    async def check_cluster(
-        self,
-        ref: ClusterRef,
-        raw_spec: dict[str, Any],
-        pods: Sequence[StorePod],
-        previous_status: dict[str, Any],
-        now: datetime,
-    ) -> tuple[dict[str, Any] | None, CycleStats]:
-        """Run one cycle; return the status to write (None: nothing changed) and what the cycle cost."""
-        with self._in_flight_cycle():
-            return await self._check(ref, raw_spec, pods, previous_status, now)
-
     @contextmanager
     def _in_flight_cycle(self) -> Iterator[None]:
         self._in_flight += 1
@@ -136,7 +124,7 @@ class Monitor:
         except TimeoutError:
             return False
 
-    async def _check(
+    async def check_cluster(
         self,
         ref: ClusterRef,
         raw_spec: dict[str, Any],
@@ -144,60 +132,68 @@ class Monitor:
         previous_status: dict[str, Any],
         now: datetime,
     ) -> tuple[dict[str, Any] | None, CycleStats]:
-        stats = CycleStats()
-        previous = conditions_from_wire(previous_status.get("conditions"))
-        try:
-            spec = MonitoredClusterSpec.model_validate(raw_spec)
-        except ValidationError as error:
-            message = _validation_message(error)
-            log.warning(
-                "Rejected MonitoredCluster spec",
-                extra={"cluster": ref.name, "namespace": ref.namespace, "error": message},
+        """Run one cycle; return the status to write (None: nothing changed) and what the cycle cost."""
+        with self._in_flight_cycle():
+            stats = CycleStats()
+            previous = conditions_from_wire(previous_status.get("conditions"))
+            try:
+                spec = MonitoredClusterSpec.model_validate(raw_spec)
+            except ValidationError as error:
+                message = _validation_message(error)
+                log.warning(
+                    "Rejected MonitoredCluster spec",
+                    extra={"cluster": ref.name, "namespace": ref.namespace, "error": message},
+                )
+                conditions = cond.invalid_spec_conditions(previous, message, ref.generation, now)
+                return status_patch(
+                    previous_status, status_body(conditions, ref.generation, None, None, now), now
+                ), stats
+            pods = select_pods(pods, spec.stores.selector.match_labels)
+            memory = self.memory(ref.uid)
+            memory.ref = ref
+            store_error = await self._refresh(ref, memory, now, stats) if memory.tickets is None else None
+
+            results = await self._query(spec, ref.namespace, pods, stats)
+            tracked = _tracked_stores(memory.tickets or [])
+            findings = evaluate(spec, Snapshot(pods=tuple(pods), results=results, tracked_stores=tracked))
+            counts = StoreCounts.of(pods, spec.stores.expected)
+
+            if memory.tickets is None:
+                conditions = cond.ticket_store_down_conditions(
+                    previous, findings, store_error or "", ref.generation, now
+                )
+                body = status_body(conditions, ref.generation, counts, None, now)
+                return status_patch(previous_status, body, now), stats
+
+            transitions = self._decide(ref, spec, findings, memory.tickets, now)
+            events = _events(transitions)
+            store_error = await self._store(ref, memory, transitions, now, stats)
+            await self._mirror(ref, memory, now, stats)
+            if events:
+                await self.mirror.events(ref, events)
+                stats.kubernetes_writes += len(events)
+                for event in events:
+                    log.info(
+                        event.message, extra={"cluster": ref.name, "namespace": ref.namespace, "reason": event.reason}
+                    )
+
+            outcome = cond.CycleOutcome(invariant_names(spec), findings, memory.tickets, store_error)
+            conditions = cond.conditions_for(outcome, previous, ref.generation, now)
+            open_count = sum(1 for t in memory.tickets if t.state.active)
+            patch = status_patch(previous_status, status_body(conditions, ref.generation, counts, open_count, now), now)
+            stats.transitions = sum(1 for t in transitions if t.effects)
+            log.debug(
+                "Checked MonitoredCluster",
+                extra={
+                    "cluster": ref.name,
+                    "namespace": ref.namespace,
+                    "findings": len(findings),
+                    "queries": stats.queries,
+                    "transitions": stats.transitions,
+                    "status_written": patch is not None,
+                },
             )
-            conditions = cond.invalid_spec_conditions(previous, message, ref.generation, now)
-            return status_patch(previous_status, status_body(conditions, ref.generation, None, None, now), now), stats
-        pods = select_pods(pods, spec.stores.selector.match_labels)
-        memory = self.memory(ref.uid)
-        memory.ref = ref
-        store_error = await self._refresh(ref, memory, now, stats) if memory.tickets is None else None
-
-        results = await self._query(spec, ref.namespace, pods, stats)
-        tracked = _tracked_stores(memory.tickets or [])
-        findings = evaluate(spec, Snapshot(pods=tuple(pods), results=results, tracked_stores=tracked))
-        counts = StoreCounts.of(pods, spec.stores.expected)
-
-        if memory.tickets is None:
-            conditions = cond.ticket_store_down_conditions(previous, findings, store_error or "", ref.generation, now)
-            body = status_body(conditions, ref.generation, counts, None, now)
-            return status_patch(previous_status, body, now), stats
-
-        transitions = self._decide(ref, spec, findings, memory.tickets, now)
-        events = _events(transitions)
-        store_error = await self._store(ref, memory, transitions, now, stats)
-        await self._mirror(ref, memory, now, stats)
-        if events:
-            await self.mirror.events(ref, events)
-            stats.kubernetes_writes += len(events)
-            for event in events:
-                log.info(event.message, extra={"cluster": ref.name, "namespace": ref.namespace, "reason": event.reason})
-
-        outcome = cond.CycleOutcome(invariant_names(spec), findings, memory.tickets, store_error)
-        conditions = cond.conditions_for(outcome, previous, ref.generation, now)
-        open_count = sum(1 for t in memory.tickets if t.state.active)
-        patch = status_patch(previous_status, status_body(conditions, ref.generation, counts, open_count, now), now)
-        stats.transitions = sum(1 for t in transitions if t.effects)
-        log.debug(
-            "Checked MonitoredCluster",
-            extra={
-                "cluster": ref.name,
-                "namespace": ref.namespace,
-                "findings": len(findings),
-                "queries": stats.queries,
-                "transitions": stats.transitions,
-                "status_written": patch is not None,
-            },
-        )
-        return patch, stats
+            return patch, stats
 
     async def _refresh(self, ref: ClusterRef, memory: ClusterMemory, now: datetime, stats: CycleStats) -> str | None:
         """Load the cluster's tickets (first cycle after start, or after Postgres was unreachable)."""
