@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import random
 import sys
 from datetime import timedelta
 from typing import Any
@@ -99,6 +100,10 @@ class Operator:
             if self.settings.peering:
                 settings.peering.name = self.settings.peering
                 settings.peering.mandatory = True
+                settings.peering.lifetime = self.settings.peering_lifetime_seconds
+                # kopf pauses every peer that sees another with the same priority; replicas of one Deployment
+                # would all pause. A random priority per process makes exactly one of them active.
+                settings.peering.priority = random.randint(1, 2**31 - 1)  # noqa: S311 - not a secret
             else:
                 settings.peering.standalone = True
             self.telemetry.serve(self.settings.bind_address, self.settings.metrics_port)

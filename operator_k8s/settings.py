@@ -31,6 +31,7 @@ class Settings(BaseModel):
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the metrics endpoint")
     health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables kopf's health endpoint")
     peering: str = Field(default="", description="kopf peering name; empty runs standalone")
+    peering_lifetime_seconds: int = Field(default=60, ge=5, le=3600, description="How long a silent peer counts")
 
 
 def _dsn(env: Mapping[str, str]) -> str:

@@ -155,3 +155,12 @@ def test_kubectl_apply_deploy_then_the_example_works(stack: Stack, namespace: st
         assert lines[1].split()[:3] == ["tikv-prod", lines[1].split()[1], "3/3"]
     finally:
         operator.stop()
+
+
+def test_quick_start_postgres_renders_admissible_under_restricted(stack: Stack, namespace: str) -> None:
+    home = f"{namespace}-pg"
+    restricted_namespace(stack, home)
+    result = stack.helm("install", "quick", CHART, "-n", home, "--set", "postgres.enabled=true", "--dry-run=server")
+    assert "violate PodSecurity" not in result.stderr, result.stderr
+    assert "kind: StatefulSet" in result.stdout
+    assert "postgresql://operator:" in result.stdout, "the DSN Secret is generated"

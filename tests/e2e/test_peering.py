@@ -1,0 +1,57 @@
+"""Two replicas with kopf peering: exactly one is active; the standby takes over when the active one dies."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+
+import pytest
+
+from devstack.operator import operator_process
+from devstack.processes import Process
+from devstack.stack import REPO_ROOT, Stack
+from tests.e2e.test_monitoring import start_cluster
+from tests.stackutil import condition, eventually
+
+pytestmark = pytest.mark.stack
+
+
+def cycles(operator: Process) -> float:
+    assert operator.env is not None
+    url = f"http://127.0.0.1:{operator.env['OPERATOR_K8S_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("operator_k8s_check_cycles_total{"))
+
+
+def healthz(operator: Process) -> int:
+    assert operator.env is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.env['OPERATOR_K8S_HEALTH_PORT']}/healthz", timeout=5) as r:
+        return int(r.status)
+
+
+def test_one_active_replica_and_failover(stack: Stack, namespace: str) -> None:
+    stack.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "charts/operator-k8s/crds/kopf-peering.yaml"))
+    stack.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": f"peers-{namespace}"}}
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(peering))
+    env = {"OPERATOR_K8S_PEERING": f"peers-{namespace}", "OPERATOR_K8S_PEERING_LIFETIME_SECONDS": "10",
+           "OPERATOR_K8S_NAMESPACES": namespace}  # fmt: skip
+    replicas = [operator_process(stack, f"operator-peer-{i}-{namespace}.log", **env) for i in range(2)]
+    try:
+        start_cluster(stack, namespace, invariants={})
+        eventually(lambda: all(healthz(r) == 200 for r in replicas), what="both replicas healthy")
+        eventually(lambda: sorted(cycles(r) > 0 for r in replicas) == [False, True], what="exactly one active replica")
+        active, standby = sorted(replicas, key=cycles, reverse=True)
+        assert cycles(standby) == 0
+        assert active.popen is not None
+        active.popen.send_signal(signal.SIGKILL)
+        active.popen.wait()
+        eventually(lambda: cycles(standby) > 0, what="the standby to take over", timeout=90)
+        healthy = condition(stack, namespace, "tikv", "Healthy")
+        assert healthy is not None
+        assert healthy["status"] == "True"
+    finally:
+        for replica in replicas:
+            replica.stop()
