@@ -33,8 +33,13 @@ def healthz(operator: Process) -> int:
 
 def test_one_active_replica_and_failover(stack: Stack, namespace: str) -> None:
     stack.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "charts/operator-k8s/crds/kopf-peering.yaml"))
-    stack.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
-    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": f"peers-{namespace}"}}
+    stack.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    # Watching one namespace, kopf peers through a KopfPeering there (the chart creates one per watched namespace).
+    peering = {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "KopfPeering",
+        "metadata": {"name": f"peers-{namespace}", "namespace": namespace},
+    }
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(peering))
     env = {"OPERATOR_K8S_PEERING": f"peers-{namespace}", "OPERATOR_K8S_PEERING_LIFETIME_SECONDS": "10",
            "OPERATOR_K8S_NAMESPACES": namespace}  # fmt: skip
