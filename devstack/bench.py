@@ -363,6 +363,11 @@ class Bench:
         }
         operator.stop()
         self.stack.processes.remove(operator)
+        # Their finalizers need an operator; without one, take them off so the scale phase measures only its own.
+        self.stack.kubectl(
+            "patch", "mc", *names, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+        )
+        self.stack.kubectl("delete", "mc", "--all", "-n", namespace, "--wait=true", "--timeout=60s")
 
     @staticmethod
     def _delays(
