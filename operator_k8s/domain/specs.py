@@ -36,18 +36,12 @@ class StoresSpec(ApiModel):
     expected: int | None = Field(default=None, ge=0, le=10000)
 
 
-class SecretKeyRef(ApiModel):
-    name: str = Field(max_length=253)
-    key: str = Field(max_length=253)
-
-
 class PrometheusSpec(ApiModel):
     url: str = Field(max_length=2048, pattern=r"^https?://")
     timeout: Duration = "5s"
     rate_window: Duration = "1m"
     store_label: str = Field(default="pod", max_length=63, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     matchers: dict[LabelName, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=16)
-    bearer_token_secret_ref: SecretKeyRef | None = None
 
     @field_validator("timeout", "rate_window")
     @classmethod
