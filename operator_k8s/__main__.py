@@ -24,6 +24,7 @@ from operator_k8s.service import Monitor, ServiceSettings
 from operator_k8s.settings import Settings, SettingsError, load_settings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_NOISY = {"settings"}  # kopf attaches its whole OperatorSettings to some records
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +37,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
+        entry.update(
+            {k: v for k, v in vars(record).items() if k not in _STANDARD and k not in _NOISY and not k.startswith("_")}
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
