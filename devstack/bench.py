@@ -516,6 +516,8 @@ class Bench:
         cycles = delta(r"operator_k8s_check_cycles_total\{.*\}")
         durations = histogram(m0, m1, "operator_k8s_check_duration_seconds")
         lags = histogram(m0, m1, "operator_k8s_check_start_lag_seconds")
+        queries = histogram(m0, m1, "operator_k8s_prometheus_query_duration_seconds")
+        round_trips = histogram(m0, m1, "operator_k8s_postgres_round_trip_seconds")
         verbs = {
             v: delta(rf'operator_k8s_kubernetes_requests_total\{{verb="{v}"\}}') for v in ("create", "patch", "delete")
         }
@@ -538,6 +540,9 @@ class Bench:
             "cycle_p50_ms": 1000 * quantile_from_buckets(durations, 0.5),
             "cycle_p99_ms": 1000 * quantile_from_buckets(durations, 0.99),
             "start_lag_p99_ms": 1000 * quantile_from_buckets(lags, 0.99),
+            "prometheus_query_p50_p99_ms": [1000 * quantile_from_buckets(queries, q) for q in (0.5, 0.99)],
+            "postgres_round_trip_p50_p99_ms": [1000 * quantile_from_buckets(round_trips, q) for q in (0.5, 0.99)],
+            "machine_load_1m": os.getloadavg()[0],
             "skipped_intervals": delta(r"operator_k8s_skipped_intervals_total"),
             "prometheus_queries_per_cycle": per_cycle(delta(r"operator_k8s_prometheus_query_duration_seconds_count")),
             "prometheus_queries_per_cycle_by_prometheus": per_cycle(after[4] - before[4]),
