@@ -11,7 +11,7 @@ Phases (each optional):
    requests by verb — from the operator's own counters, cross-checked with Prometheus', Postgres' and the API
    server's own statistics.
 3. restart (at the step given by ``--restart-at``) — time from operator start to all timers scheduled, and the
-   spread of first runs; then a cProfile of 60 s of steady state (``--profile``).
+   spread of first runs; before it, a py-spy profile of 60 s of steady state (``--profile``).
 
 Results are printed as tables and written as JSON with the machine's description.
 """
@@ -23,9 +23,7 @@ import asyncio
 import json
 import os
 import platform
-import pstats
 import re
-import signal
 import ssl
 import subprocess
 import sys
@@ -455,7 +453,8 @@ class Bench:
         interval = self.args.interval
         namespace = "bench-scale"
         created = 0
-        steps = []
+        steps: list[dict[str, Any]] = []
+        self.results["scale"] = steps  # filled step by step, so a later failure keeps what was measured
         operator = self.start_operator("operator-scale")
         for size in self.args.sizes:
             names = [f"c{i:05d}" for i in range(created, size)]
@@ -466,14 +465,13 @@ class Bench:
             time.sleep(interval + self.args.tick)
             steps.append(self.measure(size, interval))
             if size == self.args.restart_at:
+                if self.args.profile:
+                    self.results["profile"] = self.profile(operator, size)
                 operator.stop()
                 self.stack.processes.remove(operator)
                 self.results["restart"] = self.restart(size, interval)
-                if self.args.profile:
-                    self.results["profile"] = self.profile(size, interval)
                 operator = self.start_operator("operator-scale-after")
                 self.wait_for("the operator to be back", partial(_at_least, self._cycles, size), 4 * interval + 300)
-        self.results["scale"] = steps
         operator.stop()
 
     def _cycles(self) -> float:
@@ -593,34 +591,65 @@ class Bench:
             "first_run_spread_s": (first_runs[-1] - first_runs[0]) if first_runs else None,
         }
 
-    def profile(self, size: int, interval: int) -> dict[str, Any]:
-        path = self.stack.workdir / "operator.prof"
-        log(f"Profiling 60s of steady state at {size} clusters with cProfile")
-        operator = self.start_operator("operator-profile", profile=path)
-        self.wait_for(
-            "the profiled operator to check every cluster", partial(_at_least, self._cycles, size), 4 * interval + 300
+    def profile(self, operator: Process, size: int, seconds: int = 60) -> dict[str, Any]:
+        """Sample the running operator with py-spy (low overhead, all threads) during steady state."""
+        path = self.stack.workdir / "operator.pyspy"
+        log(f"Profiling {seconds}s of steady state at {size} clusters with py-spy")
+        spy = Path(sys.executable).with_name("py-spy")
+        subprocess.run(
+            [
+                str(spy),
+                "record",
+                "--pid",
+                str(operator.pid),
+                "--duration",
+                str(seconds),
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--output",
+                str(path),
+                "--nonblocking",
+            ],
+            check=True,
+            capture_output=True,
         )
-        time.sleep(60)
-        assert operator.popen is not None
-        operator.popen.send_signal(signal.SIGTERM)
-        operator.popen.wait(timeout=60)
-        self.stack.processes.remove(operator)
-        stats: Any = pstats.Stats(str(path))
-        rows = []
-        for (filename, line, function), (_, calls, tottime, cumtime, _) in sorted(
-            stats.stats.items(),
-            key=lambda item: item[1][2],
-            reverse=True,
-        )[:15]:
-            rows.append(
-                {
-                    "function": f"{Path(filename).name}:{line}({function})",
-                    "calls": calls,
-                    "tottime_s": round(tottime, 3),
-                    "cumtime_s": round(cumtime, 3),
-                }
-            )
-        return {"clusters": size, "seconds": 60, "top_by_own_time": rows}
+        own: dict[str, int] = {}
+        inclusive: dict[str, int] = {}
+        samples = 0
+        for line in path.read_text().splitlines():
+            stack_text, _, count_text = line.rpartition(" ")
+            count = int(count_text)
+            frames = [_frame(f) for f in stack_text.split(";")]
+            samples += count
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+
+        def top(table: dict[str, int], keep: Callable[[str], bool], n: int) -> list[dict[str, Any]]:
+            rows = sorted(((k, v) for k, v in table.items() if keep(k)), key=lambda kv: kv[1], reverse=True)[:n]
+            return [{"function": k, "share": round(v / samples, 4)} for k, v in rows]
+
+        idle = ("select", "poll", "wait", "_worker", "sleep", "acquire")
+        return {
+            "clusters": size,
+            "seconds": seconds,
+            "samples": samples,
+            "top_own": top(own, lambda f: not any(word in f for word in idle), 12),
+            "top_inclusive_operator_k8s": top(inclusive, lambda f: "operator_k8s/" in f, 10),
+            "top_inclusive_kopf": top(inclusive, lambda f: "kopf/" in f, 10),
+        }
+
+
+def _frame(text: str) -> str:
+    """``function (path/to/file.py:123)`` shortened to ``function (pkg/file.py)``."""
+    match = re.match(r"(.*) \((.*):\d+\)$", text)
+    if not match:
+        return text
+    function, path = match.groups()
+    parts = Path(path).parts
+    return f"{function} ({'/'.join(parts[-2:])})"
 
 
 class ConditionWatcher:
@@ -810,14 +839,19 @@ def report(results: dict[str, Any]) -> str:
             f"first runs from {r['first_run_s']:.1f}s to {r['all_first_runs_done_s']:.1f}s (spread {r['first_run_spread_s']:.1f}s)",
         ]
     if results.get("profile"):
+        profile = results["profile"]
         lines += [
             "",
-            f"Profile (cProfile, {results['profile']['seconds']}s at {results['profile']['clusters']} clusters), top by own time:",
+            f"Profile (py-spy, {profile['seconds']}s at {profile['clusters']} clusters, {profile['samples']} samples, all threads)",
         ]
-        lines += [
-            f"  {row['tottime_s']:>7.2f}s own {row['cumtime_s']:>8.2f}s cum {row['calls']:>9} calls  {row['function']}"
-            for row in results["profile"]["top_by_own_time"]
-        ]
+        sections = (
+            ("own time, idle waits left out", "top_own"),
+            ("inclusive, operator_k8s", "top_inclusive_operator_k8s"),
+            ("inclusive, kopf", "top_inclusive_kopf"),
+        )
+        for title, key in sections:
+            lines.append(f"  {title}:")
+            lines += [f"    {100 * row['share']:5.1f}%  {row['function']}" for row in profile[key]]
     return "\n".join(lines)
 
 
@@ -841,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
     phases = set(args.phases.split(","))
     started = time.monotonic()
     webhook = Webhook()
+    if args.profile and not Path(sys.executable).with_name("py-spy").exists():
+        parser.error("--profile needs py-spy in the virtualenv (make setup installs it)")
     stack = Stack.start(
         scrape_interval=args.scrape_interval, alert_rules=alert_rules(args.rate_window), alert_webhook=webhook.url
     )

@@ -65,6 +65,15 @@ def _interval(spec: Any) -> float:
         return 0.0  # an invalid spec is checked at once, so its InvalidSpec condition shows
 
 
+def _candidate_pods(index: kopf.Index[tuple[str, str, str], Any], namespace: str, spec: Any) -> list[Any]:
+    """The pods carrying the selector's first label; the service checks the rest of the selector."""
+    match_labels = ((spec.get("stores") or {}).get("selector") or {}).get("matchLabels") or {}
+    if not isinstance(match_labels, dict) or not match_labels:
+        return []
+    key, value = min(match_labels.items())
+    return list(index.get((namespace, str(key), str(value)), []))
+
+
 def _ref(meta: Any, namespace: str) -> ClusterRef:
     return ClusterRef(
         uid=meta["uid"], name=meta["name"], namespace=namespace, generation=int(meta.get("generation", 0))
@@ -87,8 +96,10 @@ def register(
     schedule = Schedule(jitter)
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
-    def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
-        return {namespace or "": store_pod(body)}
+    def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str, str, str], Any]:
+        """Pods by (namespace, label, value): a cycle reads only the pods that share a selector label."""
+        pod = store_pod(body)
+        return {(namespace or "", key, value): pod for key, value in pod.labels}
 
     @kopf.timer(GROUP, VERSION, CLUSTER_PLURAL, id="check", interval=tick_seconds, registry=registry)
     async def check(
@@ -99,12 +110,12 @@ def register(
         if tick is None:
             return
         telemetry.record_tick(tick.lag, tick.skipped)
-        pods: kopf.Index[str, Any] = kwargs["store_pods"]
         ref = _ref(meta, namespace or "")
+        candidates = _candidate_pods(kwargs["store_pods"], ref.namespace, spec)
         started = time.monotonic()
         try:
             new_status, stats = await monitor.check_cluster(
-                ref, dict(spec), list(pods.get(ref.namespace, [])), dict(status), datetime.now(UTC)
+                ref, dict(spec), candidates, dict(status), datetime.now(UTC)
             )
         except Exception as error:
             telemetry.record_failure(type(error).__name__)

@@ -28,7 +28,10 @@ class PrometheusMetrics:
         client = self._clients.get(url)
         if client is None:
             # No retries here: the next cycle is the retry, and a stalled query must not stall the cycle.
-            client = PrometheusConnect(url=url, disable_ssl=False, retry=Retry(total=0))
+            # trust_env off: requests would otherwise look up proxies and ~/.netrc on disk for every query.
+            session = requests.Session()
+            session.trust_env = False
+            client = PrometheusConnect(url=url, disable_ssl=False, retry=Retry(total=0), session=session)
             self._clients[url] = client
         return client
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from operator_k8s.handlers import Schedule, Tick
+from operator_k8s.handlers import Schedule, Tick, _candidate_pods
 
 
 def test_first_run_is_spread_within_one_interval() -> None:
@@ -41,3 +41,11 @@ def test_forget_and_len() -> None:
     schedule.due("b", 10, 0)
     schedule.forget("a")
     assert len(schedule) == 1
+
+
+def test_candidate_pods_come_from_one_selector_label() -> None:
+    index = {("ns", "app", "tikv"): ["a", "b"], ("ns", "zone", "z1"): ["a"], ("other", "app", "tikv"): ["x"]}
+    spec = {"stores": {"selector": {"matchLabels": {"zone": "z1", "app": "tikv"}}}}
+    assert _candidate_pods(index, "ns", spec) == ["a", "b"], "the first label by name, then the service filters"  # type: ignore[arg-type]
+    assert _candidate_pods(index, "ns", {"stores": {}}) == []  # type: ignore[arg-type]
+    assert _candidate_pods(index, "ns", {"stores": {"selector": {"matchLabels": {"app": "pd"}}}}) == []  # type: ignore[arg-type]
