@@ -470,6 +470,8 @@ class Bench:
                 operator.stop()
                 self.stack.processes.remove(operator)
                 self.results["restart"] = self.restart(size, interval)
+                if size == self.args.sizes[-1]:
+                    return
                 operator = self.start_operator("operator-scale-after")
                 self.wait_for("the operator to be back", partial(_at_least, self._cycles, size), 4 * interval + 300)
         operator.stop()
@@ -683,20 +685,16 @@ class ConditionWatcher:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
+        """kubectl prints one watch event per line, as compact JSON."""
         assert self.process.stdout is not None
-        buffer = ""
         for line in self.process.stdout:
-            buffer += line
-            if line.rstrip() == "}":
-                arrived = time.time()
-                try:
-                    event = json.loads(buffer)
-                except json.JSONDecodeError:
-                    continue
-                buffer = ""
-                body = event.get("object", {})
-                for item in (body.get("status") or {}).get("conditions") or []:
-                    self.changes.append((arrived, body["metadata"]["name"], item["type"], item["status"]))
+            arrived = time.time()
+            try:
+                body = json.loads(line).get("object", {})
+            except json.JSONDecodeError:
+                continue
+            for item in (body.get("status") or {}).get("conditions") or []:
+                self.changes.append((arrived, body["metadata"]["name"], item["type"], item["status"]))
 
     def _first(self, cluster: str, invariant: str, since: float, status: str) -> float:
         ctype = self.TYPES[invariant]
