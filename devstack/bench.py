@@ -645,13 +645,18 @@ class Bench:
 
 
 def _frame(text: str) -> str:
-    """``function (path/to/file.py:123)`` shortened to ``function (pkg/file.py)``."""
+    """``function (/…/site-packages/kopf/x/y.py:123)`` shortened to ``function (kopf/x/y.py)``."""
     match = re.match(r"(.*) \((.*):\d+\)$", text)
     if not match:
         return text
     function, path = match.groups()
-    parts = Path(path).parts
-    return f"{function} ({'/'.join(parts[-2:])})"
+    if "site-packages/" in path:
+        path = path.split("site-packages/", 1)[1]
+    elif "operator_k8s/" in path:
+        path = "operator_k8s/" + path.split("operator_k8s/", 1)[1]
+    else:
+        path = "/".join(Path(path).parts[-2:])
+    return f"{function} ({path})"
 
 
 class ConditionWatcher:
