@@ -488,26 +488,24 @@ class Bench:
         except OSError:
             return 0.0
 
+    def _snapshot(self) -> tuple[dict[str, float], float, float, dict[tuple[str, str], float], float, float]:
+        """Every counter a step compares: operator metrics, its CPU seconds, the time, API server, Prometheus and
+        Postgres statistics."""
+        return (
+            self.operator_metrics(),
+            self.operator_cpu_seconds(),
+            time.monotonic(),
+            self.apiserver_requests(),
+            self.prometheus_queries(),
+            self.postgres_transactions(),
+        )
+
     def measure(self, size: int, interval: int) -> dict[str, Any]:
         hold = self.args.hold * interval
         log(f"Step {size}: measuring for {hold}s ({self.args.hold} intervals of {interval}s)")
-        before = (
-            self.operator_metrics(),
-            self.operator_cpu_seconds(),
-            time.monotonic(),
-            self.apiserver_requests(),
-            self.prometheus_queries(),
-            self.postgres_transactions(),
-        )
+        before = self._snapshot()
         time.sleep(hold)
-        after = (
-            self.operator_metrics(),
-            self.operator_cpu_seconds(),
-            time.monotonic(),
-            self.apiserver_requests(),
-            self.prometheus_queries(),
-            self.postgres_transactions(),
-        )
+        after = self._snapshot()
         m0, m1 = before[0], after[0]
 
         def delta(pattern: str) -> float:
