@@ -67,7 +67,6 @@ class ClusterMemory:
     tickets: list[Ticket] | None = None
     outbox: list[TicketWrite] = field(default_factory=list)
     projected: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ref: ClusterRef | None = None
 
 
 @dataclass
@@ -150,7 +149,6 @@ class Monitor:
                 ), stats
             pods = select_pods(pods, spec.stores.selector.match_labels)
             memory = self.memory(ref.uid)
-            memory.ref = ref
             store_error = await self._refresh(ref, memory, now, stats) if memory.tickets is None else None
 
             results = await self._query(spec, ref.namespace, pods, stats)
