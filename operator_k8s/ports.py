@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -65,8 +65,6 @@ class Projection:
     name: str
     labels: dict[str, str]
     status: dict[str, Any]
-    ticket_id: int
-    spec_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 class TicketMirror(Protocol):

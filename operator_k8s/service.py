@@ -300,7 +300,7 @@ class Monitor:
             if ticket.resolved_at is not None and now - ticket.resolved_at > self.settings.ticket_retention:
                 continue
             name = ticket_name(ticket)
-            desired[name] = Projection(name, ticket_labels(ticket), ticket_status(ticket), ticket.id)
+            desired[name] = Projection(name, ticket_labels(ticket), ticket_status(ticket))
         for name, projection in desired.items():
             if projection_differs(memory.projected.get(name), projection.status):
                 await self.mirror.upsert(ref, projection)

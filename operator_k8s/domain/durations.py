@@ -12,14 +12,3 @@ def parse_duration(text: str) -> float:
     if not _WHOLE.match(text):
         raise ValueError(f"invalid duration {text!r}: use a number and unit, e.g. 30s, 1m30s, 250ms")
     return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(text))
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest form a human reads easily: ``45s``, ``2m5s``, ``1h``."""
-    whole = round(seconds)
-    if whole < 60:
-        return f"{seconds:.3g}s" if seconds < 10 and seconds != whole else f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    hours, minutes = divmod(minutes, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
-    return "".join(parts)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operator_k8s.domain.durations import format_duration, parse_duration
+from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.observations import StorePod, select_pods
 from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_status
 from operator_k8s.domain.queries import builtin_query, escape_label_value, fill_template
@@ -27,11 +27,6 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
-
-
-@pytest.mark.parametrize(("seconds", "text"), [(45, "45s"), (125, "2m5s"), (3600, "1h"), (1.5, "1.5s")])
-def test_format_duration(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text
 
 
 @given(st.text(max_size=40))
