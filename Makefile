@@ -28,7 +28,7 @@ demo: setup
 
 ## Bring the stack up with an example MonitoredCluster and keep it running until Ctrl-C.
 up: setup
-	@$(PY) -m devstack up
+	@$(PY) -m devstack up --hold
 
 lint: venv
 	@$(PY) -m ruff check operator_k8s devstack tests
