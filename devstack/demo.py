@@ -141,5 +141,8 @@ def up(*, hold: bool) -> int:
         print(f"  Prometheus {stack.prometheus_url}   simulator {stack.simulator_url}   Postgres {stack.postgres_dsn}")
         if hold:
             say("Press Ctrl-C to stop everything")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            stop_signals = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+            signal.sigwait(stop_signals)
+            say("Stopping every process of the stack")
     return 0
