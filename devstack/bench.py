@@ -652,7 +652,7 @@ def _frame(text: str) -> str:
         path = path.split("site-packages/", 1)[1]
     elif "operator_k8s/" in path:
         path = "operator_k8s/" + path.split("operator_k8s/", 1)[1]
-    else:
+    elif path.startswith("/"):
         path = "/".join(Path(path).parts[-2:])
     return f"{function} ({path})"
 
