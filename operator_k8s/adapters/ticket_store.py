@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -163,21 +164,32 @@ class PostgresTicketStore:
         self._dsn = dsn
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
         self._observe = observe
         self.round_trips = 0
 
     async def _ensure_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            try:
-                pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self._pool_size, timeout=5, command_timeout=10, reset=_keep_session
-                )
-                async with pool.acquire() as connection:
-                    await migrate(connection)
-            except UNAVAILABLE as error:
-                raise TicketStoreUnavailable(f"Postgres unreachable: {type(error).__name__}") from None
-            self._pool = pool
-        return self._pool
+        """One pool per process, migrated once: cycles that start together while Postgres is away wait for it."""
+        async with self._pool_lock:
+            if self._pool is None:
+                pool = None
+                try:
+                    pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        timeout=5,
+                        command_timeout=10,
+                        reset=_keep_session,
+                    )
+                    async with pool.acquire() as connection:
+                        await migrate(connection)
+                except UNAVAILABLE as error:
+                    if pool is not None:
+                        pool.terminate()
+                    raise TicketStoreUnavailable(f"Postgres unreachable: {type(error).__name__}") from None
+                self._pool = pool
+            return self._pool
 
     async def start(self) -> None:
         """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer."""

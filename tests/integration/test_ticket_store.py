@@ -156,3 +156,21 @@ async def test_history_records_every_transition_with_actor(database: str) -> Non
         ]
     finally:
         await store.close()
+
+
+async def test_concurrent_first_calls_share_one_pool(database: str) -> None:
+    """Cycles that start together (a restart with many clusters) create one pool, not one each."""
+    store = PostgresTicketStore(database, pool_size=2)
+    try:
+        results = await asyncio.gather(*(store.sync(f"uid-{i}", [], at(0)) for i in range(20)))
+        assert results == [[]] * 20
+        connection = await asyncpg.connect(database)
+        try:
+            count = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await connection.close()
+        assert count <= 2, f"{count} connections for a pool of 2"
+    finally:
+        await store.close()
