@@ -239,26 +239,35 @@ class Monitor:
         now: datetime,
     ) -> list[Transition]:
         current = _current_by_key(tickets)
-        enabled = set(invariant_names(spec))
+        policies = {name: self._policy(spec, name) for name in invariant_names(spec)}
         transitions = []
         for finding in findings:
             key = TicketKey(ref.uid, finding.invariant, finding.store)
-            settings = invariant_spec(spec, finding.invariant)
-            assert settings is not None
-            policy = Policy(
-                onset_grace=timedelta(seconds=settings.for_seconds),
-                clear_grace=timedelta(seconds=settings.clear_for_seconds),
-                reopen_window=self.settings.reopen_window,
-            )
             result = transition(
-                current.get(key), finding, now, policy, key=key, namespace=ref.namespace, cluster_name=ref.name
+                current.get(key),
+                finding,
+                now,
+                policies[finding.invariant],
+                key=key,
+                namespace=ref.namespace,
+                cluster_name=ref.name,
             )
             if result.changed:
                 transitions.append(result)
         for key, ticket in current.items():
-            if key.invariant not in enabled and ticket.state is not TicketState.RESOLVED:
+            if key.invariant not in policies and ticket.state is not TicketState.RESOLVED:
                 transitions.append(retire(ticket, now, Reason.INVARIANT_REMOVED))
         return transitions
+
+    def _policy(self, spec: MonitoredClusterSpec, invariant: str) -> Policy:
+        """One invariant's timing, parsed once per cycle rather than once per finding."""
+        settings = invariant_spec(spec, invariant)
+        assert settings is not None
+        return Policy(
+            onset_grace=timedelta(seconds=settings.for_seconds),
+            clear_grace=timedelta(seconds=settings.clear_for_seconds),
+            reopen_window=self.settings.reopen_window,
+        )
 
     async def _store(
         self,

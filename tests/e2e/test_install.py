@@ -152,7 +152,9 @@ def test_kubectl_apply_deploy_then_the_example_works(stack: Stack, namespace: st
         eventually(lambda: condition_status(stack, namespace, "tikv-prod", "StoresReady") == "True", what="StoresReady",
                    timeout=90)  # fmt: skip
         lines = stack.kubectl("get", "mc", "-n", namespace).stdout.splitlines()
-        assert lines[1].split()[:3] == ["tikv-prod", lines[1].split()[1], "3/3"]
+        row = lines[1].split()
+        assert row[0] == "tikv-prod"
+        assert row[2:4] == ["3/3", "ready"]
     finally:
         operator.stop()
 

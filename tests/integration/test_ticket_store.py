@@ -76,18 +76,23 @@ async def test_two_concurrent_writers_never_duplicate_an_open_ticket(database: s
             new = ticket(TicketState.OPEN, key=TicketKey("uid-1", "latency", store_name), id=None)
             writes = [TicketWrite(None, new, (), at(0))]
             await asyncio.gather(first.sync("uid-1", writes, at(0)), second.sync("uid-1", writes, at(0)))
-        connection = await asyncpg.connect(database)
-        try:
-            counts = await connection.fetch(
-                "SELECT store, count(*) AS n FROM tickets WHERE state <> 'resolved' GROUP BY store"
-            )
-        finally:
-            await connection.close()
+        counts = await fetch(
+            database, "SELECT store, count(*) AS n FROM tickets WHERE state <> 'resolved' GROUP BY store"
+        )
         assert len(counts) == 20
         assert {r["n"] for r in counts} == {1}
     finally:
         await first.close()
         await second.close()
+
+
+async def fetch(database: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    """Rows from the test's database through a connection of its own."""
+    connection = await asyncpg.connect(database)
+    try:
+        return list(await connection.fetch(sql, *args))
+    finally:
+        await connection.close()
 
 
 def _statements(log: Path, start: int) -> list[str]:
@@ -141,13 +146,8 @@ async def test_history_records_every_transition_with_actor(database: str) -> Non
         )
         metrics.latency["tikv-1"] = 5.0
         await monitor.check_cluster(REF, SPEC, PODS, {}, at(2))
-        connection = await asyncpg.connect(database)
-        try:
-            events = await connection.fetch(
-                "SELECT kind, actor, to_state FROM ticket_events WHERE ticket_id = $1 ORDER BY id", ticket_id
-            )
-        finally:
-            await connection.close()
+        sql = "SELECT kind, actor, to_state FROM ticket_events WHERE ticket_id = $1 ORDER BY id"
+        events = await fetch(database, sql, ticket_id)
         assert [(e["kind"], e["actor"], e["to_state"]) for e in events] == [
             ("Pending", "operator", "pending"),
             ("Opened", "operator", "open"),
@@ -164,13 +164,10 @@ async def test_concurrent_first_calls_share_one_pool(database: str) -> None:
     try:
         results = await asyncio.gather(*(store.sync(f"uid-{i}", [], at(0)) for i in range(20)))
         assert results == [[]] * 20
-        connection = await asyncpg.connect(database)
-        try:
-            count = await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        finally:
-            await connection.close()
+        sql = (
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        count = (await fetch(database, sql))[0]["n"]
         assert count <= 2, f"{count} connections for a pool of 2"
     finally:
         await store.close()
