@@ -8,13 +8,13 @@ import json
 import logging
 import random
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
 
 from operator_k8s import cli, handlers
-from operator_k8s.adapters.kube import KubeTicketMirror, api_client
+from operator_k8s.adapters.kube import KubeTicketMirror, api_client, cluster_uids
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
@@ -70,10 +70,13 @@ class Operator:
             observe=self.telemetry.postgres_seconds.observe,
         )
         self.metrics = PrometheusMetrics(
-            concurrency=settings.query_concurrency, observe=self.telemetry.query_seconds.observe
+            concurrency=settings.query_concurrency,
+            per_endpoint=settings.query_concurrency_per_prometheus,
+            observe=self.telemetry.query_seconds.observe,
         )
         self.kubeconfig = kubeconfig
         self.monitor: Monitor | None = None
+        self._api_client: Any = None
 
     def _all_tickets(self) -> list[Ticket]:
         if self.monitor is None:
@@ -89,10 +92,18 @@ class Operator:
             settings=ServiceSettings(
                 reopen_window=timedelta(seconds=self.settings.reopen_window_seconds),
                 ticket_retention=timedelta(seconds=self.settings.ticket_retention_seconds),
+                postgres_timeout=self.settings.postgres_timeout_seconds,
             ),
         )
         self.monitor = monitor
-        handlers.register(registry, monitor, self.telemetry, tick_seconds=self.settings.tick_seconds)
+        handlers.register(
+            registry,
+            monitor,
+            self.telemetry,
+            tick_seconds=self.settings.tick_seconds,
+            peering=bool(self.settings.peering),
+        )
+        sweeper: list[asyncio.Task[None]] = []
 
         @kopf.on.startup(registry=registry)
         async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -116,6 +127,7 @@ class Operator:
                 logging.getLogger("operator_k8s").warning(
                     "Postgres not reachable at start-up; will retry each cycle", extra={"error": str(error)}
                 )
+            sweeper.append(asyncio.create_task(self._sweep_orphans(monitor)))
 
         @kopf.on.login(registry=registry)
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -124,9 +136,33 @@ class Operator:
 
         @kopf.on.cleanup(registry=registry)
         async def cleanup(**_: Any) -> None:
+            for task in sweeper:
+                task.cancel()
             self.metrics.close()
 
         return registry
+
+    async def _sweep_orphans(self, monitor: Monitor) -> None:
+        """Every ``orphan_sweep_seconds``: resolve the tickets of MonitoredClusters that no longer exist (deleted
+        while the operator was away, or with their finalizer removed by hand). Postgres is read before the API
+        server is listed, so a cluster created in between can never look orphaned."""
+        log = logging.getLogger("operator_k8s")
+        namespaces = self.settings.namespaces or None
+        while True:
+            await asyncio.sleep(self.settings.orphan_sweep_seconds)
+            try:
+                candidates = await self.store.cluster_uids(namespaces)
+                if not candidates:
+                    continue
+                existing = await cluster_uids(await self._api(), namespaces)
+                await monitor.sweep_orphans(candidates, existing, datetime.now(UTC))
+            except Exception as error:  # the sweep must outlive any outage; it runs again next period
+                log.warning("Could not sweep orphaned Tickets", extra={"error": f"{type(error).__name__}: {error}"})
+
+    async def _api(self) -> Any:
+        if self._api_client is None:
+            self._api_client = await api_client(self.kubeconfig)
+        return self._api_client
 
 
 class _LazyMirror:
@@ -144,8 +180,11 @@ class _LazyMirror:
                 self._mirror = KubeTicketMirror(api, count=self._operator.telemetry.count_kube)
             return self._mirror
 
-    async def upsert(self, *args: Any) -> None:
-        await (await self._get()).upsert(*args)
+    async def upsert(self, *args: Any, **kwargs: Any) -> None:
+        await (await self._get()).upsert(*args, **kwargs)
+
+    async def write_status(self, *args: Any) -> None:
+        await (await self._get()).write_status(*args)
 
     async def delete(self, *args: Any) -> None:
         await (await self._get()).delete(*args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -14,8 +15,9 @@ import kopf
 from operator_k8s.adapters.kube import store_pod
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.durations import parse_duration
+from operator_k8s.domain.tickets import HumanEdit
 from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION
-from operator_k8s.ports import ClusterRef
+from operator_k8s.ports import ClusterRef, TicketStoreUnavailable
 from operator_k8s.service import Monitor
 
 log = logging.getLogger("operator_k8s.handlers")
@@ -58,11 +60,48 @@ class Schedule:
         self._due.pop(uid, None)
 
 
+class Heartbeats:
+    """When each cluster's check timer last ran: the liveness probe's evidence that the check loop still runs.
+
+    Dependencies being down never makes a timer stale (cycles degrade and return); a timer that stopped for good, or
+    a loop that no longer schedules, does. Under peering a paused replica's timers all stop on purpose, so there only
+    a partial stop (some timers running, others not) counts as wedged.
+    """
+
+    def __init__(self, stale_after: float, *, peering: bool) -> None:
+        self._last: dict[str, float] = {}
+        self._stale_after = stale_after
+        self._peering = peering
+
+    def beat(self, uid: str, now: float) -> None:
+        self._last[uid] = now
+
+    def forget(self, uid: str) -> None:
+        self._last.pop(uid, None)
+
+    def stale(self, now: float) -> list[str]:
+        """The clusters whose timers stopped (empty when the loop is healthy)."""
+        stale = [uid for uid, last in self._last.items() if now - last > self._stale_after]
+        if self._peering and len(stale) == len(self._last):
+            return []
+        return stale
+
+
 def _interval(spec: Any) -> float:
     try:
         return parse_duration(str(spec.get("interval", "30s")))
     except ValueError:
         return 0.0  # an invalid spec is checked at once, so its InvalidSpec condition shows
+
+
+def cycle_deadline(spec: Any) -> float:
+    """How long one cycle may run before it is cancelled: the Prometheus timeout plus room for Postgres and
+    Kubernetes (each with its own, shorter deadline). Bounded, so a timer can never hang."""
+    try:
+        timeout = parse_duration(str((spec.get("prometheus") or {}).get("timeout", "5s")))
+    except ValueError:
+        timeout = 5.0
+    return min(timeout, 60.0) + 60.0
 
 
 def _candidate_pods(index: kopf.Index[tuple[str, str, str], Any], namespace: str, spec: Any) -> list[Any]:
@@ -89,11 +128,39 @@ def _human_actor(meta: Any) -> str:
     return "kubernetes:unknown"
 
 
-def register(
-    registry: kopf.OperatorRegistry, monitor: Monitor, telemetry: Telemetry, *, tick_seconds: float, jitter: float = 1.0
+async def _run_cycle(
+    monitor: Monitor,
+    telemetry: Telemetry,
+    ref: ClusterRef,
+    spec: dict[str, Any],
+    pods: list[Any],
+    status: dict[str, Any],
 ) -> None:
-    """Register every handler of the operator in ``registry``, bound to ``monitor``."""
+    """One cycle under its deadline, recorded in the operator's metrics."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(cycle_deadline(spec)):
+            stats = await monitor.check_cluster(ref, spec, pods, status, datetime.now(UTC))
+    except TimeoutError:
+        telemetry.record_failure("cycle_timeout")
+        log.error("Check of MonitoredCluster timed out", extra={"cluster": ref.name, "namespace": ref.namespace})
+        return
+    telemetry.record_cycle(ref, time.monotonic() - started, stats, time.time())
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    monitor: Monitor,
+    telemetry: Telemetry,
+    *,
+    tick_seconds: float,
+    jitter: float = 1.0,
+    peering: bool = False,
+) -> Heartbeats:
+    """Register every handler of the operator in ``registry``, bound to ``monitor``; return the timers' heartbeats
+    (which the liveness probe reads)."""
     schedule = Schedule(jitter)
+    heartbeats = Heartbeats(max(300.0, 20 * tick_seconds), peering=peering)
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
     def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str, str, str], Any]:
@@ -103,51 +170,53 @@ def register(
 
     @kopf.timer(GROUP, VERSION, CLUSTER_PLURAL, id="check", interval=tick_seconds, registry=registry)
     async def check(
-        spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, namespace: str | None, patch: kopf.Patch, **kwargs: Any
+        spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, namespace: str | None, **kwargs: Any
     ) -> None:
-        tick = schedule.due(meta["uid"], _interval(spec), time.monotonic())
+        """Never raises and never returns a patch: the cycle writes status itself, so kopf has nothing to retry and
+        the timer cannot die of an outage."""
+        now = time.monotonic()
+        heartbeats.beat(meta["uid"], now)
+        tick = schedule.due(meta["uid"], _interval(spec), now)
         telemetry.scheduled.set(len(schedule))
         if tick is None:
             return
         telemetry.record_tick(tick.lag, tick.skipped)
         ref = _ref(meta, namespace or "")
         candidates = _candidate_pods(kwargs["store_pods"], ref.namespace, spec)
-        started = time.monotonic()
-        try:
-            new_status, stats = await monitor.check_cluster(
-                ref, dict(spec), candidates, dict(status), datetime.now(UTC)
-            )
-        except Exception as error:
-            telemetry.record_failure(type(error).__name__)
-            raise
-        telemetry.record_cycle(ref, time.monotonic() - started, stats.errors, new_status is not None, time.time())
-        if new_status is not None:
-            patch.status.update(new_status)
+        await _run_cycle(monitor, telemetry, ref, dict(spec), candidates, dict(status))
 
     @kopf.on.delete(GROUP, VERSION, CLUSTER_PLURAL, id="cluster_deleted", registry=registry)
     async def deleted(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
         schedule.forget(meta["uid"])
+        heartbeats.forget(meta["uid"])
         ref = _ref(meta, namespace or "")
         telemetry.forget(ref)
-        resolved = await monitor.cluster_deleted(ref, datetime.now(UTC))
+        try:
+            resolved = await monitor.cluster_deleted(ref, datetime.now(UTC))
+        except TicketStoreUnavailable:
+            # Release the finalizer anyway: the orphan sweep resolves its tickets once Postgres answers.
+            log.warning("Deleted MonitoredCluster while Postgres was unreachable", extra={"cluster": meta["name"]})
+            return
         log.info("Resolved Tickets of deleted MonitoredCluster", extra={"cluster": meta["name"], "resolved": resolved})
 
     @kopf.on.field(GROUP, VERSION, TICKET_PLURAL, field="spec", id="human_intent", registry=registry)
-    async def human_intent(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any) -> None:
+    async def human_intent(old: Any, new: Any, status: kopf.Status, meta: kopf.Meta, **_: Any) -> None:
         owners = meta.get("ownerReferences") or []
         ticket_id = status.get("ticketId")
-        if not owners or ticket_id is None:
-            return
-        known = await monitor.human_intent(
-            owners[0]["uid"],
-            int(ticket_id),
-            hold=bool(spec.get("hold", False)),
-            acknowledged=bool(spec.get("acknowledged", False)),
-            actor=_human_actor(meta),
-            now=datetime.now(UTC),
-        )
+        if old is None or not owners or ticket_id is None:
+            return  # created by the operator with what Postgres holds: nothing a human changed
+        try:
+            known = await monitor.human_intent(
+                owners[0]["uid"],
+                int(ticket_id),
+                HumanEdit.between(old, new),
+                actor=_human_actor(meta),
+                now=datetime.now(UTC),
+            )
+        except TicketStoreUnavailable as error:
+            raise kopf.TemporaryError(f"Postgres unreachable; will retry: {error}", delay=5) from None
         if not known:
-            raise kopf.TemporaryError("Ticket not yet known to the operator", delay=5)
+            log.warning("Ignored an edit of a Ticket Postgres does not know", extra={"ticket": meta["name"]})
 
     @kopf.on.event(GROUP, VERSION, TICKET_PLURAL, id="ticket_event", registry=registry)
     def ticket_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
@@ -155,6 +224,16 @@ def register(
         if event.get("type") == "DELETED" and owners:
             monitor.forget_projection(owners[0]["uid"], meta["name"])
 
+    @kopf.on.probe(id="check_loop", registry=registry)
+    def check_loop(**_: Any) -> dict[str, Any]:
+        """Liveness: fails only when cluster timers stopped running (wedged), never because a dependency is down."""
+        stale = heartbeats.stale(time.monotonic())
+        if stale:
+            raise kopf.PermanentError(f"The checks of {len(stale)} MonitoredClusters stopped running")
+        return {"clusters": len(schedule)}
+
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
         await monitor.close()
+
+    return heartbeats

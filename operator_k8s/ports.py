@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from operator_k8s.domain.observations import QueryResult
-from operator_k8s.domain.tickets import Effect, Ticket
+from operator_k8s.domain.outbox import TicketWrite
+from operator_k8s.domain.tickets import Ticket
+
+__all__ = ["TicketWrite"]
 
 
 @dataclass(frozen=True)
@@ -21,32 +24,40 @@ class ClusterRef:
     generation: int
 
 
-@dataclass(frozen=True)
-class TicketWrite:
-    """A ticket's new row (None: delete the row) and the history to append with it."""
-
-    before: Ticket | None
-    after: Ticket | None
-    effects: tuple[Effect, ...] = ()
-    at: datetime | None = None
-
-
 class TicketStoreUnavailable(Exception):
-    """Postgres did not answer; the message is safe to show (no DSN, no secrets)."""
+    """Postgres did not answer in time; the message is safe to show (no DSN, no secrets)."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What Postgres holds after a sync, and which writes it did not apply.
+
+    ``conflicts``: the positions of writes decided from a version that is no longer current (another writer got
+    there first); the caller re-decides from ``tickets``. ``rejected``: writes Postgres refused (the reason, safe to
+    show); dropped.
+    """
+
+    tickets: list[Ticket]
+    conflicts: frozenset[int] = frozenset()
+    rejected: tuple[str, ...] = ()
 
 
 class TicketStore(Protocol):
-    async def sync(self, cluster_uid: str, writes: Sequence[TicketWrite], horizon: datetime) -> list[Ticket]:
-        """Apply the writes in one transaction and one round trip; return the cluster's unresolved tickets and those
-        resolved after ``horizon``."""
+    async def sync(
+        self, cluster_uid: str, writes: Sequence[TicketWrite], horizon: datetime, *, deadline: float
+    ) -> SyncResult:
+        """Apply the writes (each a compare-and-set) in one transaction and one round trip, within ``deadline``
+        seconds; return the cluster's unresolved tickets and those resolved after ``horizon``."""
 
     async def close(self) -> None: ...
 
 
 class MetricsSource(Protocol):
-    async def query(self, url: str, promql: str, *, store_label: str, timeout: float) -> QueryResult:
-        """One instant query; each sample's store is its ``store_label`` value. Failures come back as a
-        QueryResult, never as an exception."""
+    async def query(
+        self, url: str, promql: str, *, store_label: str, namespace_label: str, timeout: float
+    ) -> QueryResult:
+        """One instant query within ``timeout`` seconds; each sample's store and namespace are its ``store_label``
+        and ``namespace_label`` values. Failures come back as a QueryResult, never as an exception."""
 
 
 @dataclass(frozen=True)
@@ -60,17 +71,30 @@ class TicketEvent:
 
 @dataclass
 class Projection:
-    """What the Kubernetes side should show for one ticket."""
+    """What the Kubernetes side should show for one ticket: labels and status, and the human intent in spec (set
+    when the resource is created, so a rebuilt Ticket shows what Postgres holds)."""
 
     name: str
     labels: dict[str, str]
     status: dict[str, Any]
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+class KubernetesRejected(Exception):
+    """The API server refused a write (4xx other than conflict or not-found); the message is its reason."""
+
+
+class KubernetesUnavailable(Exception):
+    """The API server did not answer in time."""
 
 
 class TicketMirror(Protocol):
-    async def upsert(self, owner: ClusterRef, projection: Projection) -> None:
-        """Create the Ticket resource or patch its labels and status."""
+    async def upsert(self, owner: ClusterRef, projection: Projection, *, labels_changed: bool) -> None:
+        """Create the Ticket resource (with its spec) or update its labels (if changed) and status."""
 
     async def delete(self, namespace: str, name: str) -> None: ...
 
     async def events(self, owner: ClusterRef, events: Sequence[TicketEvent]) -> None: ...
+
+    async def write_status(self, ref: ClusterRef, status: dict[str, Any]) -> None:
+        """Write the MonitoredCluster's status (a merge patch of the status subresource)."""

@@ -1,8 +1,11 @@
 """One check cycle per MonitoredCluster: gather → decide → act, against the ports.
 
-The service keeps a small memory per cluster (its tickets as Postgres last returned them, writes not yet stored,
-and what the Ticket resources last showed), so a healthy steady cycle costs one Postgres round trip, a bounded
-number of Prometheus queries, and no Kubernetes write.
+Postgres is the arbiter: every ticket write is a compare-and-set on the version it was decided from, and a write
+that loses re-reads and re-decides. What the service keeps per cluster (its tickets as Postgres last returned them,
+what the Ticket resources and the status last showed) is a cache: ``drop_caches`` may be called at any moment and
+changes no outcome. Writes decided while Postgres is away wait in a bounded outbox (``domain.outbox``). Per cluster,
+the cycle and human edits are serialised by a lock. A cycle survives anything it meets: dependency failures degrade
+to conditions, and any other error is counted and shown on the cluster; the next interval runs again.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from pydantic import ValidationError
 from operator_k8s.domain import conditions as cond
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.invariants import Finding, evaluate, invariant_names, invariant_spec
-from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod, select_pods
-from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_status
+from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod, scope_result, select_pods
+from operator_k8s.domain.outbox import Outbox
+from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_spec, ticket_status
 from operator_k8s.domain.queries import builtin_query, custom_query
 from operator_k8s.domain.specs import MonitoredClusterSpec
 from operator_k8s.domain.status import StoreCounts, conditions_from_wire, status_body, status_patch
 from operator_k8s.domain.tickets import (
     EFFECT_REASON,
     EffectKind,
+    HumanEdit,
     Policy,
     Ticket,
     TicketKey,
@@ -37,48 +42,63 @@ from operator_k8s.domain.tickets import (
     retire,
     transition,
 )
-from operator_k8s.domain.vocabulary import Invariant, Reason
+from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant, Reason
 from operator_k8s.ports import (
     ClusterRef,
+    KubernetesRejected,
+    KubernetesUnavailable,
     MetricsSource,
     Projection,
+    SyncResult,
     TicketEvent,
     TicketMirror,
     TicketStore,
     TicketStoreUnavailable,
-    TicketWrite,
 )
 
 log = logging.getLogger("operator_k8s.service")
 
 WARNING_EFFECTS = {EffectKind.OPENED, EffectKind.REOPENED, EffectKind.ESCALATED}
+DECISION_ATTEMPTS = 3
+"""How often one cycle re-decides after losing a compare-and-set race before leaving it to the next cycle."""
 
 
 @dataclass(frozen=True)
 class ServiceSettings:
     reopen_window: timedelta = timedelta(minutes=10)
     ticket_retention: timedelta = timedelta(hours=1)
+    postgres_timeout: float = 5.0
+    """Longest wait for one Postgres round trip; a cycle waits at most min(this, its interval)."""
 
 
 @dataclass
 class ClusterMemory:
-    """What the operator remembers about one cluster between cycles (small and flat)."""
+    """What the operator remembers about one cluster between cycles (small and flat).
+
+    ``tickets``, ``projected`` and ``status`` are caches of what Postgres and Kubernetes hold; ``outbox`` holds writes
+    Postgres has not confirmed yet (decided while it was unreachable).
+    """
 
     tickets: list[Ticket] | None = None
-    outbox: list[TicketWrite] = field(default_factory=list)
-    projected: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outbox: Outbox = field(default_factory=Outbox)
+    projected: dict[str, tuple[dict[str, str], dict[str, Any]]] = field(default_factory=dict)
+    status: dict[str, Any] | None = None
 
 
 @dataclass
 class CycleStats:
-    """Counters of what a cycle cost, for the operator's metrics and the benchmark."""
+    """Counters of what a cycle cost and met, for the operator's metrics and the benchmark."""
 
     queries: int = 0
     postgres_round_trips: int = 0
     kubernetes_writes: int = 0
     transitions: int = 0
+    conflicts: int = 0
+    ignored_series: int = 0
+    status_written: bool = False
     errors: list[str] = field(default_factory=list)
-    """Kinds of dependency failures met (``prometheus_unreachable``, ``query_failed``, ``postgres_unavailable``)."""
+    """Kinds of failures met (``prometheus_unreachable``, ``prometheus_error``, ``postgres_unavailable``,
+    ``postgres_rejected``, ``kubernetes_unavailable``, ``kubernetes_rejected``, ``cycle_failed``)."""
 
 
 class Monitor:
@@ -95,12 +115,24 @@ class Monitor:
         self.mirror = mirror
         self.settings = settings or ServiceSettings()
         self.memories: dict[str, ClusterMemory] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     def memory(self, uid: str) -> ClusterMemory:
         return self.memories.setdefault(uid, ClusterMemory())
+
+    def _lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def drop_caches(self, uid: str | None = None) -> None:
+        """Forget what is cached about one cluster (or all); the next cycle re-reads Postgres. Queued writes stay."""
+        for key, memory in self.memories.items():
+            if uid is None or key == uid:
+                memory.tickets = None
+                memory.projected.clear()
+                memory.status = None
 
     # -- the cycle -------------------------------------------------------------------------------------------------
 
@@ -130,75 +162,93 @@ class Monitor:
         pods: Sequence[StorePod],
         previous_status: dict[str, Any],
         now: datetime,
-    ) -> tuple[dict[str, Any] | None, CycleStats]:
-        """Run one cycle; return the status to write (None: nothing changed) and what the cycle cost."""
+    ) -> CycleStats:
+        """Run one cycle and write the cluster's status if it changed. Never raises (but may be cancelled)."""
+        stats = CycleStats()
         with self._in_flight_cycle():
-            stats = CycleStats()
-            previous = conditions_from_wire(previous_status.get("conditions"))
-            try:
-                spec = MonitoredClusterSpec.model_validate(raw_spec)
-            except ValidationError as error:
-                message = _validation_message(error)
-                log.warning(
-                    "Rejected MonitoredCluster spec",
-                    extra={"cluster": ref.name, "namespace": ref.namespace, "error": message},
-                )
-                conditions = cond.invalid_spec_conditions(previous, message, ref.generation, now)
-                return status_patch(
-                    previous_status, status_body(conditions, ref.generation, None, None, now), now
-                ), stats
-            pods = select_pods(pods, spec.stores.selector.match_labels)
-            memory = self.memory(ref.uid)
-            store_error = await self._refresh(ref, memory, now, stats) if memory.tickets is None else None
-
-            results = await self._query(spec, ref.namespace, pods, stats)
-            tracked = _tracked_stores(memory.tickets or [])
-            findings = evaluate(spec, Snapshot(pods=tuple(pods), results=results, tracked_stores=tracked))
-            counts = StoreCounts.of(pods, spec.stores.expected)
-
-            if memory.tickets is None:
-                conditions = cond.ticket_store_down_conditions(
-                    previous, findings, store_error or "", ref.generation, now
-                )
-                body = status_body(conditions, ref.generation, counts, None, now)
-                return status_patch(previous_status, body, now), stats
-
-            transitions = self._decide(ref, spec, findings, memory.tickets, now)
-            events = _events(transitions)
-            store_error = await self._store(ref, memory, transitions, now, stats)
-            await self._mirror(ref, memory, now, stats)
-            if events:
-                await self.mirror.events(ref, events)
-                stats.kubernetes_writes += len(events)
-                for event in events:
-                    log.info(
-                        event.message, extra={"cluster": ref.name, "namespace": ref.namespace, "reason": event.reason}
+            async with self._lock(ref.uid):
+                memory = self.memory(ref.uid)
+                previous = memory.status if memory.status is not None else previous_status
+                try:
+                    desired = await self._cycle(ref, raw_spec, pods, previous, memory, now, stats)
+                except Exception as error:  # a check must survive anything it meets; the next interval runs again
+                    stats.errors.append("cycle_failed")
+                    log.exception(
+                        "Failed to check MonitoredCluster", extra={"cluster": ref.name, "namespace": ref.namespace}
                     )
+                    desired = _failed_status(previous, ref, f"{type(error).__name__}: {error}", now)
+                await self._write_status(ref, memory, previous, desired, now, stats)
+        return stats
 
-            outcome = cond.CycleOutcome(invariant_names(spec), findings, memory.tickets, store_error)
-            conditions = cond.conditions_for(outcome, previous, ref.generation, now)
-            open_count = sum(1 for t in memory.tickets if t.state.active)
-            patch = status_patch(previous_status, status_body(conditions, ref.generation, counts, open_count, now), now)
-            stats.transitions = sum(1 for t in transitions if t.effects)
-            log.debug(
-                "Checked MonitoredCluster",
-                extra={
-                    "cluster": ref.name,
-                    "namespace": ref.namespace,
-                    "findings": len(findings),
-                    "queries": stats.queries,
-                    "transitions": stats.transitions,
-                    "status_written": patch is not None,
-                },
-            )
-            return patch, stats
-
-    async def _refresh(self, ref: ClusterRef, memory: ClusterMemory, now: datetime, stats: CycleStats) -> str | None:
-        """Load the cluster's tickets (first cycle after start, or after Postgres was unreachable)."""
+    async def _cycle(
+        self,
+        ref: ClusterRef,
+        raw_spec: dict[str, Any],
+        pods: Sequence[StorePod],
+        previous_status: dict[str, Any],
+        memory: ClusterMemory,
+        now: datetime,
+        stats: CycleStats,
+    ) -> dict[str, Any]:
+        previous = conditions_from_wire(previous_status.get("conditions"))
         try:
-            stats.postgres_round_trips += 1
-            memory.tickets = await self.store.sync(ref.uid, memory.outbox, self._horizon(now))
-            memory.outbox.clear()
+            spec = MonitoredClusterSpec.model_validate(raw_spec)
+        except ValidationError as error:
+            message = _validation_message(error)
+            log.warning(
+                "Rejected MonitoredCluster spec",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "error": message},
+            )
+            conditions = cond.health_unknown_conditions(previous, Reason.INVALID_SPEC, message, ref.generation, now)
+            return status_body(conditions, ref.generation, None, None, now)
+        deadline = min(self.settings.postgres_timeout, spec.interval_seconds)
+        pods = select_pods(pods, spec.stores.selector.match_labels)
+        store_error = None
+        if memory.tickets is None:
+            store_error = await self._load(ref, memory, now, stats, deadline)
+
+        tracked = _tracked_stores(memory.tickets or [])
+        owned = frozenset(pod.name for pod in pods).union(*tracked.values()) - {CLUSTER_STORE}
+        results = await self._query(spec, ref.namespace, owned, stats)
+        findings = evaluate(spec, Snapshot(pods=tuple(pods), results=results, tracked_stores=tracked))
+        counts = StoreCounts.of(pods, spec.stores.expected)
+
+        if memory.tickets is None:
+            conditions = cond.ticket_store_down_conditions(
+                previous, findings, store_error or "", ref.generation, now, stats.ignored_series
+            )
+            return status_body(conditions, ref.generation, counts, None, now)
+
+        applied = await self._decide_and_store(ref, spec, memory, findings, now, stats, deadline)
+        if isinstance(applied, str):
+            store_error, applied = applied, []
+        await self._mirror(ref, memory, now, stats)
+        await self._post_events(ref, applied, stats)
+
+        outcome = cond.CycleOutcome(
+            invariant_names(spec), findings, memory.tickets, store_error, ignored_series=stats.ignored_series
+        )
+        conditions = cond.conditions_for(outcome, previous, ref.generation, now)
+        open_count = sum(1 for t in memory.tickets if t.state.active)
+        stats.transitions = sum(1 for t in applied if t.effects)
+        log.debug(
+            "Checked MonitoredCluster",
+            extra={
+                "cluster": ref.name,
+                "namespace": ref.namespace,
+                "findings": len(findings),
+                "queries": stats.queries,
+                "transitions": stats.transitions,
+            },
+        )
+        return status_body(conditions, ref.generation, counts, open_count, now)
+
+    async def _load(
+        self, ref: ClusterRef, memory: ClusterMemory, now: datetime, stats: CycleStats, deadline: float
+    ) -> str | None:
+        """Read the cluster's tickets (first cycle, a dropped cache, or after an outage, flushing queued writes)."""
+        try:
+            await self._sync(ref, memory, stats, now, deadline)
             return None
         except TicketStoreUnavailable as error:
             stats.errors.append("postgres_unavailable")
@@ -207,28 +257,115 @@ class Monitor:
             )
             return str(error)
 
+    async def _sync(
+        self, ref: ClusterRef, memory: ClusterMemory, stats: CycleStats, now: datetime, deadline: float
+    ) -> SyncResult:
+        """Send the queued writes (maybe none) and take what Postgres holds as the new cache."""
+        writes = memory.outbox.to_writes()
+        stats.postgres_round_trips += 1
+        result = await self.store.sync(ref.uid, writes, self._horizon(now), deadline=deadline)
+        memory.outbox = Outbox()
+        memory.tickets = result.tickets
+        if result.rejected:
+            stats.errors += ["postgres_rejected"] * len(result.rejected)
+            log.warning(
+                "Postgres rejected Ticket writes; dropped them",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "rejected": list(result.rejected)},
+            )
+        stats.conflicts += len(result.conflicts)
+        return result
+
     async def _query(
-        self, spec: MonitoredClusterSpec, namespace: str, pods: Sequence[StorePod], stats: CycleStats
+        self, spec: MonitoredClusterSpec, namespace: str, owned: frozenset[str], stats: CycleStats
     ) -> dict[str, QueryResult]:
-        """One instant query per enabled metric invariant, concurrently; the count never grows with stores."""
-        stores = tuple(sorted(pod.name for pod in pods))
+        """One instant query per enabled metric invariant, concurrently; the count never grows with stores.
+
+        Only this cluster's series are kept (``scope_result``); the others are counted in ``stats.ignored_series``.
+        A store-scoped query with no store to ask about is not sent (its findings are simply empty).
+        """
+        stores = tuple(sorted(owned))
         queries: dict[str, str] = {}
-        if spec.invariants.latency.enabled:
-            queries[Invariant.LATENCY] = builtin_query(spec, Invariant.LATENCY, namespace, stores)
-        if spec.invariants.disk_usage.enabled:
-            queries[Invariant.DISK_USAGE] = builtin_query(spec, Invariant.DISK_USAGE, namespace, stores)
+        cluster_wide: set[str] = set()
+        for invariant, enabled in (
+            (Invariant.LATENCY, spec.invariants.latency.enabled),
+            (Invariant.DISK_USAGE, spec.invariants.disk_usage.enabled),
+        ):
+            if enabled and stores:
+                queries[invariant] = builtin_query(spec, invariant, namespace, stores)
         for custom in spec.invariants.custom:
-            if custom.enabled:
-                queries[custom.name] = custom_query(custom)
+            query = custom_query(spec, custom, namespace, stores) if custom.enabled else None
+            if query is not None:
+                queries[custom.name] = query
+                if custom.scope == "cluster":
+                    cluster_wide.add(custom.name)
         timeout = parse_duration(spec.prometheus.timeout)
-        url = spec.prometheus.url
-        label = spec.prometheus.store_label
         outcomes = await asyncio.gather(
-            *(self.metrics.query(url, q, store_label=label, timeout=timeout) for q in queries.values())
+            *(
+                self.metrics.query(
+                    spec.prometheus.url,
+                    query,
+                    store_label=spec.prometheus.store_label,
+                    namespace_label="namespace",
+                    timeout=timeout,
+                )
+                for query in queries.values()
+            )
         )
         stats.queries += len(queries)
         stats.errors += [f"prometheus_{o.failure.value}" for o in outcomes if o.failure is not None]
-        return dict(zip(queries, outcomes, strict=True))
+        results = {}
+        for name, outcome in zip(queries, outcomes, strict=True):
+            results[name], ignored = scope_result(outcome, namespace, owned, per_store=name not in cluster_wide)
+            stats.ignored_series += ignored
+        return results
+
+    async def _decide_and_store(
+        self,
+        ref: ClusterRef,
+        spec: MonitoredClusterSpec,
+        memory: ClusterMemory,
+        findings: Sequence[Finding],
+        now: datetime,
+        stats: CycleStats,
+        deadline: float,
+    ) -> list[Transition] | str:
+        """Decide, write with compare-and-set, and re-decide from what Postgres holds if a write lost a race.
+
+        Returns the transitions Postgres applied, or the reason it could not be reached (the writes then wait in
+        the outbox and the cache shows them, so the next cycles decide on top of them).
+        """
+        applied: list[Transition] = []
+        for _ in range(DECISION_ATTEMPTS):
+            assert memory.tickets is not None
+            transitions = self._decide(ref, spec, findings, memory.tickets, now)
+            queued_before = len(memory.outbox)
+            memory.outbox = memory.outbox.add(transitions, now)
+            writes = memory.outbox.writes
+            memory.tickets = _apply_locally(memory.tickets, transitions)
+            try:
+                result = await self._sync(ref, memory, stats, now, deadline)
+            except TicketStoreUnavailable as error:
+                stats.errors.append("postgres_unavailable")
+                log.warning(
+                    "Could not store Ticket transitions",
+                    extra={
+                        "cluster": ref.name,
+                        "namespace": ref.namespace,
+                        "queued": len(memory.outbox),
+                        "error": str(error),
+                    },
+                )
+                return str(error)
+            lost = {id(writes[i].after) for i in result.conflicts if i < len(writes)}
+            applied += [t for t in transitions if id(t.after) not in lost]
+            if not result.conflicts:
+                return applied
+            log.info(
+                "Lost a Ticket write race; re-deciding from Postgres",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "conflicts": len(result.conflicts),
+                       "queued_before": queued_before},
+            )  # fmt: skip
+        return applied
 
     def _decide(
         self,
@@ -269,38 +406,11 @@ class Monitor:
             reopen_window=self.settings.reopen_window,
         )
 
-    async def _store(
-        self,
-        ref: ClusterRef,
-        memory: ClusterMemory,
-        transitions: Sequence[Transition],
-        now: datetime,
-        stats: CycleStats,
-    ) -> str | None:
-        """Record the transitions in one round trip; if Postgres is down keep them (in order) for the next cycle."""
-        assert memory.tickets is not None
-        memory.outbox += [TicketWrite(t.before, t.after, t.effects, now) for t in transitions]
-        memory.tickets = _apply_locally(memory.tickets, transitions)
-        try:
-            stats.postgres_round_trips += 1
-            memory.tickets = await self.store.sync(ref.uid, memory.outbox, self._horizon(now))
-            memory.outbox.clear()
-            return None
-        except TicketStoreUnavailable as error:
-            stats.errors.append("postgres_unavailable")
-            log.warning(
-                "Could not store Ticket transitions",
-                extra={
-                    "cluster": ref.name,
-                    "namespace": ref.namespace,
-                    "queued": len(memory.outbox),
-                    "error": str(error),
-                },
-            )
-            return str(error)
-
     async def _mirror(self, ref: ClusterRef, memory: ClusterMemory, now: datetime, stats: CycleStats) -> None:
-        """Create or patch the Ticket resources that changed; delete resolved ones past retention."""
+        """Create or update the Ticket resources that changed; delete resolved ones past retention.
+
+        A refused or failed write is counted and retried next cycle (the cache records only what was written).
+        """
         assert memory.tickets is not None
         desired: dict[str, Projection] = {}
         for ticket in memory.tickets:
@@ -309,16 +419,87 @@ class Monitor:
             if ticket.resolved_at is not None and now - ticket.resolved_at > self.settings.ticket_retention:
                 continue
             name = ticket_name(ticket)
-            desired[name] = Projection(name, ticket_labels(ticket), ticket_status(ticket))
-        for name, projection in desired.items():
-            if projection_differs(memory.projected.get(name), projection.status):
-                await self.mirror.upsert(ref, projection)
-                memory.projected[name] = projection.status
+            desired[name] = Projection(name, ticket_labels(ticket), ticket_status(ticket), ticket_spec(ticket))
+        try:
+            for name, projection in desired.items():
+                written = memory.projected.get(name)
+                if (
+                    written is None
+                    or projection_differs(written[1], projection.status)
+                    or written[0] != projection.labels
+                ):
+                    labels_changed = written is None or written[0] != projection.labels
+                    await self._guarded(self.mirror.upsert(ref, projection, labels_changed=labels_changed), stats)
+                    memory.projected[name] = (projection.labels, projection.status)
+                    stats.kubernetes_writes += 1
+            for name in [n for n in memory.projected if n not in desired]:
+                await self._guarded(self.mirror.delete(ref.namespace, name), stats)
+                del memory.projected[name]
                 stats.kubernetes_writes += 1
-        for name in [n for n in memory.projected if n not in desired]:
-            await self.mirror.delete(ref.namespace, name)
-            del memory.projected[name]
+        except _MirrorFailed:
+            return
+
+    async def _guarded(self, call: Any, stats: CycleStats) -> None:
+        """Await one Kubernetes write; an outage stops this cycle's mirroring, a refusal is counted and skipped."""
+        try:
+            await call
+        except KubernetesRejected as error:
+            stats.errors.append("kubernetes_rejected")
+            log.warning("Kubernetes refused a Ticket write", extra={"error": str(error)})
+        except KubernetesUnavailable as error:
+            stats.errors.append("kubernetes_unavailable")
+            raise _MirrorFailed from error
+
+    async def _post_events(self, ref: ClusterRef, transitions: Sequence[Transition], stats: CycleStats) -> None:
+        events = _events(transitions)
+        if not events:
+            return
+        for event in events:
+            log.info(event.message, extra={"cluster": ref.name, "namespace": ref.namespace, "reason": event.reason})
+        try:
+            await self.mirror.events(ref, events)
+            stats.kubernetes_writes += len(events)
+        except (KubernetesUnavailable, KubernetesRejected):
+            stats.errors.append("kubernetes_unavailable")  # Events are best effort; the history is in Postgres
+
+    async def _write_status(
+        self,
+        ref: ClusterRef,
+        memory: ClusterMemory,
+        previous: dict[str, Any],
+        desired: dict[str, Any],
+        now: datetime,
+        stats: CycleStats,
+    ) -> None:
+        """Write the status if it changed (or the heartbeat is due). A refused status is replaced by a minimal one
+        that says why, so the refusal shows on the cluster instead of silently repeating."""
+        patch = status_patch(previous, desired, now)
+        if patch is None:
+            return
+        try:
+            await self.mirror.write_status(ref, patch)
+            memory.status = desired
+            stats.status_written = True
             stats.kubernetes_writes += 1
+        except KubernetesUnavailable as error:
+            stats.errors.append("kubernetes_unavailable")
+            log.warning(
+                "Could not write MonitoredCluster status",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "error": str(error)},
+            )
+        except KubernetesRejected as error:
+            stats.errors.append("kubernetes_rejected")
+            log.error(
+                "API server refused MonitoredCluster status",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "error": str(error)},
+            )
+            fallback = _failed_status(previous, ref, f"The API server refused the status: {error}", now, only=True)
+            try:
+                await self.mirror.write_status(ref, fallback)
+                memory.status = fallback
+                stats.kubernetes_writes += 1
+            except (KubernetesUnavailable, KubernetesRejected):
+                pass
 
     def _horizon(self, now: datetime) -> datetime:
         return now - max(self.settings.reopen_window, self.settings.ticket_retention)
@@ -326,37 +507,71 @@ class Monitor:
     # -- other entry points ----------------------------------------------------------------------------------------
 
     async def cluster_deleted(self, ref: ClusterRef, now: datetime) -> int:
-        """Resolve every open ticket of a deleted cluster with reason ClusterDeleted; return how many."""
-        memory = self.memory(ref.uid)
-        if memory.tickets is None:
-            memory.tickets = await self.store.sync(ref.uid, memory.outbox, self._horizon(now))
-            memory.outbox.clear()
-        transitions = [retire(t, now, Reason.CLUSTER_DELETED) for t in memory.tickets]
-        changed = [t for t in transitions if t.changed]
-        writes = [*memory.outbox, *(TicketWrite(t.before, t.after, t.effects, now) for t in changed)]
-        await self.store.sync(ref.uid, writes, self._horizon(now))
-        self.memories.pop(ref.uid, None)
-        return sum(1 for t in changed if t.after is not None)
+        """Resolve every unresolved ticket of a deleted cluster with reason ClusterDeleted; return how many.
+
+        Raises TicketStoreUnavailable if Postgres does not answer (the orphan sweep retries later)."""
+        async with self._lock(ref.uid):
+            memory = self.memory(ref.uid)
+            resolved = 0
+            stats = CycleStats()
+            for _ in range(DECISION_ATTEMPTS):
+                if memory.tickets is None:
+                    await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)
+                assert memory.tickets is not None
+                changed = [t for t in (retire(t, now, Reason.CLUSTER_DELETED) for t in memory.tickets) if t.changed]
+                if not changed:
+                    break
+                memory.outbox = memory.outbox.add(changed, now)
+                writes = memory.outbox.writes
+                result = await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)
+                lost = {id(writes[i].after) for i in result.conflicts if i < len(writes)}
+                resolved += sum(1 for t in changed if t.after is not None and id(t.after) not in lost)
+                if not result.conflicts:
+                    break
+            self.memories.pop(ref.uid, None)
+            self._locks.pop(ref.uid, None)
+            return resolved
 
     async def human_intent(
-        self, cluster_uid: str, ticket_id: int, *, hold: bool, acknowledged: bool, actor: str, now: datetime
+        self, cluster_uid: str, ticket_id: int, edit: HumanEdit, *, actor: str, now: datetime
     ) -> bool:
-        """Fold a human's edit of a Ticket resource into Postgres; False if the ticket is not known (yet)."""
-        memory = self.memory(cluster_uid)
-        if memory.tickets is None:
-            memory.tickets = await self.store.sync(cluster_uid, memory.outbox, self._horizon(now))
-            memory.outbox.clear()
-        ticket = next((t for t in memory.tickets if t.id == ticket_id), None)
-        if ticket is None:
-            return False
-        result = apply_human_intent(ticket, hold=hold, acknowledged=acknowledged, actor=actor)
-        if not result.changed:
+        """Fold a human's edit of a Ticket resource into Postgres (compare-and-set, re-read on a lost race); False
+        if Postgres has no such ticket for the cluster. Raises TicketStoreUnavailable if Postgres does not answer."""
+        async with self._lock(cluster_uid):
+            memory = self.memory(cluster_uid)
+            ref = ClusterRef(cluster_uid, "", "", 0)
+            stats = CycleStats()
+            for _ in range(DECISION_ATTEMPTS):
+                if memory.tickets is None:
+                    await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)
+                assert memory.tickets is not None
+                ticket = next((t for t in memory.tickets if t.id == ticket_id), None)
+                if ticket is None:
+                    return False
+                result = apply_human_intent(ticket, edit, actor=actor)
+                if not result.changed:
+                    return True
+                memory.outbox = memory.outbox.add([result], now)
+                memory.tickets = _apply_locally(memory.tickets, [result])
+                synced = await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)
+                if not synced.conflicts:
+                    return True
             return True
-        memory.outbox.append(TicketWrite(result.before, result.after, result.effects, now))
-        memory.tickets = _apply_locally(memory.tickets, [result])
-        memory.tickets = await self.store.sync(cluster_uid, memory.outbox, self._horizon(now))
-        memory.outbox.clear()
-        return True
+
+    async def sweep_orphans(self, candidates: dict[str, str], existing: set[str], now: datetime) -> int:
+        """Resolve the tickets of the ``candidates`` (clusters with unresolved tickets: uid → namespace) that are not
+        ``existing`` (the uids of every MonitoredCluster the API server lists); return how many were resolved."""
+        resolved = 0
+        for uid, namespace in candidates.items():
+            if uid in existing:
+                continue
+            count = await self.cluster_deleted(ClusterRef(uid, "", namespace, 0), now)
+            log.info(
+                "Resolved Tickets of a MonitoredCluster that no longer exists",
+                extra={"cluster_uid": uid, "namespace": namespace, "resolved": count},
+            )
+            resolved += count
+        return resolved
 
     def forget_projection(self, cluster_uid: str, name: str) -> None:
         """A Ticket resource was deleted: the next cycle recreates it from Postgres if it is still wanted."""
@@ -370,6 +585,22 @@ class Monitor:
             log.warning("Closed with MonitoredCluster checks still running", extra={"in_flight": self._in_flight})
         await self.store.close()
         log.info("Closed the ticket store")
+
+
+class _MirrorFailed(Exception):
+    """The API server stopped answering mid-mirror: the rest waits for the next cycle."""
+
+
+def _failed_status(
+    previous: dict[str, Any], ref: ClusterRef, message: str, now: datetime, *, only: bool = False
+) -> dict[str, Any]:
+    """The status of a cycle that failed: Healthy Unknown (CheckFailed) with the reason, the rest as it was (or,
+    with ``only``, nothing else: for a status the API server refused, whose other conditions may be the cause)."""
+    before = conditions_from_wire(previous.get("conditions"))
+    conditions = cond.health_unknown_conditions(
+        [] if only else before, Reason.CHECK_FAILED, message[:2000], ref.generation, now
+    )
+    return status_body(conditions, ref.generation, None, None, now)
 
 
 def _validation_message(error: ValidationError) -> str:
@@ -416,6 +647,7 @@ def _apply_locally(tickets: list[Ticket], transitions: Sequence[Transition]) -> 
 
 
 def _events(transitions: Sequence[Transition]) -> list[TicketEvent]:
+    """Kubernetes Events for the transitions users hear about (see ``EFFECT_REASON``)."""
     events = []
     for item in transitions:
         ticket = item.after or item.before

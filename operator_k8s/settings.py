@@ -22,7 +22,14 @@ class Settings(BaseModel):
     tick_seconds: float = Field(default=5.0, gt=0, le=60, description="Base period of the per-cluster timers")
     reopen_window_seconds: float = Field(default=600, ge=0)
     ticket_retention_seconds: float = Field(default=3600, ge=0)
-    query_concurrency: int = Field(default=8, ge=1, le=128)
+    query_concurrency: int = Field(default=16, ge=2, le=128, description="Worker threads for Prometheus queries")
+    query_concurrency_per_prometheus: int = Field(
+        default=4, ge=1, le=64, description="Queries in flight to any one Prometheus (one slow endpoint starves none)"
+    )
+    postgres_timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="Deadline of one Postgres call")
+    orphan_sweep_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Period of the sweep that resolves deleted clusters' tickets"
+    )
     db_pool_size: int = Field(default=4, ge=1, le=64)
     namespaces: list[str] = Field(default_factory=list, description="Empty: watch every namespace")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")

@@ -5,25 +5,28 @@ Reads (MonitoredClusters, Pods) arrive through kopf's watches and indexes, so th
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config
 
 from operator_k8s.domain.observations import StorePod
 from operator_k8s.domain.vocabulary import (
     API_VERSION,
     CLUSTER_KIND,
+    CLUSTER_PLURAL,
     GROUP,
     MANAGER,
     TICKET_KIND,
     TICKET_PLURAL,
     VERSION,
 )
-from operator_k8s.ports import ClusterRef, Projection, TicketEvent
+from operator_k8s.ports import ClusterRef, KubernetesRejected, KubernetesUnavailable, Projection, TicketEvent
 
 log = logging.getLogger("operator_k8s.kube")
 MERGE_PATCH = "application/merge-patch+json"
@@ -36,6 +39,19 @@ async def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     except config.ConfigException:
         await config.load_kube_config(config_file=kubeconfig)
     return client.ApiClient()
+
+
+async def cluster_uids(api: client.ApiClient, namespaces: Sequence[str] | None) -> set[str]:
+    """The uids of every MonitoredCluster (in ``namespaces``; None: all): one LIST, for the orphan sweep only."""
+    custom: Any = client.CustomObjectsApi(api)
+    if namespaces is None:
+        listed = [await custom.list_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL, _request_timeout=30)]
+    else:
+        listed = [
+            await custom.list_namespaced_custom_object(GROUP, VERSION, ns, CLUSTER_PLURAL, _request_timeout=30)
+            for ns in namespaces
+        ]
+    return {item["metadata"]["uid"] for page in listed for item in page.get("items", [])}
 
 
 def store_pod(body: Mapping[str, Any]) -> StorePod:
@@ -62,8 +78,16 @@ def owner_reference(owner: ClusterRef) -> dict[str, Any]:
     }
 
 
+REQUEST_TIMEOUT = 10.0
+"""Seconds any one Kubernetes request may take: a cycle never waits longer on the API server."""
+
+
 class KubeTicketMirror:
-    """The TicketMirror port: Ticket custom resources and core/v1 Events."""
+    """The TicketMirror port: Ticket custom resources, core/v1 Events and the MonitoredCluster status.
+
+    Every request has a deadline. Errors come back as KubernetesUnavailable (no answer) or KubernetesRejected (the
+    API server said no), so the service can tell an outage from a write it must not repeat.
+    """
 
     def __init__(self, api: client.ApiClient, *, count: Callable[[str], None] | None = None) -> None:
         # The generated clients are typed for model objects; we pass plain dicts, which they accept.
@@ -71,7 +95,18 @@ class KubeTicketMirror:
         self._core: Any = client.CoreV1Api(api)
         self._count = count or (lambda verb: None)
 
-    async def upsert(self, owner: ClusterRef, projection: Projection) -> None:
+    async def _call(self, verb: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        self._count(verb)
+        try:
+            return await method(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except client.ApiException as error:
+            if error.status in (409, 404) or error.status is None or error.status >= 500:
+                raise
+            raise KubernetesRejected(f"{error.status} {error.reason}: {_api_message(error)}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise KubernetesUnavailable(f"API server unreachable: {type(error).__name__}") from None
+
+    async def upsert(self, owner: ClusterRef, projection: Projection, *, labels_changed: bool) -> None:
         body = {
             "apiVersion": API_VERSION,
             "kind": TICKET_KIND,
@@ -81,45 +116,49 @@ class KubeTicketMirror:
                 "labels": projection.labels,
                 "ownerReferences": [owner_reference(owner)],
             },
-            "spec": {},
+            "spec": projection.spec,
         }
+        custom = self._custom
         try:
-            self._count("create")
-            await self._custom.create_namespaced_custom_object(GROUP, VERSION, owner.namespace, TICKET_PLURAL, body)
+            await self._call(
+                "create", custom.create_namespaced_custom_object, GROUP, VERSION, owner.namespace, TICKET_PLURAL,
+                body, field_manager=MANAGER,
+            )  # fmt: skip
+            log.info("Created Ticket", extra={"ticket": projection.name, "namespace": owner.namespace})
         except client.ApiException as error:
             if error.status != 409:
-                raise
-            self._count("patch")
-            await self._custom.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                owner.namespace,
-                TICKET_PLURAL,
-                projection.name,
-                {"metadata": {"labels": projection.labels}},
-                _content_type=MERGE_PATCH,
-            )
-        else:
-            log.info("Created Ticket", extra={"ticket": projection.name, "namespace": owner.namespace})
-        self._count("patch")
-        await self._custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            owner.namespace,
-            TICKET_PLURAL,
-            projection.name,
-            {"status": projection.status},
-            _content_type=MERGE_PATCH,
-        )
+                raise KubernetesUnavailable(f"API server error {error.status}") from None
+            if labels_changed:
+                labels = {"metadata": {"labels": projection.labels}}
+                await self._call(
+                    "patch", custom.patch_namespaced_custom_object, GROUP, VERSION, owner.namespace, TICKET_PLURAL,
+                    projection.name, labels, _content_type=MERGE_PATCH,
+                )  # fmt: skip
+        await self._call(
+            "patch", custom.patch_namespaced_custom_object_status, GROUP, VERSION, owner.namespace, TICKET_PLURAL,
+            projection.name, {"status": projection.status}, _content_type=MERGE_PATCH,
+        )  # fmt: skip
 
     async def delete(self, namespace: str, name: str) -> None:
         try:
-            self._count("delete")
-            await self._custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, TICKET_PLURAL, name)
+            await self._call(
+                "delete", self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, TICKET_PLURAL, name
+            )
             log.info("Deleted Ticket past retention", extra={"ticket": name, "namespace": namespace})
         except client.ApiException as error:
             if error.status != 404:
-                raise
+                raise KubernetesUnavailable(f"API server error {error.status}") from None
+
+    async def write_status(self, ref: ClusterRef, status: dict[str, Any]) -> None:
+        try:
+            await self._call(
+                "patch", self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, ref.namespace,
+                CLUSTER_PLURAL, ref.name, {"status": status}, _content_type=MERGE_PATCH,
+            )  # fmt: skip
+        except client.ApiException as error:
+            if error.status == 404:
+                return  # deleted meanwhile: nothing to report on
+            raise KubernetesUnavailable(f"API server error {error.status}") from None
 
     async def events(self, owner: ClusterRef, events: Sequence[TicketEvent]) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -144,7 +183,15 @@ class KubeTicketMirror:
                 "count": 1,
             }
             try:
-                self._count("create")
-                await self._core.create_namespaced_event(owner.namespace, body)
-            except client.ApiException as error:
-                log.warning("Could not post Event", extra={"cluster": owner.name, "status": error.status})
+                await self._call("create", self._core.create_namespaced_event, owner.namespace, body)
+            except (client.ApiException, KubernetesRejected) as error:
+                log.warning("Could not post Event", extra={"cluster": owner.name, "error": str(error)[:200]})
+
+
+def _api_message(error: client.ApiException) -> str:
+    """The API server's own message from a Status body (what kubectl would print), bounded."""
+    try:
+        message = str(json.loads(error.body or "{}").get("message") or error.body or "")
+    except (ValueError, AttributeError):
+        message = str(error.body or "")
+    return message[:1000]

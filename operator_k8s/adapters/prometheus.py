@@ -1,9 +1,12 @@
-"""Prometheus through prometheus-api-client, which is synchronous: queries run in a bounded worker pool."""
+"""Prometheus through prometheus-api-client, which is synchronous: queries run in worker threads.
+
+Every query has a deadline, and each Prometheus gets at most ``per_endpoint`` of the threads: one endpoint that
+accepts connections and never answers holds only its own share, never the other clusters' queries.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,13 +18,17 @@ from urllib3.util.retry import Retry
 
 from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample
 
+CONNECT_TIMEOUT = 3.0
+
 
 class PrometheusMetrics:
-    """A MetricsSource with one client per Prometheus URL and at most ``concurrency`` queries in flight."""
+    """A MetricsSource with one client per Prometheus URL and at most ``per_endpoint`` queries in flight to each."""
 
-    def __init__(self, *, concurrency: int = 8, observe: Any = None) -> None:
+    def __init__(self, *, concurrency: int = 16, per_endpoint: int = 4, observe: Any = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prometheus")
         self._clients: dict[str, PrometheusConnect] = {}
+        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._per_endpoint = max(1, min(per_endpoint, concurrency - 1)) if concurrency > 1 else 1
         self._observe = observe
 
     def _client(self, url: str) -> PrometheusConnect:
@@ -35,11 +42,15 @@ class PrometheusMetrics:
             self._clients[url] = client
         return client
 
-    def _query_blocking(self, url: str, promql: str, store_label: str, timeout: float) -> QueryResult:
+    def _query_blocking(
+        self, url: str, promql: str, store_label: str, namespace_label: str, timeout: float
+    ) -> QueryResult:
         started = time.monotonic()
         try:
             data = self._client(url).custom_query(
-                promql, params={"timeout": f"{round(timeout * 1000)}ms"}, timeout=timeout
+                promql,
+                params={"timeout": f"{max(1, round(timeout * 1000))}ms"},
+                timeout=(min(CONNECT_TIMEOUT, timeout), timeout),
             )
         except (requests.ConnectionError, requests.Timeout) as error:
             return QueryResult.failed(
@@ -51,17 +62,36 @@ class PrometheusMetrics:
             if self._observe is not None:
                 self._observe(time.monotonic() - started)
         samples = []
-        for series in data:
+        for series in data if isinstance(data, list) else []:
             try:
-                value = float(series["value"][1])
-            except (KeyError, IndexError, TypeError, ValueError):
+                value = float(series["value"][1])  # NaN and ±Inf included: the invariants judge them
+                labels = series.get("metric") or {}
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
                 continue
-            samples.append(Sample(store=series.get("metric", {}).get(store_label), value=value))
-        return QueryResult(query=promql, samples=tuple(s for s in samples if not math.isinf(s.value) or True))
+            samples.append(Sample(store=labels.get(store_label), value=value, namespace=labels.get(namespace_label)))
+        return QueryResult(query=promql, samples=tuple(samples))
 
-    async def query(self, url: str, promql: str, *, store_label: str, timeout: float) -> QueryResult:
+    async def query(
+        self, url: str, promql: str, *, store_label: str, namespace_label: str, timeout: float
+    ) -> QueryResult:
+        gate = self._gates.setdefault(url, asyncio.Semaphore(self._per_endpoint))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._query_blocking, url, promql, store_label, timeout)
+        try:
+            await asyncio.wait_for(gate.acquire(), timeout)
+        except TimeoutError:
+            return QueryResult.failed(
+                promql, QueryFailure.UNREACHABLE, f"Prometheus busy: {self._per_endpoint} queries still waiting on it"
+            )
+        future = loop.run_in_executor(
+            self._pool, self._query_blocking, url, promql, store_label, namespace_label, timeout
+        )
+        future.add_done_callback(lambda _: gate.release())  # the thread's slot is freed only when it really ends
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout + CONNECT_TIMEOUT)
+        except TimeoutError:
+            return QueryResult.failed(
+                promql, QueryFailure.UNREACHABLE, f"Prometheus did not answer within {timeout:g}s"
+            )
 
     def close(self) -> None:
         for client in self._clients.values():

@@ -12,8 +12,13 @@ from prometheus_client.registry import Collector
 
 from operator_k8s.domain.tickets import Ticket
 from operator_k8s.ports import ClusterRef
+from operator_k8s.service import CycleStats
 
 PREFIX = "operator_k8s"
+ERROR_KINDS = (
+    "prometheus_unreachable", "prometheus_error", "postgres_unavailable", "postgres_rejected",
+    "kubernetes_unavailable", "kubernetes_rejected", "cycle_failed", "cycle_timeout",
+)  # fmt: skip
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -60,11 +65,17 @@ class Telemetry:
                                registry=self.registry)  # fmt: skip
         self.scheduled = Gauge(f"{PREFIX}_scheduled_clusters", "MonitoredClusters with a running check timer",
                                registry=self.registry)  # fmt: skip
+        self.ignored_series = Counter(f"{PREFIX}_ignored_series_total",
+                                      "Series a query returned about other namespaces or stores than the cluster's own",
+                                      registry=self.registry)  # fmt: skip
+        self.conflicts = Counter(f"{PREFIX}_ticket_write_conflicts_total",
+                                 "Ticket writes that lost a compare-and-set race and were re-decided",
+                                 registry=self.registry)  # fmt: skip
         self.registry.register(_OpenTickets(tickets))
         # Known label values are exported at zero from the start, so rates and alerts work before the first event.
         for outcome in ("ok", "degraded", "error"):
             self.cycles.labels(outcome)
-        for kind in ("prometheus_unreachable", "prometheus_error", "postgres_unavailable"):
+        for kind in ERROR_KINDS:
             self.errors.labels(kind)
         for verb in ("create", "patch", "delete"):
             self.kube_requests.labels(verb)
@@ -74,15 +85,19 @@ class Telemetry:
         if port:
             start_http_server(port, addr=address, registry=self.registry)
 
-    def record_cycle(self, ref: ClusterRef, seconds: float, errors: list[str], wrote_status: bool, now: float) -> None:
+    def record_cycle(self, ref: ClusterRef, seconds: float, stats: CycleStats, now: float) -> None:
         self.cycle_seconds.observe(seconds)
-        self.cycles.labels("degraded" if errors else "ok").inc()
-        for kind in errors:
+        failed = "cycle_failed" in stats.errors
+        self.cycles.labels("error" if failed else "degraded" if stats.errors else "ok").inc()
+        for kind in stats.errors:
             self.errors.labels(kind).inc()
-        if wrote_status:
+        if stats.status_written:
             self.status_writes.inc()
-            self.kube_requests.labels("patch").inc()
-        if not errors:
+        if stats.ignored_series:
+            self.ignored_series.inc(stats.ignored_series)
+        if stats.conflicts:
+            self.conflicts.inc(stats.conflicts)
+        if not stats.errors:
             self.last_success.labels(ref.namespace, ref.name).set(now)
 
     def record_tick(self, lag: float, skipped: int) -> None:

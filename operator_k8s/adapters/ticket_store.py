@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 
-from operator_k8s.domain.tickets import Ticket, TicketKey, TicketState
+from operator_k8s.domain.tickets import Ticket, TicketKey, TicketState, json_number
 from operator_k8s.domain.vocabulary import Severity
-from operator_k8s.ports import TicketStoreUnavailable, TicketWrite
+from operator_k8s.ports import SyncResult, TicketStoreUnavailable, TicketWrite
 
 log = logging.getLogger("operator_k8s.ticket_store")
 
@@ -76,11 +76,22 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _finite(value: Any) -> Any:
+    """JSON without NaN or Infinity (Postgres refuses them): non-finite numbers become Prometheus's text for them."""
+    if isinstance(value, float):
+        return json_number(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 def _write_json(write: TicketWrite) -> dict[str, Any]:
     ticket = write.after or write.before
     assert ticket is not None
-    at = _time(write.at)
     return {
+        "expected": write.expected_version,
         "delete": write.after is None,
         "ticket": {
             "id": ticket.id,
@@ -100,18 +111,19 @@ def _write_json(write: TicketWrite) -> dict[str, Any]:
             "resolved_at": _time(ticket.resolved_at),
             "hold": ticket.hold,
             "acknowledged": ticket.acknowledged,
-            "snapshot": ticket.snapshot,
+            "note": ticket.note,
+            "snapshot": _finite(ticket.snapshot),
         },
         "events": [
             {
-                "at": at,
+                "at": _time(at),
                 "kind": effect.kind.value,
                 "from_state": effect.from_state.value if effect.from_state else None,
                 "to_state": effect.to_state.value if effect.to_state else None,
                 "actor": effect.actor,
                 "reason": effect.reason,
             }
-            for effect in write.effects
+            for at, effect in write.history
         ],
     }
 
@@ -147,8 +159,10 @@ def ticket_from_row(row: dict[str, Any]) -> Ticket:
         resolved_at=when("resolved_at"),
         hold=row["hold"],
         acknowledged=row["acknowledged"],
+        note=row.get("note"),
         snapshot=json.loads(snapshot) if isinstance(snapshot, str) else dict(snapshot),
         id=row["id"],
+        version=row.get("version", 1),
     )
 
 
@@ -158,15 +172,34 @@ async def _keep_session(connection: Any) -> None:
 
 
 class PostgresTicketStore:
-    """The TicketStore port over an asyncpg pool. Connection errors become TicketStoreUnavailable."""
+    """The TicketStore port over an asyncpg pool, with a deadline on every call and a circuit breaker.
 
-    def __init__(self, dsn: str, *, pool_size: int = 4, observe: Callable[[float], None] | None = None) -> None:
+    A Postgres that hangs (frozen, partitioned) must not hold every cycle for its deadline: after one call times out
+    or fails, the store counts as down and other calls fail at once, while one call at a time probes it again every
+    ``probe_every`` seconds. A timed-out pool is terminated (its connections may be stuck mid-query) and rebuilt.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 4,
+        probe_every: float = 2.0,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._observe = observe
+        self._probe_every = probe_every
+        self._down: str | None = None
+        self._next_probe = 0.0
         self.round_trips = 0
+
+    @property
+    def available(self) -> bool:
+        return self._down is None
 
     async def _ensure_pool(self) -> asyncpg.Pool:
         """One pool per process, migrated once: cycles that start together while Postgres is away wait for it."""
@@ -184,30 +217,90 @@ class PostgresTicketStore:
                     )
                     async with pool.acquire() as connection:
                         await migrate(connection)
-                except UNAVAILABLE as error:
+                except BaseException:
                     if pool is not None:
                         pool.terminate()
-                    raise TicketStoreUnavailable(f"Postgres unreachable: {type(error).__name__}") from None
+                    raise
                 self._pool = pool
             return self._pool
 
-    async def start(self) -> None:
-        """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer."""
-        await self._ensure_pool()
+    def _admit(self) -> None:
+        """Fail at once while Postgres is down, except for one probe every ``probe_every`` seconds."""
+        if self._down is None:
+            return
+        now = time.monotonic()
+        if now < self._next_probe:
+            raise TicketStoreUnavailable(self._down)
+        self._next_probe = now + self._probe_every
 
-    async def sync(self, cluster_uid: str, writes: Sequence[TicketWrite], horizon: datetime) -> list[Ticket]:
-        pool = await self._ensure_pool()
-        payload = json.dumps([_write_json(w) for w in writes])
+    def _trip(self, reason: str) -> TicketStoreUnavailable:
+        if self._down is None:
+            log.warning("Marked the ticket store unavailable", extra={"error": reason})
+        self._down = reason
+        self._next_probe = time.monotonic() + self._probe_every
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+        return TicketStoreUnavailable(reason)
+
+    async def start(self, deadline: float = 10.0) -> None:
+        """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer."""
+        try:
+            async with asyncio.timeout(deadline):
+                await self._ensure_pool()
+        except TimeoutError:
+            raise self._trip(f"Postgres did not answer within {deadline:g}s") from None
+        except UNAVAILABLE as error:
+            raise self._trip(f"Postgres unreachable: {type(error).__name__}") from None
+
+    async def sync(
+        self, cluster_uid: str, writes: Sequence[TicketWrite], horizon: datetime, *, deadline: float
+    ) -> SyncResult:
+        self._admit()
+        payload = json.dumps([_write_json(w) for w in writes], allow_nan=False)
         started = time.monotonic()
         try:
-            self.round_trips += 1
-            result = await pool.fetchval("SELECT sync_cluster($1, $2::jsonb, $3)", cluster_uid, payload, horizon)
+            async with asyncio.timeout(deadline):
+                pool = await self._ensure_pool()
+                self.round_trips += 1
+                result = await pool.fetchval(
+                    "SELECT sync_cluster_cas($1, $2::jsonb, $3)", cluster_uid, payload, horizon
+                )
+        except TimeoutError:
+            raise self._trip(f"Postgres did not answer within {deadline:g}s") from None
         except UNAVAILABLE as error:
-            raise TicketStoreUnavailable(f"Postgres unreachable: {type(error).__name__}") from None
+            raise self._trip(f"Postgres unreachable: {type(error).__name__}") from None
+        except asyncpg.PostgresError as error:
+            raise self._trip(f"Postgres refused the sync: {type(error).__name__} ({error.sqlstate})") from None
         finally:
             if self._observe is not None:
                 self._observe(time.monotonic() - started)
-        return [ticket_from_row(row) for row in json.loads(result)]
+        if self._down is not None:
+            log.info("Ticket store answered again", extra={"was": self._down})
+            self._down = None
+        body = json.loads(result)
+        return SyncResult(
+            tickets=[ticket_from_row(row) for row in body["tickets"]],
+            conflicts=frozenset(int(position) for position in body["conflicts"]),
+            rejected=tuple(str(reason) for reason in body["rejected"]),
+        )
+
+    async def cluster_uids(self, namespaces: Sequence[str] | None) -> dict[str, str]:
+        """Clusters with unresolved tickets (uid → namespace), in ``namespaces`` (None: all), for the orphan sweep."""
+        self._admit()
+        try:
+            async with asyncio.timeout(10):
+                pool = await self._ensure_pool()
+                rows = await pool.fetch(
+                    "SELECT DISTINCT cluster_uid, namespace FROM tickets WHERE state <> 'resolved'"
+                    " AND ($1::text[] IS NULL OR namespace = ANY($1))",
+                    list(namespaces) if namespaces is not None else None,
+                )
+        except TimeoutError:
+            raise self._trip("Postgres did not answer within 10s") from None
+        except UNAVAILABLE as error:
+            raise self._trip(f"Postgres unreachable: {type(error).__name__}") from None
+        return {row["cluster_uid"]: row["namespace"] for row in rows}
 
     async def close(self) -> None:
         if self._pool is not None:

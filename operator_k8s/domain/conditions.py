@@ -75,16 +75,21 @@ def _holds_now(store: str, findings: Sequence[Finding]) -> bool:
     return any(f.store == store and f.verdict is Verdict.HOLDS for f in findings)
 
 
-def _metrics_condition(findings: Sequence[Finding]) -> tuple[Status, str, str]:
+def _metrics_condition(findings: Sequence[Finding], ignored_series: int = 0) -> tuple[Status, str, str]:
+    ignored = (
+        f"; ignored {ignored_series} series about other namespaces or stores than this cluster's"
+        if ignored_series
+        else ""
+    )
     unknown = [f for f in findings if f.unknown_reason is not None]
     if not unknown:
-        return "True", Reason.METRICS_OK, "Every metric query returned data"
+        return "True", Reason.METRICS_OK, "Every metric query returned data" + ignored
     reasons = {f.unknown_reason for f in unknown}
     for reason in (Reason.PROMETHEUS_UNREACHABLE, Reason.QUERY_FAILED, Reason.NO_SERIES):
         if reason in reasons:
             first = next(f for f in unknown if f.unknown_reason == reason)
             labels = sorted({f"{f.invariant}/{f.store}" for f in unknown})
-            return "False", reason, f"{first.message} (no data for {_listing(labels)})"
+            return "False", reason, f"{first.message} (no data for {_listing(labels)}){ignored}"
     raise AssertionError("unreachable")
 
 
@@ -96,6 +101,7 @@ class CycleOutcome:
     findings: Sequence[Finding]
     tickets: Sequence[Ticket]
     ticket_store_error: str | None = None
+    ignored_series: int = 0
 
 
 def conditions_for(
@@ -107,7 +113,7 @@ def conditions_for(
         findings = [f for f in outcome.findings if f.invariant == invariant]
         tickets = [t for t in outcome.tickets if t.key.invariant == invariant]
         computed.append((condition_type_for(invariant), *_invariant_condition(invariant, findings, tickets)))
-    computed.append((ConditionType.METRICS_AVAILABLE, *_metrics_condition(outcome.findings)))
+    computed.append((ConditionType.METRICS_AVAILABLE, *_metrics_condition(outcome.findings, outcome.ignored_series)))
     if outcome.ticket_store_error is None:
         computed.append((ConditionType.TICKET_STORE_AVAILABLE, "True", Reason.TICKET_STORE_OK, "Postgres answered"))
     else:
@@ -127,7 +133,12 @@ def conditions_for(
 
 
 def ticket_store_down_conditions(
-    previous: Iterable[Condition], findings: Sequence[Finding], error: str, generation: int, now: datetime
+    previous: Iterable[Condition],
+    findings: Sequence[Finding],
+    error: str,
+    generation: int,
+    now: datetime,
+    ignored_series: int = 0,
 ) -> list[Condition]:
     """Postgres never answered, so tickets are unknown: invariant conditions stay as last written, never cleared."""
     own = (ConditionType.METRICS_AVAILABLE, ConditionType.TICKET_STORE_AVAILABLE)
@@ -135,17 +146,18 @@ def ticket_store_down_conditions(
     computed: list[tuple[str, Status, str, str]] = [
         (c.type, c.status, c.reason, c.message) for c in previous if c.type not in own
     ]
-    computed.append((ConditionType.METRICS_AVAILABLE, *_metrics_condition(findings)))
+    computed.append((ConditionType.METRICS_AVAILABLE, *_metrics_condition(findings, ignored_series)))
     computed.append((ConditionType.TICKET_STORE_AVAILABLE, "False", Reason.TICKET_STORE_UNREACHABLE, error))
     return merge_conditions(previous, computed, generation, now)
 
 
-def invalid_spec_conditions(
-    previous: Iterable[Condition], error: str, generation: int, now: datetime
+def health_unknown_conditions(
+    previous: Iterable[Condition], reason: Reason, message: str, generation: int, now: datetime
 ) -> list[Condition]:
-    """A spec the operator cannot use: Healthy is Unknown (InvalidSpec); the other conditions stay as they were."""
+    """Nothing new is known this cycle (an InvalidSpec, a CheckFailed): Healthy is Unknown with the reason; the other
+    conditions stay as they were. The next interval checks again."""
     kept = [c for c in previous if c.type != ConditionType.HEALTHY]
-    computed: list[tuple[str, Status, str, str]] = [(ConditionType.HEALTHY, "Unknown", Reason.INVALID_SPEC, error)]
+    computed: list[tuple[str, Status, str, str]] = [(ConditionType.HEALTHY, "Unknown", reason, message)]
     computed += [(c.type, c.status, c.reason, c.message) for c in kept]
     return merge_conditions(previous, computed, generation, now)
 
@@ -153,10 +165,15 @@ def invalid_spec_conditions(
 def merge_conditions(
     previous: Iterable[Condition], computed: Sequence[tuple[str, Status, str, str]], generation: int, now: datetime
 ) -> list[Condition]:
-    """Set each computed condition, keeping ``lastTransitionTime`` unless its status flipped; drop the rest."""
+    """Set each computed condition, keeping ``lastTransitionTime`` unless its status flipped; drop the rest. A type
+    is set once (the first wins): the API server refuses a list with a duplicate type."""
     before = {c.type: c for c in previous}
     result = []
+    seen: set[str] = set()
     for ctype, status, reason, message in computed:
+        if ctype in seen:
+            continue
+        seen.add(ctype)
         old = before.get(ctype)
         if old is not None and old.status == status:
             result.append(replace(old, reason=reason, message=message, observed_generation=generation))

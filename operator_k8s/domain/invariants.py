@@ -139,8 +139,6 @@ def _metric(
         error = result.error if result else "not queried"
         return [_unknown(name, invariant, store, reason, f"Query failed: {error}", result) for store in stores]
     values = _values_by_store(result, per_store=per_store, comparator=rule.comparator)
-    if per_store:
-        stores = sorted(set(stores) | set(values))
     findings = []
     for store in stores:
         value = values.get(store)
@@ -158,14 +156,17 @@ def _metric(
 
 
 def _values_by_store(result: QueryResult, *, per_store: bool, comparator: str) -> dict[str, float]:
-    """Per-store values; for a cluster-scoped invariant, the worst value of any series."""
-    if per_store:
-        return {sample.store: sample.value for sample in result.samples if sample.store is not None}
-    values = [sample.value for sample in result.samples if not math.isnan(sample.value)]
-    if not values:
-        return {}
-    worst = max(values) if comparator in (">", ">=") else min(values)
-    return {CLUSTER_STORE: worst}
+    """Per-store values; for a cluster-scoped invariant, the worst value of any series. Several series for one store
+    (a query that does not aggregate) count by their worst value, never by whichever came last."""
+    worst = max if comparator in (">", ">=") else min
+    grouped: dict[str, list[float]] = {}
+    for sample in result.samples:
+        if math.isnan(sample.value):
+            continue
+        store = sample.store if per_store else CLUSTER_STORE
+        if store is not None:
+            grouped.setdefault(store, []).append(sample.value)
+    return {store: worst(values) for store, values in grouped.items()}
 
 
 def _unknown(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -29,10 +29,12 @@ def select_pods(pods: Iterable[StorePod], match_labels: Mapping[str, str]) -> tu
 
 @dataclass(frozen=True)
 class Sample:
-    """One series' value; ``store`` is None for a series without the store label (a cluster-wide value)."""
+    """One series' value; ``store`` is None for a series without the store label (a cluster-wide value), and
+    ``namespace`` None for a series without the namespace label."""
 
     store: str | None
     value: float
+    namespace: str | None = None
 
 
 class QueryFailure(StrEnum):
@@ -52,6 +54,24 @@ class QueryResult:
     @classmethod
     def failed(cls, query: str, failure: QueryFailure, error: str) -> QueryResult:
         return cls(query=query, failure=failure, error=error)
+
+
+def scope_result(
+    result: QueryResult, namespace: str, owned: frozenset[str], *, per_store: bool
+) -> tuple[QueryResult, int]:
+    """Keep only the series about this cluster: its namespace (or none named) and its own stores (for a cluster-wide
+    query, also series that name no store).
+
+    A query may reach other namespaces or other clusters' pods (an unscoped custom query, a shared Prometheus); those
+    series are dropped and counted, never judged. Returns the scoped result and how many series were dropped.
+    """
+    kept = tuple(
+        sample
+        for sample in result.samples
+        if (sample.namespace is None or sample.namespace == namespace)
+        and (sample.store in owned if sample.store is not None else not per_store)
+    )
+    return replace(result, samples=kept), len(result.samples) - len(kept)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,14 @@ def ticket_name(ticket: Ticket) -> str:
     return base + suffix
 
 
+def bounded_text(text: str, limit: int) -> str:
+    """``text`` if it fits, else a deterministic shortening that stays unique: a prefix and a hash of the whole."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{text[: limit - 12]}~{digest}"
+
+
 def _label_value(text: str) -> str:
     value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63]
     return value.strip("-._")
@@ -43,21 +51,30 @@ def ticket_labels(ticket: Ticket) -> dict[str, str]:
     }
 
 
+def ticket_spec(ticket: Ticket) -> dict[str, Any]:
+    """The human intent Postgres holds, shown on the resource's spec (so a rebuilt Ticket keeps a hold)."""
+    spec: dict[str, Any] = {"hold": ticket.hold, "acknowledged": ticket.acknowledged}
+    if ticket.note is not None:
+        spec["note"] = ticket.note[:1024]
+    return spec
+
+
 def snapshot_summary(snapshot: dict[str, Any]) -> str:
     value, threshold = snapshot.get("value"), snapshot.get("threshold")
     if value is None:
         return str(snapshot.get("message", ""))[:1024]
+    shown = f"{value:.4g}" if isinstance(value, int | float) else str(value)  # "+Inf", "NaN" as stored
     limit = f" (threshold {threshold:g})" if isinstance(threshold, int | float) else ""
-    return f"value {value:.4g}{limit} at {snapshot.get('at', '?')}"[:1024]
+    return f"value {shown}{limit} at {snapshot.get('at', '?')}"[:1024]
 
 
 def ticket_status(ticket: Ticket) -> dict[str, Any]:
     assert ticket.id is not None
     status: dict[str, Any] = {
         "ticketId": ticket.id,
-        "cluster": ticket.cluster_name,
-        "invariant": ticket.key.invariant,
-        "store": ticket.key.store,
+        "cluster": bounded_text(ticket.cluster_name, 253),
+        "invariant": bounded_text(ticket.key.invariant, 63),
+        "store": bounded_text(ticket.key.store, 253),
         "severity": ticket.severity.value,
         "state": ticket.state.value,
         "message": ticket.message[:4096],

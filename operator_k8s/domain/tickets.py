@@ -15,6 +15,8 @@ UNKNOWN findings change nothing but the clear countdown, which they reset: missi
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -63,10 +65,12 @@ class Ticket:
     resolved_at: datetime | None = None
     hold: bool = False
     acknowledged: bool = False
+    note: str | None = None
     snapshot: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
     version: int = 0
-    """Bumped by every write; a change is applied only to the version it was decided from."""
+    """The row's version in Postgres (0: not stored yet). Every write names the version it was decided from and
+    applies only if the row still has it (compare-and-set)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,8 @@ class EffectKind(StrEnum):
     ACKNOWLEDGED = "Acknowledged"
     HELD = "Held"
     RELEASED = "Released"
+    NOTED = "Noted"
+    TRUNCATED = "HistoryTruncated"
 
 
 EFFECT_REASON = {
@@ -123,11 +129,19 @@ class Transition:
         return self.before != self.after
 
 
+def json_number(value: float | None) -> float | str | None:
+    """A number JSON can carry: non-finite values (a PromQL division by zero gives +Inf) are kept as the text
+    Prometheus uses for them, so they are stored and shown as such rather than poisoning a JSON document."""
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
 def snapshot_of(finding: Finding, now: datetime) -> dict[str, Any]:
     """The evidence stored with a ticket at open and at each escalation."""
     return {
-        "value": finding.value,
-        "threshold": finding.threshold,
+        "value": json_number(finding.value),
+        "threshold": json_number(finding.threshold),
         "query": finding.query,
         "store": finding.store,
         "message": finding.message,
@@ -258,24 +272,54 @@ def _still_violated(ticket: Ticket, finding: Finding, now: datetime) -> Transiti
     return Transition(ticket, after, tuple(effects))
 
 
-def apply_human_intent(ticket: Ticket, *, hold: bool, acknowledged: bool, actor: str) -> Transition:
-    """Fold a human's ``spec.hold`` / ``spec.acknowledged`` from the Ticket resource into the ticket."""
+@dataclass(frozen=True)
+class HumanEdit:
+    """What a human changed on a Ticket resource's spec: only the fields they changed (None: left alone)."""
+
+    hold: bool | None = None
+    acknowledged: bool | None = None
+    note: str | None = None
+    note_changed: bool = False
+
+    @classmethod
+    def between(cls, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> HumanEdit:
+        """The edit that turned spec ``old`` into ``new``: only the fields that differ."""
+        before, after = dict(old or {}), dict(new or {})
+
+        def changed(name: str) -> bool:
+            return before.get(name) != after.get(name)
+
+        note = after.get("note")
+        return cls(
+            hold=bool(after.get("hold", False)) if changed("hold") else None,
+            acknowledged=bool(after.get("acknowledged", False)) if changed("acknowledged") else None,
+            note=str(note) if changed("note") and note is not None else None,
+            note_changed=changed("note"),
+        )
+
+
+def apply_human_intent(ticket: Ticket, edit: HumanEdit, *, actor: str) -> Transition:
+    """Fold a human's edit into the ticket; each field changes only if the human changed it, so acknowledging never
+    touches a hold and releasing never touches an acknowledgement."""
     effects: list[Effect] = []
     after = ticket
-    if hold != ticket.hold:
-        after = replace(after, hold=hold)
-        kind = EffectKind.HELD if hold else EffectKind.RELEASED
-        effects.append(Effect(kind, ticket.state, ticket.state, f"hold set to {hold}", actor))
-    if acknowledged != ticket.acknowledged:
-        after = replace(after, acknowledged=acknowledged)
-        if acknowledged and ticket.state is TicketState.OPEN:
+    if edit.hold is not None and edit.hold != ticket.hold:
+        after = replace(after, hold=edit.hold)
+        kind = EffectKind.HELD if edit.hold else EffectKind.RELEASED
+        effects.append(Effect(kind, ticket.state, ticket.state, f"hold set to {edit.hold}", actor))
+    if edit.acknowledged is not None and edit.acknowledged != ticket.acknowledged:
+        after = replace(after, acknowledged=edit.acknowledged)
+        if edit.acknowledged and ticket.state is TicketState.OPEN:
             after = replace(after, state=TicketState.ACKNOWLEDGED)
             effects.append(Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledged", actor))
-        elif not acknowledged and ticket.state is TicketState.ACKNOWLEDGED:
+        elif not edit.acknowledged and ticket.state is TicketState.ACKNOWLEDGED:
             after = replace(after, state=TicketState.OPEN)
             effects.append(
                 Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledgement withdrawn", actor)
             )
+    if edit.note_changed and edit.note != ticket.note:
+        after = replace(after, note=edit.note)
+        effects.append(Effect(EffectKind.NOTED, ticket.state, ticket.state, "note changed", actor))
     return Transition(ticket, after, tuple(effects))
 
 

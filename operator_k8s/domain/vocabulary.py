@@ -77,6 +77,7 @@ class Reason(StrEnum):
     INVARIANTS_VIOLATED = "InvariantsViolated"
     INVARIANTS_UNKNOWN = "InvariantsUnknown"
     INVALID_SPEC = "InvalidSpec"
+    CHECK_FAILED = "CheckFailed"
     # Ticket transitions (events and history)
     TICKET_OPENED = "TicketOpened"
     TICKET_REOPENED = "TicketReopened"

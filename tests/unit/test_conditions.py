@@ -7,8 +7,9 @@ import pytest
 from operator_k8s.domain.conditions import (
     Condition,
     CycleOutcome,
+    Status,
     conditions_for,
-    invalid_spec_conditions,
+    health_unknown_conditions,
     merge_conditions,
     ticket_store_down_conditions,
 )
@@ -131,7 +132,7 @@ def test_merge_drops_conditions_no_longer_computed() -> None:
 
 def test_invalid_spec_keeps_other_conditions() -> None:
     before = conditions_for(CycleOutcome(["latency"], [lat("tikv-0", Verdict.HOLDS)], []), [], 1, at(0))
-    after = by_type(invalid_spec_conditions(before, "spec.interval: bad", 2, at(5)))
+    after = by_type(health_unknown_conditions(before, Reason.INVALID_SPEC, "spec.interval: bad", 2, at(5)))
     assert after["Healthy"] == ("Unknown", Reason.INVALID_SPEC)
     assert after["LatencyWithinBudget"] == ("True", Reason.HOLDS)
 
@@ -143,3 +144,8 @@ def test_ticket_store_down_never_clears_a_violation() -> None:
     after = by_type(ticket_store_down_conditions(violated, [lat("tikv-0", Verdict.HOLDS)], "down", 1, at(5)))
     assert after["LatencyWithinBudget"] == ("False", Reason.VIOLATED)
     assert after["TicketStoreAvailable"] == ("False", Reason.TICKET_STORE_UNREACHABLE)
+
+
+def test_a_condition_type_is_set_once_even_if_computed_twice() -> None:
+    computed: list[tuple[str, Status, str, str]] = [("A", "True", "R", "first"), ("A", "False", "R", "second")]
+    assert [(c.type, c.message) for c in merge_conditions([], computed, 1, at(0))] == [("A", "first")]

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from operator_k8s.domain.invariants import Rule, Verdict, evaluate
-from operator_k8s.domain.observations import QueryFailure, QueryResult
+from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample
 from operator_k8s.domain.vocabulary import Reason
 from tests.unit.builders import pods, result, snapshot, spec
 
@@ -106,10 +106,25 @@ def test_failed_query_makes_every_store_unknown(failure: QueryFailure, reason: R
     ]
 
 
-def test_series_for_store_without_pod_is_judged() -> None:
+def test_series_for_a_store_that_is_not_ours_is_never_judged() -> None:
     cluster = spec(invariants={"diskUsage": {"enabled": False}})
     found = evaluate(cluster, snapshot(pods("ready"), {"latency": result(**{"tikv-0": 1.0, "tikv-7": 900.0})}))
+    assert verdicts(found, "latency") == {"tikv-0": Verdict.HOLDS}
+
+
+def test_series_for_a_tracked_store_without_pod_is_judged() -> None:
+    cluster = spec(invariants={"diskUsage": {"enabled": False}})
+    tracked = {"latency": frozenset({"tikv-7"})}
+    found = evaluate(cluster, snapshot(pods("ready"), {"latency": result(**{"tikv-0": 1.0, "tikv-7": 900.0})}, tracked))
     assert verdicts(found, "latency") == {"tikv-0": Verdict.HOLDS, "tikv-7": Verdict.VIOLATED}
+
+
+def test_several_series_for_one_store_count_by_their_worst_value() -> None:
+    cluster = spec(invariants={"diskUsage": {"enabled": False}})
+    twice = QueryResult("q", (Sample("tikv-0", 900.0), Sample("tikv-0", 1.0)))
+    assert verdicts(evaluate(cluster, snapshot(pods("ready"), {"latency": twice})), "latency") == {
+        "tikv-0": Verdict.VIOLATED
+    }
 
 
 def test_disk_usage_percent() -> None:

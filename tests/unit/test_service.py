@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 import pytest
 
-from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample, StorePod
-from operator_k8s.domain.tickets import Ticket, TicketState
-from operator_k8s.ports import ClusterRef, Projection, TicketEvent, TicketStoreUnavailable, TicketWrite
-from operator_k8s.service import Monitor
+from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
+from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS
+from operator_k8s.domain.tickets import HumanEdit, TicketState
+from operator_k8s.ports import ClusterRef
+from operator_k8s.service import CycleStats, Monitor
 from tests.unit.builders import at
+from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
 
 REF = ClusterRef(uid="uid-1", name="tikv", namespace="ns", generation=1)
 SPEC: dict[str, Any] = {
@@ -24,94 +25,22 @@ SPEC: dict[str, Any] = {
 }
 
 
-class FakeStore:
-    """Postgres as a list of rows; ``down`` makes every call fail like an unreachable server."""
-
-    def __init__(self) -> None:
-        self.rows: list[Ticket] = []
-        self.calls: list[Sequence[TicketWrite]] = []
-        self.down = False
-        self.next_id = 1
-
-    async def sync(self, cluster_uid: str, writes: Sequence[TicketWrite], horizon: datetime) -> list[Ticket]:
-        if self.down:
-            raise TicketStoreUnavailable("Postgres unreachable: ConnectionRefusedError")
-        self.calls.append(list(writes))
-        for write in writes:
-            ticket = write.after or write.before
-            assert ticket is not None
-            existing = next(
-                (
-                    i
-                    for i, r in enumerate(self.rows)
-                    if (r.id == ticket.id and ticket.id is not None)
-                    or (ticket.id is None and r.key == ticket.key and r.state is not TicketState.RESOLVED)
-                ),
-                None,
-            )
-            if write.after is None:
-                if existing is not None:
-                    del self.rows[existing]
-                continue
-            row = write.after
-            if existing is None:
-                row = replace(row, id=self.next_id)
-                self.next_id += 1
-                self.rows.append(row)
-            else:
-                self.rows[existing] = replace(row, id=self.rows[existing].id)
-        return [
-            r for r in self.rows if r.state is not TicketState.RESOLVED or (r.resolved_at and r.resolved_at >= horizon)
-        ]
-
-    async def close(self) -> None:
-        pass
-
-
-class FakeMetrics:
-    def __init__(self) -> None:
-        self.latency: dict[str, float] = {"tikv-0": 5.0, "tikv-1": 5.0}
-        self.failure: QueryFailure | None = None
-        self.queries: list[str] = []
-
-    async def query(self, url: str, promql: str, *, store_label: str, timeout: float) -> QueryResult:
-        self.queries.append(promql)
-        if self.failure:
-            return QueryResult.failed(promql, self.failure, "connection refused")
-        return QueryResult(promql, tuple(Sample(store, value) for store, value in self.latency.items()))
-
-
-class FakeMirror:
-    def __init__(self) -> None:
-        self.resources: dict[str, dict[str, Any]] = {}
-        self.writes = 0
-        self.posted: list[TicketEvent] = []
-
-    async def upsert(self, owner: ClusterRef, projection: Projection) -> None:
-        self.writes += 1
-        self.resources[projection.name] = projection.status
-
-    async def delete(self, namespace: str, name: str) -> None:
-        self.writes += 1
-        self.resources.pop(name, None)
-
-    async def events(self, owner: ClusterRef, events: Sequence[TicketEvent]) -> None:
-        self.posted += events
-
-
 TIKV = (("app", "tikv"),)
 PODS = [StorePod("tikv-0", "Running", True, TIKV), StorePod("tikv-1", "Running", True, TIKV)]
 
 
+Parts = tuple[Monitor, FakeStore, FakeMetrics, FakeMirror]
+
+
 @pytest.fixture
-def parts() -> tuple[Monitor, FakeStore, FakeMetrics, FakeMirror]:
+def parts() -> Parts:
     store, metrics, mirror = FakeStore(), FakeMetrics(), FakeMirror()
     return Monitor(store=store, metrics=metrics, mirror=mirror), store, metrics, mirror
 
 
 async def cycle(
     monitor: Monitor, seconds: float, status: dict[str, Any] | None = None, spec: dict[str, Any] | None = None
-):  # type: ignore[no-untyped-def]
+) -> CycleStats:
     return await monitor.check_cluster(REF, spec or SPEC, PODS, status or {}, at(seconds))
 
 
@@ -119,83 +48,108 @@ def conditions(status: dict[str, Any]) -> dict[str, str]:
     return {c["type"]: c["status"] for c in status["conditions"]}
 
 
-async def test_healthy_steady_state_costs_one_round_trip_and_no_kubernetes_write(parts) -> None:  # type: ignore[no-untyped-def]
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+async def run(parts: Parts, seconds: range | list[int], spec: dict[str, Any] | None = None) -> None:
+    """Cycles at the given seconds, each seeing the status the previous one wrote (as kopf would hand it)."""
+    monitor, _, _, mirror = parts
+    for second in seconds:
+        await cycle(monitor, second, mirror.status, spec)
+
+
+async def test_healthy_steady_state_costs_one_round_trip_and_no_kubernetes_write(parts: Parts) -> None:
     monitor, store, _, mirror = parts
-    status, _ = await cycle(monitor, 0)
-    assert status is not None and conditions(status)["Healthy"] == "True"
-    before = len(store.calls)
-    patch, stats = await cycle(monitor, 1, status)
-    assert patch is None, "nothing changed: no status write"
+    await cycle(monitor, 0)
+    assert conditions(mirror.status)["Healthy"] == "True"
+    before, written = len(store.calls), len(mirror.statuses)
+    stats = await cycle(monitor, 1, mirror.status)
+    assert not stats.status_written, "nothing changed: no status write"
     assert (stats.postgres_round_trips, stats.queries, stats.kubernetes_writes) == (1, 1, 0)
     assert len(store.calls) == before + 1
-    assert mirror.writes == 0
+    assert (mirror.writes, len(mirror.statuses)) == (0, written)
 
 
-async def test_violation_opens_one_ticket_and_resolves_after_heal(parts) -> None:  # type: ignore[no-untyped-def]
+async def test_violation_opens_one_ticket_and_resolves_after_heal(parts: Parts) -> None:
     monitor, store, metrics, mirror = parts
-    status, _ = await cycle(monitor, 0)
+    await cycle(monitor, 0)
     metrics.latency["tikv-1"] = 900.0
-    for second in (1, 2, 3):
-        status = (await cycle(monitor, second, status))[0] or status
+    await run(parts, [1, 2, 3])
     assert [(r.key.store, r.state) for r in store.rows] == [("tikv-1", TicketState.OPEN)]
-    assert conditions(status)["LatencyWithinBudget"] == "False"
+    assert conditions(mirror.status)["LatencyWithinBudget"] == "False"
     assert list(mirror.resources) == ["tikv-latency-tikv-1-1"]
+    assert mirror.specs["tikv-latency-tikv-1-1"] == {"hold": False, "acknowledged": False}
     assert [e.reason for e in mirror.posted] == ["TicketOpened"]
     metrics.latency["tikv-1"] = 5.0
-    status = (await cycle(monitor, 4, status))[0] or status
+    await run(parts, [4])
     assert store.rows[0].state is TicketState.RESOLVED
-    assert conditions(status)["LatencyWithinBudget"] == "True"
+    assert conditions(mirror.status)["LatencyWithinBudget"] == "True"
     assert mirror.resources["tikv-latency-tikv-1-1"]["state"] == "resolved"
     assert [e.reason for e in mirror.posted] == ["TicketOpened", "TicketResolved"]
 
 
-async def test_prometheus_down_resolves_nothing(parts) -> None:  # type: ignore[no-untyped-def]
-    monitor, store, metrics, _ = parts
+async def test_prometheus_down_resolves_nothing(parts: Parts) -> None:
+    monitor, store, metrics, mirror = parts
     metrics.latency["tikv-1"] = 900.0
-    status, _ = await cycle(monitor, 0)
+    await cycle(monitor, 0)
     metrics.failure = QueryFailure.UNREACHABLE
-    for second in (1, 2, 3):
-        status = (await cycle(monitor, second, status))[0] or status
+    await run(parts, [1, 2, 3])
     assert store.rows[0].state is TicketState.OPEN
-    assert conditions(status)["MetricsAvailable"] == "False"
-    assert conditions(status)["LatencyWithinBudget"] == "False"
+    assert conditions(mirror.status)["MetricsAvailable"] == "False"
+    assert conditions(mirror.status)["LatencyWithinBudget"] == "False"
 
 
-async def test_postgres_down_queues_transitions_and_loses_none(parts) -> None:  # type: ignore[no-untyped-def]
-    monitor, store, metrics, _ = parts
-    status, _ = await cycle(monitor, 0)
+async def test_postgres_down_queues_transitions_and_loses_none(parts: Parts) -> None:
+    monitor, store, metrics, mirror = parts
+    await cycle(monitor, 0)
     store.down = True
     metrics.latency["tikv-1"] = 900.0
-    status = (await cycle(monitor, 1, status))[0] or status
-    assert conditions(status)["TicketStoreAvailable"] == "False"
+    await run(parts, [1])
+    assert conditions(mirror.status)["TicketStoreAvailable"] == "False"
     metrics.latency["tikv-1"] = 5.0
-    status = (await cycle(monitor, 2, status))[0] or status
+    await run(parts, [2])
     assert store.rows == []
     store.down = False
-    status = (await cycle(monitor, 3, status))[0] or status
+    await run(parts, [3])
     assert [(r.key.store, r.state) for r in store.rows] == [("tikv-1", TicketState.RESOLVED)]
-    assert conditions(status)["TicketStoreAvailable"] == "True"
+    assert [kind for _, kind, _ in store.history] == ["Pending", "Opened", "Resolved"]
+    assert conditions(mirror.status)["TicketStoreAvailable"] == "True"
 
 
-async def test_postgres_down_from_the_start_keeps_conditions(parts) -> None:  # type: ignore[no-untyped-def]
-    monitor, store, _, _ = parts
+async def test_a_long_outage_keeps_the_latest_state_and_a_bounded_history(parts: Parts) -> None:
+    monitor, store, metrics, _ = parts
+    spec = {**SPEC, "invariants": {"latency": {"thresholdMs": 100}, "diskUsage": {"enabled": False}}}
+    await cycle(monitor, 0, spec=spec)
     store.down = True
-    status, _ = await cycle(monitor, 0)
-    assert status is not None
-    assert conditions(status)["TicketStoreAvailable"] == "False"
-    assert "LatencyWithinBudget" not in conditions(status), "no invariant condition is invented without tickets"
+    for second in range(1, 400):  # a flapping store: open, resolve, reopen… every cycle
+        metrics.latency["tikv-1"] = 900.0 if second % 2 else 5.0
+        await cycle(monitor, second, spec=spec)
+    assert sum(len(w.history) for w in monitor.memory(REF.uid).outbox.writes) <= MAX_QUEUED_EVENTS
+    store.down = False
+    await cycle(monitor, 400, spec=spec)
+    kinds = [kind for _, kind, _ in store.history]
+    assert kinds[0] == "HistoryTruncated" and len(kinds) == MAX_QUEUED_EVENTS + 1
+    assert [(r.key.store, r.state) for r in store.rows] == [("tikv-1", TicketState.OPEN)], "the latest state lands"
 
 
-async def test_invalid_spec_becomes_a_condition(parts) -> None:  # type: ignore[no-untyped-def]
-    monitor, _, _, _ = parts
-    status, _ = await cycle(monitor, 0, spec={**SPEC, "interval": "never"})
-    assert status is not None
-    healthy = next(c for c in status["conditions"] if c["type"] == "Healthy")
+async def test_postgres_down_from_the_start_keeps_conditions(parts: Parts) -> None:
+    monitor, store, _, mirror = parts
+    store.down = True
+    await cycle(monitor, 0)
+    assert conditions(mirror.status)["TicketStoreAvailable"] == "False"
+    assert "LatencyWithinBudget" not in conditions(mirror.status), "no invariant condition is invented without tickets"
+
+
+async def test_invalid_spec_becomes_a_condition(parts: Parts) -> None:
+    monitor, _, _, mirror = parts
+    await cycle(monitor, 0, spec={**SPEC, "interval": "never"})
+    healthy = condition(mirror.status, "Healthy")
     assert (healthy["status"], healthy["reason"]) == ("Unknown", "InvalidSpec")
     assert "spec.interval" in healthy["message"]
 
 
-async def test_restart_keeps_the_grace_countdown(parts) -> None:  # type: ignore[no-untyped-def]
+async def test_restart_keeps_the_grace_countdown(parts: Parts) -> None:
     monitor, store, metrics, mirror = parts
     spec = {**SPEC, "invariants": {"latency": {"thresholdMs": 100, "for": "10s"}, "diskUsage": {"enabled": False}}}
     metrics.latency["tikv-1"] = 900.0
@@ -208,40 +162,163 @@ async def test_restart_keeps_the_grace_countdown(parts) -> None:  # type: ignore
     assert [r.state for r in store.rows] == [TicketState.OPEN]
 
 
-async def test_cluster_deleted_resolves_open_tickets(parts) -> None:  # type: ignore[no-untyped-def]
+async def test_cluster_deleted_resolves_open_tickets(parts: Parts) -> None:
     monitor, store, metrics, _ = parts
     metrics.latency["tikv-1"] = 900.0
     await cycle(monitor, 0)
     assert await monitor.cluster_deleted(REF, at(5)) == 1
     assert store.rows[0].state is TicketState.RESOLVED
-    assert store.calls[-1][0].effects[0].reason == "ClusterDeleted"
+    assert store.history[-1][1:] == ("Resolved", "ClusterDeleted")
 
 
-async def test_human_hold_keeps_ticket_open(parts) -> None:  # type: ignore[no-untyped-def]
+async def test_orphan_sweep_resolves_tickets_of_clusters_that_no_longer_exist(parts: Parts) -> None:
+    monitor, store, metrics, _ = parts
+    metrics.latency["tikv-1"] = 900.0
+    await cycle(monitor, 0)
+    candidates = await store.cluster_uids(None)
+    assert await monitor.sweep_orphans(candidates, {REF.uid}, at(1)) == 0
+    assert await monitor.sweep_orphans(candidates, set(), at(2)) == 1
+    assert store.rows[0].state is TicketState.RESOLVED
+
+
+async def test_human_hold_keeps_ticket_open_and_ack_keeps_the_hold(parts: Parts) -> None:
     monitor, store, metrics, _ = parts
     metrics.latency["tikv-1"] = 900.0
     await cycle(monitor, 0)
     ticket_id = store.rows[0].id
     assert ticket_id is not None
+    assert await monitor.human_intent("uid-1", ticket_id, HumanEdit(hold=True), actor="kubernetes:kubectl", now=at(1))
     assert await monitor.human_intent(
-        "uid-1", ticket_id, hold=True, acknowledged=True, actor="kubernetes:kubectl", now=at(1)
+        "uid-1", ticket_id, HumanEdit(acknowledged=True), actor="kubernetes:kubectl", now=at(1)
     )
     metrics.latency["tikv-1"] = 5.0
     await cycle(monitor, 2)
     assert (store.rows[0].state, store.rows[0].hold) == (TicketState.ACKNOWLEDGED, True)
+    await monitor.human_intent("uid-1", ticket_id, HumanEdit(hold=False), actor="kubernetes:kubectl", now=at(3))
+    await cycle(monitor, 4)
+    assert store.rows[0].state is TicketState.RESOLVED
 
 
-async def test_queries_per_cycle_do_not_grow_with_stores(parts) -> None:  # type: ignore[no-untyped-def]
+async def test_a_lost_race_re_reads_and_re_decides(parts: Parts) -> None:
+    monitor, store, metrics, _ = parts
+    metrics.latency["tikv-1"] = 900.0
+    await cycle(monitor, 0)
+    # Another writer (a second replica, a human through another path) bumps the row behind the cache's back.
+    store.rows[0] = replace(store.rows[0], hold=True, version=store.rows[0].version + 1)
+    metrics.latency["tikv-1"] = 5.0
+    stats = await cycle(monitor, 1)
+    assert stats.conflicts == 1
+    assert (store.rows[0].state, store.rows[0].hold) == (TicketState.OPEN, True), "the other writer's hold counts"
+    assert len([r for r in store.rows if r.state is not TicketState.RESOLVED]) == 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_dropping_the_cache_at_random_changes_no_outcome(seed: int) -> None:
+    """The same faults with and without caches dropped at random moments: the same tickets and history."""
+
+    async def scenario(drop: random.Random | None) -> tuple[list[tuple[str, str, int]], list[str]]:
+        store, metrics, mirror = FakeStore(), FakeMetrics(), FakeMirror()
+        monitor = Monitor(store=store, metrics=metrics, mirror=mirror)
+        faults = random.Random(seed)
+        for second in range(60):
+            if second % 7 == 0:
+                metrics.latency["tikv-1"] = faults.choice([5.0, 900.0])
+            if second == 20:
+                ticket_id = store.rows[0].id if store.rows else None
+                if ticket_id is not None:
+                    await monitor.human_intent(REF.uid, ticket_id, HumanEdit(hold=True), actor="h", now=at(second))
+            if drop is not None and drop.random() < 0.3:
+                monitor.drop_caches()
+            await monitor.check_cluster(REF, SPEC, PODS, mirror.status, at(second))
+        rows = [(r.key.store, r.state.value, r.occurrences) for r in store.rows]
+        return rows, [kind for _, kind, _ in store.history]
+
+    assert await scenario(random.Random(seed + 100)) == await scenario(None)
+
+
+async def test_series_about_other_namespaces_or_stores_are_ignored_and_counted(parts: Parts) -> None:
+    monitor, store, metrics, mirror = parts
+    metrics.extra = [
+        Sample("tikv-1", 900.0, "other-ns"),  # a same-named pod in another namespace
+        Sample("tikv-9", 900.0, "ns"),  # a neighbour's store in this namespace
+        Sample(None, 900.0, "ns"),  # a series without the store label
+    ]
+    stats = await cycle(monitor, 0)
+    assert stats.ignored_series == 3
+    assert store.rows == []
+    assert "ignored 3 series" in condition(mirror.status, "MetricsAvailable")["message"]
+
+
+async def test_a_cluster_without_pods_asks_nothing_per_store_and_opens_nothing(parts: Parts) -> None:
+    monitor, store, metrics, _ = parts
+    metrics.latency = {"tikv-0": 900.0, "tikv-1": 900.0}  # the neighbour's stores, on the same Prometheus
+    stats = await monitor.check_cluster(REF, SPEC, [], {}, at(0))
+    assert stats.queries == 0
+    assert [r.key.store for r in store.rows] == ["cluster"], "only the missing-stores finding (expected 2, saw 0)"
+
+
+async def test_an_unexpected_error_is_counted_shown_and_the_next_cycle_runs(parts: Parts) -> None:
+    monitor, _, metrics, mirror = parts
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("surprise")
+
+    healthy_query = metrics.query
+    metrics.query = broken  # type: ignore[method-assign]
+    stats = await cycle(monitor, 0)
+    assert "cycle_failed" in stats.errors
+    healthy = condition(mirror.status, "Healthy")
+    assert (healthy["status"], healthy["reason"]) == ("Unknown", "CheckFailed")
+    assert "RuntimeError: surprise" in healthy["message"]
+    metrics.query = healthy_query  # type: ignore[method-assign]
+    stats = await cycle(monitor, 1, mirror.status)
+    assert stats.errors == [] and conditions(mirror.status)["Healthy"] == "True"
+
+
+async def test_a_refused_status_is_replaced_by_one_that_says_why(parts: Parts) -> None:
+    monitor, _, _, mirror = parts
+    mirror.refuse_status = True
+    stats = await cycle(monitor, 0)
+    assert "kubernetes_rejected" in stats.errors
+    healthy = condition(mirror.status, "Healthy")
+    assert healthy["reason"] == "CheckFailed" and "422" in healthy["message"]
+    mirror.refuse_status = False
+    await cycle(monitor, 1, mirror.status)
+    assert conditions(mirror.status)["Healthy"] == "True"
+
+
+async def test_an_api_server_outage_degrades_and_the_first_cycle_after_it_catches_up(parts: Parts) -> None:
+    monitor, store, metrics, mirror = parts
+    await cycle(monitor, 0)
+    mirror.down = True
+    metrics.latency["tikv-1"] = 900.0
+    stats = await cycle(monitor, 1, mirror.status)
+    assert "kubernetes_unavailable" in stats.errors
+    assert [r.state for r in store.rows] == [TicketState.OPEN], "Postgres records it during the outage"
+    mirror.down = False
+    await cycle(monitor, 2, mirror.status)
+    assert list(mirror.resources) == ["tikv-latency-tikv-1-1"]
+    assert conditions(mirror.status)["LatencyWithinBudget"] == "False"
+
+
+async def test_an_infinite_value_violates_and_is_stored_as_text(parts: Parts) -> None:
+    monitor, store, metrics, mirror = parts
+    metrics.latency["tikv-1"] = float("inf")
+    await cycle(monitor, 0)
+    assert store.rows[0].snapshot["value"] == "+Inf"
+    assert mirror.resources["tikv-latency-tikv-1-1"]["snapshot"].startswith("value +Inf")
+
+
+async def test_queries_per_cycle_do_not_grow_with_stores(parts: Parts) -> None:
     monitor, _, _, _ = parts
     many = [StorePod(f"tikv-{i}", "Running", True, TIKV) for i in range(50)]
-    _, stats = await monitor.check_cluster(REF, SPEC, many, {}, at(0))
+    stats = await monitor.check_cluster(REF, SPEC, many, {}, at(0))
     assert stats.queries == 1
 
 
-async def test_only_pods_matching_the_selector_are_stores(parts) -> None:  # type: ignore[no-untyped-def]
-    monitor, store, _, _ = parts
+async def test_only_pods_matching_the_selector_are_stores(parts: Parts) -> None:
+    monitor, store, _, mirror = parts
     neighbours = [StorePod(f"other-{i}", "Pending", False, (("app", "other"),)) for i in range(5)]
-    status, _ = await monitor.check_cluster(REF, SPEC, [*PODS, *neighbours], {}, at(0))
-    assert status is not None
-    assert status["stores"] == {"observed": 2, "ready": 2, "expected": 2, "summary": "2/2 ready"}
+    await monitor.check_cluster(REF, SPEC, [*PODS, *neighbours], {}, at(0))
+    assert mirror.status["stores"] == {"observed": 2, "ready": 2, "expected": 2, "summary": "2/2 ready"}
     assert store.rows == [], "a neighbour's pods never open tickets here"

@@ -9,6 +9,7 @@ import pytest
 from operator_k8s.domain.invariants import Verdict
 from operator_k8s.domain.tickets import (
     EffectKind,
+    HumanEdit,
     TicketState,
     apply_human_intent,
     retire,
@@ -165,31 +166,59 @@ def test_reopen_respects_onset_grace() -> None:
 
 
 @pytest.mark.parametrize(
-    ("state", "hold", "ack", "want_state", "want_kinds"),
+    ("state", "held", "edit", "want_state", "want_hold", "want_kinds"),
     [
-        (TicketState.OPEN, False, True, TicketState.ACKNOWLEDGED, [EffectKind.ACKNOWLEDGED]),
-        (TicketState.ACKNOWLEDGED, False, False, TicketState.OPEN, [EffectKind.ACKNOWLEDGED]),
-        (TicketState.OPEN, True, False, TicketState.OPEN, [EffectKind.HELD]),
-        (TicketState.RESOLVED, False, True, TicketState.RESOLVED, []),
+        (TicketState.OPEN, False, HumanEdit(acknowledged=True), TicketState.ACKNOWLEDGED, False,
+         [EffectKind.ACKNOWLEDGED]),
+        (TicketState.ACKNOWLEDGED, False, HumanEdit(acknowledged=False), TicketState.OPEN, False,
+         [EffectKind.ACKNOWLEDGED]),
+        (TicketState.OPEN, False, HumanEdit(hold=True), TicketState.OPEN, True, [EffectKind.HELD]),
+        (TicketState.RESOLVED, False, HumanEdit(acknowledged=True), TicketState.RESOLVED, False, []),
+        # Acknowledging never touches a hold, and releasing never touches an acknowledgement.
+        (TicketState.OPEN, True, HumanEdit(acknowledged=True), TicketState.ACKNOWLEDGED, True,
+         [EffectKind.ACKNOWLEDGED]),
+        (TicketState.ACKNOWLEDGED, True, HumanEdit(hold=False), TicketState.ACKNOWLEDGED, False,
+         [EffectKind.RELEASED]),
+        (TicketState.OPEN, True, HumanEdit(), TicketState.OPEN, True, []),
+        (TicketState.OPEN, False, HumanEdit(note="paging db team", note_changed=True), TicketState.OPEN, False,
+         [EffectKind.NOTED]),
     ],
-)
+)  # fmt: skip
 def test_human_intent(
-    state: TicketState, hold: bool, ack: bool, want_state: TicketState, want_kinds: list[EffectKind]
+    state: TicketState,
+    held: bool,
+    edit: HumanEdit,
+    want_state: TicketState,
+    want_hold: bool,
+    want_kinds: list[EffectKind],
 ) -> None:
-    current = ticket(state, acknowledged=state is TicketState.ACKNOWLEDGED)
-    result = apply_human_intent(current, hold=hold, acknowledged=ack, actor="kubernetes:kubectl-patch")
+    current = ticket(state, acknowledged=state is TicketState.ACKNOWLEDGED, hold=held)
+    result = apply_human_intent(current, edit, actor="kubernetes:kubectl-patch")
     assert result.after is not None
-    assert result.after.state is want_state
+    assert (result.after.state, result.after.hold) == (want_state, want_hold)
     assert [e.kind for e in result.effects] == want_kinds
     assert all(e.actor == "kubernetes:kubectl-patch" for e in result.effects)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "want"),
+    [
+        ({"hold": False, "acknowledged": False}, {"hold": False, "acknowledged": True}, HumanEdit(acknowledged=True)),
+        ({"hold": True}, {"hold": False}, HumanEdit(hold=False)),
+        ({"hold": True}, {"hold": True, "note": "x"}, HumanEdit(note="x", note_changed=True)),
+        ({"note": "x"}, {}, HumanEdit(note=None, note_changed=True)),
+        ({"hold": True}, {"hold": True}, HumanEdit()),
+    ],
+)
+def test_an_edit_is_only_what_changed(old: dict[str, object], new: dict[str, object], want: HumanEdit) -> None:
+    assert HumanEdit.between(old, new) == want
+
+
 def test_releasing_a_hold_lets_the_next_cycle_resolve() -> None:
     held = ticket(TicketState.OPEN, hold=True)
-    released = apply_human_intent(held, hold=False, acknowledged=False, actor="me").after
-    assert [e.kind for e in apply_human_intent(held, hold=False, acknowledged=False, actor="me").effects] == [
-        EffectKind.RELEASED
-    ]
+    result = apply_human_intent(held, HumanEdit(hold=False), actor="me")
+    released = result.after
+    assert [e.kind for e in result.effects] == [EffectKind.RELEASED]
     assert step(released, H, 1).after.state is TicketState.RESOLVED
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.observations import StorePod, select_pods
 from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_status
-from operator_k8s.domain.queries import builtin_query, escape_label_value, fill_template
+from operator_k8s.domain.queries import builtin_query, custom_query, escape_label_value, fill_template
 from operator_k8s.domain.status import StoreCounts, status_patch
 from operator_k8s.domain.tickets import TicketKey, TicketState
 from operator_k8s.domain.vocabulary import Invariant
@@ -43,7 +43,7 @@ def test_escaped_label_value_cannot_end_the_string(value: str) -> None:
 def test_hostile_matcher_value_stays_inside_its_string() -> None:
     hostile = 'x"} or vector(1) or up{a="'
     query = builtin_query(
-        spec(prometheus={"url": "http://p", "matchers": {"job": hostile}}), Invariant.DISK_USAGE, "ns", ()
+        spec(prometheus={"url": "http://p", "matchers": {"job": hostile}}), Invariant.DISK_USAGE, "ns", ("tikv-0",)
     )
     assert 'job="x\\"} or vector(1) or up{a=\\""' in query
 
@@ -57,9 +57,23 @@ def test_namespace_and_stores_are_escaped() -> None:
 def test_override_template_keeps_promql_braces() -> None:
     cluster = spec(queries={"latency": 'histogram_quantile({quantile}, rate(x_bucket{job="kv",{matchers}}[{window}]))'})
     assert (
-        builtin_query(cluster, Invariant.LATENCY, "ns", ())
-        == 'histogram_quantile(0.99, rate(x_bucket{job="kv",namespace="ns"}[1m]))'
+        builtin_query(cluster, Invariant.LATENCY, "ns", ("tikv-0",))
+        == 'histogram_quantile(0.99, rate(x_bucket{job="kv",namespace="ns",pod=~"tikv-0"}[1m]))'
     )
+
+
+def test_the_store_matcher_is_never_dropped() -> None:
+    with pytest.raises(ValueError, match="at least one store"):
+        builtin_query(spec(), Invariant.LATENCY, "ns", ())
+
+
+def test_custom_queries_get_scoping_placeholders() -> None:
+    custom = {"name": "stall", "query": "max by (pod) (stall{namespace=\"{namespace}\",pod=~\"{stores}\"})",
+              "comparator": ">", "threshold": 0}  # fmt: skip
+    cluster = spec(invariants={"custom": [custom]})
+    query = custom_query(cluster, cluster.invariants.custom[0], "ns", ("tikv-0", "tikv-1"))
+    assert query == 'max by (pod) (stall{namespace="ns",pod=~"tikv-0|tikv-1"})'
+    assert custom_query(cluster, cluster.invariants.custom[0], "ns", ()) is None, "no store to ask about"
 
 
 def test_fill_template_ignores_unknown_braces() -> None:
