@@ -77,10 +77,25 @@ class Process:
             time.sleep(0.1)
         raise ComponentFailed(f"{self.name} not {what} after {timeout:.0f}s; its log:\n{self.log_tail()}")
 
+    def freeze(self) -> None:
+        """SIGSTOP the process group: it keeps its sockets open and answers nothing (a hung dependency)."""
+        os.killpg(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (a crash), and reap it."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process by pid, then SIGKILL its group if it lingers."""
         if self.popen is None or self.popen.poll() is not None:
             return
+        os.killpg(self.popen.pid, signal.SIGCONT)  # a frozen process cannot act on SIGTERM
         self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout=grace)

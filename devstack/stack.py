@@ -209,9 +209,7 @@ class Stack:
         ).start()
         self.processes.append(apiserver)
         self.apiserver_url = f"https://127.0.0.1:{api_port}"
-        context = ssl.create_default_context(cafile=str(pki.ca_cert))
-        context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
-        apiserver.wait_until(lambda: _http_ok(f"{self.apiserver_url}/readyz", context, "ok"), 90, "ready (/readyz)")
+        apiserver.wait_until(self._apiserver_ready, 90, "ready (/readyz)")
 
         self.kubeconfig = self.workdir / "kubeconfig"
         self.kubeconfig.write_text(
@@ -335,8 +333,18 @@ class Stack:
     def start_component(self, name: str) -> None:
         process = self.process(name)
         process.start()
-        ready = {"postgres": self._postgres_ready, "prometheus": self._prometheus_ready}[name]
-        process.wait_until(ready, 60, "ready again")
+        ready = {
+            "postgres": self._postgres_ready,
+            "prometheus": self._prometheus_ready,
+            "kube-apiserver": self._apiserver_ready,
+        }[name]
+        process.wait_until(ready, 90, "ready again")
+
+    def _apiserver_ready(self) -> bool:
+        assert self.pki is not None
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        return _http_ok(f"{self.apiserver_url}/readyz", context, "ok")
 
     def _postgres_ready(self) -> bool:
         port = self.postgres_dsn.rsplit(":", 1)[1].split("/")[0]

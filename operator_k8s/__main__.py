@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
+import signal
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,6 +96,7 @@ class Operator:
                 reopen_window=timedelta(seconds=self.settings.reopen_window_seconds),
                 ticket_retention=timedelta(seconds=self.settings.ticket_retention_seconds),
                 postgres_timeout=self.settings.postgres_timeout_seconds,
+                after_commit=_crash_with_probability(self.settings.crash_after_commit),
             ),
         )
         self.monitor = monitor
@@ -165,6 +169,16 @@ class Operator:
         return self._api_client
 
 
+def _crash_with_probability(chance: float) -> Callable[[], None]:
+    """The crash-test failpoint: SIGKILL this process with ``chance`` (0 in production: a no-op)."""
+
+    def maybe_crash() -> None:
+        if chance and random.random() < chance:  # noqa: S311 - a test failpoint, not a secret
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return maybe_crash
+
+
 class _LazyMirror:
     """The Kubernetes mirror, connected on first use so the API client is made inside kopf's loop."""
 
@@ -219,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings)
     if args.kubeconfig:
-        import os  # noqa: PLC0415
-
         os.environ["KUBECONFIG"] = args.kubeconfig
     operator = Operator(settings, args.kubeconfig)
     kopf.run(

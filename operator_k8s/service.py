@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -69,6 +69,9 @@ class ServiceSettings:
     ticket_retention: timedelta = timedelta(hours=1)
     postgres_timeout: float = 5.0
     """Longest wait for one Postgres round trip; a cycle waits at most min(this, its interval)."""
+    after_commit: Callable[[], None] = lambda: None
+    """Called after Postgres applied a cycle's transitions and before Kubernetes shows them: the crash-test failpoint
+    (the composition root may make it kill the process), a no-op otherwise."""
 
 
 @dataclass
@@ -222,6 +225,8 @@ class Monitor:
         applied = await self._decide_and_store(ref, spec, memory, findings, now, stats, deadline)
         if isinstance(applied, str):
             store_error, applied = applied, []
+        elif applied:
+            self.settings.after_commit()
         await self._mirror(ref, memory, now, stats)
         await self._post_events(ref, applied, stats)
 

@@ -27,6 +27,9 @@ class Settings(BaseModel):
         default=4, ge=1, le=64, description="Queries in flight to any one Prometheus (one slow endpoint starves none)"
     )
     postgres_timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="Deadline of one Postgres call")
+    crash_after_commit: float = Field(
+        default=0.0, ge=0, le=1, description="Test failpoint: chance of a SIGKILL right after a Postgres commit"
+    )
     orphan_sweep_seconds: float = Field(
         default=60.0, gt=0, le=3600, description="Period of the sweep that resolves deleted clusters' tickets"
     )
