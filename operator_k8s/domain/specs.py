@@ -1,34 +1,95 @@
 """Pydantic models of the MonitoredCluster and Ticket specs, mirroring the CRD schemas in ``crds/``.
 
-The API server has already validated what reaches us; these models turn it into typed values and catch what only
-the operator can judge (a duration it cannot parse, for instance). ``tests/unit/test_crd_models.py`` keeps the models
-and the schemas in step.
+The API server has already validated what reaches us; these models turn it into typed values and repeat every bound
+the CRD's CEL rules set, with the same messages, so that anything that slips past the API server (a CRD installed
+from an older release, an object stored before a bound existed) becomes an ``InvalidSpec`` message rather than an
+exception deep in a cycle. ``tests/unit/test_crd_models.py`` keeps the models and the schemas in step;
+``tests/hostile_specs.py`` lists the refusals that both must agree on.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from operator_k8s.domain.durations import parse_duration
-from operator_k8s.domain.vocabulary import Severity
+from operator_k8s.domain.vocabulary import Invariant, Severity
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 Duration = Annotated[str, Field(max_length=16, pattern=DURATION_PATTERN)]
+RANGE_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"
+RangeDuration = Annotated[str, Field(min_length=2, max_length=16, pattern=RANGE_PATTERN)]
+"""A duration PromQL reads in a range selector (``[1h30m]``): whole numbers, units in order, each at most once."""
 Comparator = Literal[">", ">=", "<", "<="]
-LabelName = Annotated[str, Field(max_length=63, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+LabelName = Annotated[str, Field(max_length=63, pattern=LABEL_NAME_PATTERN)]
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+"""A host and an optional path, no query or fragment: the client appends ``/api/v1/query`` to it."""
+
+MAX_GRACE = "168h"
+MAX_GRACE_SECONDS = parse_duration(MAX_GRACE)
+BUILTIN_NAMES = frozenset(invariant.value.lower() for invariant in Invariant)
+"""Built-in invariant names as custom names are compared with them: hyphens removed, lower case."""
+PROMQL_MISREAD_LABELS = ("without", "inf", "nan")
+"""Label names PromQL reads as a keyword or a number (any case), so a query naming them does not parse."""
+
+GRACE_MESSAGE = "{field} must be at most 168h (7 days)"
+TIMEOUT_MESSAGE = "timeout must be more than 0s and at most 60s"
+RATE_WINDOW_MESSAGE = "rateWindow must be more than 0s and at most 24h"
+INTERVAL_MESSAGE = "interval must be between 1s and 1h"
+BUILTIN_NAME_MESSAGE = "custom invariant name must differ from storesReady, latency and diskUsage (hyphens aside)"
+HYPHEN_UNIQUE_MESSAGE = "custom invariant names must differ in more than hyphens (a-1 and a1 both name CustomA1)"
+STORE_LABEL_MESSAGE = "storeLabel must not start with __ nor be without, inf or nan (PromQL misreads them)"
+MATCHER_KEY_MESSAGE = "matcher keys must not start with __ nor be without, inf or nan (PromQL misreads them)"
+MATCH_LABELS_KEY_MESSAGE = "matchLabels keys must be Kubernetes label keys"
+
+
+def _seconds(value: str) -> float:
+    """A duration in seconds, infinite when too long to represent, so every upper bound refuses it by its message."""
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return math.inf
+
+
+def _promql_safe_label(name: str) -> bool:
+    return not name.startswith("__") and name.lower() not in PROMQL_MISREAD_LABELS
+
+
+def normalised_name(name: str) -> str:
+    """A custom name as compared with the built-ins and the other custom names: hyphens dropped (its condition type
+    drops them too), lower case."""
+    return name.replace("-", "").lower()
 
 
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python, unknown fields rejected, values immutable."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, allow_inf_nan=False
+    )
 
 
 class LabelSelector(ApiModel):
-    match_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(min_length=1, max_length=16)
+    match_labels: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        min_length=1, max_length=16
+    )
+
+    @field_validator("match_labels")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        """Keys that cannot be labels would select no pod, silently."""
+        if not all(_LABEL_KEY.match(key) and key.find("/") <= 253 for key in value):
+            raise ValueError(MATCH_LABELS_KEY_MESSAGE)
+        return value
 
 
 class StoresSpec(ApiModel):
@@ -37,16 +98,40 @@ class StoresSpec(ApiModel):
 
 
 class PrometheusSpec(ApiModel):
-    url: str = Field(max_length=2048, pattern=r"^https?://")
+    url: str = Field(max_length=2048, pattern=URL_PATTERN)
     timeout: Duration = "5s"
-    rate_window: Duration = "1m"
-    store_label: str = Field(default="pod", max_length=63, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    rate_window: RangeDuration = "1m"
+    store_label: str = Field(default="pod", max_length=63, pattern=LABEL_NAME_PATTERN)
     matchers: dict[LabelName, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=16)
 
-    @field_validator("timeout", "rate_window")
+    @field_validator("timeout")
     @classmethod
-    def _parses(cls, value: str) -> str:
-        parse_duration(value)
+    def _timeout_bounds(cls, value: str) -> str:
+        """A query thread is held at most this long; unbounded, one silent endpoint would hold them all."""
+        if not 0 < _seconds(value) <= 60:
+            raise ValueError(TIMEOUT_MESSAGE)
+        return value
+
+    @field_validator("rate_window")
+    @classmethod
+    def _rate_window_bounds(cls, value: str) -> str:
+        """PromQL refuses an empty range, and a day of samples per store is already a heavy query."""
+        if not 0 < _seconds(value) <= 86400:
+            raise ValueError(RATE_WINDOW_MESSAGE)
+        return value
+
+    @field_validator("store_label")
+    @classmethod
+    def _store_label_readable(cls, value: str) -> str:
+        if not _promql_safe_label(value):
+            raise ValueError(STORE_LABEL_MESSAGE)
+        return value
+
+    @field_validator("matchers")
+    @classmethod
+    def _matcher_keys_readable(cls, value: dict[str, str]) -> dict[str, str]:
+        if not all(_promql_safe_label(key) for key in value):
+            raise ValueError(MATCHER_KEY_MESSAGE)
         return value
 
 
@@ -62,6 +147,14 @@ class InvariantSpec(ApiModel):
     severity: Severity = Severity.CRITICAL
     for_: Duration = Field(default="0s", alias="for")
     clear_for: Duration = "0s"
+
+    @field_validator("for_", "clear_for")
+    @classmethod
+    def _grace_bounds(cls, value: str, info: ValidationInfo) -> str:
+        """A week is longer than any useful grace, and far below what a timedelta or Go can hold."""
+        if _seconds(value) > MAX_GRACE_SECONDS:
+            raise ValueError(GRACE_MESSAGE.format(field="for" if info.field_name == "for_" else "clearFor"))
+        return value
 
     @property
     def for_seconds(self) -> float:
@@ -110,6 +203,14 @@ class CustomInvariantSpec(InvariantSpec):
     threshold: float
     clear_threshold: float | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _not_builtin(cls, value: str) -> str:
+        """A custom ``latency`` would share the built-in's tickets and condition."""
+        if normalised_name(value) in BUILTIN_NAMES:
+            raise ValueError(BUILTIN_NAME_MESSAGE)
+        return value
+
     @model_validator(mode="after")
     def _clear_on_safe_side(self) -> CustomInvariantSpec:
         if self.clear_threshold is None:
@@ -132,6 +233,8 @@ class InvariantsSpec(ApiModel):
         names = [item.name for item in value]
         if len(names) != len(set(names)):
             raise ValueError("custom invariant names must be unique")
+        if len(names) != len({normalised_name(name) for name in names}):
+            raise ValueError(HYPHEN_UNIQUE_MESSAGE)
         return value
 
 
@@ -146,8 +249,8 @@ class MonitoredClusterSpec(ApiModel):
     @field_validator("interval")
     @classmethod
     def _interval_bounds(cls, value: str) -> str:
-        if not 1 <= parse_duration(value) <= 3600:
-            raise ValueError("interval must be between 1s and 1h")
+        if not 1 <= _seconds(value) <= 3600:
+            raise ValueError(INTERVAL_MESSAGE)
         return value
 
     @property
