@@ -19,6 +19,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants, parents first, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [root]
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue += children.get(pid, [])
+    return found
+
+
 class ComponentFailed(RuntimeError):
     """A component did not become ready; the message carries the tail of its log."""
 
@@ -78,11 +97,14 @@ class Process:
         raise ComponentFailed(f"{self.name} not {what} after {timeout:.0f}s; its log:\n{self.log_tail()}")
 
     def freeze(self) -> None:
-        """SIGSTOP the process group: it keeps its sockets open and answers nothing (a hung dependency)."""
-        os.killpg(self.pid, signal.SIGSTOP)
+        """SIGSTOP the process and every descendant (Postgres backends each start a session of their own): it keeps
+        its sockets open and answers nothing, like a hung dependency."""
+        for pid in _tree(self.pid):
+            os.kill(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
-        os.killpg(self.pid, signal.SIGCONT)
+        for pid in _tree(self.pid):
+            os.kill(pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL the process group at once (a crash), and reap it."""
@@ -95,7 +117,7 @@ class Process:
         """SIGTERM the process by pid, then SIGKILL its group if it lingers."""
         if self.popen is None or self.popen.poll() is not None:
             return
-        os.killpg(self.popen.pid, signal.SIGCONT)  # a frozen process cannot act on SIGTERM
+        self.thaw()  # a frozen process cannot act on SIGTERM
         self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout=grace)

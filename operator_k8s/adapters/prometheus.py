@@ -14,11 +14,19 @@ from typing import Any
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample
 
 CONNECT_TIMEOUT = 3.0
+
+
+def _read_timed_out(error: requests.RequestException) -> bool:
+    """A connection that was accepted but never answered (with retries off, urllib3 reports a read timeout as a
+    ConnectionError wrapping MaxRetryError)."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(error, requests.ReadTimeout) or isinstance(reason, ReadTimeoutError)
 
 
 class PrometheusMetrics:
@@ -53,9 +61,11 @@ class PrometheusMetrics:
                 timeout=(min(CONNECT_TIMEOUT, timeout), timeout),
             )
         except (requests.ConnectionError, requests.Timeout) as error:
-            return QueryResult.failed(
-                promql, QueryFailure.UNREACHABLE, f"Prometheus unreachable: {type(error).__name__}"
-            )
+            if _read_timed_out(error):
+                message = f"Prometheus did not answer within {timeout:g}s"
+            else:
+                message = f"Prometheus unreachable: {type(error).__name__}"
+            return QueryResult.failed(promql, QueryFailure.UNREACHABLE, message)
         except (PrometheusApiClientException, requests.RequestException, ValueError, KeyError) as error:
             return QueryResult.failed(promql, QueryFailure.ERROR, str(error)[:500])
         finally:

@@ -6,11 +6,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -19,6 +19,7 @@ from operator_k8s.domain.vocabulary import Severity
 from operator_k8s.ports import SyncResult, TicketStoreUnavailable, TicketWrite
 
 log = logging.getLogger("operator_k8s.ticket_store")
+T = TypeVar("T")
 
 MIGRATION_LOCK = 7_418_203  # pg_advisory_lock key: one operator migrates at a time
 UNAVAILABLE = (
@@ -166,6 +167,12 @@ def ticket_from_row(row: dict[str, Any]) -> Ticket:
     )
 
 
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Retrieve an abandoned task's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def _keep_session(connection: Any) -> None:
     """Skip asyncpg's reset on release: it is a second round trip per cycle, and our sessions never change state
     (no SET, no LISTEN; the migration's advisory lock is released explicitly)."""
@@ -243,11 +250,22 @@ class PostgresTicketStore:
             self._pool = None
         return TicketStoreUnavailable(reason)
 
+    async def _within(self, deadline: float, call: Coroutine[Any, Any, T]) -> T:
+        """``call``'s result, or TimeoutError at the deadline sharp. asyncpg answers a cancellation by sending
+        Postgres a cancel request and waiting for it, which a hung server never answers; so the call runs as a task
+        of its own, and at the deadline it is cancelled and left behind (the tripped breaker terminates its pool)."""
+        task = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait({task}, timeout=deadline)
+        if task in done:
+            return task.result()
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise TimeoutError
+
     async def start(self, deadline: float = 10.0) -> None:
         """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer."""
         try:
-            async with asyncio.timeout(deadline):
-                await self._ensure_pool()
+            await self._within(deadline, self._ensure_pool())
         except TimeoutError:
             raise self._trip(f"Postgres did not answer within {deadline:g}s") from None
         except UNAVAILABLE as error:
@@ -259,13 +277,14 @@ class PostgresTicketStore:
         self._admit()
         payload = json.dumps([_write_json(w) for w in writes], allow_nan=False)
         started = time.monotonic()
+
+        async def round_trip() -> Any:
+            pool = await self._ensure_pool()
+            self.round_trips += 1
+            return await pool.fetchval("SELECT sync_cluster_cas($1, $2::jsonb, $3)", cluster_uid, payload, horizon)
+
         try:
-            async with asyncio.timeout(deadline):
-                pool = await self._ensure_pool()
-                self.round_trips += 1
-                result = await pool.fetchval(
-                    "SELECT sync_cluster_cas($1, $2::jsonb, $3)", cluster_uid, payload, horizon
-                )
+            result = await self._within(deadline, round_trip())
         except TimeoutError:
             raise self._trip(f"Postgres did not answer within {deadline:g}s") from None
         except UNAVAILABLE as error:
@@ -288,14 +307,17 @@ class PostgresTicketStore:
     async def cluster_uids(self, namespaces: Sequence[str] | None) -> dict[str, str]:
         """Clusters with unresolved tickets (uid → namespace), in ``namespaces`` (None: all), for the orphan sweep."""
         self._admit()
+
+        async def query() -> Any:
+            pool = await self._ensure_pool()
+            return await pool.fetch(
+                "SELECT DISTINCT cluster_uid, namespace FROM tickets WHERE state <> 'resolved'"
+                " AND ($1::text[] IS NULL OR namespace = ANY($1))",
+                list(namespaces) if namespaces is not None else None,
+            )
+
         try:
-            async with asyncio.timeout(10):
-                pool = await self._ensure_pool()
-                rows = await pool.fetch(
-                    "SELECT DISTINCT cluster_uid, namespace FROM tickets WHERE state <> 'resolved'"
-                    " AND ($1::text[] IS NULL OR namespace = ANY($1))",
-                    list(namespaces) if namespaces is not None else None,
-                )
+            rows = await self._within(10, query())
         except TimeoutError:
             raise self._trip("Postgres did not answer within 10s") from None
         except UNAVAILABLE as error:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -52,7 +55,9 @@ async def test_preset_queries_return_one_sample_per_store(
         query = builtin_query(cluster, invariant, simulated, STORES)
 
         async def samples(q: str = query) -> dict[str, float]:
-            result = await metrics.query(stack.prometheus_url, q, store_label="pod", timeout=2)
+            result = await metrics.query(
+                stack.prometheus_url, q, store_label="pod", namespace_label="namespace", timeout=2
+            )
             assert result.failure is None, result.error
             return {s.store: s.value for s in result.samples if s.store}
 
@@ -64,7 +69,7 @@ async def test_preset_queries_return_one_sample_per_store(
             values = await samples()
         assert sorted(values) == list(STORES), (invariant, values)
     disk = await metrics.query(stack.prometheus_url, builtin_query(cluster, Invariant.DISK_USAGE, simulated, STORES),
-                               store_label="pod", timeout=2)  # fmt: skip
+                               store_label="pod", namespace_label="namespace", timeout=2)  # fmt: skip
     assert {round(s.value) for s in disk.samples} == {40}
 
 
@@ -73,7 +78,9 @@ async def test_injected_disk_fill_shows_in_the_query(stack: Stack, simulated: st
     simulator(stack, "PUT", f"/clusters/{simulated}/prom/stores/prom-1/faults/disk", {"percent": 93})
 
     async def filled() -> bool:
-        result = await metrics.query(stack.prometheus_url, query, store_label="pod", timeout=2)
+        result = await metrics.query(
+            stack.prometheus_url, query, store_label="pod", namespace_label="namespace", timeout=2
+        )
         return {s.store: round(s.value) for s in result.samples}.get("prom-1") == 93
 
     for _ in range(40):
@@ -84,11 +91,58 @@ async def test_injected_disk_fill_shows_in_the_query(stack: Stack, simulated: st
 
 
 async def test_bad_query_is_an_error_not_an_exception(stack: Stack, metrics: PrometheusMetrics) -> None:
-    result = await metrics.query(stack.prometheus_url, "sum(", store_label="pod", timeout=2)
+    result = await metrics.query(
+        stack.prometheus_url, "sum(", store_label="pod", namespace_label="namespace", timeout=2
+    )
     assert result.failure is QueryFailure.ERROR
     assert "parse error" in result.error
 
 
 async def test_unreachable_prometheus_is_reported_as_such(metrics: PrometheusMetrics) -> None:
-    result = await metrics.query(f"http://127.0.0.1:{free_port()}", "up", store_label="pod", timeout=1)
+    result = await metrics.query(
+        f"http://127.0.0.1:{free_port()}", "up", store_label="pod", namespace_label="namespace", timeout=1
+    )
     assert result.failure is QueryFailure.UNREACHABLE
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers (a hung Prometheus); its URL."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def test_a_hung_prometheus_starves_no_other_endpoint(stack: Stack) -> None:
+    adapter = PrometheusMetrics(concurrency=4, per_endpoint=2)
+    try:
+        with silent_endpoint() as hung:
+            stuck = [
+                asyncio.create_task(
+                    adapter.query(hung, "up", store_label="pod", namespace_label="namespace", timeout=3)
+                )
+                for _ in range(6)
+            ]
+            await asyncio.sleep(0.2)  # the hung endpoint now holds its whole share of the threads
+            started = time.monotonic()
+            healthy = await adapter.query(
+                stack.prometheus_url, "up", store_label="pod", namespace_label="namespace", timeout=2
+            )
+            elapsed = time.monotonic() - started
+            failures = await asyncio.gather(*stuck)
+        assert healthy.failure is None and elapsed < 1, f"the other Prometheus answered in {elapsed:.2f}s"
+        assert {f.failure for f in failures} == {QueryFailure.UNREACHABLE}
+        assert all("within 3s" in f.error or "busy" in f.error for f in failures), [f.error for f in failures]
+    finally:
+        adapter.close()
+
+
+async def test_a_non_finite_value_reaches_the_invariants(stack: Stack, metrics: PrometheusMetrics) -> None:
+    result = await metrics.query(
+        stack.prometheus_url, "vector(1) / vector(0)", store_label="pod", namespace_label="namespace", timeout=2
+    )
+    assert [s.value for s in result.samples] == [float("inf")]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -12,11 +14,12 @@ import pytest
 
 from devstack.stack import Stack
 from operator_k8s.adapters.ticket_store import PostgresTicketStore, migrate, migrations
-from operator_k8s.domain.tickets import TicketKey, TicketState
-from operator_k8s.ports import TicketWrite
+from operator_k8s.domain.tickets import Effect, EffectKind, HumanEdit, Ticket, TicketKey, TicketState
+from operator_k8s.ports import TicketStoreUnavailable, TicketWrite
 from operator_k8s.service import Monitor
 from tests.unit.builders import at, ticket
-from tests.unit.test_service import PODS, REF, SPEC, FakeMetrics, FakeMirror
+from tests.unit.fakes import FakeMetrics, FakeMirror
+from tests.unit.test_service import PODS, REF, SPEC
 
 pytestmark = pytest.mark.stack
 _databases = itertools.count()
@@ -57,13 +60,13 @@ async def test_migrates_from_the_previous_schema_keeping_data(database: str) -> 
             " occurrences, first_seen, last_seen) VALUES ('uid-1', 'ns', 'tikv', 'latency', 'tikv-0', 'open', 'warning',"
             " 'old row', 3, now(), now())"
         )
-        assert await migrate(connection) == [2]
+        assert await migrate(connection) == [m.version for m in migrations() if m.version > 1]
     finally:
         await connection.close()
     store = PostgresTicketStore(database)
     try:
-        rows = await store.sync("uid-1", [], at(0))
-        assert [(r.message, r.occurrences, r.state) for r in rows] == [("old row", 3, TicketState.OPEN)]
+        rows = (await store.sync("uid-1", [], at(0), deadline=5)).tickets
+        assert [(r.message, r.occurrences, r.state, r.version) for r in rows] == [("old row", 3, TicketState.OPEN, 1)]
     finally:
         await store.close()
 
@@ -74,8 +77,10 @@ async def test_two_concurrent_writers_never_duplicate_an_open_ticket(database: s
         await first.start()
         for store_name in (f"tikv-{i}" for i in range(20)):
             new = ticket(TicketState.OPEN, key=TicketKey("uid-1", "latency", store_name), id=None)
-            writes = [TicketWrite(None, new, (), at(0))]
-            await asyncio.gather(first.sync("uid-1", writes, at(0)), second.sync("uid-1", writes, at(0)))
+            writes = [TicketWrite(None, new)]
+            await asyncio.gather(
+                first.sync("uid-1", writes, at(0), deadline=5), second.sync("uid-1", writes, at(0), deadline=5)
+            )
         counts = await fetch(
             database, "SELECT store, count(*) AS n FROM tickets WHERE state <> 'resolved' GROUP BY store"
         )
@@ -117,13 +122,13 @@ async def test_one_postgres_round_trip_per_cycle(stack: Stack, database: str) ->
         for second, latency in ((1, 900.0), (2, 900.0), (3, 5.0), (4, 5.0)):
             metrics.latency = {"tikv-0": latency, "tikv-1": latency}
             offset = len(log.read_text(errors="replace"))
-            _, stats = await monitor.check_cluster(REF, SPEC, PODS, {}, at(second))
+            stats = await monitor.check_cluster(REF, SPEC, PODS, {}, at(second))
             await asyncio.sleep(0.3)  # let the server write its log
             statements = _statements(log, offset)
             assert len(statements) == 1, statements
-            assert "sync_cluster" in statements[0]
+            assert "sync_cluster_cas" in statements[0]
             assert stats.postgres_round_trips == 1
-        rows = await store.sync(REF.uid, [], at(0))
+        rows = (await store.sync(REF.uid, [], at(0), deadline=5)).tickets
         assert sorted((r.key.store, r.state) for r in rows) == [
             ("tikv-0", TicketState.RESOLVED),
             ("tikv-1", TicketState.RESOLVED),
@@ -139,10 +144,10 @@ async def test_history_records_every_transition_with_actor(database: str) -> Non
     try:
         metrics.latency["tikv-1"] = 900.0
         await monitor.check_cluster(REF, SPEC, PODS, {}, at(0))
-        ticket_id = next(t.id for t in await store.sync(REF.uid, [], at(0)))
+        ticket_id = next(t.id for t in (await store.sync(REF.uid, [], at(0), deadline=5)).tickets)
         assert ticket_id is not None
         await monitor.human_intent(
-            REF.uid, ticket_id, hold=False, acknowledged=True, actor="kubernetes:kubectl-patch", now=at(1)
+            REF.uid, ticket_id, HumanEdit(acknowledged=True), actor="kubernetes:kubectl-patch", now=at(1)
         )
         metrics.latency["tikv-1"] = 5.0
         await monitor.check_cluster(REF, SPEC, PODS, {}, at(2))
@@ -162,12 +167,86 @@ async def test_concurrent_first_calls_share_one_pool(database: str) -> None:
     """Cycles that start together (a restart with many clusters) create one pool, not one each."""
     store = PostgresTicketStore(database, pool_size=2)
     try:
-        results = await asyncio.gather(*(store.sync(f"uid-{i}", [], at(0)) for i in range(20)))
-        assert results == [[]] * 20
+        results = await asyncio.gather(*(store.sync(f"uid-{i}", [], at(0), deadline=5) for i in range(20)))
+        assert [r.tickets for r in results] == [[]] * 20
         sql = (
             "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         count = (await fetch(database, sql))[0]["n"]
         assert count <= 2, f"{count} connections for a pool of 2"
+    finally:
+        await store.close()
+
+
+async def _stored(store: PostgresTicketStore) -> Ticket:
+    new = ticket(TicketState.OPEN, id=None)
+    opened = (Effect(EffectKind.OPENED, None, TicketState.OPEN, "opened"),)
+    result = await store.sync("uid-1", [TicketWrite(None, new, ((at(0), opened[0]),))], at(0), deadline=5)
+    return result.tickets[0]
+
+
+async def test_a_write_from_a_stale_version_is_a_conflict_and_a_retry_is_harmless(database: str) -> None:
+    store = PostgresTicketStore(database)
+    try:
+        row = await _stored(store)
+        assert row.version == 1
+        held = TicketWrite(row, replace(row, hold=True), ((at(1), Effect(EffectKind.HELD, row.state, row.state, "h")),))
+        first = await store.sync("uid-1", [held], at(0), deadline=5)
+        assert (first.conflicts, first.tickets[0].version, first.tickets[0].hold) == (frozenset(), 2, True)
+        retried = await store.sync("uid-1", [held], at(0), deadline=5)  # the same write again (a lost answer)
+        assert retried.conflicts == frozenset({0})
+        stale = TicketWrite(row, replace(row, message="decided from version 1"))
+        assert (await store.sync("uid-1", [stale], at(0), deadline=5)).conflicts == frozenset({0})
+        events = await fetch(database, "SELECT kind FROM ticket_events ORDER BY id")
+        assert [e["kind"] for e in events] == ["Opened", "Held"], "nothing appended twice"
+    finally:
+        await store.close()
+
+
+async def test_a_write_postgres_refuses_is_reported_and_the_others_land(database: str) -> None:
+    store = PostgresTicketStore(database)
+    try:
+        row = await _stored(store)
+        broken = TicketWrite(row, replace(row, occurrences=2**40))  # out of range for the integer column
+        other = TicketWrite(None, ticket(TicketState.OPEN, id=None, key=TicketKey("uid-1", "latency", "tikv-9")))
+        result = await store.sync("uid-1", [broken, other], at(0), deadline=5)
+        assert len(result.rejected) == 1 and "out of range" in result.rejected[0]
+        assert sorted(t.key.store for t in result.tickets) == ["tikv-0", "tikv-9"]
+    finally:
+        await store.close()
+
+
+async def test_non_finite_values_are_stored_as_text(database: str) -> None:
+    store = PostgresTicketStore(database)
+    try:
+        new = ticket(TicketState.OPEN, id=None, snapshot={"value": float("inf"), "threshold": float("nan")})
+        result = await store.sync("uid-1", [TicketWrite(None, new)], at(0), deadline=5)
+        assert result.tickets[0].snapshot == {"value": "+Inf", "threshold": "NaN"}
+    finally:
+        await store.close()
+
+
+async def test_a_frozen_postgres_fails_fast_after_one_deadline_and_recovers(stack: Stack, database: str) -> None:
+    store = PostgresTicketStore(database, probe_every=1.0)
+    postgres = stack.process("postgres")
+    try:
+        await store.start()
+        postgres.freeze()
+        try:
+            started = time.monotonic()
+            with pytest.raises(TicketStoreUnavailable, match="within 1s"):
+                await store.sync("uid-1", [], at(0), deadline=1)
+            first = time.monotonic() - started
+            started = time.monotonic()
+            with pytest.raises(TicketStoreUnavailable):
+                await store.sync("uid-2", [], at(0), deadline=1)
+            second = time.monotonic() - started
+        finally:
+            postgres.thaw()
+        assert 1 <= first < 2, f"the first call waits its deadline ({first:.2f}s)"
+        assert second < 0.1, f"later calls fail at once while Postgres is down ({second:.3f}s)"
+        await asyncio.sleep(1.0)  # the breaker lets one probe through after probe_every
+        assert (await store.sync("uid-1", [], at(0), deadline=5)).tickets == []
+        assert store.available
     finally:
         await store.close()
