@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from operator_k8s.handlers import Schedule, Tick, _candidate_pods
+import pytest
+
+from operator_k8s.handlers import Heartbeats, Schedule, Tick, _candidate_pods, cycle_deadline
 
 
 def test_first_run_is_spread_within_one_interval() -> None:
@@ -49,3 +51,43 @@ def test_candidate_pods_come_from_one_selector_label() -> None:
     assert _candidate_pods(index, "ns", spec) == ["a", "b"], "the first label by name, then the service filters"  # type: ignore[arg-type]
     assert _candidate_pods(index, "ns", {"stores": {}}) == []  # type: ignore[arg-type]
     assert _candidate_pods(index, "ns", {"stores": {"selector": {"matchLabels": {"app": "pd"}}}}) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("peering", "last_beats", "now", "stale"),
+    [
+        (False, {"a": 0.0, "b": 0.0}, 299.0, []),
+        (False, {"a": 0.0, "b": 290.0}, 301.0, ["a"]),  # one timer stopped: wedged
+        (False, {"a": 0.0, "b": 0.0}, 301.0, ["a", "b"]),  # every timer stopped, standalone: wedged
+        (True, {"a": 0.0, "b": 0.0}, 301.0, []),  # every timer stopped under peering: paused, not wedged
+        (True, {"a": 0.0, "b": 290.0}, 301.0, ["a"]),
+        (False, {}, 1e9, []),  # no cluster, nothing to run
+    ],
+)
+def test_liveness_fails_only_when_timers_stop(
+    peering: bool, last_beats: dict[str, float], now: float, stale: list[str]
+) -> None:
+    heartbeats = Heartbeats(300, peering=peering)
+    for uid, at in last_beats.items():
+        heartbeats.beat(uid, at)
+    assert heartbeats.stale(now) == stale
+
+
+def test_a_deleted_cluster_never_looks_wedged() -> None:
+    heartbeats = Heartbeats(300, peering=False)
+    heartbeats.beat("gone", 0)
+    heartbeats.forget("gone")
+    assert heartbeats.stale(1000) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "deadline"),
+    [
+        ({}, 65.0),
+        ({"prometheus": {"timeout": "60s"}}, 120.0),
+        ({"prometheus": {"timeout": "1ms"}}, 60.001),
+        ({"prometheus": {"timeout": "nonsense"}}, 65.0),
+    ],
+)
+def test_every_cycle_has_a_bounded_deadline(spec: dict[str, object], deadline: float) -> None:
+    assert cycle_deadline(spec) == pytest.approx(deadline)

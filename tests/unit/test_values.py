@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from operator_k8s.domain.durations import parse_duration
-from operator_k8s.domain.observations import StorePod, select_pods
-from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_status
+from operator_k8s.domain.observations import QueryResult, Sample, StorePod, scope_result, select_pods
+from operator_k8s.domain.projections import bounded_text, projection_differs, ticket_labels, ticket_name, ticket_status
 from operator_k8s.domain.queries import builtin_query, custom_query, escape_label_value, fill_template
 from operator_k8s.domain.status import StoreCounts, status_patch
 from operator_k8s.domain.tickets import TicketKey, TicketState
@@ -133,3 +133,29 @@ def test_select_pods(selector: dict[str, str], want: list[str]) -> None:
         StorePod("c", "Running", True, (("app", "pd"),)),
     ]
     assert [p.name for p in select_pods(pods, selector)] == want
+
+
+@pytest.mark.parametrize(
+    ("sample", "per_store", "kept"),
+    [
+        (Sample("tikv-0", 1.0, "ns"), True, True),
+        (Sample("tikv-0", 1.0, None), True, True),  # no namespace label: this cluster's own query
+        (Sample("tikv-0", 1.0, "other"), True, False),  # a same-named pod in another namespace
+        (Sample("tikv-9", 1.0, "ns"), True, False),  # a neighbour's store
+        (Sample(None, 1.0, "ns"), True, False),  # no store label in a per-store query
+        (Sample(None, 1.0, "ns"), False, True),  # …but a cluster-wide value for a cluster-wide one
+        (Sample("tikv-9", 1.0, "ns"), False, False),
+    ],
+)
+def test_only_this_clusters_series_are_judged(sample: Sample, per_store: bool, kept: bool) -> None:
+    scoped, ignored = scope_result(QueryResult("q", (sample,)), "ns", frozenset({"tikv-0"}), per_store=per_store)
+    assert (len(scoped.samples), ignored) == ((1, 0) if kept else (0, 1))
+
+
+@pytest.mark.parametrize("length", [1, 252, 253, 254, 1000])
+def test_long_names_are_shortened_deterministically_and_stay_distinct(length: int) -> None:
+    text = "s" * length
+    shown = bounded_text(text, 253)
+    assert len(shown) <= 253 and shown == bounded_text(text, 253)
+    assert (shown == text) == (length <= 253)
+    assert bounded_text(text + "x", 253) != shown
