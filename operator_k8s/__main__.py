@@ -76,6 +76,7 @@ class Operator:
             concurrency=settings.query_concurrency,
             per_endpoint=settings.query_concurrency_per_prometheus,
             observe=self.telemetry.query_seconds.observe,
+            credentials_dir=settings.prometheus_credentials_dir,
         )
         self.kubeconfig = kubeconfig
         self.monitor: Monitor | None = None

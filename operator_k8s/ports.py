@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from operator_k8s.domain.observations import QueryResult
 from operator_k8s.domain.outbox import TicketWrite
+from operator_k8s.domain.specs import PrometheusAuthSpec
 from operator_k8s.domain.tickets import Ticket
 
 __all__ = ["TicketWrite"]
@@ -54,10 +55,18 @@ class TicketStore(Protocol):
 
 class MetricsSource(Protocol):
     async def query(
-        self, url: str, promql: str, *, store_label: str, namespace_label: str, timeout: float
+        self,
+        url: str,
+        promql: str,
+        *,
+        store_label: str,
+        namespace_label: str,
+        timeout: float,
+        auth: PrometheusAuthSpec | None = None,
     ) -> QueryResult:
-        """One instant query within ``timeout`` seconds; each sample's store and namespace are its ``store_label``
-        and ``namespace_label`` values. Failures come back as a QueryResult, never as an exception."""
+        """One instant query within ``timeout`` seconds, authenticated as ``auth`` says; each sample's store and
+        namespace are its ``store_label`` and ``namespace_label`` values. Failures (a credential file that cannot be
+        used included) come back as a QueryResult, never as an exception."""
 
 
 @dataclass(frozen=True)

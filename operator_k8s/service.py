@@ -312,6 +312,7 @@ class Monitor:
                     store_label=spec.prometheus.store_label,
                     namespace_label="namespace",
                     timeout=timeout,
+                    auth=spec.prometheus.auth,
                 )
                 for query in queries.values()
             )

@@ -29,6 +29,16 @@ LABEL_KEY = "matchLabels keys must be Kubernetes label keys"
 PATTERN = "String should match pattern"
 SERVER_PATTERN = "should match '"
 SAFE_SIDE = "clearThreshold must be on the safe side of threshold"
+ABSOLUTE = "must be relative to the credentials directory (no leading /)"
+PARENT = "must not contain .. segments (it names a file inside the credentials directory)"
+TWO_AUTHORIZATIONS = "bearerTokenFile and basicAuth cannot both be set (each is the Authorization header)"
+HEADER_NAME = "header names must be HTTP tokens of at most 64 characters"
+RESERVED_HEADER = (
+    "headers must not set Authorization, Proxy-Authorization, Host, Connection, Content-Length or "
+    "Transfer-Encoding (credentials come from bearerTokenFile or basicAuth; the others belong to HTTP itself)"
+)
+HEADER_CASE = "header names must differ in more than case"
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +66,10 @@ def customs(*items: dict[str, Any]) -> dict[str, Any]:
 
 def prometheus(**fields: Any) -> dict[str, Any]:
     return {"prometheus": fields}
+
+
+def auth(**fields: Any) -> dict[str, Any]:
+    return {"prometheus": {"auth": fields}}
 
 
 def match_labels(labels: dict[str, str]) -> dict[str, Any]:
@@ -167,6 +181,46 @@ HOSTILE: list[Hostile] = [
     Hostile("url-space", prometheus(url="http://prometheus:9090/ x"), "spec.prometheus.url", PATTERN, SERVER_PATTERN),
     Hostile("url-query", prometheus(url="http://prometheus:9090?x=1"), "spec.prometheus.url", PATTERN, SERVER_PATTERN),
     Hostile("url-file", prometheus(url="file:///etc/passwd"), "spec.prometheus.url", PATTERN, SERVER_PATTERN),
+    # Credentials: files inside the credentials directory only (the adapter also refuses symlinks out of it).
+    Hostile("auth-token-absolute", auth(bearerTokenFile=SA_TOKEN), "spec.prometheus.auth.bearerTokenFile",
+            "bearerTokenFile " + ABSOLUTE),
+    Hostile("auth-token-parent", auth(bearerTokenFile="../../../" + SA_TOKEN[1:]), "spec.prometheus.auth.bearerTokenFile",
+            "bearerTokenFile " + PARENT),
+    Hostile("auth-token-parent-inside", auth(bearerTokenFile="tenant/../../token"),
+            "spec.prometheus.auth.bearerTokenFile", "bearerTokenFile " + PARENT),
+    Hostile("auth-token-parent-alone", auth(bearerTokenFile=".."), "spec.prometheus.auth.bearerTokenFile",
+            "bearerTokenFile " + PARENT),
+    Hostile("auth-token-space", auth(bearerTokenFile="my token"), "spec.prometheus.auth.bearerTokenFile", PATTERN,
+            SERVER_PATTERN),
+    Hostile("auth-token-257", auth(bearerTokenFile="t" * 257), "spec.prometheus.auth.bearerTokenFile",
+            "at most 256 characters", "may not be more than 256"),
+    Hostile("auth-ca-absolute", auth(caFile="/etc/ssl/certs/ca-certificates.crt"), "spec.prometheus.auth.caFile",
+            "caFile " + ABSOLUTE),
+    Hostile("auth-ca-parent", auth(caFile="certs/../../ca.crt"), "spec.prometheus.auth.caFile", "caFile " + PARENT),
+    Hostile("auth-password-absolute", auth(basicAuth={"username": "u", "passwordFile": "/etc/shadow"}),
+            "spec.prometheus.auth.basicAuth.passwordFile", "passwordFile " + ABSOLUTE),
+    Hostile("auth-password-parent", auth(basicAuth={"username": "u", "passwordFile": "a/../../b"}),
+            "spec.prometheus.auth.basicAuth.passwordFile", "passwordFile " + PARENT),
+    Hostile("auth-password-missing", auth(basicAuth={"username": "u"}), "spec.prometheus.auth.basicAuth.passwordFile",
+            "Field required", "Required value"),
+    Hostile("auth-username-colon", auth(basicAuth={"username": "a:b", "passwordFile": "p"}),
+            "spec.prometheus.auth.basicAuth.username", PATTERN, SERVER_PATTERN),
+    Hostile("auth-bearer-and-basic", auth(bearerTokenFile="t", basicAuth={"username": "u", "passwordFile": "p"}),
+            "spec.prometheus.auth", TWO_AUTHORIZATIONS),
+    Hostile("auth-header-authorization", auth(headers={"Authorization": "Bearer secret"}), "spec.prometheus.auth.headers",
+            RESERVED_HEADER),
+    Hostile("auth-header-host", auth(headers={"host": "prometheus.internal"}), "spec.prometheus.auth.headers",
+            RESERVED_HEADER),
+    Hostile("auth-header-name-space", auth(headers={"X Scope": "a"}), "spec.prometheus.auth.headers", HEADER_NAME),
+    Hostile("auth-header-name-65", auth(headers={"X" * 65: "a"}), "spec.prometheus.auth.headers", HEADER_NAME),
+    Hostile("auth-header-twice", auth(headers={"X-Scope-OrgID": "a", "x-scope-orgid": "b"}),
+            "spec.prometheus.auth.headers", HEADER_CASE),
+    Hostile("auth-header-value-crlf", auth(headers={"X-Scope-OrgID": "a\r\nX-Injected: b"}),
+            "spec.prometheus.auth.headers.X-Scope-OrgID", PATTERN, SERVER_PATTERN),
+    Hostile("auth-header-value-1025", auth(headers={"X-Scope-OrgID": "a" * 1025}),
+            "spec.prometheus.auth.headers.X-Scope-OrgID", "at most 1024 characters", "may not be more than 1024"),
+    Hostile("auth-headers-17", auth(headers={f"X-H{i}": "v" for i in range(17)}), "spec.prometheus.auth.headers",
+            "at most 16 items", "must have at most 16 items"),
     # Numbers: finite, and inside their ranges.
     Hostile("quantile-1", invariant("latency", quantile=1), "spec.invariants.latency.quantile", "less than 1"),
     Hostile("quantile-0", invariant("latency", quantile=0), "spec.invariants.latency.quantile", "greater than 0"),
@@ -215,6 +269,13 @@ ACCEPTED: list[Accepted] = [
                                            custom("tiny", comparator="<", threshold=5e-324, clearThreshold=5e-324))),
     Accepted("quantile-extremes", invariant("latency", quantile=0.999999, thresholdMs=3_600_000, clearThresholdMs=1e-9)),
     Accepted("expected-bounds", {"stores": {"expected": 10000}}),
+    Accepted("auth-bearer-tenant", auth(bearerTokenFile="token", caFile="..data/ca.crt",
+                                        headers={"X-Scope-OrgID": "tenant-1|tenant-2", "X-Grafana-Org-Id": "1"})),
+    Accepted("auth-basic", auth(basicAuth={"username": "operator@example.com", "passwordFile": "tenants/a/.password"},
+                                caFile="ca.crt")),
+    Accepted("auth-at-bounds", auth(bearerTokenFile="/".join(["t" * 63] * 3) + "/" + "t" * 64, caFile="a..b/..c/c..",
+                                    headers={"X" * 64: "v" * 1024} | {f"X-H{i}": "!~ ~!" for i in range(15)})),
+    Accepted("auth-empty", auth()),
     Accepted("long-strings", {"queries": {"latency": "q" * 4096}, "prometheus": {"matchers": {"job": "v" * 256}},
                               "invariants": {"custom": [custom("a" * 40, query="q" * 4096)]}}),
 ]  # fmt: skip

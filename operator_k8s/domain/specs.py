@@ -97,12 +97,96 @@ class StoresSpec(ApiModel):
     expected: int | None = Field(default=None, ge=0, le=10000)
 
 
+CREDENTIAL_PATH_PATTERN = r"^[-._a-zA-Z0-9]+(/[-._a-zA-Z0-9]+)*$"
+"""A file under the operator's credentials directory: the characters of Secret keys, ``/`` between segments."""
+CredentialPath = Annotated[str, Field(max_length=256, pattern=CREDENTIAL_PATH_PATTERN)]
+ABSOLUTE_PATH_MESSAGE = "{field} must be relative to the credentials directory (no leading /)"
+PARENT_PATH_MESSAGE = "{field} must not contain .. segments (it names a file inside the credentials directory)"
+AUTHORIZATION_TWICE_MESSAGE = "bearerTokenFile and basicAuth cannot both be set (each is the Authorization header)"
+HEADER_NAME_PATTERN = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$"
+HEADER_NAME_MESSAGE = "header names must be HTTP tokens of at most 64 characters"
+RESERVED_HEADERS = ("authorization", "proxy-authorization", "host", "connection", "content-length", "transfer-encoding")
+RESERVED_HEADER_MESSAGE = (
+    "headers must not set Authorization, Proxy-Authorization, Host, Connection, Content-Length or Transfer-Encoding"
+    " (credentials come from bearerTokenFile or basicAuth; the others belong to HTTP itself)"
+)
+HEADER_CASE_MESSAGE = "header names must differ in more than case"
+HEADER_VALUE_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+"""Printable ASCII, no leading or trailing space: nothing that could end the header or start another."""
+USERNAME_PATTERN = r"^[^:]+$"
+
+
+def _credential_path_problem(value: object, field: str) -> str | None:
+    """Why a credential path could name a file outside the credentials directory, or None. Checked before the
+    pattern, so both tiers word an absolute path and a ``..`` segment the same way (the adapter still resolves
+    symlinks and refuses anything outside the directory)."""
+    if not isinstance(value, str):
+        return None
+    if value.startswith("/"):
+        return ABSOLUTE_PATH_MESSAGE.format(field=field)
+    if re.search(r"(^|/)\.\.(/|$)", value):
+        return PARENT_PATH_MESSAGE.format(field=field)
+    return None
+
+
+class BasicAuthSpec(ApiModel):
+    username: str = Field(min_length=1, max_length=256, pattern=USERNAME_PATTERN)
+    password_file: CredentialPath
+
+    @field_validator("password_file", mode="before")
+    @classmethod
+    def _inside_directory(cls, value: object) -> object:
+        problem = _credential_path_problem(value, "passwordFile")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class PrometheusAuthSpec(ApiModel):
+    """How the operator authenticates to Prometheus: every secret is a file under the directory the operator is
+    configured with (``OPERATOR_K8S_PROMETHEUS_CREDENTIALS_DIR``, mounted from a Secret by the chart), named here by
+    a relative path; the operator never reads Secrets through the API. Header values are not secret."""
+
+    bearer_token_file: CredentialPath | None = None
+    basic_auth: BasicAuthSpec | None = None
+    ca_file: CredentialPath | None = None
+    headers: dict[str, Annotated[str, Field(max_length=1024, pattern=HEADER_VALUE_PATTERN)]] = Field(
+        default_factory=dict, max_length=16
+    )
+
+    @field_validator("bearer_token_file", "ca_file", mode="before")
+    @classmethod
+    def _inside_directory(cls, value: object, info: ValidationInfo) -> object:
+        problem = _credential_path_problem(value, to_camel(info.field_name or ""))
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        if not all(len(name) <= 64 and re.fullmatch(HEADER_NAME_PATTERN, name) for name in value):
+            raise ValueError(HEADER_NAME_MESSAGE)
+        if any(name.lower() in RESERVED_HEADERS for name in value):
+            raise ValueError(RESERVED_HEADER_MESSAGE)
+        if len({name.lower() for name in value}) != len(value):
+            raise ValueError(HEADER_CASE_MESSAGE)
+        return value
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> PrometheusAuthSpec:
+        if self.bearer_token_file is not None and self.basic_auth is not None:
+            raise ValueError(AUTHORIZATION_TWICE_MESSAGE)
+        return self
+
+
 class PrometheusSpec(ApiModel):
     url: str = Field(max_length=2048, pattern=URL_PATTERN)
     timeout: Duration = "5s"
     rate_window: RangeDuration = "1m"
     store_label: str = Field(default="pod", max_length=63, pattern=LABEL_NAME_PATTERN)
     matchers: dict[LabelName, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=16)
+    auth: PrometheusAuthSpec | None = None
 
     @field_validator("timeout")
     @classmethod

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from devstack import manifests
+from devstack import manifests, versions
 from devstack.operator import operator_process
 from devstack.stack import REPO_ROOT, Stack
+from operator_k8s.settings import Settings
 from tests.e2e.test_monitoring import fault, open_in_db, start_cluster
 from tests.stackutil import condition_status, eventually, get_json, simulator
 
@@ -46,6 +47,32 @@ def test_chart_lints_and_renders_with_a_schema() -> None:
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
+def test_prometheus_credentials_are_mounted_read_only_where_the_operator_reads_them() -> None:
+    def deployment(*values: str) -> dict[str, Any]:
+        rendered = subprocess.run(
+            [str(manifests.build_helm()), "template", "x", CHART, "--kube-version", versions.KUBERNETES,
+             "--set", "database.existingSecret=db", *values],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        found: dict[str, Any] = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment")
+        return found["spec"]["template"]["spec"]
+
+    pod = deployment("--set", "prometheusCredentials.secretName=prometheus-credentials")
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    directory = env["OPERATOR_K8S_PROMETHEUS_CREDENTIALS_DIR"]
+    assert directory == Settings.model_fields["prometheus_credentials_dir"].default
+    assert mounts["prometheus-credentials"] == {
+        "name": "prometheus-credentials",
+        "mountPath": directory,
+        "readOnly": True,
+    }
+    assert volumes["prometheus-credentials"]["secret"] == {"secretName": "prometheus-credentials"}
+    assert "prometheus-credentials" not in {v["name"] for v in deployment()["volumes"]}, "nothing mounted by default"
+
+
 def test_chart_crds_are_the_crds() -> None:
     for source in (REPO_ROOT / "crds").glob("*.yaml"):
         assert (REPO_ROOT / "charts/operator-k8s/crds" / source.name).read_text() == source.read_text(), source.name
@@ -70,8 +97,12 @@ def test_plain_manifests_are_rendered_from_the_chart() -> None:
             ["--set", "database.existingSecret=db", "--set", "surprise=1"],
             "additional properties 'surprise' not allowed",
         ),
+        (
+            ["--set", "database.existingSecret=db", "--set", "prometheusCredentials.secretName=Not_A_Name"],
+            "at '/prometheusCredentials/secretName'",
+        ),
     ],
-    ids=["no-database", "replicas-without-peering", "bad-log-level", "unknown-value"],
+    ids=["no-database", "replicas-without-peering", "bad-log-level", "unknown-value", "bad-credentials-secret"],
 )
 def test_invalid_values_are_rejected_readably(stack: Stack, values: list[str], message: str) -> None:
     result = stack.helm("install", "bad", CHART, "-n", "default", "--dry-run=server", *values, check=False)

@@ -77,6 +77,29 @@ def customs(draw: st.DrawFn) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+CREDENTIAL_PATHS = st.from_regex(r"\A[-._a-zA-Z0-9]{1,20}(/[-._a-zA-Z0-9]{1,20}){0,2}\Z").filter(
+    lambda p: ".." not in p.split("/")
+)
+HEADERS = st.dictionaries(
+    st.from_regex(r"\AX-[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}\Z"), st.from_regex(r"\A[!-~]([ -~]{0,30}[!-~])?\Z"), max_size=3
+).filter(lambda headers: len({name.lower() for name in headers}) == len(headers))
+USERNAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters=":"), min_size=1,
+                    max_size=40)  # fmt: skip
+
+
+@st.composite
+def auths(draw: st.DrawFn) -> dict[str, Any]:
+    """Accepted auth blocks: paths inside the credentials directory, any username without a colon, HTTP token header
+    names differing in more than case; a bearer token or basic auth, never both."""
+    auth = draw(st.fixed_dictionaries({}, optional={"caFile": CREDENTIAL_PATHS, "headers": HEADERS}))
+    kind = draw(st.sampled_from(["none", "bearer", "basic"]))
+    if kind == "bearer":
+        auth["bearerTokenFile"] = draw(CREDENTIAL_PATHS)
+    elif kind == "basic":
+        auth["basicAuth"] = {"username": draw(USERNAMES), "passwordFile": draw(CREDENTIAL_PATHS)}
+    return auth
+
+
 SPECS = st.fixed_dictionaries(
     {
         "interval": INTERVALS,
@@ -91,6 +114,7 @@ SPECS = st.fixed_dictionaries(
                 "rateWindow": WINDOWS,
                 "storeLabel": LABEL_NAMES,
                 "matchers": st.dictionaries(LABEL_NAMES, HOSTILE_TEXT, max_size=3),
+                "auth": auths(),
             },
         ),
         "invariants": st.fixed_dictionaries(
@@ -136,7 +160,7 @@ class ScriptedMetrics:
         )
 
     async def query(
-        self, url: str, promql: str, *, store_label: str, namespace_label: str, timeout: float
+        self, url: str, promql: str, *, store_label: str, namespace_label: str, timeout: float, auth: Any = None
     ) -> QueryResult:
         return QueryResult(promql, self.samples)
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample
+from operator_k8s.domain.specs import PrometheusAuthSpec
 from operator_k8s.domain.tickets import Ticket, TicketState
 from operator_k8s.ports import (
     ClusterRef,
@@ -94,11 +95,20 @@ class FakeMetrics:
         self.extra: list[Sample] = []
         self.failure: QueryFailure | None = None
         self.queries: list[str] = []
+        self.auths: list[PrometheusAuthSpec | None] = []
 
     async def query(
-        self, url: str, promql: str, *, store_label: str, namespace_label: str, timeout: float
+        self,
+        url: str,
+        promql: str,
+        *,
+        store_label: str,
+        namespace_label: str,
+        timeout: float,
+        auth: PrometheusAuthSpec | None = None,
     ) -> QueryResult:
         self.queries.append(promql)
+        self.auths.append(auth)
         if self.failure:
             return QueryResult.failed(promql, self.failure, "connection refused")
         own = tuple(Sample(store, value, "ns") for store, value in self.latency.items())
