@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 
+from devstack.processes import Process
 from devstack.stack import Stack
 
 T = TypeVar("T")
@@ -103,3 +108,122 @@ def tickets_in_db(stack: Stack, namespace: str, invariant: str | None = None) ->
 def ticket_resources(stack: Stack, namespace: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = get_json(stack, "tickets", "-n", namespace)["items"]
     return items
+
+
+def apply(stack: Stack, *bodies: dict[str, Any]) -> None:
+    """``kubectl apply`` of manifests given as dicts."""
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": bodies}))
+
+
+def store_fault(
+    stack: Stack,
+    namespace: str,
+    cluster: str,
+    store: str,
+    kind: str,
+    body: dict[str, Any] | None = None,
+    *,
+    heal: bool = False,
+) -> None:
+    """Inject (or heal) a simulator fault on one store: ``down``, ``latency`` ({"seconds"}), ``disk`` ({"percent"})."""
+    simulator(stack, "DELETE" if heal else "PUT", f"/clusters/{namespace}/{cluster}/stores/{store}/faults/{kind}", body)
+
+
+def scrape_metrics(process: Process) -> dict[str, float]:
+    """The samples an operator process serves on its metrics port, by series (name with labels)."""
+    assert process.env is not None
+    url = f"http://127.0.0.1:{process.env['OPERATOR_K8S_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def metric_value(samples: dict[str, float], pattern: str) -> float:
+    """The sum of the series whose name with labels fully matches the regex ``pattern``."""
+    return sum(v for k, v in samples.items() if re.fullmatch(pattern, k))
+
+
+def health_url(process: Process) -> str:
+    """An operator process's liveness endpoint (kopf's /healthz)."""
+    assert process.env is not None
+    return f"http://127.0.0.1:{process.env['OPERATOR_K8S_HEALTH_PORT']}/healthz"
+
+
+def http_status(url: str, timeout: float = 5) -> int | str:
+    """The HTTP status of a GET, or why there was none."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (OSError, urllib.error.URLError) as error:
+        return type(error).__name__
+
+
+class Poller:
+    """Call ``probe`` every ``period`` seconds in a thread and keep (unix time, result) of every call."""
+
+    def __init__(self, probe: Callable[[], Any], period: float = 1.0) -> None:
+        self._probe = probe
+        self._period = period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.results: list[tuple[float, Any]] = []
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.results.append((time.time(), self._probe()))
+            self._stop.wait(self._period)
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+class LogFollower:
+    """Follow a JSON-lines log from its current end, stamping each record with the unix time it was read (the
+    operator's own timestamps have whole seconds only)."""
+
+    def __init__(self, path: Path, period: float = 0.1) -> None:
+        self._path = path
+        self._period = period
+        self._offset = path.stat().st_size if path.exists() else 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.records: list[tuple[float, dict[str, Any]]] = []
+
+    def _run(self) -> None:
+        pending = b""
+        while not self._stop.is_set():
+            with self._path.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+            self._offset += len(chunk)
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            now = time.time()
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    self.records.append((now, record))
+            self._stop.wait(self._period)
+
+    def __enter__(self) -> LogFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -96,12 +96,17 @@ class KubeTicketMirror:
         self._count = count or (lambda verb: None)
 
     async def _call(self, verb: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """One request. 404 and 409 come back as ApiException (each caller knows what they mean to it); no answer,
+        a server error or 429 (the API server asks to retry later, e.g. while its storage initializes) as
+        KubernetesUnavailable; any other refusal as KubernetesRejected."""
         self._count(verb)
         try:
             return await method(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except client.ApiException as error:
-            if error.status in (409, 404) or error.status is None or error.status >= 500:
+            if error.status in (409, 404):
                 raise
+            if error.status is None or error.status >= 500 or error.status == 429:
+                raise KubernetesUnavailable(f"API server error {error.status}") from None
             raise KubernetesRejected(f"{error.status} {error.reason}: {_api_message(error)}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise KubernetesUnavailable(f"API server unreachable: {type(error).__name__}") from None

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from devstack.operator import operator_process
-from devstack.processes import Process, free_port
+from devstack.processes import free_port
 from devstack.stack import REPO_ROOT, Stack
 from tests.e2e.test_monitoring import fault, open_in_db, start_cluster
-from tests.stackutil import eventually, tickets_in_db
+from tests.stackutil import eventually, metric_value, scrape_metrics, tickets_in_db
 
 pytestmark = pytest.mark.stack
 
@@ -31,23 +29,6 @@ DOCUMENTED = [
     "operator_k8s_open_tickets",
     "operator_k8s_last_successful_check_timestamp_seconds",
 ]
-
-
-def scrape(operator: Process) -> dict[str, float]:
-    assert operator.env is not None
-    url = f"http://127.0.0.1:{operator.env['OPERATOR_K8S_METRICS_PORT']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
-
-
-def value(samples: dict[str, float], pattern: str) -> float:
-    return sum(v for k, v in samples.items() if re.fullmatch(pattern, k))
 
 
 def cli(stack: Stack, *args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -67,16 +48,17 @@ def test_metrics_cli_and_graceful_shutdown(stack: Stack, namespace: str) -> None
     eventually(lambda: open_in_db(stack, namespace, "latency"), what="a latency ticket")
 
     time.sleep(3)  # a few more cycles
-    during = scrape(operator)
-    assert value(during, r"operator_k8s_open_tickets\{.*state=\"open\".*\}") == 1  # fmt: skip
+    during = scrape_metrics(operator)
+    assert metric_value(during, r"operator_k8s_open_tickets\{.*state=\"open\".*\}") == 1  # fmt: skip
     for name in DOCUMENTED:
         assert any(k.startswith(name) for k in during), f"{name} is not served"
-    assert value(during, r"operator_k8s_check_cycles_total\{outcome=\"ok\"\}") >= 3
-    assert value(during, r"operator_k8s_check_duration_seconds_count") >= 3
-    assert value(during, r"operator_k8s_prometheus_query_duration_seconds_count") >= 6
-    assert value(during, r"operator_k8s_postgres_round_trip_seconds_count") >= 3
-    assert value(during, r"operator_k8s_kubernetes_requests_total\{verb=\"create\"\}") >= 2  # the Ticket and an Event
-    last = value(
+    assert metric_value(during, r"operator_k8s_check_cycles_total\{outcome=\"ok\"\}") >= 3
+    assert metric_value(during, r"operator_k8s_check_duration_seconds_count") >= 3
+    assert metric_value(during, r"operator_k8s_prometheus_query_duration_seconds_count") >= 6
+    assert metric_value(during, r"operator_k8s_postgres_round_trip_seconds_count") >= 3
+    creates = metric_value(during, r"operator_k8s_kubernetes_requests_total\{verb=\"create\"\}")
+    assert creates >= 2  # the Ticket and an Event
+    last = metric_value(
         during, rf"operator_k8s_last_successful_check_timestamp_seconds\{{cluster=\"tikv\",namespace=\"{namespace}\"\}}"
     )
     assert last > 1.7e9
