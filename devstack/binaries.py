@@ -1,4 +1,4 @@
-"""Build etcd, kube-apiserver, kubectl and helm from Go modules, cached by version.
+"""Build etcd, kube-apiserver, kubectl, helm and Prometheus from Go modules, cached by version.
 
 Every binary is built through the Go module proxy with the machine's Go. Kubernetes and etcd cannot be
 ``go install``-ed directly (their go.mod files carry ``replace`` directives to local staging directories), so each is
@@ -31,6 +31,7 @@ class Binaries:
     kube_apiserver: Path
     kubectl: Path
     helm: Path
+    prometheus: Path
 
 
 def _bin_dir(name: str, version: str) -> Path:
@@ -184,13 +185,16 @@ def build_helm(version: str = versions.HELM) -> Path:
 
 
 def ensure_all() -> Binaries:
-    """Build whatever is missing from the cache and return the paths of all four tools."""
+    """Build whatever is missing from the cache and return the paths of all five tools."""
+    from devstack.prometheus_build import build_prometheus  # noqa: PLC0415 - it builds on this module's helpers
+
     started = time.monotonic()
     etcd = build_etcd()
     helm = build_helm()
     apiserver, kubectl = build_kubernetes()
+    prometheus = build_prometheus()
     print(f"[devstack] Binaries ready in {time.monotonic() - started:.0f}s under {CACHE_ROOT / 'bin'}", flush=True)
-    return Binaries(etcd=etcd, kube_apiserver=apiserver, kubectl=kubectl, helm=helm)
+    return Binaries(etcd=etcd, kube_apiserver=apiserver, kubectl=kubectl, helm=helm, prometheus=prometheus)
 
 
 if __name__ == "__main__":

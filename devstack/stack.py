@@ -23,6 +23,7 @@ from typing import Any
 from devstack.binaries import Binaries, ensure_all
 from devstack.pki import Pki, make_pki
 from devstack.processes import ComponentFailed, Process, free_port
+from devstack.scrapeconfig import KUBE_STATE_METRICS_JOB, kubernetes_sd, store_world_jobs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO_ROOT / "crds"
@@ -388,21 +389,18 @@ class Stack:
         self.alertmanager_url = f"http://127.0.0.1:{port}"
         alertmanager.wait_until(lambda: _http_ok(f"{self.alertmanager_url}/-/ready"), 30, "ready")
 
+    def _kubernetes_sd(self) -> dict[str, Any]:
+        """Prometheus' pod discovery through this stack's API server, as its admin."""
+        assert self.pki is not None
+        return kubernetes_sd(self.apiserver_url, str(self.pki.ca_cert), str(self.pki.admin_cert),
+                             str(self.pki.admin_key))  # fmt: skip
+
     def _start_prometheus(self, alert_rules: list[dict[str, Any]]) -> None:
+        """Prometheus scraping the store world: every store and PD pod found through the API server and labelled as
+        prometheus-operator and TidbMonitor label them (``devstack.scrapeconfig``), every ``scrape_interval``."""
         port = free_port()
         config = self.workdir / "prometheus.yml"
-        scrape = (
-            []
-            if not self.simulator_url
-            else [
-                {
-                    "job_name": "simulator",
-                    "scrape_interval": self.scrape_interval,
-                    "scrape_timeout": self.scrape_interval,
-                    "static_configs": [{"targets": [urllib.parse.urlparse(self.simulator_url).netloc]}],
-                }
-            ]
-        )
+        scrape = store_world_jobs(self._kubernetes_sd(), self.scrape_interval) if self.simulator_url else []
         body: dict[str, Any] = {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "scrape_configs": scrape,
@@ -418,7 +416,7 @@ class Stack:
         prometheus = Process(
             "prometheus",
             [
-                "prometheus",
+                str(self.binaries.prometheus),  # Debian's has no Kubernetes discovery (devstack.prometheus_build)
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.workdir / 'prometheus'}",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -431,9 +429,11 @@ class Stack:
         self.prometheus_url = f"http://127.0.0.1:{port}"
         prometheus.wait_until(self._prometheus_ready, 60, "ready")
         if self.simulator_url:
-            query = urllib.parse.quote('up{job="simulator"} == 1')
+            # The simulator's kube-state-metrics pod, found through the API server: discovery, relabelling and the
+            # simulator all work.
+            query = urllib.parse.quote(f'up{{job="{KUBE_STATE_METRICS_JOB}"}} == 1')
             prometheus.wait_until(
                 lambda: _http_ok(f"{self.prometheus_url}/api/v1/query?query={query}", expect='"value"'),
                 60,
-                "scraping the simulator",
+                "scraping the simulator (kube-state-metrics found through the API server)",
             )

@@ -1,0 +1,712 @@
+"""A faithful model of what a TiKV cluster exports: TiKV stores and PD members, their counters and faults.
+
+Pure: no I/O and no clock reads; every method takes ``now`` (unix seconds). ``devstack.simulator`` serves it, one
+endpoint per pod, and ``tests/unit/test_store_world_model.py`` checks it. The facts it follows, with their sources,
+are in ``../shared/notes/tikv-metrics.md``; the short version:
+
+- TiKV (``/metrics`` on the status port 20180) exports no identity label (no ``namespace``, ``pod``, ``instance``,
+  ``job``): the scrape configuration adds them.
+- ``tikv_grpc_msg_duration_seconds`` (histogram, ``type`` and ``priority``, buckets ``5e-5 * 2^i`` for i in 0..21,
+  tikv/tikv:src/server/metrics.rs): point operations about 1 ms, ``kv_pessimistic_lock`` includes lock waits (up to
+  ``wait-for-lock-timeout``, 1 s), ``kv_scan`` and ``coprocessor`` slower, ``kv_gc`` rare and slow. A latency is
+  observed only when a response is sent: an idle or hung store observes nothing.
+- ``tikv_store_size_bytes`` (tikv/tikv:components/server/src/server.rs): ``used = snap + kv + raft + placeholder``
+  (the space-reserve placeholder file, max(5 % of capacity, 5 GiB) / 5, is not exported as a type), ``available =
+  min(capacity - used, filesystem free)``; both ``capacity`` and ``available`` are 0 when disk stats cannot be read.
+- ``tikv_engine_write_stall`` is a gauge of RocksDB statistics (µs); ``tikv_critical_error_total`` exists only once
+  an error was counted (a counter vector without pre-created children).
+- PD (``/metrics`` on the client port 2379): ``pd_cluster_status`` is set by the leader only (followers have none:
+  ``statistics.Reset()`` on losing leadership); classic format ``{type}`` (PD ≤ v8.5.4) or per store ``{type, engine,
+  store}`` (PD ≥ v8.5.5). ``pd_regions_status{type}`` exists on every member (pre-created), zero on followers, with
+  hyphenated types. ``etcd_server_is_leader`` and ``service_member_role{service="PD"}`` are 1 on the leader.
+- PD judges a store by its last heartbeat (tikv/pd:pkg/core/store.go): disconnected after 20 s, unhealthy after
+  10 min, down after ``max-store-down-time`` (30 min); low space when ``available / capacity < 1 - low-space-ratio``
+  (0.8). The timings are per cluster so that tests can shorten them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from functools import cache
+
+GIB = 2**30
+BUCKETS: tuple[float, ...] = tuple(5e-5 * 2**i for i in range(22))
+"""Upper bounds of ``tikv_grpc_msg_duration_seconds`` since TiKV v6.2: ``exponential_buckets(5e-5, 2.0, 22)``."""
+
+CAPACITY_BYTES = 100 * GIB
+HEALTHY_USED_PERCENT = 40.0
+HEALTHY_OTHER_BYTES = GIB // 2
+"""Files on the volume that are not TiKV's data (RocksDB info logs, core files…), on a healthy store."""
+PLACEHOLDER_BYTES = max(CAPACITY_BYTES // 20, 5 * GIB) // 5
+LOW_SPACE_RATIO = 0.8
+INIT_CLUSTER_REGION_THRESHOLD = 100
+INITIAL_MIN_SPACE = 8 * GIB
+LOCK_WAIT_TIMEOUT_SECONDS = 1.0
+RESTART_LOOP_SECONDS = 5.0
+MISSING_PEER_REGIONS = 150
+CRITICAL_ERRORS_PER_SECOND = 1.0
+TIKV_STATUS_PORT = 20180
+TIKV_SERVER_PORT = 20160
+PD_CLIENT_PORT = 2379
+PD_PEER_PORT = 2380
+
+
+# -- latency distributions -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogNormal:
+    median: float
+    sigma: float
+
+    def cdf(self, x: float) -> float:
+        if x <= 0:
+            return 0.0
+        return 0.5 * (1 + math.erf(math.log(x / self.median) / (self.sigma * math.sqrt(2))))
+
+    def mean(self) -> float:
+        return self.median * math.exp(self.sigma**2 / 2)
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+    def cdf(self, x: float) -> float:
+        return min(1.0, max(0.0, (x - self.low) / (self.high - self.low)))
+
+    def mean(self) -> float:
+        return (self.low + self.high) / 2
+
+
+@dataclass(frozen=True)
+class Exactly:
+    value: float
+
+    def cdf(self, x: float) -> float:
+        return 1.0 if x >= self.value else 0.0
+
+    def mean(self) -> float:
+        return self.value
+
+
+Shape = LogNormal | Uniform | Exactly
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A mixture of shapes, weights summing to 1."""
+
+    parts: tuple[tuple[float, Shape], ...]
+
+    def cdf(self, x: float) -> float:
+        return sum(weight * shape.cdf(x) for weight, shape in self.parts)
+
+    def mean(self) -> float:
+        return sum(weight * shape.mean() for weight, shape in self.parts)
+
+
+def lognormal(median: float, sigma: float) -> Latency:
+    return Latency(((1.0, LogNormal(median, sigma)),))
+
+
+@cache
+def bucket_fractions(latency: Latency) -> tuple[float, ...]:
+    """The share of requests at or under each bucket bound (cumulative, as Prometheus buckets are)."""
+    return tuple(latency.cdf(bound) for bound in BUCKETS)
+
+
+@dataclass(frozen=True)
+class RequestKind:
+    """One ``type`` of ``tikv_grpc_msg_duration_seconds`` as a healthy store serves it."""
+
+    name: str
+    rate: float  # requests per second
+    latency: Latency
+    point: bool = False  # a point read or write: what the ``latency`` fault slows down
+    priority: str = "medium"  # TiDB's default resource group has MEDIUM priority (override_priority 8)
+
+
+REQUEST_KINDS: tuple[RequestKind, ...] = (
+    RequestKind("kv_get", 90, lognormal(0.00030, 0.45), point=True),
+    RequestKind("kv_batch_get", 40, lognormal(0.00050, 0.5), point=True),
+    RequestKind("kv_prewrite", 30, lognormal(0.0010, 0.4), point=True),
+    RequestKind("kv_commit", 30, lognormal(0.0009, 0.4), point=True),
+    RequestKind("raw_get", 20, lognormal(0.00025, 0.4), point=True),
+    RequestKind("raw_put", 10, lognormal(0.0008, 0.4), point=True),
+    RequestKind("kv_pessimistic_lock", 20, lognormal(0.0010, 0.4)),
+    RequestKind("kv_scan", 5, lognormal(0.003, 0.8)),
+    RequestKind("coprocessor", 15, lognormal(0.012, 0.9)),
+    RequestKind("kv_gc", 1 / 60, lognormal(2.0, 0.3)),
+)
+KINDS_BY_NAME = {kind.name: kind for kind in REQUEST_KINDS}
+POINT_KINDS = tuple(kind.name for kind in REQUEST_KINDS if kind.point)
+
+CONTENDED_LOCK = Latency(
+    (
+        (0.68, LogNormal(0.0010, 0.4)),  # acquired at once
+        (0.20, Uniform(0.001, LOCK_WAIT_TIMEOUT_SECONDS)),  # waited, then acquired
+        (0.12, Exactly(LOCK_WAIT_TIMEOUT_SECONDS)),  # waited until wait-for-lock-timeout (answered with an error)
+    )
+)
+"""``kv_pessimistic_lock`` under contention: about 30 % of the requests wait for a lock, up to the 1 s timeout."""
+
+
+# -- faults ----------------------------------------------------------------------------------------------------------
+
+
+class Fault(StrEnum):
+    DOWN = "down"
+    HUNG = "hung"
+    IDLE = "idle"
+    CONTENTION = "contention"
+    LATENCY = "latency"
+    DISK = "disk"
+    DISK_OTHER = "disk-other"
+    DISK_UNREADABLE = "disk-unreadable"
+    RESTART_LOOP = "restart-loop"
+    MISSING_PEERS = "missing-peers"
+    CRITICAL_ERROR = "critical-error"
+    WRITE_STALL = "write-stall"
+
+
+CLUSTER_FAULTS = frozenset({Fault.MISSING_PEERS})
+PD_FAULTS = frozenset({Fault.DOWN, Fault.HUNG})
+FAULT_PARAMETERS: dict[Fault, dict[str, float | str]] = {
+    Fault.DOWN: {},
+    Fault.HUNG: {},
+    Fault.IDLE: {},
+    Fault.CONTENTION: {},
+    Fault.LATENCY: {"seconds": 0.8},
+    Fault.DISK: {"percent": 95.0},
+    Fault.DISK_OTHER: {"percent": 50.0},
+    Fault.DISK_UNREADABLE: {},
+    Fault.RESTART_LOOP: {"seconds": RESTART_LOOP_SECONDS},
+    Fault.MISSING_PEERS: {"regions": MISSING_PEER_REGIONS},
+    Fault.CRITICAL_ERROR: {"type": "default value not found"},
+    Fault.WRITE_STALL: {},
+}
+"""Each fault's parameters with their defaults (a request body may override them)."""
+
+
+def fault_parameters(kind: Fault, given: dict[str, object]) -> dict[str, float | str]:
+    """The parameters of ``kind`` from a request body: defaults, overridden by the given values (typed like them)."""
+    defaults = FAULT_PARAMETERS[kind]
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"fault {kind} takes {sorted(defaults) or 'no parameters'}, not {unknown}")
+    result: dict[str, float | str] = dict(defaults)
+    for key, value in given.items():
+        result[key] = str(value) if isinstance(defaults[key], str) else float(value)  # type: ignore[arg-type]
+    if kind in (Fault.DISK, Fault.DISK_OTHER) and not 0 <= float(result["percent"]) <= 100:
+        raise ValueError("percent must be within 0..100")
+    if kind in (Fault.LATENCY, Fault.RESTART_LOOP) and float(result["seconds"]) <= 0:
+        raise ValueError("seconds must be > 0")
+    return result
+
+
+# -- text exposition -------------------------------------------------------------------------------------------------
+
+
+def number(value: float) -> str:
+    """A sample value or ``le`` as the Rust and Go clients print it (no exponent; integers without a fraction)."""
+    if value == math.inf:
+        return "+Inf"
+    if value == int(value) and abs(value) < 2**53:
+        return str(int(value))
+    text = format(Decimal(repr(value)), "f")
+    return text
+
+
+def labels(**pairs: str) -> str:
+    body = ",".join(f'{name}="{value}"' for name, value in pairs.items())
+    return "{" + body + "}" if body else ""
+
+
+def header(name: str, kind: str, help_text: str) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+
+# -- TiKV ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HistogramCounts:
+    """Cumulative bucket counts (real-valued: whole requests are exported), count and sum of one series."""
+
+    buckets: list[float] = field(default_factory=lambda: [0.0] * len(BUCKETS))
+    count: float = 0.0
+    total: float = 0.0
+
+    def observe(self, requests: float, latency: Latency) -> None:
+        for index, fraction in enumerate(bucket_fractions(latency)):
+            self.buckets[index] += requests * fraction
+        self.count += requests
+        self.total += requests * latency.mean()
+
+
+@dataclass(frozen=True)
+class DiskStats:
+    capacity: int
+    available: int
+    used: int
+    kv_size: int
+    raft_size: int
+    snap_size: int
+    import_size: int
+
+
+@dataclass(frozen=True)
+class PodState:
+    """What the kubelet would report for a pod: its container is running (and so Ready: TiKV and PD pods have no
+    readiness probe by default), how often it restarted, and when the current container started."""
+
+    running: bool
+    restarts: int
+    started_at: float
+    last_exit_at: float | None = None
+
+
+@dataclass
+class Process:
+    """What TiKV and PD share: a process that runs, hangs, restarts, and whose faults are recorded."""
+
+    name: str
+    started_at: float
+    faults: dict[Fault, dict[str, float | str]] = field(default_factory=dict)
+    restarts: int = 0
+    last_exit_at: float | None = None
+    heartbeat_phase: float = 0.0
+    heartbeat_stopped_at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return Fault.DOWN not in self.faults
+
+    @property
+    def hung(self) -> bool:
+        return Fault.HUNG in self.faults
+
+    @property
+    def responding(self) -> bool:
+        """Whether its endpoint answers (a hung process accepts connections and never answers)."""
+        return self.running and not self.hung
+
+    def pod_state(self) -> PodState:
+        return PodState(self.running, self.restarts, self.started_at, self.last_exit_at)
+
+    def last_heartbeat(self, now: float, interval: float) -> float:
+        """When PD last heard from it: heartbeats every ``interval`` while it runs and is not hung."""
+        until = now if self.heartbeat_stopped_at is None else min(now, self.heartbeat_stopped_at)
+        return until - ((until - self.heartbeat_phase) % interval)
+
+    def _stop_heartbeats(self, now: float) -> None:
+        if self.heartbeat_stopped_at is None:
+            self.heartbeat_stopped_at = now
+
+    def _resume_heartbeats(self, now: float) -> None:
+        if self.responding:
+            self.heartbeat_stopped_at = None
+            self.heartbeat_phase = now
+
+    def set_fault(self, kind: Fault, parameters: dict[str, float | str], now: float) -> None:
+        del now
+        self.faults[kind] = parameters
+
+    def heal(self, kind: Fault, now: float) -> None:
+        if self.faults.pop(kind, None) is not None and kind is Fault.DOWN:
+            self._restart(now)  # the container is started again
+
+    def _restart(self, now: float) -> None:
+        self.restarts += 1
+        self.last_exit_at = now
+        self.started_at = now
+        self.heartbeat_phase = now
+
+    def process_lines(self) -> list[str]:
+        return [
+            *header("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
+            f"process_start_time_seconds {number(round(self.started_at, 2))}",
+        ]
+
+
+@dataclass
+class TikvStore(Process):
+    """One TiKV store: its counters, gauges and faults."""
+
+    store_id: int = 1
+    capacity_bytes: int = CAPACITY_BYTES
+    last_advance: float = 0.0
+    histograms: dict[str, HistogramCounts] = field(default_factory=dict)
+    critical_errors: dict[str, float] = field(default_factory=dict)
+    stalls: list[float] = field(default_factory=list)  # µs, since the process started
+    next_restart: float | None = None
+    disk_at_last_heartbeat: DiskStats | None = None
+
+    def __post_init__(self) -> None:
+        self.last_advance = self.started_at
+        self.heartbeat_phase = self.started_at
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self.histograms = {kind.name: HistogramCounts() for kind in REQUEST_KINDS}
+        self.critical_errors = {}
+        self.stalls = []
+
+    # -- traffic --
+
+    @property
+    def serving(self) -> bool:
+        return self.responding and Fault.IDLE not in self.faults
+
+    def latency_of(self, kind: RequestKind) -> Latency:
+        latency = self.faults.get(Fault.LATENCY)
+        if kind.point and latency is not None:
+            return lognormal(float(latency["seconds"]), 0.1)
+        if kind.name == "kv_pessimistic_lock" and Fault.CONTENTION in self.faults:
+            return CONTENDED_LOCK
+        return kind.latency
+
+    def advance(self, now: float) -> None:
+        """Account for the traffic and errors of the time since the last call, restarts included."""
+        start = self.last_advance
+        if now <= start:
+            return
+        while self.next_restart is not None and self.next_restart <= now:
+            at = self.next_restart
+            self._accumulate(start, at)
+            self._restart(at)
+            self._reset_counters()
+            start = at
+            self.next_restart = at + float(self.faults[Fault.RESTART_LOOP]["seconds"])
+        self._accumulate(start, now)
+        self.last_advance = now
+
+    def _accumulate(self, start: float, end: float) -> None:
+        elapsed = end - start
+        if elapsed <= 0 or not self.responding:
+            return
+        if self.serving:
+            for kind in REQUEST_KINDS:
+                self.histograms[kind.name].observe(kind.rate * elapsed, self.latency_of(kind))
+        error = self.faults.get(Fault.CRITICAL_ERROR)
+        if error is not None:
+            kind_of_error = str(error["type"])
+            self.critical_errors[kind_of_error] = self.critical_errors.get(kind_of_error, 0.0) + (
+                CRITICAL_ERRORS_PER_SECOND * elapsed
+            )
+        if Fault.WRITE_STALL in self.faults:
+            # A stall at every whole second, each longer than the last (the level-0 files pile up).
+            for _ in range(math.floor(end) - math.floor(start)):
+                self.stalls.append(50_000.0 * (len(self.stalls) + 1))
+
+    # -- faults --
+
+    def set_fault(self, kind: Fault, parameters: dict[str, float | str], now: float) -> None:
+        self.advance(now)
+        was_responding = self.responding
+        if kind is Fault.CRITICAL_ERROR and kind not in self.faults:
+            # The counter is created by its first increment.
+            name = str(parameters["type"])
+            self.critical_errors[name] = self.critical_errors.get(name, 0.0) + 1
+        self.faults[kind] = parameters
+        if kind is Fault.RESTART_LOOP:
+            self.next_restart = now + float(parameters["seconds"])
+        if was_responding and not self.responding:
+            self.disk_at_last_heartbeat = self.disk()
+            self._stop_heartbeats(now)
+
+    def heal(self, kind: Fault, now: float) -> None:
+        self.advance(now)
+        if self.faults.pop(kind, None) is None:
+            return
+        if kind is Fault.RESTART_LOOP:
+            self.next_restart = None
+        if kind is Fault.DOWN:
+            # The container is started again: a new process, its counters from zero.
+            self._restart(now)
+            self._reset_counters()
+        if self.responding and self.heartbeat_stopped_at is not None:
+            self.disk_at_last_heartbeat = None
+            self._resume_heartbeats(now)
+
+    # -- gauges --
+
+    def disk(self) -> DiskStats:
+        capacity = self.capacity_bytes
+        disk = self.faults.get(Fault.DISK)
+        other_fault = self.faults.get(Fault.DISK_OTHER)
+        used = round(capacity * (float(disk["percent"]) if disk else HEALTHY_USED_PERCENT) / 100)
+        other = round(capacity * float(other_fault["percent"]) / 100) if other_fault else HEALTHY_OTHER_BYTES
+        other = min(other, capacity - used)
+        data = max(0, used - PLACEHOLDER_BYTES)
+        snap = data // 200
+        raft = data * 8 // 100
+        kv = data - snap - raft
+        filesystem_free = max(0, capacity - used - other)
+        if Fault.DISK_UNREADABLE in self.faults:
+            return DiskStats(0, 0, used, kv, raft, snap, 0)
+        return DiskStats(capacity, min(capacity - used, filesystem_free), used, kv, raft, snap, 0)
+
+    def write_stall(self) -> dict[str, float]:
+        stalls = self.stalls
+        if not stalls:
+            return {name: 0.0 for name in ("median", "percentile95", "percentile99", "average",
+                                           "standard_deviation", "max")}  # fmt: skip
+        ordered = sorted(stalls)
+        average = sum(ordered) / len(ordered)
+        return {
+            "median": ordered[len(ordered) // 2],
+            "percentile95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+            "percentile99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            "average": average,
+            "standard_deviation": math.sqrt(sum((s - average) ** 2 for s in ordered) / len(ordered)),
+            "max": ordered[-1],
+        }
+
+    # -- exposition --
+
+    def exposition(self, now: float) -> str:
+        """The text TiKV's status port serves at ``now``: its own series, no identity label."""
+        self.advance(now)
+        name = "tikv_grpc_msg_duration_seconds"
+        lines = header(name, "histogram", "Bucketed histogram of grpc server messages")
+        for kind in REQUEST_KINDS:
+            counts = self.histograms[kind.name]
+            for bound, cumulative in zip(BUCKETS, counts.buckets, strict=True):
+                lines.append(f"{name}_bucket{labels(type=kind.name, priority=kind.priority, le=number(bound))} "
+                             f"{math.floor(cumulative + 1e-9)}")  # fmt: skip
+            whole = math.floor(counts.count + 1e-9)
+            lines.append(f"{name}_bucket{labels(type=kind.name, priority=kind.priority, le='+Inf')} {whole}")
+            lines.append(f"{name}_sum{labels(type=kind.name, priority=kind.priority)} {number(counts.total)}")
+            lines.append(f"{name}_count{labels(type=kind.name, priority=kind.priority)} {whole}")
+        lines += header("tikv_grpc_msg_fail_total", "counter", "Total number of handle grpc message failure")
+        lines += [f"tikv_grpc_msg_fail_total{labels(type=kind.name)} 0" for kind in REQUEST_KINDS]
+        if self.critical_errors:
+            lines += header("tikv_critical_error_total", "counter", "Counter of critical error.")
+            lines += [f"tikv_critical_error_total{labels(type=error)} {math.floor(count)}"
+                      for error, count in sorted(self.critical_errors.items())]  # fmt: skip
+        disk = self.disk()
+        lines += header("tikv_store_size_bytes", "gauge", "Size of storage.")
+        for size, size_bytes in (("capacity", disk.capacity), ("available", disk.available), ("used", disk.used),
+                                 ("snap_size", disk.snap_size), ("raft_size", disk.raft_size),
+                                 ("kv_size", disk.kv_size), ("import_size", disk.import_size)):  # fmt: skip
+            lines.append(f"tikv_store_size_bytes{labels(type=size)} {size_bytes}")
+        lines += header("tikv_engine_write_stall", "gauge", "Histogram of write stall")
+        for statistic, value in self.write_stall().items():
+            lines.append(f"tikv_engine_write_stall{labels(db='kv', type='write_stall_' + statistic)} {number(value)}")
+        lines += self.process_lines()
+        return "\n".join(lines) + "\n"
+
+
+# -- PD and the cluster ----------------------------------------------------------------------------------------------
+
+
+class PdVersion(StrEnum):
+    CLASSIC = "v8.5.4"
+    """``pd_cluster_status{type}``: PD up to v8.5.4 (and every earlier release)."""
+    PER_STORE = "v8.5.5"
+    """``pd_cluster_status{type, engine, store}``: PD v8.5.5 and later."""
+
+
+@dataclass(frozen=True)
+class Timings:
+    """PD's and TiKV's clocks, in seconds (defaults are upstream's; tests shorten them)."""
+
+    store_heartbeat: float = 10.0  # TiKV pd-heartbeat-tick-interval for store heartbeats
+    store_disconnect: float = 20.0  # PD storeDisconnectDuration
+    store_unhealthy: float = 600.0  # PD storeUnhealthyDuration
+    max_store_down: float = 1800.0  # PD schedule.max-store-down-time
+    max_peer_down: float = 600.0  # TiKV raftstore.max-peer-down-duration
+
+    @classmethod
+    def from_json(cls, body: dict[str, object]) -> Timings:
+        names = {
+            "storeHeartbeatSeconds": "store_heartbeat",
+            "storeDisconnectSeconds": "store_disconnect",
+            "storeUnhealthySeconds": "store_unhealthy",
+            "maxStoreDownSeconds": "max_store_down",
+            "maxPeerDownSeconds": "max_peer_down",
+        }
+        unknown = sorted(set(body) - set(names))
+        if unknown:
+            raise ValueError(f"unknown timings {unknown}; known: {sorted(names)}")
+        return cls(**{names[key]: float(value) for key, value in body.items()})  # type: ignore[arg-type]
+
+
+@dataclass
+class PdMember(Process):
+    """One PD member."""
+
+
+STORE_STATUSES = (
+    "store_up_count",
+    "store_disconnected_count",
+    "store_slow_count",
+    "store_down_count",
+    "store_unhealth_count",
+    "store_offline_count",
+    "store_tombstone_count",
+    "store_low_space_count",
+    "store_preparing_count",
+    "store_serving_count",
+    "store_removing_count",
+    "store_removed_count",
+)
+STORE_STATS = ("region_count", "leader_count", "witness_count", "learner_count", "storage_size", "storage_capacity")
+REGION_STATUSES = (
+    "miss-peer-region-count",
+    "extra-peer-region-count",
+    "down-peer-region-count",
+    "pending-peer-region-count",
+    "offline-peer-region-count",
+    "learner-peer-region-count",
+    "empty-region-count",
+    "oversized-region-count",
+    "undersized-region-count",
+    "witness-leader-region-count",
+)
+
+
+@dataclass
+class Cluster:
+    """A TiKV cluster: its stores, its PD members (maybe none), its regions and the faults of the whole."""
+
+    namespace: str
+    name: str
+    stores: dict[str, TikvStore]
+    pd: dict[str, PdMember] = field(default_factory=dict)
+    regions: int = 1000
+    replicas: int = 3
+    timings: Timings = field(default_factory=Timings)
+    pd_version: PdVersion = PdVersion.CLASSIC
+    faults: dict[Fault, dict[str, float | str]] = field(default_factory=dict)
+    preferred_leader: str | None = None
+
+    # -- PD's view --
+
+    def leader(self) -> PdMember | None:
+        """The PD leader: the preferred member while it responds, else the first member that does."""
+        candidates = [m for m in self.pd.values() if m.responding]
+        preferred = self.pd.get(self.preferred_leader or "")
+        if preferred is not None and preferred.responding:
+            return preferred
+        return candidates[0] if candidates else None
+
+    def peers_on(self, store: TikvStore) -> int:
+        del store
+        return self.regions * min(self.replicas, len(self.stores)) // max(1, len(self.stores))
+
+    def store_status(self, store: TikvStore, now: float) -> dict[str, float]:
+        """PD's classification of one store (tikv/pd:pkg/statistics/store_collection.go ``observe``)."""
+        result = dict.fromkeys(STORE_STATUSES, 0.0)
+        down_time = now - store.last_heartbeat(now, self.timings.store_heartbeat)
+        is_down = down_time >= self.timings.max_store_down
+        if is_down:
+            result["store_down_count"] += 1
+        elif down_time > self.timings.store_unhealthy:
+            result["store_unhealth_count"] += 1
+        elif down_time > self.timings.store_disconnect:
+            result["store_disconnected_count"] += 1
+        else:
+            result["store_up_count"] += 1
+        result["store_serving_count"] += 1
+        disk = self.disk_seen_by_pd(store)
+        few_regions = self.peers_on(store) < INIT_CLUSTER_REGION_THRESHOLD and disk.available > INITIAL_MIN_SPACE
+        if (
+            not is_down
+            and not few_regions
+            and disk.capacity > 0
+            and disk.available / disk.capacity < 1 - LOW_SPACE_RATIO
+        ):
+            result["store_low_space_count"] += 1
+        return result
+
+    def disk_seen_by_pd(self, store: TikvStore) -> DiskStats:
+        return store.disk_at_last_heartbeat or store.disk()
+
+    def store_stats(self, store: TikvStore) -> dict[str, float]:
+        disk = self.disk_seen_by_pd(store)
+        return {
+            "region_count": self.peers_on(store),
+            "leader_count": self.regions // max(1, len(self.stores)),
+            "witness_count": 0,
+            "learner_count": 0,
+            "storage_size": disk.used,
+            "storage_capacity": disk.capacity,
+        }
+
+    def region_status(self, now: float) -> dict[str, float]:
+        """PD's region statistics (tikv/pd:pkg/statistics/region_collection.go), from the stores' heartbeats."""
+        result = dict.fromkeys(REGION_STATUSES, 0.0)
+        pending = down_peer = missing = 0
+        silent = {name: now - s.last_heartbeat(now, self.timings.store_heartbeat) for name, s in self.stores.items()}
+        removed = [name for name, t in silent.items() if t >= self.timings.max_store_down]
+        for name, quiet in silent.items():
+            store = self.stores[name]
+            if quiet > self.timings.store_heartbeat:
+                pending += self.peers_on(store)
+            if self.timings.max_peer_down <= quiet < self.timings.max_store_down:
+                down_peer += self.peers_on(store)
+        if removed and len(self.stores) - len(removed) < self.replicas:
+            # PD removed the down peers and has no other store to put a replica on.
+            missing += sum(self.peers_on(self.stores[name]) for name in removed)
+        fault = self.faults.get(Fault.MISSING_PEERS)
+        if fault is not None:
+            missing += int(float(fault["regions"]))
+        result["pending-peer-region-count"] = min(self.regions, pending)
+        result["down-peer-region-count"] = min(self.regions, down_peer)
+        result["miss-peer-region-count"] = min(self.regions, missing)
+        return result
+
+    def set_fault(self, kind: Fault, parameters: dict[str, float | str]) -> None:
+        self.faults[kind] = parameters
+
+    def heal(self, kind: Fault) -> None:
+        self.faults.pop(kind, None)
+
+    def pd_exposition(self, member: PdMember, now: float) -> str:
+        """The text a PD member serves at ``now``: cluster status only on the leader, no identity label."""
+        for store in self.stores.values():
+            store.advance(now)
+        leader = self.leader()
+        is_leader = leader is member
+        lines = header("pd_cluster_status", "gauge", "Status of the cluster.")
+        if is_leader:
+            lines += self._cluster_status_lines(now)
+        lines += header("pd_regions_status", "gauge", "Status of the regions.")
+        regions = self.region_status(now) if is_leader else dict.fromkeys(REGION_STATUSES, 0.0)
+        lines += [f"pd_regions_status{labels(type=kind)} {number(value)}" for kind, value in regions.items()]
+        lines += header(
+            "etcd_server_is_leader", "gauge", "Whether or not this member is a leader. 1 if is, 0 otherwise."
+        )
+        lines.append(f"etcd_server_is_leader {int(is_leader)}")
+        lines += header("service_member_role", "gauge", "The role of this member.")
+        lines.append(f"service_member_role{labels(service='PD')} {int(is_leader)}")
+        lines += member.process_lines()
+        return "\n".join(lines) + "\n"
+
+    def _cluster_status_lines(self, now: float) -> list[str]:
+        lines = []
+        if self.pd_version is PdVersion.CLASSIC:
+            totals = dict.fromkeys((*STORE_STATUSES, *STORE_STATS), 0.0)
+            for store in self.stores.values():
+                for key, value in (self.store_status(store, now) | self.store_stats(store)).items():
+                    totals[key] += value
+            for key, value in totals.items():
+                lines.append(f"pd_cluster_status{labels(type=key)} {number(value)}")
+            return lines
+        for store in self.stores.values():
+            for key, value in (self.store_status(store, now) | self.store_stats(store)).items():
+                lines.append(f"pd_cluster_status{labels(type=key, engine='tikv', store=str(store.store_id))} "
+                             f"{number(value)}")  # fmt: skip
+        return lines
+
+
+def store_ids(count: int) -> list[int]:
+    """Store IDs as a fresh cluster allocates them (PD hands out 2 and 3 to the first region and its peer)."""
+    return [1, *range(4, 4 + count - 1)][:count]
