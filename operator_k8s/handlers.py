@@ -105,12 +105,15 @@ def cycle_deadline(spec: Any) -> float:
 
 
 def _candidate_pods(index: kopf.Index[tuple[str, str, str], Any], namespace: str, spec: Any) -> list[Any]:
-    """The pods carrying the selector's first label; the service checks the rest of the selector."""
-    match_labels = ((spec.get("stores") or {}).get("selector") or {}).get("matchLabels") or {}
-    if not isinstance(match_labels, dict) or not match_labels:
-        return []
-    key, value = min(match_labels.items())
-    return list(index.get((namespace, str(key), str(value)), []))
+    """The pods carrying the first label of the store selector (and of the PD selector, if any); the service checks
+    the rest of each selector."""
+    found: dict[str, Any] = {}
+    for part in ("stores", "pd"):
+        match_labels = ((spec.get(part) or {}).get("selector") or {}).get("matchLabels") or {}
+        if isinstance(match_labels, dict) and match_labels:
+            key, value = min(match_labels.items())
+            found.update((pod.name, pod) for pod in index.get((namespace, str(key), str(value)), []))
+    return list(found.values())
 
 
 def _ref(meta: Any, namespace: str) -> ClusterRef:

@@ -26,7 +26,7 @@ from operator_k8s.domain.invariants import Finding, evaluate, invariant_names, i
 from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod, scope_result, select_pods
 from operator_k8s.domain.outbox import Outbox
 from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_spec, ticket_status
-from operator_k8s.domain.queries import builtin_query, custom_query
+from operator_k8s.domain.queries import cycle_queries
 from operator_k8s.domain.specs import MonitoredClusterSpec
 from operator_k8s.domain.status import StoreCounts, conditions_from_wire, status_body, status_patch
 from operator_k8s.domain.tickets import (
@@ -42,7 +42,7 @@ from operator_k8s.domain.tickets import (
     retire,
     transition,
 )
-from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant, Reason
+from operator_k8s.domain.vocabulary import CLUSTER_STORE, Reason
 from operator_k8s.ports import (
     ClusterRef,
     KubernetesRejected,
@@ -205,6 +205,7 @@ class Monitor:
             conditions = cond.health_unknown_conditions(previous, Reason.INVALID_SPEC, message, ref.generation, now)
             return status_body(conditions, ref.generation, None, None, now)
         deadline = min(self.settings.postgres_timeout, spec.interval_seconds)
+        pd_pods = tuple(sorted(p.name for p in select_pods(pods, spec.pd.selector.match_labels))) if spec.pd else ()
         pods = select_pods(pods, spec.stores.selector.match_labels)
         store_error = None
         if memory.tickets is None:
@@ -212,7 +213,7 @@ class Monitor:
 
         tracked = _tracked_stores(memory.tickets or [])
         owned = frozenset(pod.name for pod in pods).union(*tracked.values()) - {CLUSTER_STORE}
-        results = await self._query(spec, ref.namespace, owned, stats)
+        results = await self._query(spec, ref.namespace, owned, pd_pods, stats)
         findings = evaluate(spec, Snapshot(pods=tuple(pods), results=results, tracked_stores=tracked))
         counts = StoreCounts.of(pods, spec.stores.expected)
 
@@ -281,36 +282,23 @@ class Monitor:
         return result
 
     async def _query(
-        self, spec: MonitoredClusterSpec, namespace: str, owned: frozenset[str], stats: CycleStats
-    ) -> dict[str, QueryResult]:
-        """One instant query per enabled metric invariant, concurrently; the count never grows with stores.
+        self, spec: MonitoredClusterSpec, namespace: str, owned: frozenset[str], pd_pods: tuple[str, ...],
+        stats: CycleStats,
+    ) -> dict[str, QueryResult]:  # fmt: skip
+        """Every query of the cycle (``cycle_queries``), concurrently; the count never grows with stores.
 
         Only this cluster's series are kept (``scope_result``); the others are counted in ``stats.ignored_series``.
         A store-scoped query with no store to ask about is not sent (its findings are simply empty).
         """
-        stores = tuple(sorted(owned))
-        queries: dict[str, str] = {}
-        cluster_wide: set[str] = set()
-        for invariant, enabled in (
-            (Invariant.LATENCY, spec.invariants.latency.enabled),
-            (Invariant.DISK_USAGE, spec.invariants.disk_usage.enabled),
-        ):
-            if enabled and stores:
-                queries[invariant] = builtin_query(spec, invariant, namespace, stores)
-        for custom in spec.invariants.custom:
-            query = custom_query(spec, custom, namespace, stores) if custom.enabled else None
-            if query is not None:
-                queries[custom.name] = query
-                if custom.scope == "cluster":
-                    cluster_wide.add(custom.name)
+        queries = cycle_queries(spec, namespace, tuple(sorted(owned)), pd_pods)
         timeout = parse_duration(spec.prometheus.timeout)
         outcomes = await asyncio.gather(
             *(
                 self.metrics.query(
                     spec.prometheus.url,
-                    query,
+                    query.promql,
                     store_label=spec.prometheus.store_label,
-                    namespace_label="namespace",
+                    namespace_label=spec.prometheus.namespace_label,
                     timeout=timeout,
                     auth=spec.prometheus.auth,
                 )
@@ -320,8 +308,10 @@ class Monitor:
         stats.queries += len(queries)
         stats.errors += [f"prometheus_{o.failure.value}" for o in outcomes if o.failure is not None]
         results = {}
-        for name, outcome in zip(queries, outcomes, strict=True):
-            results[name], ignored = scope_result(outcome, namespace, owned, per_store=name not in cluster_wide)
+        for (name, query), outcome in zip(queries.items(), outcomes, strict=True):
+            results[name], ignored = scope_result(
+                outcome, namespace, owned, per_store=query.per_store, namespace_scoped=query.namespace_scoped
+            )
             stats.ignored_series += ignored
         return results
 

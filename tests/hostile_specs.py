@@ -20,7 +20,13 @@ GRACE = "must be at most 168h (7 days)"
 TIMEOUT = "timeout must be more than 0s and at most 60s"
 RATE_WINDOW = "rateWindow must be more than 0s and at most 24h"
 INTERVAL = "interval must be between 1s and 1h"
-BUILTIN_NAME = "custom invariant name must differ from storesReady, latency and diskUsage (hyphens aside)"
+BUILTIN_NAME = (
+    "custom invariant name must differ from the built-ins' (storesReady, latency, diskUsage, criticalErrors,"
+    " writeStall, pdStores, pdRegions; hyphens aside)"
+)
+NAMESPACE_LABEL = "namespaceLabel must not start with __ nor be without, inf or nan (PromQL misreads them)"
+WINDOW = "window must be more than 0s and at most 24h"
+GENERIC_LATENCY = "the generic preset has no latency query: set queries.latency or disable invariants.latency"
 HYPHENS = "custom invariant names must differ in more than hyphens (a-1 and a1 both name CustomA1)"
 STORE_LABEL = "storeLabel must not start with __ nor be without, inf or nan (PromQL misreads them)"
 MATCHER_KEY = "matcher keys must not start with __ nor be without, inf or nan (PromQL misreads them)"
@@ -144,6 +150,21 @@ HOSTILE: list[Hostile] = [
     Hostile("custom-named-stores-ready", customs(custom("stores-ready")), "spec.invariants.custom[0].name", BUILTIN_NAME),
     Hostile("custom-named-disk-usage", customs(custom("disk-usage")), "spec.invariants.custom[0].name", BUILTIN_NAME),
     Hostile("custom-named-diskusage", customs(custom("diskusage")), "spec.invariants.custom[0].name", BUILTIN_NAME),
+    Hostile("custom-named-write-stall", customs(custom("write-stall")), "spec.invariants.custom[0].name", BUILTIN_NAME),
+    Hostile("custom-named-pd-stores", customs(custom("pd-stores")), "spec.invariants.custom[0].name", BUILTIN_NAME),
+    # Real Prometheus set-ups and TiKV's own semantics.
+    Hostile("namespace-label-name", prometheus(namespaceLabel="__name__"), "spec.prometheus.namespaceLabel",
+            NAMESPACE_LABEL),
+    Hostile("namespace-label-nan", prometheus(namespaceLabel="NaN"), "spec.prometheus.namespaceLabel", NAMESPACE_LABEL),
+    Hostile("write-stall-window-zero", invariant("writeStall", window="0s"), "spec.invariants.writeStall.window",
+            WINDOW),
+    Hostile("write-stall-window-25h", invariant("writeStall", window="25h"), "spec.invariants.writeStall.window",
+            WINDOW),
+    Hostile("generic-without-latency-query", {"preset": "generic"}, "spec", GENERIC_LATENCY),
+    Hostile("request-type-regex", invariant("latency", requestTypes=["kv_get|.*"]),
+            "spec.invariants.latency.requestTypes[0]", PATTERN, SERVER_PATTERN),
+    Hostile("pd-state-unknown", invariant("pdStores", states=["store_up_count"]), "spec.invariants.pdStores.states[0]",
+            "Input should be", "Unsupported value"),
     Hostile("custom-a-1-and-a1", customs(custom("a-1"), custom("a1")), "spec.invariants.custom", HYPHENS),
     Hostile("custom-a--b-and-a-b", customs(custom("a--b"), custom("a-b")), "spec.invariants.custom", HYPHENS),
     Hostile("custom-same-name", customs(custom("a"), custom("a")), "spec.invariants.custom", "must be unique",
@@ -246,6 +267,13 @@ HOSTILE: list[Hostile] = [
 
 ACCEPTED: list[Accepted] = [
     Accepted("defaults"),
+    Accepted("tidb-monitor-labels", prometheus(storeLabel="instance", namespaceLabel="kubernetes_namespace",
+                                                matchers={"tidb_cluster": "ns-basic"})),
+    Accepted("no-namespace-label", prometheus(namespaceLabel="")),
+    Accepted("generic-with-latency-query", {"preset": "generic", "queries": {"latency": "x{selector}"}}),
+    Accepted("generic-without-latency", {"preset": "generic", "invariants": {"latency": {"enabled": False}}}),
+    Accepted("pd-and-floor", {"pd": {"selector": {"matchLabels": {"app.kubernetes.io/component": "pd"}}},
+                              "invariants": {"diskUsage": {"minAvailableBytes": 5368709120}}}),
     Accepted("grace-at-168h", {"invariants": {
         "storesReady": {"for": "168h", "clearFor": "604800s"},
         "latency": {"for": "10080m", "clearFor": "167h59m59.999s"},

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from operator_k8s.domain.observations import QueryResult, Snapshot
-from operator_k8s.domain.specs import CustomInvariantSpec, InvariantSpec, MonitoredClusterSpec
+from operator_k8s.domain.queries import DISK_AVAILABLE
+from operator_k8s.domain.specs import InvariantSpec, MonitoredClusterSpec
 from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant, Reason, Severity
 
 
@@ -71,25 +72,74 @@ def _within_band(comparator: str, value: float, clear_threshold: float) -> bool:
     return value > clear_threshold if comparator in (">", ">=") else value < clear_threshold
 
 
+@dataclass(frozen=True)
+class MetricInvariant:
+    """How one metric invariant is judged: its rule, per store or for the cluster, and what NaN means.
+
+    ``idle_holds``: a NaN value is "no traffic" (a latency quantile over zero requests), which holds; otherwise NaN
+    is missing data (Unknown).
+    """
+
+    name: str
+    settings: InvariantSpec
+    rule: Rule
+    per_store: bool = True
+    idle_holds: bool = False
+
+
+def metric_invariants(spec: MonitoredClusterSpec) -> list[MetricInvariant]:
+    """The metric invariants this spec enables and its preset can query, built-in first."""
+    inv = spec.invariants
+    found: list[MetricInvariant] = []
+    if inv.latency.enabled:
+        rule = Rule(">", inv.latency.threshold_ms, inv.latency.clear_threshold_ms, "ms")
+        found.append(MetricInvariant(Invariant.LATENCY, inv.latency, rule, idle_holds=True))
+    if inv.disk_usage.enabled:
+        rule = Rule(">", inv.disk_usage.threshold_percent, inv.disk_usage.clear_threshold_percent, "%")
+        found.append(MetricInvariant(Invariant.DISK_USAGE, inv.disk_usage, rule))
+    if spec.preset == "tikv":
+        if inv.critical_errors.enabled:
+            found.append(MetricInvariant(Invariant.CRITICAL_ERRORS, inv.critical_errors, Rule(">", 0, None, "")))
+        if inv.write_stall.enabled:
+            found.append(MetricInvariant(Invariant.WRITE_STALL, inv.write_stall, Rule(">", 0, None, "µs")))
+        if spec.pd is not None and inv.pd_stores.enabled:
+            rule = Rule(">", 0, None, " stores")
+            found.append(MetricInvariant(Invariant.PD_STORES, inv.pd_stores, rule, per_store=False))
+        if spec.pd is not None and inv.pd_regions.enabled:
+            rule = Rule(">", inv.pd_regions.threshold_regions, None, " regions")
+            found.append(MetricInvariant(Invariant.PD_REGIONS, inv.pd_regions, rule, per_store=False))
+    for custom in inv.custom:
+        if custom.enabled:
+            rule = Rule(custom.comparator, custom.threshold, custom.clear_threshold, "")
+            found.append(MetricInvariant(custom.name, custom, rule, per_store=custom.scope == "store"))
+    return found
+
+
 def evaluate(spec: MonitoredClusterSpec, snapshot: Snapshot) -> list[Finding]:
     """All findings for one cycle, in a stable order (invariant, then store)."""
     findings: list[Finding] = []
-    invariants = spec.invariants
-    if invariants.stores_ready.enabled:
+    if spec.invariants.stores_ready.enabled:
         findings += _stores_ready(spec, snapshot)
     pod_stores = [pod.name for pod in snapshot.pods]
-    if invariants.latency.enabled:
-        rule = Rule(">", invariants.latency.threshold_ms, invariants.latency.clear_threshold_ms, "ms")
-        findings += _metric(Invariant.LATENCY, invariants.latency, rule, snapshot, pod_stores, per_store=True)
-    if invariants.disk_usage.enabled:
-        disk = invariants.disk_usage
-        rule = Rule(">", disk.threshold_percent, disk.clear_threshold_percent, "%")
-        findings += _metric(Invariant.DISK_USAGE, disk, rule, snapshot, pod_stores, per_store=True)
-    for custom in invariants.custom:
-        if custom.enabled:
-            rule = Rule(custom.comparator, custom.threshold, custom.clear_threshold, "")
-            findings += _metric(custom.name, custom, rule, snapshot, pod_stores, per_store=custom.scope == "store")
+    for metric in metric_invariants(spec):
+        judged = _metric(metric, snapshot, pod_stores)
+        if metric.name == Invariant.DISK_USAGE and spec.invariants.disk_usage.min_available_bytes is not None:
+            judged = [_below_floor(f, snapshot, spec.invariants.disk_usage.min_available_bytes) for f in judged]
+        findings += judged
     return findings
+
+
+def _below_floor(finding: Finding, snapshot: Snapshot, floor: int) -> Finding:
+    """diskUsage also breaks when a store's available bytes fall under the absolute floor, whatever the percent."""
+    result = snapshot.results.get(DISK_AVAILABLE)
+    if result is None or result.failure is not None or finding.verdict is Verdict.VIOLATED:
+        return finding
+    available = [s.value for s in result.samples if s.store == finding.store and not math.isnan(s.value)]
+    if not available or min(available) >= floor:
+        return finding
+    message = f"diskUsage of store {finding.store}: {min(available):.4g} bytes available, under the floor of {floor}"
+    return Finding(finding.invariant, finding.store, Verdict.VIOLATED, finding.severity, message, min(available),
+                   float(floor), result.query)  # fmt: skip
 
 
 def _stores_ready(spec: MonitoredClusterSpec, snapshot: Snapshot) -> list[Finding]:
@@ -122,15 +172,8 @@ def _stores_ready(spec: MonitoredClusterSpec, snapshot: Snapshot) -> list[Findin
     return findings
 
 
-def _metric(
-    name: str,
-    invariant: InvariantSpec,
-    rule: Rule,
-    snapshot: Snapshot,
-    pod_stores: Iterable[str],
-    *,
-    per_store: bool,
-) -> list[Finding]:
+def _metric(metric: MetricInvariant, snapshot: Snapshot, pod_stores: Iterable[str]) -> list[Finding]:
+    name, invariant, rule, per_store = metric.name, metric.settings, metric.rule, metric.per_store
     result = snapshot.results.get(name)
     tracked = snapshot.tracked_stores.get(name, frozenset())
     stores = sorted(set(pod_stores) | tracked) if per_store else [CLUSTER_STORE]
@@ -142,12 +185,17 @@ def _metric(
     findings = []
     for store in stores:
         value = values.get(store)
+        subject = f"store {store}" if per_store else "the cluster"
+        if value is not None and math.isnan(value) and metric.idle_holds:
+            message = f"{name} of {subject}: no traffic (idle), nothing to judge against {rule.threshold:g}{rule.unit}"
+            findings.append(Finding(name, store, Verdict.HOLDS, invariant.severity, message, None, rule.threshold,
+                                    result.query))  # fmt: skip
+            continue
         if value is None or math.isnan(value):
             message = f"No {name} series for store {store}" if per_store else f"No {name} series"
             findings.append(_unknown(name, invariant, store, Reason.NO_SERIES, message, result))
             continue
         verdict = rule.verdict(value)
-        subject = f"store {store}" if per_store else "the cluster"
         relation = {Verdict.VIOLATED: "breaks", Verdict.MARGINAL: "is recovering within", Verdict.HOLDS: "is within"}
         limit = f"{rule.comparator} {rule.threshold:g}{rule.unit}"
         message = f"{name} of {subject} is {value:.4g}{rule.unit}, {relation[verdict]} threshold {limit}"
@@ -161,12 +209,16 @@ def _values_by_store(result: QueryResult, *, per_store: bool, comparator: str) -
     worst = max if comparator in (">", ">=") else min
     grouped: dict[str, list[float]] = {}
     for sample in result.samples:
-        if math.isnan(sample.value):
-            continue
         store = sample.store if per_store else CLUSTER_STORE
         if store is not None:
             grouped.setdefault(store, []).append(sample.value)
-    return {store: worst(values) for store, values in grouped.items()}
+    return {store: _worst(values, worst) for store, values in grouped.items()}
+
+
+def _worst(values: list[float], worst: Callable[[list[float]], float]) -> float:
+    """The worst number; NaN only if every value is NaN (a store with no traffic, or a series with no data)."""
+    numbers = [value for value in values if not math.isnan(value)]
+    return worst(numbers) if numbers else math.nan
 
 
 def _unknown(
@@ -177,23 +229,23 @@ def _unknown(
 
 
 def invariant_names(spec: MonitoredClusterSpec) -> list[str]:
-    """The enabled invariants, built-in first, in a stable order."""
-    builtin: list[tuple[str, InvariantSpec]] = [
-        (Invariant.STORES_READY, spec.invariants.stores_ready),
-        (Invariant.LATENCY, spec.invariants.latency),
-        (Invariant.DISK_USAGE, spec.invariants.disk_usage),
-    ]
-    custom: list[tuple[str, CustomInvariantSpec]] = [(c.name, c) for c in spec.invariants.custom]
-    return [name for name, inv in [*builtin, *custom] if inv.enabled]
+    """The invariants this spec checks, built-in first, in a stable order (each has a condition)."""
+    ready = [Invariant.STORES_READY.value] if spec.invariants.stores_ready.enabled else []
+    return ready + [metric.name for metric in metric_invariants(spec)]
 
 
 def invariant_spec(spec: MonitoredClusterSpec, name: str) -> InvariantSpec | None:
     """The settings of one invariant by name (None if it no longer exists)."""
+    inv = spec.invariants
     builtin: dict[str, InvariantSpec] = {
-        Invariant.STORES_READY: spec.invariants.stores_ready,
-        Invariant.LATENCY: spec.invariants.latency,
-        Invariant.DISK_USAGE: spec.invariants.disk_usage,
+        Invariant.STORES_READY: inv.stores_ready,
+        Invariant.LATENCY: inv.latency,
+        Invariant.DISK_USAGE: inv.disk_usage,
+        Invariant.CRITICAL_ERRORS: inv.critical_errors,
+        Invariant.WRITE_STALL: inv.write_stall,
+        Invariant.PD_STORES: inv.pd_stores,
+        Invariant.PD_REGIONS: inv.pd_regions,
     }
     if name in builtin:
         return builtin[name]
-    return next((custom for custom in spec.invariants.custom if custom.name == name), None)
+    return next((custom for custom in inv.custom if custom.name == name), None)

@@ -57,18 +57,21 @@ class QueryResult:
 
 
 def scope_result(
-    result: QueryResult, namespace: str, owned: frozenset[str], *, per_store: bool
+    result: QueryResult, namespace: str, owned: frozenset[str], *, per_store: bool, namespace_scoped: bool = True
 ) -> tuple[QueryResult, int]:
-    """Keep only the series about this cluster: its namespace (or none named) and its own stores (for a cluster-wide
-    query, also series that name no store).
+    """Keep only the series about this cluster: its own stores (for a cluster-wide query, also series that name no
+    store) in its own namespace.
 
-    A query may reach other namespaces or other clusters' pods (an unscoped custom query, a shared Prometheus); those
-    series are dropped and counted, never judged. Returns the scoped result and how many series were dropped.
+    A series naming no namespace counts as this namespace's only if the operator scoped the query to it
+    (``namespace_scoped``): an unscoped query that aggregates the namespace label away (``max by (pod) (…)``) mixes
+    every namespace's same-named pods. A query may reach other namespaces or other clusters' pods (an unscoped
+    custom query, a shared Prometheus); those series are dropped and counted, never judged. Returns the scoped result
+    and how many series were dropped.
     """
     kept = tuple(
         sample
         for sample in result.samples
-        if (sample.namespace is None or sample.namespace == namespace)
+        if (sample.namespace == namespace if sample.namespace is not None else namespace_scoped)
         and (sample.store in owned if sample.store is not None else not per_store)
     )
     return replace(result, samples=kept), len(result.samples) - len(kept)

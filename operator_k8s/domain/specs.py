@@ -45,7 +45,21 @@ GRACE_MESSAGE = "{field} must be at most 168h (7 days)"
 TIMEOUT_MESSAGE = "timeout must be more than 0s and at most 60s"
 RATE_WINDOW_MESSAGE = "rateWindow must be more than 0s and at most 24h"
 INTERVAL_MESSAGE = "interval must be between 1s and 1h"
-BUILTIN_NAME_MESSAGE = "custom invariant name must differ from storesReady, latency and diskUsage (hyphens aside)"
+BUILTIN_NAME_MESSAGE = (
+    "custom invariant name must differ from the built-ins' (storesReady, latency, diskUsage, criticalErrors,"
+    " writeStall, pdStores, pdRegions; hyphens aside)"
+)
+NAMESPACE_LABEL_MESSAGE = "namespaceLabel must not start with __ nor be without, inf or nan (PromQL misreads them)"
+GENERIC_LATENCY_MESSAGE = "the generic preset has no latency query: set queries.latency or disable invariants.latency"
+POINT_OPERATIONS = (
+    "kv_get", "kv_batch_get", "kv_batch_get_command", "kv_prewrite", "kv_commit", "kv_cleanup",
+    "kv_check_txn_status", "raw_get", "raw_batch_get", "raw_put", "raw_batch_put", "raw_delete",
+)  # fmt: skip
+"""TiKV's point reads and writes (tikv/tikv:src/server/metrics.rs): the request types whose latency a user feels.
+Never lock waits (``kv_pessimistic_lock`` waits up to 1 s by design), GC, scans or coprocessor requests."""
+PD_STORE_STATES = ("store_down_count", "store_disconnected_count", "store_low_space_count", "store_slow_count")
+PD_REGION_STATES = ("miss-peer-region-count", "down-peer-region-count")
+"""PD's own spelling (tikv/pd:pkg/statistics/region_collection.go): hyphens, unlike upstream's alert rule."""
 HYPHEN_UNIQUE_MESSAGE = "custom invariant names must differ in more than hyphens (a-1 and a1 both name CustomA1)"
 STORE_LABEL_MESSAGE = "storeLabel must not start with __ nor be without, inf or nan (PromQL misreads them)"
 MATCHER_KEY_MESSAGE = "matcher keys must not start with __ nor be without, inf or nan (PromQL misreads them)"
@@ -185,6 +199,9 @@ class PrometheusSpec(ApiModel):
     timeout: Duration = "5s"
     rate_window: RangeDuration = "1m"
     store_label: str = Field(default="pod", max_length=63, pattern=LABEL_NAME_PATTERN)
+    namespace_label: str = Field(default="namespace", max_length=63, pattern=r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")
+    """``namespace`` under prometheus-operator, ``kubernetes_namespace`` under TidbMonitor, empty when series carry no
+    namespace (then ``matchers`` must tell clusters apart)."""
     matchers: dict[LabelName, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=16)
     auth: PrometheusAuthSpec | None = None
 
@@ -209,6 +226,13 @@ class PrometheusSpec(ApiModel):
     def _store_label_readable(cls, value: str) -> str:
         if not _promql_safe_label(value):
             raise ValueError(STORE_LABEL_MESSAGE)
+        return value
+
+    @field_validator("namespace_label")
+    @classmethod
+    def _namespace_label_readable(cls, value: str) -> str:
+        if value and not _promql_safe_label(value):
+            raise ValueError(NAMESPACE_LABEL_MESSAGE)
         return value
 
     @field_validator("matchers")
@@ -253,9 +277,13 @@ class StoresReadySpec(InvariantSpec):
     pass
 
 
+RequestType = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
+
+
 class LatencySpec(InvariantSpec):
     severity: Severity = Severity.WARNING
     quantile: float = Field(default=0.99, gt=0, lt=1)
+    request_types: list[RequestType] = Field(default=list(POINT_OPERATIONS), min_length=1, max_length=32)
     threshold_ms: float = Field(default=500, gt=0, le=3_600_000)
     clear_threshold_ms: float | None = Field(default=None, gt=0, le=3_600_000)
 
@@ -267,15 +295,52 @@ class LatencySpec(InvariantSpec):
 
 
 class DiskUsageSpec(InvariantSpec):
+    """Disk used as the filesystem sees it: 1 - available/capacity (TiKV's own rule alerts below 20 % available;
+    PD's low-space ratio is 0.8), plus an optional absolute floor of available bytes (TiKV rejects writes at
+    ``storage.reserve-space``, 5 GiB by default)."""
+
     severity: Severity = Severity.WARNING
-    threshold_percent: float = Field(default=85, gt=0, le=100)
+    threshold_percent: float = Field(default=80, gt=0, le=100)
     clear_threshold_percent: float | None = Field(default=None, gt=0, le=100)
+    min_available_bytes: int | None = Field(default=None, ge=0, le=2**53)
 
     @model_validator(mode="after")
     def _clear_on_safe_side(self) -> DiskUsageSpec:
         if self.clear_threshold_percent is not None and self.clear_threshold_percent > self.threshold_percent:
             raise ValueError("clearThresholdPercent must not exceed thresholdPercent")
         return self
+
+
+class CriticalErrorsSpec(InvariantSpec):
+    """Any increase of ``tikv_critical_error_total`` in the rate window (TiKV's own rule, critical)."""
+
+
+class WriteStallSpec(InvariantSpec):
+    """RocksDB write stalls: ``tikv_engine_write_stall`` is a gauge, so upstream's ``delta(…[10m]) > 0``."""
+
+    severity: Severity = Severity.WARNING
+    window: RangeDuration = "10m"
+
+    @field_validator("window")
+    @classmethod
+    def _window_bounds(cls, value: str) -> str:
+        if not 0 < _seconds(value) <= 86400:
+            raise ValueError("window must be more than 0s and at most 24h")
+        return value
+
+
+class PdStoresSpec(InvariantSpec):
+    """Stores PD's leader counts as unhealthy (a hung TiKV stays Ready but PD sees it disconnected)."""
+
+    states: list[Literal[PD_STORE_STATES]] = Field(default=list(PD_STORE_STATES), min_length=1, max_length=4)  # type: ignore[valid-type]
+
+
+class PdRegionsSpec(InvariantSpec):
+    """Regions PD's leader counts as missing or with down peers (upstream: more than 100 missing is critical)."""
+
+    severity: Severity = Severity.WARNING
+    states: list[Literal[PD_REGION_STATES]] = Field(default=list(PD_REGION_STATES), min_length=1, max_length=2)  # type: ignore[valid-type]
+    threshold_regions: int = Field(default=100, ge=0, le=10_000_000)
 
 
 class CustomInvariantSpec(InvariantSpec):
@@ -309,6 +374,10 @@ class InvariantsSpec(ApiModel):
     stores_ready: StoresReadySpec = Field(default_factory=StoresReadySpec)
     latency: LatencySpec = Field(default_factory=LatencySpec)
     disk_usage: DiskUsageSpec = Field(default_factory=DiskUsageSpec)
+    critical_errors: CriticalErrorsSpec = Field(default_factory=CriticalErrorsSpec)
+    write_stall: WriteStallSpec = Field(default_factory=WriteStallSpec)
+    pd_stores: PdStoresSpec = Field(default_factory=PdStoresSpec)
+    pd_regions: PdRegionsSpec = Field(default_factory=PdRegionsSpec)
     custom: list[CustomInvariantSpec] = Field(default_factory=list, max_length=20)
 
     @field_validator("custom")
@@ -322,13 +391,28 @@ class InvariantsSpec(ApiModel):
         return value
 
 
+class PdSpec(ApiModel):
+    """The cluster's PD pods (TiDB Operator labels them ``app.kubernetes.io/component=pd``): PD-level invariants read
+    what the PD leader reports, from these pods' series only."""
+
+    selector: LabelSelector
+
+
 class MonitoredClusterSpec(ApiModel):
     interval: Duration = "30s"
     preset: Literal["tikv", "generic"] = "tikv"
     stores: StoresSpec
+    pd: PdSpec | None = None
     prometheus: PrometheusSpec
     queries: QueryOverrides = Field(default_factory=QueryOverrides)
     invariants: InvariantsSpec = Field(default_factory=InvariantsSpec)
+
+    @model_validator(mode="after")
+    def _generic_latency_needs_a_query(self) -> MonitoredClusterSpec:
+        """The generic preset cannot guess a store's request-latency histogram."""
+        if self.preset == "generic" and self.invariants.latency.enabled and not self.queries.latency:
+            raise ValueError(GENERIC_LATENCY_MESSAGE)
+        return self
 
     @field_validator("interval")
     @classmethod

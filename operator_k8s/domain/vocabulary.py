@@ -21,6 +21,10 @@ class Invariant(StrEnum):
     STORES_READY = "storesReady"
     LATENCY = "latency"
     DISK_USAGE = "diskUsage"
+    CRITICAL_ERRORS = "criticalErrors"
+    WRITE_STALL = "writeStall"
+    PD_STORES = "pdStores"
+    PD_REGIONS = "pdRegions"
 
 
 class Severity(StrEnum):
@@ -38,6 +42,10 @@ class ConditionType(StrEnum):
     STORES_READY = "StoresReady"
     LATENCY_WITHIN_BUDGET = "LatencyWithinBudget"
     DISK_SPACE_AVAILABLE = "DiskSpaceAvailable"
+    NO_CRITICAL_ERRORS = "NoCriticalErrors"
+    NO_WRITE_STALL = "NoWriteStall"
+    PD_STORES_HEALTHY = "PDStoresHealthy"
+    PD_REGIONS_HEALTHY = "PDRegionsHealthy"
     METRICS_AVAILABLE = "MetricsAvailable"
     TICKET_STORE_AVAILABLE = "TicketStoreAvailable"
 
@@ -46,6 +54,10 @@ BUILTIN_CONDITION = {
     Invariant.STORES_READY: ConditionType.STORES_READY,
     Invariant.LATENCY: ConditionType.LATENCY_WITHIN_BUDGET,
     Invariant.DISK_USAGE: ConditionType.DISK_SPACE_AVAILABLE,
+    Invariant.CRITICAL_ERRORS: ConditionType.NO_CRITICAL_ERRORS,
+    Invariant.WRITE_STALL: ConditionType.NO_WRITE_STALL,
+    Invariant.PD_STORES: ConditionType.PD_STORES_HEALTHY,
+    Invariant.PD_REGIONS: ConditionType.PD_REGIONS_HEALTHY,
 }
 
 

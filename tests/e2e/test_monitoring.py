@@ -31,8 +31,8 @@ CONDITION = {"storesReady": "StoresReady", "latency": "LatencyWithinBudget", "di
              "slow-stores": "CustomSlowStores"}  # fmt: skip
 CUSTOM = {
     "name": "slow-stores",
-    "query": "sum by (pod) (rate(tikv_grpc_msg_duration_seconds_sum{{namespace='{ns}'}}[5s])) / "
-    "sum by (pod) (rate(tikv_grpc_msg_duration_seconds_count{{namespace='{ns}'}}[5s])) * 1000",
+    "query": 'sum by (pod) (rate(tikv_grpc_msg_duration_seconds_sum{{matchers},type="kv_get"}[5s])) / '
+    'sum by (pod) (rate(tikv_grpc_msg_duration_seconds_count{{matchers},type="kv_get"}[5s])) * 1000',
     "comparator": ">",
     "threshold": 250,
 }
@@ -40,8 +40,7 @@ CUSTOM = {
 
 def start_cluster(stack: Stack, namespace: str, name: str = "tikv", **spec: Any) -> None:
     simulator(stack, "PUT", f"/clusters/{namespace}/{name}", {"stores": 3, "labels": {"app": name}})
-    custom = {**CUSTOM, "query": CUSTOM["query"].format(ns=namespace)}
-    invariants = spec.pop("invariants", {"custom": [custom]})
+    invariants = spec.pop("invariants", {"custom": [CUSTOM]})
     body = monitored_cluster(name, namespace, stack, invariants=invariants, **spec)
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(body))
     eventually(lambda: condition_status(stack, namespace, name, "Healthy") == "True", what="Healthy=True", timeout=90)

@@ -88,7 +88,8 @@ class FakeStore:
 
 
 class FakeMetrics:
-    """Latency per store (namespace ``ns``); ``extra`` adds series as a shared Prometheus would return them."""
+    """Latency per store (namespace ``ns``), and zero for every other query (no errors, no stalls); ``extra`` adds
+    latency series as a shared Prometheus would return them."""
 
     def __init__(self) -> None:
         self.latency: dict[str, float] = {"tikv-0": 5.0, "tikv-1": 5.0}
@@ -111,6 +112,8 @@ class FakeMetrics:
         self.auths.append(auth)
         if self.failure:
             return QueryResult.failed(promql, self.failure, "connection refused")
+        if "tikv_grpc_msg_duration_seconds" not in promql:  # error counters, stalls: all quiet
+            return QueryResult(promql, tuple(Sample(store, 0.0, "ns") for store in self.latency))
         own = tuple(Sample(store, value, "ns") for store, value in self.latency.items())
         return QueryResult(promql, own + tuple(self.extra))
 

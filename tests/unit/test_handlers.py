@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from operator_k8s.domain.observations import StorePod
 from operator_k8s.handlers import Heartbeats, Schedule, Tick, _candidate_pods, cycle_deadline
 
 
@@ -45,10 +46,14 @@ def test_forget_and_len() -> None:
     assert len(schedule) == 1
 
 
-def test_candidate_pods_come_from_one_selector_label() -> None:
-    index = {("ns", "app", "tikv"): ["a", "b"], ("ns", "zone", "z1"): ["a"], ("other", "app", "tikv"): ["x"]}
+def test_candidate_pods_come_from_one_label_of_each_selector() -> None:
+    a, b, x, pd = (StorePod(name, "Running", True) for name in ("a", "b", "x", "pd-0"))
+    index = {("ns", "app", "tikv"): [a, b], ("ns", "zone", "z1"): [a], ("other", "app", "tikv"): [x],
+             ("ns", "component", "pd"): [pd]}  # fmt: skip
     spec = {"stores": {"selector": {"matchLabels": {"zone": "z1", "app": "tikv"}}}}
-    assert _candidate_pods(index, "ns", spec) == ["a", "b"], "the first label by name, then the service filters"  # type: ignore[arg-type]
+    assert _candidate_pods(index, "ns", spec) == [a, b], "the first label by name, then the service filters"  # type: ignore[arg-type]
+    with_pd = {**spec, "pd": {"selector": {"matchLabels": {"component": "pd"}}}}
+    assert _candidate_pods(index, "ns", with_pd) == [a, b, pd]  # type: ignore[arg-type]
     assert _candidate_pods(index, "ns", {"stores": {}}) == []  # type: ignore[arg-type]
     assert _candidate_pods(index, "ns", {"stores": {"selector": {"matchLabels": {"app": "pd"}}}}) == []  # type: ignore[arg-type]
 

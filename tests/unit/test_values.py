@@ -159,3 +159,12 @@ def test_long_names_are_shortened_deterministically_and_stay_distinct(length: in
     assert len(shown) <= 253 and shown == bounded_text(text, 253)
     assert (shown == text) == (length <= 253)
     assert bounded_text(text + "x", 253) != shown
+
+
+def test_an_unscoped_query_s_namespace_less_series_are_not_judged() -> None:
+    """``max by (pod) (x)`` without a placeholder: a series naming no namespace may be any namespace's pod."""
+    sample = Sample("tikv-0", 95.0, None)
+    scoped, ignored = scope_result(
+        QueryResult("q", (sample,)), "ns", frozenset({"tikv-0"}), per_store=True, namespace_scoped=False
+    )
+    assert (scoped.samples, ignored) == ((), 1)
