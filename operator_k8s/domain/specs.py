@@ -336,10 +336,12 @@ class PdStoresSpec(InvariantSpec):
 
 
 class PdRegionsSpec(InvariantSpec):
-    """Regions PD's leader counts as missing or with down peers (upstream: more than 100 missing is critical)."""
+    """Regions PD's leader counts in the chosen states, against a threshold. The default is upstream's critical rule
+    (more than 100 regions missing a peer); upstream's warning (any region with a down peer) is
+    ``states: [down-peer-region-count], thresholdRegions: 0``."""
 
-    severity: Severity = Severity.WARNING
-    states: list[Literal[PD_REGION_STATES]] = Field(default=list(PD_REGION_STATES), min_length=1, max_length=2)  # type: ignore[valid-type]
+    severity: Severity = Severity.CRITICAL
+    states: list[Literal[PD_REGION_STATES]] = Field(default=["miss-peer-region-count"], min_length=1, max_length=2)  # type: ignore[valid-type]
     threshold_regions: int = Field(default=100, ge=0, le=10_000_000)
 
 

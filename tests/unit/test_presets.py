@@ -52,7 +52,7 @@ def test_prometheus_operator_world() -> None:
         f'store_slow_count"}} and on (instance) (max by (instance) (etcd_server_is_leader{{{pd}}}) > 0))'
     )
     assert queries["pdRegions"] == (
-        f'sum(pd_regions_status{{{pd},type=~"down-peer-region-count|miss-peer-region-count"}} and on (instance) '
+        f'sum(pd_regions_status{{{pd},type=~"miss-peer-region-count"}} and on (instance) '
         f"(max by (instance) (etcd_server_is_leader{{{pd}}}) > 0))"
     )
 
