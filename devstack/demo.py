@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -39,22 +40,18 @@ def example_for_local_stack(stack: Stack, example: Path = EXAMPLE) -> dict[str, 
     spec = body["spec"]
     spec["interval"] = "2s"
     spec["prometheus"].update(url=stack.prometheus_url, rateWindow="5s", timeout="2s")
-    for name in ("storesReady", "latency", "diskUsage"):
+    for name in ("storesReady", "latency", "diskUsage", "pdStores", "pdRegions"):
         spec["invariants"][name].update({"for": "2s", "clearFor": "4s"})
-    spec["invariants"]["custom"] = []
+    spec["invariants"].pop("custom", None)
     body["metadata"]["namespace"] = NAMESPACE
     return body
 
 
 def _start(stack: Stack) -> None:
-    say(f"Creating namespace {NAMESPACE} and 3 simulated TiKV stores (Pods + metrics scraped by Prometheus)")
+    say(f"Creating namespace {NAMESPACE} and a TidbCluster of 3 TiKV and 3 PD pods (one metrics endpoint each,")
+    print("    discovered by Prometheus through the API server, labelled as prometheus-operator does)")
     stack.kubectl("create", "namespace", NAMESPACE)
-    _simulator(
-        stack,
-        "PUT",
-        f"/clusters/{NAMESPACE}/{CLUSTER}",
-        {"stores": 3, "labels": {"app.kubernetes.io/component": "tikv"}},
-    )
+    _simulator(stack, "PUT", f"/tidbclusters/{NAMESPACE}/{CLUSTER}", {"stores": 3, "pd": 3, "timings": TIMINGS})
     print(stack.kubectl("get", "pods", "-n", NAMESPACE).stdout, end="")
     say(f"Applying {EXAMPLE.relative_to(REPO_ROOT)} (Prometheus URL and timings adjusted for the local stack)")
     print(stack.kubectl("apply", "-f", "-", input_text=json.dumps(example_for_local_stack(stack))).stdout, end="")
@@ -93,30 +90,88 @@ def _show(stack: Stack) -> None:
     print(stack.kubectl("get", "mc,tickets", "-n", NAMESPACE).stdout, end="", flush=True)
 
 
+TIMINGS = {"storeHeartbeatSeconds": 2, "storeDisconnectSeconds": 6, "maxStoreDownSeconds": 3600}
+"""PD's store timings shortened for the demo (upstream: heartbeat 10 s, disconnected after 20 s)."""
+STORE = f"{CLUSTER}-tikv-{{}}"
 SCENARIOS = [
-    ("store outage", f"{CLUSTER}-1", "down", None, "storesReady"),
-    ("latency spike (800 ms)", f"{CLUSTER}-2", "latency", {"seconds": 0.8}, "latency"),
-    ("disk fill (95 %)", f"{CLUSTER}-0", "disk", {"percent": 95}, "diskUsage"),
+    ("store outage", STORE.format(1), "down", None, "storesReady"),
+    ("hung store, still Ready", STORE.format(1), "hung", None, "pdStores"),  # PD's view: a cluster ticket
+    ("latency spike (800 ms)", STORE.format(2), "latency", {"seconds": 0.8}, "latency"),
+    ("disk filled by TiKV (95 %)", STORE.format(0), "disk", {"percent": 95}, "diskUsage"),
+    ("disk filled by other files", STORE.format(2), "disk-other", {"percent": 70}, "diskUsage"),
 ]
+CONTROLS = [
+    ("lock contention (lock waits up to 1 s)", STORE.format(0), "contention"),
+    ("idle store (no traffic)", STORE.format(1), "idle"),
+]
+"""Healthy by TiKV's own standards: they must open no ticket."""
+
+
+def _fault_path(store: str, fault: str) -> str:
+    return f"/tidbclusters/{NAMESPACE}/{CLUSTER}/stores/{store}/faults/{fault}"
+
+
+def _all_types_p99_ms(stack: Stack, store: str) -> float | None:
+    """What a naive query (every request type summed) reads for the store, for the narration."""
+    query = (
+        "histogram_quantile(0.99, sum by (le) (rate(tikv_grpc_msg_duration_seconds_bucket"
+        f'{{namespace="{NAMESPACE}",pod="{store}"}}[5s]))) * 1000'
+    )
+    with urllib.request.urlopen(f"{stack.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': query})}",
+                                timeout=5) as response:  # fmt: skip
+        result = json.loads(response.read())["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def _checks(stack: Stack) -> float:
+    """Check cycles the operator has run (its own metric)."""
+    operator = stack.process("operator")
+    assert operator.env is not None
+    url = f"http://127.0.0.1:{operator.env['OPERATOR_K8S_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("operator_k8s_check_cycles_total{"))
+
+
+def _controls(stack: Stack) -> list[tuple[str, str]]:
+    """Inject each control, let the operator check it several times, and show that no ticket opened."""
+    results = []
+    for title, store, fault in CONTROLS:
+        say(f"Control: {title} on {store}")
+        _simulator(stack, "PUT", _fault_path(store, fault))
+        if fault == "contention":
+            _wait(lambda s=store: (_all_types_p99_ms(stack, s) or 0) > 500, 60, "lock waits to show in the histogram")
+            print(f"A p99 over every request type now reads {_all_types_p99_ms(stack, store):.0f} ms;"
+                  " the point operations the operator judges stay fast")  # fmt: skip
+        start = _checks(stack)
+        _wait(lambda b=start: _checks(stack) >= b + 5, 60, "five more checks")
+        tickets = [i for i in ("latency", "diskUsage", "storesReady", "pdStores") if _ticket_state(stack, i, store)]
+        outcome = "no ticket" if not tickets else f"TICKETS: {', '.join(tickets)}"
+        print(f"After 5 checks: {outcome}; LatencyWithinBudget={_condition(stack, 'LatencyWithinBudget')}")
+        _simulator(stack, "DELETE", _fault_path(store, fault))
+        results.append((title, outcome))
+    return results
 
 
 def run_demo() -> int:
     with Stack.start() as stack:
         try:
             _start(stack)
+            controls = _controls(stack)
             results = []
             for title, store, fault, body, invariant in SCENARIOS:
                 say(f"Injecting a {title} on {store}")
-                _simulator(stack, "PUT", f"/clusters/{NAMESPACE}/{CLUSTER}/stores/{store}/faults/{fault}", body)
+                _simulator(stack, "PUT", _fault_path(store, fault), body)
+                subject = "cluster" if invariant.startswith("pd") else store
                 detected = _wait(
-                    lambda i=invariant, s=store: _ticket_state(stack, i, s) == "open", 90, f"a {invariant} ticket"
+                    lambda i=invariant, s=subject: _ticket_state(stack, i, s) == "open", 90, f"a {invariant} ticket"
                 )
                 print(f"Ticket opened {detected:.1f}s after the fault ({invariant} 'for' grace is 2s)")
                 _show(stack)
                 say(f"Healing {store}")
-                _simulator(stack, "DELETE", f"/clusters/{NAMESPACE}/{CLUSTER}/stores/{store}/faults/{fault}")
+                _simulator(stack, "DELETE", _fault_path(store, fault))
                 resolved = _wait(
-                    lambda i=invariant, s=store: _ticket_state(stack, i, s) == "resolved", 120, "resolution"
+                    lambda i=invariant, s=subject: _ticket_state(stack, i, s) == "resolved", 120, "resolution"
                 )
                 print(f"Ticket auto-resolved {resolved:.1f}s after healing ('clearFor' grace is 4s)")
                 _show(stack)
@@ -124,10 +179,13 @@ def run_demo() -> int:
             say("Events on the MonitoredCluster")
             print(stack.kubectl("get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp").stdout, end="")
             say("Summary (interval 2s, scrape 1s, for 2s, clearFor 4s)")
-            print(f"{'fault':<26}{'invariant':<13}{'detection':>10}{'resolution':>12}")
+            print(f"{'fault':<30}{'invariant':<13}{'detection':>10}{'resolution':>12}")
             for title, invariant, detected, resolved in results:
-                print(f"{title:<26}{invariant:<13}{detected:>9.1f}s{resolved:>11.1f}s")
-            return 0
+                print(f"{title:<30}{invariant:<13}{detected:>9.1f}s{resolved:>11.1f}s")
+            for title, outcome in controls:
+                print(f"{title:<43}{outcome:>22}")
+            bad = [title for title, outcome in controls if outcome != "no ticket"]
+            return 1 if bad else 0
         except BaseException:
             print(stack.logs())
             raise
