@@ -51,7 +51,11 @@ _GENERIC_AVAILABLE = (
     "sum by ({store_label}) (label_replace(kubelet_volume_stats_available_bytes{{scope},"
     'persistentvolumeclaim=~".+-({stores})"}, "{store_label}", "$1", "persistentvolumeclaim", ".+-({stores})"))'
 )
-_CRITICAL_ERRORS = "sum by ({store_label}) (increase(tikv_critical_error_total{selector}[{window}]))"
+_CRITICAL_ERRORS = (
+    "sum by ({store_label}) (increase(tikv_critical_error_total{selector}[{window}]))"
+    # The counter exists only after a store's first critical error: a running store without it has had none.
+    " or (0 * max by ({store_label}) (process_start_time_seconds{selector}))"
+)
 _WRITE_STALL = "max by ({store_label}) (delta(tikv_engine_write_stall{selector}[{window}]))"
 _PD_LEADER = " and on (instance) (max by (instance) (etcd_server_is_leader{selector}) > 0)"
 _PD_STORES = 'sum(pd_cluster_status{{matchers},type=~"{types}"}' + _PD_LEADER + ")"

@@ -44,7 +44,10 @@ def test_prometheus_operator_world() -> None:
         f'(1 - sum by (pod) (tikv_store_size_bytes{{type="available",{scope}}}) / '
         f'(sum by (pod) (tikv_store_size_bytes{{type="capacity",{scope}}}) > 0)) * 100'
     )
-    assert queries["criticalErrors"] == f"sum by (pod) (increase(tikv_critical_error_total{{{scope}}}[1m]))"
+    assert queries["criticalErrors"] == (
+        f"sum by (pod) (increase(tikv_critical_error_total{{{scope}}}[1m]))"
+        f" or (0 * max by (pod) (process_start_time_seconds{{{scope}}}))"
+    )
     assert queries["writeStall"] == f"max by (pod) (delta(tikv_engine_write_stall{{{scope}}}[10m]))"
     pd = 'namespace="db",pod=~"basic-pd-0"'
     assert queries["pdStores"] == (
