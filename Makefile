@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: setup system venv binaries demo up test lint typecheck layers unit integration e2e manifests bench clean
+.PHONY: setup system venv binaries demo up test lint typecheck layers unit integration e2e manifests bench referee clean
 
 setup: system venv binaries
 
@@ -60,6 +60,11 @@ manifests: venv
 ## The benchmark (about 30 minutes on 2 cores); pass options with BENCH_ARGS="--sizes 100,1000 --trials 3".
 bench: setup
 	@$(PY) -m devstack bench $(BENCH_ARGS)
+
+## The referee: every fault and control, the operator's verdicts vs TiKV's and PD's own alerting rules, in both label
+## worlds; writes .referee/table.md and fails on any disagreement (a few minutes).
+referee: setup
+	@$(PY) -m devstack referee $(REFEREE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

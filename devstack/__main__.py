@@ -1,4 +1,5 @@
-"""``python -m devstack build|up|demo``: build the binaries, run the stack, or run the narrated demo."""
+"""``python -m devstack build|up|demo|referee``: build the binaries, run the stack, run the narrated demo, or run
+the referee (the operator's verdicts against TiKV's and PD's own alerting rules)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--hold", action="store_true", help="keep everything running until Ctrl-C")
     commands.add_parser("demo", help="narrated demo: store outage, latency spike, disk fill → tickets → resolution")
     commands.add_parser("manifests", help="render deploy/operator-k8s.yaml from the Helm chart")
+    commands.add_parser("referee", help="the operator's verdicts vs upstream alerting rules, fault by fault, in both "
+                        "label worlds (options: python -m devstack referee --help)", add_help=False)  # fmt: skip
     commands.add_parser("bench", help="scale, cost and latency benchmark (options: python -m devstack bench --help)",
                         add_help=False)  # fmt: skip
     args, rest = parser.parse_known_args(argv)
@@ -23,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from devstack import bench  # noqa: PLC0415
 
         return bench.main(rest)
+    if args.command == "referee":
+        from devstack import referee  # noqa: PLC0415
+
+        return referee.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "build":
