@@ -675,6 +675,9 @@ def run(stack: Stack, *, lanes: int = 2, cases: tuple[Case, ...] = CASES) -> Rep
     finally:
         for lane in workers:
             lane.sides.close()
+        for world in WORLDS:  # a shared stack (the test's) goes on without these pods
+            for tc in names:
+                simulator(stack, "DELETE", f"/tidbclusters/{world.namespace}/{tc}")
     return Report(outcomes, time.monotonic() - started)
 
 
