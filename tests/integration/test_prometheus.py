@@ -44,7 +44,9 @@ def simulated(stack: Stack, namespace: str) -> str:
 
 def test_prometheus_serves_the_simulator_series(stack: Stack, simulated: str) -> None:
     series = prometheus_query(stack, f'tikv_grpc_msg_duration_seconds_count{{namespace="{simulated}"}}')
-    assert sorted({s["metric"]["pod"] for s in series}) == list(STORES), "one series per request type, all of its own pods"
+    assert sorted({s["metric"]["pod"] for s in series}) == list(STORES), (
+        "one series per request type, all of its own pods"
+    )
 
 
 async def test_preset_queries_return_one_sample_per_store(
