@@ -552,7 +552,8 @@ class Monitor:
                 synced = await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)
                 if not synced.conflicts:
                     return True
-            return True
+            # Never report an edit as applied when it was not: the handler retries it later.
+            raise TicketStoreUnavailable(f"lost {DECISION_ATTEMPTS} write races in a row for ticket {ticket_id}")
 
     async def sweep_orphans(self, candidates: dict[str, str], existing: set[str], now: datetime) -> int:
         """Resolve the tickets of the ``candidates`` (clusters with unresolved tickets: uid → namespace) that are not

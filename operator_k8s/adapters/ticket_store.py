@@ -78,9 +78,12 @@ def _time(value: datetime | None) -> str | None:
 
 
 def _finite(value: Any) -> Any:
-    """JSON without NaN or Infinity (Postgres refuses them): non-finite numbers become Prometheus's text for them."""
+    """JSON Postgres accepts: non-finite numbers become Prometheus's text for them, and NUL characters (which jsonb
+    refuses for the whole payload, so for every write of the cycle) become U+FFFD."""
     if isinstance(value, float):
         return json_number(value)
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
     if isinstance(value, dict):
         return {key: _finite(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -91,42 +94,45 @@ def _finite(value: Any) -> Any:
 def _write_json(write: TicketWrite) -> dict[str, Any]:
     ticket = write.after or write.before
     assert ticket is not None
-    return {
-        "expected": write.expected_version,
-        "delete": write.after is None,
-        "ticket": {
-            "id": ticket.id,
-            "namespace": ticket.namespace,
-            "cluster_name": ticket.cluster_name,
-            "invariant": ticket.key.invariant,
-            "store": ticket.key.store,
-            "state": ticket.state.value,
-            "severity": ticket.severity.value,
-            "message": ticket.message,
-            "occurrences": ticket.occurrences,
-            "first_seen": _time(ticket.first_seen),
-            "last_seen": _time(ticket.last_seen),
-            "violating_since": _time(ticket.violating_since),
-            "clearing_since": _time(ticket.clearing_since),
-            "opened_at": _time(ticket.opened_at),
-            "resolved_at": _time(ticket.resolved_at),
-            "hold": ticket.hold,
-            "acknowledged": ticket.acknowledged,
-            "note": ticket.note,
-            "snapshot": _finite(ticket.snapshot),
-        },
-        "events": [
-            {
-                "at": _time(at),
-                "kind": effect.kind.value,
-                "from_state": effect.from_state.value if effect.from_state else None,
-                "to_state": effect.to_state.value if effect.to_state else None,
-                "actor": effect.actor,
-                "reason": effect.reason,
-            }
-            for at, effect in write.history
-        ],
-    }
+    body: dict[str, Any] = _finite(
+        {
+            "expected": write.expected_version,
+            "delete": write.after is None,
+            "ticket": {
+                "id": ticket.id,
+                "namespace": ticket.namespace,
+                "cluster_name": ticket.cluster_name,
+                "invariant": ticket.key.invariant,
+                "store": ticket.key.store,
+                "state": ticket.state.value,
+                "severity": ticket.severity.value,
+                "message": ticket.message,
+                "occurrences": ticket.occurrences,
+                "first_seen": _time(ticket.first_seen),
+                "last_seen": _time(ticket.last_seen),
+                "violating_since": _time(ticket.violating_since),
+                "clearing_since": _time(ticket.clearing_since),
+                "opened_at": _time(ticket.opened_at),
+                "resolved_at": _time(ticket.resolved_at),
+                "hold": ticket.hold,
+                "acknowledged": ticket.acknowledged,
+                "note": ticket.note,
+                "snapshot": ticket.snapshot,
+            },
+            "events": [
+                {
+                    "at": _time(at),
+                    "kind": effect.kind.value,
+                    "from_state": effect.from_state.value if effect.from_state else None,
+                    "to_state": effect.to_state.value if effect.to_state else None,
+                    "actor": effect.actor,
+                    "reason": effect.reason,
+                }
+                for at, effect in write.history
+            ],
+        }
+    )
+    return body
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -176,7 +176,8 @@ def _metric(metric: MetricInvariant, snapshot: Snapshot, pod_stores: Iterable[st
     name, invariant, rule, per_store = metric.name, metric.settings, metric.rule, metric.per_store
     result = snapshot.results.get(name)
     tracked = snapshot.tracked_stores.get(name, frozenset())
-    stores = sorted(set(pod_stores) | tracked) if per_store else [CLUSTER_STORE]
+    pod_names = set(pod_stores)
+    stores = sorted(pod_names | tracked) if per_store else [CLUSTER_STORE]
     if result is None or result.failure is not None:
         reason = Reason.PROMETHEUS_UNREACHABLE if result and result.failure == "unreachable" else Reason.QUERY_FAILED
         error = result.error if result else "not queried"
@@ -188,6 +189,13 @@ def _metric(metric: MetricInvariant, snapshot: Snapshot, pod_stores: Iterable[st
         subject = f"store {store}" if per_store else "the cluster"
         if value is not None and math.isnan(value) and metric.idle_holds:
             message = f"{name} of {subject}: no traffic (idle), nothing to judge against {rule.threshold:g}{rule.unit}"
+            findings.append(Finding(name, store, Verdict.HOLDS, invariant.severity, message, None, rule.threshold,
+                                    result.query))  # fmt: skip
+            continue
+        if value is None and per_store and store not in pod_names:
+            # A store with a ticket whose pod is gone (scaled away): nothing left to be slow or full. storesReady
+            # judges the missing pod; this invariant lets its ticket resolve instead of staying Unknown forever.
+            message = f"{name}: store {store} no longer exists and reports nothing"
             findings.append(Finding(name, store, Verdict.HOLDS, invariant.severity, message, None, rule.threshold,
                                     result.query))  # fmt: skip
             continue

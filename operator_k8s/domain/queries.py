@@ -41,14 +41,14 @@ _AVAILABLE = (
     + ")"
 )
 _GENERIC_DISK = (
-    "(1 - sum by ({store_label}) (label_replace(kubelet_volume_stats_available_bytes{{scope},"
+    '(1 - sum by ({store_label}) (label_replace(kubelet_volume_stats_available_bytes{namespace="{namespace}",'
     'persistentvolumeclaim=~".+-({stores})"}, "{store_label}", "$1", "persistentvolumeclaim", ".+-({stores})")) / '
-    "(sum by ({store_label}) (label_replace(kubelet_volume_stats_capacity_bytes{{scope},"
+    '(sum by ({store_label}) (label_replace(kubelet_volume_stats_capacity_bytes{namespace="{namespace}",'
     'persistentvolumeclaim=~".+-({stores})"}, "{store_label}", "$1", "persistentvolumeclaim", ".+-({stores})")) > 0))'
     " * 100"
 )
 _GENERIC_AVAILABLE = (
-    "sum by ({store_label}) (label_replace(kubelet_volume_stats_available_bytes{{scope},"
+    'sum by ({store_label}) (label_replace(kubelet_volume_stats_available_bytes{namespace="{namespace}",'
     'persistentvolumeclaim=~".+-({stores})"}, "{store_label}", "$1", "persistentvolumeclaim", ".+-({stores})"))'
 )
 _CRITICAL_ERRORS = (

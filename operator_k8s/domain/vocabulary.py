@@ -62,7 +62,7 @@ BUILTIN_CONDITION = {
 
 
 def custom_condition_type(name: str) -> str:
-    """``write-stall`` → ``CustomWriteStall``: a condition type per custom invariant."""
+    """``replica-lag`` → ``CustomReplicaLag``: a condition type per custom invariant."""
     return "Custom" + "".join(part.capitalize() for part in name.split("-"))
 
 

@@ -174,3 +174,11 @@ def test_custom_cluster_scope_without_series_is_unknown() -> None:
 def test_disabled_invariants_produce_no_findings() -> None:
     cluster = spec(invariants={**NO_METRICS, "storesReady": {"enabled": False}})
     assert evaluate(cluster, snapshot(pods("notready"))) == []
+
+
+def test_a_tracked_store_whose_pod_is_gone_holds_when_it_reports_nothing() -> None:
+    """Scaled away: its latency ticket resolves instead of staying Unknown for ever."""
+    cluster = spec(invariants={"diskUsage": {"enabled": False}})
+    found = evaluate(cluster, snapshot(pods("ready"), {"latency": result(**{"tikv-0": 1.0})},
+                                       {"latency": frozenset({"tikv-7"})}))  # fmt: skip
+    assert verdicts(found, "latency") == {"tikv-0": Verdict.HOLDS, "tikv-7": Verdict.HOLDS}

@@ -11,7 +11,7 @@ import pytest
 from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
 from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS
 from operator_k8s.domain.tickets import HumanEdit, TicketState
-from operator_k8s.ports import ClusterRef
+from operator_k8s.ports import ClusterRef, TicketStoreUnavailable, TicketWrite
 from operator_k8s.service import CycleStats, Monitor
 from tests.unit.builders import at
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
@@ -323,3 +323,19 @@ async def test_only_pods_matching_the_selector_are_stores(parts: Parts) -> None:
     await monitor.check_cluster(REF, SPEC, [*PODS, *neighbours], {}, at(0))
     assert mirror.status["stores"] == {"observed": 2, "ready": 2, "expected": 2, "summary": "2/2 ready"}
     assert store.rows == [], "a neighbour's pods never open tickets here"
+
+
+async def test_a_human_edit_that_keeps_losing_races_is_retried_never_reported_applied(parts: Parts) -> None:
+    monitor, store, metrics, _ = parts
+    metrics.latency["tikv-1"] = 900.0
+    await cycle(monitor, 0)
+    ticket_id = store.rows[0].id
+    assert ticket_id is not None
+
+    def always_lose(write: TicketWrite) -> bool:
+        store.rows[0] = replace(store.rows[0], version=store.rows[0].version + 1)  # another writer, every time
+        return False
+
+    store._apply = always_lose  # type: ignore[method-assign]
+    with pytest.raises(TicketStoreUnavailable, match="lost 3 write races"):
+        await monitor.human_intent(REF.uid, ticket_id, HumanEdit(hold=True), actor="h", now=at(1))
