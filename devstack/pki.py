@@ -47,8 +47,19 @@ def _signed_cert(directory: Path, name: str, subject: str, extensions: str) -> N
     )
 
 
-def make_pki(directory: Path) -> Pki:
-    """A CA, a serving certificate for 127.0.0.1, an admin client (system:masters) and a service-account key."""
+def signed_client_cert(directory: Path, name: str, subject: str, server_ips: tuple[str, ...] = ()) -> None:
+    """``<name>.crt``/``.key`` signed by the CA in ``directory``: a client certificate, or a serving one for
+    ``server_ips`` when any are given."""
+    if server_ips:
+        sans = ",".join(f"IP:{ip}" for ip in server_ips)
+        _signed_cert(directory, name, subject, f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
+    else:
+        _signed_cert(directory, name, subject, "extendedKeyUsage=clientAuth\n")
+
+
+def make_pki(directory: Path, server_ips: tuple[str, ...] = ("127.0.0.1",)) -> Pki:
+    """A CA, a serving certificate for ``server_ips`` and the ``kubernetes`` Service's names, an admin client
+    (system:masters) and a service-account key."""
     directory.mkdir(parents=True, exist_ok=True)
     _openssl("genrsa", "-out", "ca.key", "2048", cwd=directory)
     _openssl(
@@ -69,7 +80,10 @@ def make_pki(directory: Path) -> Pki:
         directory,
         "apiserver",
         "/CN=kube-apiserver",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName="
+        + ",".join(f"IP:{ip}" for ip in server_ips)
+        + ",DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+        "DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth\n",
     )
     _signed_cert(directory, "admin", "/O=system:masters/CN=devstack-admin", "extendedKeyUsage=clientAuth\n")
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=directory)

@@ -176,3 +176,28 @@ def store_world_jobs(sd: dict[str, Any], interval: str) -> list[Job]:
         tidb_monitor_job(sd, interval, "pd"),
         kube_state_metrics_job(sd, interval),
     ]  # fmt: skip
+
+
+OPERATOR_JOB = "operator-k8s"
+
+
+def operator_job(pod_sd: dict[str, Any], interval: str) -> Job:
+    """The operator's own metrics, as the chart's ServiceMonitor has prometheus-operator scrape them: every endpoint
+    of a Service labelled ``app.kubernetes.io/name: operator-k8s`` on its port named ``metrics``."""
+    meta = "__meta_kubernetes_"
+    return {
+        "job_name": OPERATOR_JOB,
+        "scrape_interval": interval,
+        "kubernetes_sd_configs": [{**pod_sd, "role": "endpoints"}],
+        "relabel_configs": [
+            {
+                "source_labels": [f"{meta}service_label_app_kubernetes_io_name"],
+                "regex": "operator-k8s",
+                "action": "keep",
+            },
+            {"source_labels": [f"{meta}endpoint_port_name"], "regex": "metrics", "action": "keep"},
+            {"source_labels": [f"{meta}namespace"], "target_label": "namespace"},
+            {"source_labels": [f"{meta}service_name"], "target_label": "service"},
+            {"source_labels": [f"{meta}pod_name"], "target_label": "pod"},
+        ],
+    }

@@ -280,7 +280,7 @@ class Simulator:
         if "prometheus.io/port" in pod.annotations:
             pod.annotations["prometheus.io/port"] = str(pod.port)  # the port it got
         try:
-            created = await self.core.create_namespaced_pod(pod.namespace, pod.manifest())
+            created = await self._create_when_admitted(pod.namespace, pod.manifest())
         except client.ApiException as error:
             if error.status != 409:
                 await self._unbind(pod)
@@ -289,6 +289,19 @@ class Simulator:
         pod.uid = created.metadata.uid or ""
         self.pods[(pod.namespace, pod.name)] = pod
         await self._sync_status(pod, force=True)
+
+    async def _create_when_admitted(self, namespace: str, manifest: dict[str, Any]) -> Any:
+        """Create a pod; with a controller manager running (node mode), a namespace's ``default`` ServiceAccount
+        appears a moment after the namespace, and ServiceAccount admission refuses pods until it does."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return await self.core.create_namespaced_pod(namespace, manifest)
+            except client.ApiException as error:
+                waiting = error.status == 403 and "service account" in str(error.body)
+                if not waiting or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def _sync_status(self, pod: Pod, force: bool = False) -> None:
         state = pod.process.pod_state()
@@ -401,6 +414,19 @@ class Simulator:
             except Exception:
                 log.exception("Tick failed")
 
+    async def heartbeat_node(self) -> None:
+        """Report the simulator's Node Ready every 10 s, as a kubelet does: with a controller manager running (node
+        mode), node lifecycle would otherwise mark every store pod NotReady and evict it."""
+        while True:
+            now = rfc3339(time.time())
+            ready = {"type": "Ready", "status": "True", "reason": "SimulatorRunning", "message": "the store simulator",
+                     "lastHeartbeatTime": now, "lastTransitionTime": now}  # fmt: skip
+            try:
+                await self.core.patch_node_status(NODE_NAME, {"status": {"conditions": [ready]}})
+            except client.ApiException as error:
+                log.warning("Node heartbeat failed: %s", error.reason)
+            await asyncio.sleep(10)
+
     # -- kube-state-metrics ----------------------------------------------------------------------------------------
 
     async def register_kube_state_metrics(self) -> None:
@@ -416,7 +442,7 @@ class Simulator:
         }  # fmt: skip
         for _ in range(100):
             try:
-                await self.core.create_namespaced_pod("kube-system", manifest)
+                await self._create_when_admitted("kube-system", manifest)
                 break
             except client.ApiException as error:
                 if error.status == 409:
@@ -602,7 +628,7 @@ async def serve(port: int, kubeconfig: str) -> None:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         await simulator.register_kube_state_metrics()
         log.info("Simulator serving on port %d", port)
-        await simulator.run_ticks()
+        await asyncio.gather(simulator.run_ticks(), simulator.heartbeat_node())
 
 
 def main() -> None:

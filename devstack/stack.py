@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from devstack.binaries import Binaries, ensure_all
-from devstack.pki import Pki, make_pki
+from devstack.node import GATEWAY, KUBERNETES_SERVICE_IP, POD_SUBNET, SERVICE_RANGE, Node, free_port_on
+from devstack.pki import Pki, make_pki, signed_client_cert
 from devstack.processes import ComponentFailed, Process, free_port
-from devstack.scrapeconfig import KUBE_STATE_METRICS_JOB, kubernetes_sd, store_world_jobs
+from devstack.scrapeconfig import KUBE_STATE_METRICS_JOB, kubernetes_sd, operator_job, store_world_jobs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO_ROOT / "crds"
@@ -63,6 +64,9 @@ class Stack:
     alertmanager_url: str = ""
     keep_workdir: bool = False
     scrape_interval: str = SCRAPE_INTERVAL
+    # Node mode (``devstack.node``): a kubelet runs pods, and what pods must reach listens on the bridge address too.
+    node: Node | None = None
+    bind_host: str = "127.0.0.1"
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -75,17 +79,25 @@ class Stack:
         scrape_interval: str = SCRAPE_INTERVAL,
         alert_rules: list[dict[str, Any]] | None = None,
         alert_webhook: str | None = None,
+        node: bool = False,
     ) -> Stack:
         """Start everything; ``alert_rules`` and ``alert_webhook`` add Prometheus alerting through Alertmanager
-        (default grouping) to a webhook, for side-by-side comparisons."""
+        (default grouping) to a webhook, for side-by-side comparisons; ``node`` adds a real node (root only)."""
         binaries = ensure_all()
+        node_parts = Node.prepare() if node else None
         workdir = Path(
             tempfile.mkdtemp(prefix="operator-k8s-stack-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
         )
         stack = cls(workdir=workdir, binaries=binaries, keep_workdir=keep_workdir, scrape_interval=scrape_interval)
         started = time.monotonic()
         try:
+            if node_parts is not None:
+                host, node_dir = Node.network_up(workdir)
+                stack.node = Node(workdir=node_dir, binaries=node_parts[0], host=host, images=node_parts[1])
+                stack.bind_host = GATEWAY
             stack._start_kubernetes()
+            if stack.node is not None:
+                stack.node.start(stack)  # before the simulator: its pods need the controller manager's ServiceAccounts
             stack._start_postgres()
             if simulator:
                 stack._start_simulator()
@@ -99,9 +111,14 @@ class Stack:
         return stack
 
     def stop(self) -> None:
+        if self.node is not None:
+            self.node.stop(self)
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+        if self.node is not None:
+            self.node.host.restore(self.node.workdir)  # the bridge, even when the node never started
+            self.node = None
         if not self.keep_workdir:
             subprocess.run(["chmod", "-R", "u+rwX", str(self.workdir)], check=False, capture_output=True)
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -156,7 +173,7 @@ class Stack:
     # -- Kubernetes ------------------------------------------------------------------------------------------------
 
     def _start_kubernetes(self) -> None:
-        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port_on(self.bind_host)
         etcd = Process(
             "etcd",
             [
@@ -184,32 +201,45 @@ class Stack:
         self.processes.append(etcd)
         etcd.wait_until(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health", expect="true"), 30, "healthy")
 
-        self.pki = pki = make_pki(self.workdir / "pki")
+        server_ips = ("127.0.0.1", GATEWAY, KUBERNETES_SERVICE_IP) if self.node else ("127.0.0.1",)
+        self.pki = pki = make_pki(self.workdir / "pki", server_ips)
+        if self.node:
+            # Pods reach it through the kubernetes Service (its endpoint is the advertised bridge address); nodes
+            # are authorised as nodes; ServiceAccount tokens are mounted; logs and exec go to the kubelet.
+            signed_client_cert(self.workdir / "pki", "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver")
+            mode = [
+                "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={self.workdir / 'pki' / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={self.workdir / 'pki' / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki.ca_cert}", "--kubelet-preferred-address-types=InternalIP",
+            ]  # fmt: skip
+        else:
+            # No kubelet, no controller manager: no token controller to serve ServiceAccount admission, no endpoint.
+            mode = ["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount",
+                    "--endpoint-reconciler-type=none"]  # fmt: skip
         apiserver = Process(
             "kube-apiserver",
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.bind_host}",
+                f"--advertise-address={self.bind_host}",
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={pki.serving_cert}",
                 f"--tls-private-key-file={pki.serving_key}",
                 f"--client-ca-file={pki.ca_cert}",
-                "--authorization-mode=RBAC",
+                *mode,
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki.service_account_key}",
                 f"--service-account-signing-key-file={pki.service_account_key}",
-                "--disable-admission-plugins=ServiceAccount",
-                "--endpoint-reconciler-type=none",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-cluster-ip-range={SERVICE_RANGE}",
                 "--allow-privileged=false",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
             ],
             self.workdir / "logs" / "kube-apiserver.log",
         ).start()
         self.processes.append(apiserver)
-        self.apiserver_url = f"https://127.0.0.1:{api_port}"
+        self.apiserver_url = f"https://{self.bind_host}:{api_port}"
         apiserver.wait_until(self._apiserver_ready, 90, "ready (/readyz)")
 
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -241,13 +271,11 @@ class Stack:
                 indent=2,
             )
         )
-        # Pods are bound to this Node so that their status may say Running; no kubelet ever runs.
-        self.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input_text=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "devstack-node"}}),
-        )
+        # The simulator's pods are bound to this Node so that their status may say Running; no kubelet runs it, and
+        # nothing is scheduled to it.
+        fake_node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "devstack-node"},
+                     "spec": {"unschedulable": True}}  # fmt: skip
+        self.kubectl("apply", "-f", "-", input_text=json.dumps(fake_node))
         self.wait_for_namespace("default")
         self.install_crds()
 
@@ -298,6 +326,9 @@ class Stack:
             capture_output=True,
             user=user,
         )
+        if self.node:
+            with (data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {POD_SUBNET} trust\n")  # pods of the node (tests only)
         port = free_port()
         postgres = Process(
             "postgres",
@@ -310,7 +341,7 @@ class Stack:
                 "-k",
                 str(sockets),
                 "-c",
-                "listen_addresses=127.0.0.1",
+                f"listen_addresses={','.join(dict.fromkeys(['127.0.0.1', self.bind_host]))}",
                 "-c",
                 "fsync=off",
                 "-c",
@@ -398,9 +429,11 @@ class Stack:
     def _start_prometheus(self, alert_rules: list[dict[str, Any]]) -> None:
         """Prometheus scraping the store world: every store and PD pod found through the API server and labelled as
         prometheus-operator and TidbMonitor label them (``devstack.scrapeconfig``), every ``scrape_interval``."""
-        port = free_port()
+        port = free_port_on(self.bind_host)
         config = self.workdir / "prometheus.yml"
         scrape = store_world_jobs(self._kubernetes_sd(), self.scrape_interval) if self.simulator_url else []
+        if self.node:
+            scrape.append(operator_job(self._kubernetes_sd(), self.scrape_interval))
         body: dict[str, Any] = {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "scrape_configs": scrape,
@@ -419,14 +452,14 @@ class Stack:
                 str(self.binaries.prometheus),  # Debian's has no Kubernetes discovery (devstack.prometheus_build)
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.workdir / 'prometheus'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                f"--web.listen-address={self.bind_host}:{port}",
                 "--web.enable-lifecycle",
                 "--log.level=warn",
             ],
             self.workdir / "logs" / "prometheus.log",
         ).start()
         self.processes.append(prometheus)
-        self.prometheus_url = f"http://127.0.0.1:{port}"
+        self.prometheus_url = f"http://{self.bind_host}:{port}"
         prometheus.wait_until(self._prometheus_ready, 60, "ready")
         if self.simulator_url:
             # The simulator's kube-state-metrics pod, found through the API server: discovery, relabelling and the
