@@ -4,6 +4,7 @@ the referee (the operator's verdicts against TiKV's and PD's own alerting rules)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from devstack import binaries
@@ -12,7 +13,7 @@ from devstack import binaries
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build etcd, kube-apiserver, kubectl and helm (cached by version)")
+    commands.add_parser("build", help="build the control plane, Prometheus, the node and its images (cached)")
     up = commands.add_parser("up", help="start the stack, an example MonitoredCluster and the operator; show them")
     up.add_argument("--hold", action="store_true", help="keep everything running until Ctrl-C")
     commands.add_parser("demo", help="narrated demo: store outage, latency spike, disk fill → tickets → resolution")
@@ -34,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "build":
         binaries.ensure_all()
+        from devstack.node import Node  # noqa: PLC0415
+
+        if os.geteuid() == 0:
+            Node.prepare()
+        else:
+            print(
+                "[devstack] Not root: the node (containerd, kubelet, images) is not built; the install tier needs root"
+            )
         return 0
     if args.command == "manifests":
         from devstack import manifests  # noqa: PLC0415

@@ -200,7 +200,8 @@ def postgres_image() -> Image:
         _buildah("copy", "--chmod", "0755", container, str(entrypoint), "/usr/local/bin/docker-entrypoint.sh",
                  what="adding the entrypoint")  # fmt: skip
         _buildah("run", "--isolation", "chroot", container, "--", "sh", "-c",
-                 "rm -rf /var/lib/postgresql/15 /etc/postgresql/15 && mkdir -p /var/lib/postgresql/data /run/postgresql && "
+                 "rm -rf /var/lib/postgresql/15 /etc/postgresql/15 && "
+                 "mkdir -p /var/lib/postgresql/data /run/postgresql && "
                  f"chown -R {POSTGRES_UID}:{POSTGRES_UID} /var/lib/postgresql /run/postgresql",
                  what="preparing the data directory")  # fmt: skip
         _buildah("config", "--entrypoint", '["docker-entrypoint.sh"]', "--cmd", "postgres",

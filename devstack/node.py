@@ -347,7 +347,8 @@ class Node:
             volumes.append({
                 "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"devstack-pv{index}"},
                 "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                         "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(path), "type": "Directory"}},
+                         "persistentVolumeReclaimPolicy": "Retain",
+                         "hostPath": {"path": str(path), "type": "Directory"}},
             })  # fmt: skip
         stack.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": volumes}))
 

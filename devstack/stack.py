@@ -134,7 +134,8 @@ class Stack:
 
     def logs(self) -> str:
         """The tail of every component's log, for a failing test's output."""
-        return "\n".join(f"--- {p.name} ({p.log_path}) ---\n{p.log_tail()}" for p in self.processes)
+        processes = self.processes + (self.node.processes if self.node else [])
+        return "\n".join(f"--- {p.name} ({p.log_path}) ---\n{p.log_tail()}" for p in processes)
 
     def env(self) -> dict[str, str]:
         """Environment variables that point clients (kubectl, helm, the operator) at this stack."""

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# System packages the stack needs (Debian): Postgres, Prometheus, Alertmanager, openssl. Idempotent and quiet when done.
+# System packages the stack needs (Debian): Postgres, Prometheus, Alertmanager, openssl, and node mode's. Idempotent and quiet when done.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)
+# Node mode (the install tier): runc and the CNI plugins run pods; buildah and mmdebstrap build images without Docker;
+# iptables serves kube-proxy and the kubelet.
+command -v runc >/dev/null || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v buildah >/dev/null || need+=(buildah)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v iptables >/dev/null || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "[setup] Installing Debian packages: ${need[*]}"
   sudo_cmd=""

@@ -69,7 +69,7 @@ def operator(stack: Stack) -> Iterator[KopfRunner]:
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
     """Show the stack's component logs under a failing test that used it."""
-    if call.excinfo is not None and call.when == "call" and "stack" in getattr(item, "fixturenames", ()):
-        started = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
-        if isinstance(started, Stack):
-            item.add_report_section("call", "stack logs", started.logs())
+    if call.excinfo is not None and call.when == "call":
+        for started in getattr(item, "funcargs", {}).values():
+            if isinstance(started, Stack):
+                item.add_report_section("call", "stack logs", started.logs())

@@ -1,0 +1,251 @@
+"""The install tier: the operator as users run it, a pod on a real node, driven only by helm, kubectl and Postgres.
+
+The stack runs in node mode (``devstack.node``): kubelet, containerd and runc run the image built from the
+repository's Dockerfile; the chart's quick-start Postgres runs as a StatefulSet; the operator reaches the API server
+through the ``kubernetes`` Service and cluster DNS. ``pytest -s`` prints the ``[measured]`` timings the README quotes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from devstack import manifests
+from devstack.images import POSTGRES_IMAGE
+from devstack.node import GATEWAY, NODE_NAME, HostState
+from devstack.stack import REPO_ROOT, Stack
+from tests.stackutil import eventually, get_json, simulator, store_fault
+
+pytestmark = pytest.mark.stack
+CHART = str(REPO_ROOT / "charts" / "operator-k8s")
+HOME = "ok8s-helm"  # the namespace the chart is installed into
+STORES = "tikv"  # the namespace of the monitored store pods
+RELEASE = "ok8s"
+POSTGRES_POD = f"{RELEASE}-operator-k8s-postgres-0"
+QUICK_START = ["--set", "postgres.enabled=true",
+               "--set", f"postgres.image.repository={POSTGRES_IMAGE.rsplit(':', 1)[0]}",
+               "--set", f"postgres.image.tag={POSTGRES_IMAGE.rsplit(':', 1)[1]}"]  # fmt: skip
+
+
+def measured(what: str, seconds: float) -> None:
+    print(f"[measured] {what}: {seconds:.1f}s", flush=True)
+
+
+@pytest.fixture(scope="module")
+def node_stack() -> Iterator[Stack]:
+    """A stack with a real node; at the end the machine must be exactly as it was before (no chain, bridge, mount,
+    cgroup, netns, log link or sysctl left behind)."""
+    before = HostState.capture()
+    started = time.monotonic()
+    stack = Stack.start(node=True)
+    assert stack.node is not None
+    measured("node-mode stack start (cached binaries and images)", time.monotonic() - started)
+    for what, seconds in stack.node.timings.items():
+        measured(f"node: {what}", seconds)
+    try:
+        yield stack
+    finally:
+        stopped = time.monotonic()
+        stack.stop()
+        measured("node-mode stack stop", time.monotonic() - stopped)
+        assert before.differences() == [], "the machine is as it was before the node started"
+
+
+def pods(stack: Stack, namespace: str, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get_json(stack, "pods", "-n", namespace, "-l", selector)["items"]
+    return items
+
+
+def ready_pod(stack: Stack, namespace: str, selector: str) -> dict[str, Any] | None:
+    """The one Running, Ready, not-terminating pod that ``selector`` picks, if there is exactly one."""
+    found = [p for p in pods(stack, namespace, selector) if not p["metadata"].get("deletionTimestamp")
+             and p["status"].get("phase") == "Running"
+             and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]  # fmt: skip
+    return found[0] if len(found) == 1 else None
+
+
+def psql(stack: Stack, sql: str) -> list[list[str]]:
+    """Rows from the quick-start Postgres, read inside its pod, as an SRE would."""
+    out = stack.kubectl("exec", "-n", HOME, POSTGRES_POD, "--", "psql", "-U", "operator", "-d", "operator", "-AtF",
+                        "\t", "-c", sql).stdout  # fmt: skip
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def tickets(stack: Stack, state: str | None = None) -> list[dict[str, Any]]:
+    items = get_json(stack, "tickets", "-n", STORES)["items"]
+    return [t for t in items if state is None or t.get("status", {}).get("state") == state]
+
+
+def open_keys_in_postgres(stack: Stack) -> list[tuple[str, str]]:
+    rows = psql(stack, f"SELECT invariant, store FROM tickets WHERE namespace = '{STORES}' AND state <> 'resolved'")
+    return [(row[0], row[1]) for row in rows]
+
+
+def kubelet_probes(stack: Stack, pod: str) -> dict[str, float]:
+    """The kubelet's own probe counters for the operator container, by probe type and result."""
+    assert stack.node is not None
+    text = stack.kubectl("get", "--raw", f"/api/v1/nodes/{NODE_NAME}/proxy/metrics/probes").stdout
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("prober_probe_total{") and f'pod="{pod}"' in line and 'container="operator"' in line:
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            key = f"{labels['probe_type'].strip(chr(34))}/{labels['result'].strip(chr(34))}"
+            counts[key] = counts.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def operator_scraped(stack: Stack, pod: str) -> bool:
+    """The stack's Prometheus scrapes the operator pod through its metrics Service (kubernetes_sd, endpoints)."""
+    from tests.stackutil import prometheus_query  # noqa: PLC0415 - keeps the module's import list short
+
+    found = prometheus_query(stack, f'operator_k8s_check_cycles_total{{job="operator-k8s",pod="{pod}"}}')
+    return bool(found) and all(s["metric"].get("service") == f"{RELEASE}-operator-k8s-metrics" for s in found)
+
+
+def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> None:
+    stack = node_stack
+    stack.kubectl("create", "namespace", HOME)
+    stack.kubectl("label", "namespace", HOME, "pod-security.kubernetes.io/enforce=restricted")
+    started = time.monotonic()
+    stack.helm("install", RELEASE, CHART, "-n", HOME, *QUICK_START, "--wait", "--timeout", "110s")
+    measured("helm install --wait (operator and Postgres pods Ready)", time.monotonic() - started)
+    operator = ready_pod(stack, HOME, "app.kubernetes.io/name=operator-k8s,app.kubernetes.io/component!=postgres")
+    assert operator is not None, stack.kubectl("get", "pods", "-A", "-o", "wide").stdout
+    assert operator["spec"]["nodeName"] == NODE_NAME
+    assert operator["status"]["podIP"].startswith("198.18.0.")
+    assert ready_pod(stack, HOME, "app.kubernetes.io/component=postgres") is not None
+
+    # A TiKV cluster's pods and a MonitoredCluster for them, applied with kubectl.
+    stack.kubectl("create", "namespace", STORES)
+    simulator(stack, "PUT", f"/clusters/{STORES}/tikv", {"stores": 3, "labels": {"app": "tikv"}})
+    cluster = {
+        "apiVersion": "operator-k8s.io/v1alpha1", "kind": "MonitoredCluster",
+        "metadata": {"name": "tikv", "namespace": STORES},
+        "spec": {"interval": "2s", "stores": {"selector": {"matchLabels": {"app": "tikv"}}, "expected": 3},
+                 "prometheus": {"url": stack.prometheus_url, "timeout": "2s", "rateWindow": "5s"}},
+    }  # fmt: skip
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(cluster))
+
+    def healthy() -> bool:
+        status = get_json(stack, "mc", "tikv", "-n", STORES).get("status", {})
+        return any(c["type"] == "Healthy" and c["status"] == "True" for c in status.get("conditions", []))
+
+    eventually(healthy, timeout=90, what="the in-cluster operator's first check (Healthy=True)")
+    measured("helm install → first check", time.monotonic() - started)
+
+    fault = time.monotonic()
+    store_fault(stack, STORES, "tikv", "tikv-2", "disk", {"percent": 96})
+    eventually(lambda: tickets(stack, "open"), timeout=60, what="kubectl get tickets shows the disk ticket open")
+    measured("fault → ticket (kubectl get tickets)", time.monotonic() - fault)
+    listed = stack.kubectl("get", "tickets", "-n", STORES).stdout
+    assert "diskUsage" in listed and "tikv-2" in listed and "open" in listed, listed
+    measured("helm install → first ticket", time.monotonic() - started)
+    healed = time.monotonic()
+    store_fault(stack, STORES, "tikv", "tikv-2", "disk", heal=True)
+    eventually(lambda: tickets(stack, "resolved"), timeout=60, what="the ticket resolved")
+    measured("heal → resolved", time.monotonic() - healed)
+    assert psql(stack, "SELECT invariant, store, state FROM tickets") == [["diskUsage", "tikv-2", "resolved"]]
+
+    # The operator's metrics reach the stack's Prometheus through the chart's Service; the kubelet runs the chart's
+    # probes (it counts them itself).
+    name = operator["metadata"]["name"]
+    eventually(lambda: operator_scraped(stack, name), timeout=60, what="the operator scraped through its Service")
+    probes = eventually(lambda: (c := kubelet_probes(stack, name)).get("Liveness/successful") and c, timeout=60,
+                        what="the kubelet's liveness probes of the operator")  # fmt: skip
+    assert probes.get("Readiness/successful", 0) >= 1, probes
+    container = operator["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["port"] == "health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+    # helm upgrade with a changed value rolls the pod; the tickets live in Postgres and survive.
+    upgraded = time.monotonic()
+    stack.helm("upgrade", RELEASE, CHART, "-n", HOME, *QUICK_START, "--set", "settings.logLevel=DEBUG", "--wait",
+               "--timeout", "110s")  # fmt: skip
+    rolled = eventually(lambda: (p := ready_pod(stack, HOME, "app.kubernetes.io/component!=postgres,"
+                                                 "app.kubernetes.io/name=operator-k8s"))
+                         and p["metadata"]["name"] != name and p, timeout=90, what="a new operator pod")  # fmt: skip
+    measured("helm upgrade → new pod Ready", time.monotonic() - upgraded)
+    env = {e["name"]: e.get("value") for e in rolled["spec"]["containers"][0]["env"]}
+    assert env["OPERATOR_K8S_LOG_LEVEL"] == "DEBUG"
+    assert [t["status"]["state"] for t in tickets(stack)] == ["resolved"], "the ticket survived the upgrade"
+
+    # The pod deleted mid-violation: the Deployment brings it back, and the open ticket is not duplicated.
+    store_fault(stack, STORES, "tikv", "tikv-1", "disk", {"percent": 97})
+    eventually(lambda: open_keys_in_postgres(stack) == [("diskUsage", "tikv-1")], timeout=60, what="a second ticket")
+    deleted = time.monotonic()
+    stack.kubectl("delete", "pod", "-n", HOME, rolled["metadata"]["name"], "--wait=false")
+    replacement = eventually(
+        lambda: (p := ready_pod(stack, HOME, "app.kubernetes.io/component!=postgres,app.kubernetes.io/name=operator-k8s"))
+        and p["metadata"]["name"] != rolled["metadata"]["name"] and p,
+        timeout=90, what="the Deployment's replacement pod Ready",
+    )  # fmt: skip
+    measured("operator pod deleted → replacement Ready", time.monotonic() - deleted)
+    # The replacement has checked the cluster several times: its own counter, scraped through the Service.
+    replacement_name = replacement["metadata"]["name"]
+    eventually(lambda: operator_scraped(stack, replacement_name) and _cycles(stack, replacement_name) >= 5,
+               timeout=90, what="five checks by the replacement")  # fmt: skip
+    assert open_keys_in_postgres(stack) == [("diskUsage", "tikv-1")], "exactly one open ticket, no duplicate"
+    assert len(tickets(stack, "open")) == 1
+    store_fault(stack, STORES, "tikv", "tikv-1", "disk", heal=True)
+    eventually(lambda: not open_keys_in_postgres(stack), timeout=60, what="the second ticket resolved")
+    eventually(lambda: len(tickets(stack, "resolved")) == 2, timeout=30, what="both Ticket resources resolved")
+
+    # Uninstall as the README says: clusters first (their tickets resolve, the finalizer goes), then the release.
+    stack.kubectl("delete", "monitoredclusters", "--all", "-A", "--timeout=60s")
+    stack.helm("uninstall", RELEASE, "-n", HOME, "--wait", "--timeout", "110s")
+    eventually(lambda: not pods(stack, HOME, "app.kubernetes.io/instance=" + RELEASE), timeout=90,
+               what="the release's pods gone")  # fmt: skip
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    left = stack.kubectl("get", "deployments,statefulsets,services,serviceaccounts,secrets,roles,rolebindings", "-n",
+                         HOME, "-l", selector, "-o", "name").stdout  # fmt: skip
+    assert left.strip() == "", left
+    assert stack.kubectl("get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name").stdout.strip() == ""
+    assert "tickets.operator-k8s.io" in stack.kubectl("get", "crd", "-o", "name").stdout, "CRDs stay (README)"
+    claims = stack.kubectl("get", "pvc", "-n", HOME, "-o", "name").stdout.split()
+    assert claims == [f"persistentvolumeclaim/data-{POSTGRES_POD}"], "the quick-start data stays (README)"
+
+
+def _cycles(stack: Stack, pod: str) -> float:
+    from tests.stackutil import prometheus_query  # noqa: PLC0415
+
+    found = prometheus_query(stack, f'sum(operator_k8s_check_cycles_total{{job="operator-k8s",pod="{pod}"}})')
+    return float(found[0]["value"][1]) if found else 0.0
+
+
+def test_plain_manifests_reach_the_same_state(node_stack: Stack) -> None:
+    """``kubectl apply -f deploy/`` and a DSN Secret (the stack's Postgres, on the bridge address) → a Ready pod that
+    opens and resolves tickets."""
+    stack = node_stack
+    stack.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "deploy"))
+    home = manifests.NAMESPACE
+    dsn = stack.postgres_dsn.replace("127.0.0.1", GATEWAY)
+    stack.kubectl("create", "secret", "generic", "operator-k8s-database", f"--from-literal=dsn={dsn}", "-n", home)
+    started = time.monotonic()
+    stack.kubectl("rollout", "status", "deployment/operator-k8s", "-n", home, "--timeout=120s")
+    measured("kubectl apply -f deploy/ → operator Ready", time.monotonic() - started)
+    assert ready_pod(stack, home, "app.kubernetes.io/name=operator-k8s") is not None
+
+    namespace = "tikv-plain"
+    stack.kubectl("create", "namespace", namespace)
+    example: dict[str, Any] = yaml.safe_load((REPO_ROOT / "deploy/examples/tikv-cluster.yaml").read_text())
+    example["metadata"]["namespace"] = namespace
+    example["spec"]["prometheus"].update(url=stack.prometheus_url, rateWindow="5s")
+    example["spec"]["interval"] = "2s"
+    labels = example["spec"]["stores"]["selector"]["matchLabels"]
+    simulator(stack, "PUT", f"/clusters/{namespace}/tikv-prod", {"stores": 3, "labels": labels})
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(example))
+    store_fault(stack, namespace, "tikv-prod", "tikv-prod-0", "disk", {"percent": 96})
+    eventually(lambda: [t for t in get_json(stack, "tickets", "-n", namespace)["items"]
+                        if t["status"]["invariant"] == "diskUsage" and t["status"]["store"] == "tikv-prod-0"],
+               timeout=90, what="the disk ticket of tikv-prod-0")  # fmt: skip
+    row = stack.kubectl("get", "mc", "tikv-prod", "-n", namespace, "--no-headers").stdout.split()
+    assert row[2:4] == ["3/3", "ready"], row
+    store_fault(stack, namespace, "tikv-prod", "tikv-prod-0", "disk", heal=True)
+    eventually(lambda: all(t["status"]["state"] == "resolved" for t in get_json(stack, "tickets", "-n", namespace)["items"]),
+               timeout=60, what="the ticket resolved")  # fmt: skip
+    stack.kubectl("delete", "monitoredclusters", "--all", "-n", namespace, "--timeout=60s")
