@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from devstack import versions
 from devstack.binaries import CACHE_ROOT
+from devstack.processes import log, run_checked
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_DIR = CACHE_ROOT / "images"
@@ -42,17 +42,6 @@ class Image:
 
     name: str
     archive: Path
-
-
-def _log(message: str) -> None:
-    print(f"[devstack] {message}", flush=True)
-
-
-def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
-        raise RuntimeError(f"{what} failed (exit {result.returncode}): {' '.join(argv)}\n{tail}")
 
 
 def _apt_sources() -> Path:
@@ -80,13 +69,13 @@ def _rootfs(name: str, packages: tuple[str, ...], essential_hooks: tuple[str, ..
     IMAGE_DIR.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_suffix(".partial.tar")
     started = time.monotonic()
-    _log(f"Building the {name} root filesystem from Debian packages (mmdebstrap {SUITE}: {', '.join(packages)})")
+    log(f"Building the {name} root filesystem from Debian packages (mmdebstrap {SUITE}: {', '.join(packages)})")
     argv = ["mmdebstrap", "--quiet", "--variant=minbase", "--mode=root", f"--include={','.join(packages)}"]
     argv += [f"--essential-hook={hook}" for hook in essential_hooks]
     argv += ['--customize-hook=rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*']
-    _run([*argv, SUITE, str(partial), str(_apt_sources())], f"mmdebstrap of {name}", env=_clean_env())
+    run_checked([*argv, SUITE, str(partial), str(_apt_sources())], f"mmdebstrap of {name}", env=_clean_env())
     partial.rename(tarball)
-    _log(f"Built the {name} root filesystem in {time.monotonic() - started:.0f}s ({tarball.stat().st_size >> 20} MiB)")
+    log(f"Built the {name} root filesystem in {time.monotonic() - started:.0f}s ({tarball.stat().st_size >> 20} MiB)")
     return tarball
 
 
@@ -100,24 +89,17 @@ def _clean_env() -> dict[str, str]:
 
 
 def _buildah(*args: str, what: str) -> str:
+    """buildah with the project's own storage under the cache (the machine's container storage is left alone)."""
     argv = ["buildah", "--root", str(BUILDAH_ROOT / "storage"), "--runroot", str(BUILDAH_ROOT / "run"),
             "--storage-driver", "overlay", *args]  # fmt: skip
-    result = subprocess.run(
-        argv, capture_output=True, text=True, check=False, env={**_clean_env(), "BUILDAH_ISOLATION": "chroot"}
-    )
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-60:])
-        raise RuntimeError(f"{what} failed (exit {result.returncode}): buildah {' '.join(args)}\n{tail}")
-    return result.stdout.strip()
+    return run_checked(argv, what, env={**_clean_env(), "BUILDAH_ISOLATION": "chroot"})
 
 
-def _image_from_rootfs(tarball: Path, name: str, config: list[str]) -> None:
+def _image_from_rootfs(tarball: Path, name: str) -> None:
     """Commit a root filesystem tarball as a local image ``name`` (``buildah from scratch`` + ``add``)."""
     container = _buildah("from", "scratch", what=f"a container for {name}")
     try:
         _buildah("add", container, str(tarball), "/", what=f"adding {tarball.name}")
-        if config:
-            _buildah("config", *config, container, what=f"configuring {name}")
         _buildah("commit", "--quiet", container, name, what=f"committing {name}")
     finally:
         _buildah("rm", container, what="removing the working container")
@@ -129,7 +111,15 @@ def _archive(name: str, archive: Path) -> Image:
     partial.unlink(missing_ok=True)
     _buildah("push", "--quiet", name, f"oci-archive:{partial}:{name}", what=f"archiving {name}")
     partial.rename(archive)
+    _buildah("rmi", "--prune", what="pruning superseded images")  # the archive is the cache; keep storage bounded
     return Image(name=name, archive=archive)
+
+
+def _remove_superseded(pattern: str, current: Path) -> None:
+    """Older archives of the same image, once the new one is in place."""
+    for stale in IMAGE_DIR.glob(pattern):
+        if stale != current:
+            stale.unlink()
 
 
 def _operator_inputs() -> list[Path]:
@@ -160,9 +150,9 @@ def operator_image(tag: str) -> Image:
         return Image(name=name, archive=archive)
     base = f"devstack.local/debian-python3:{SUITE}"
     base_tarball = _rootfs("python3", PYTHON_PACKAGES)
-    _image_from_rootfs(base_tarball, base, [])
+    _image_from_rootfs(base_tarball, base)
     started = time.monotonic()
-    _log(f"Building {name} from the Dockerfile with buildah (BASE_IMAGE={base})")
+    log(f"Building {name} from the Dockerfile with buildah (BASE_IMAGE={base})")
     with tempfile.TemporaryDirectory(prefix="operator-k8s-image-") as context:
         # The build context: exactly what the Dockerfile copies, so no local virtualenv or cache is sent along.
         for path in _operator_inputs():
@@ -172,10 +162,9 @@ def operator_image(tag: str) -> Image:
         _buildah("bud", "--quiet", "--pull-never", "--layers=false", "--isolation", "chroot",
                  "--build-arg", f"BASE_IMAGE={base}", *_pip_build_args(), "-t", name, "-f",
                  str(Path(context) / "Dockerfile"), context, what=f"building {name}")  # fmt: skip
-    for stale in IMAGE_DIR.glob(f"operator-k8s-{tag}-*.tar"):
-        stale.unlink()
     image = _archive(name, archive)
-    _log(f"Built {name} in {time.monotonic() - started:.0f}s ({archive.stat().st_size >> 20} MiB archive)")
+    _remove_superseded(f"operator-k8s-{tag}-*.tar", archive)
+    log(f"Built {name} in {time.monotonic() - started:.0f}s ({archive.stat().st_size >> 20} MiB archive)")
     return image
 
 
@@ -194,7 +183,7 @@ def postgres_image() -> Image:
         return Image(name=POSTGRES_IMAGE, archive=archive)
     tarball = _rootfs("postgres", POSTGRES_PACKAGES, hooks)
     bindir = "/usr/lib/postgresql/15/bin"
-    _image_from_rootfs(tarball, "devstack.local/postgres-rootfs:15", [])
+    _image_from_rootfs(tarball, "devstack.local/postgres-rootfs:15")
     container = _buildah("from", "--pull-never", "devstack.local/postgres-rootfs:15", what="a container for postgres")
     try:
         _buildah("copy", "--chmod", "0755", container, str(entrypoint), "/usr/local/bin/docker-entrypoint.sh",
@@ -206,14 +195,14 @@ def postgres_image() -> Image:
                  what="preparing the data directory")  # fmt: skip
         _buildah("config", "--entrypoint", '["docker-entrypoint.sh"]', "--cmd", "postgres",
                  "--user", f"{POSTGRES_UID}:{POSTGRES_UID}", "--env", f"PATH={bindir}:/usr/local/bin:/usr/bin:/bin",
-                 "--env", "PGDATA=/var/lib/postgresql/data", "--port", "5432", container,
+                 "--env", "PGDATA=/var/lib/postgresql/data/pgdata", "--port", "5432", container,
                  what="configuring postgres")  # fmt: skip
         _buildah("commit", "--quiet", container, POSTGRES_IMAGE, what="committing postgres")
     finally:
         _buildah("rm", container, what="removing the working container")
-    for stale in IMAGE_DIR.glob("postgres-15-debian-*.tar"):
-        stale.unlink()
-    return _archive(POSTGRES_IMAGE, archive)
+    image = _archive(POSTGRES_IMAGE, archive)
+    _remove_superseded("postgres-15-debian-*.tar", archive)
+    return image
 
 
 def pause_image(pause_binary: Path) -> Image:

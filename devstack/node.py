@@ -2,220 +2,43 @@
 
 containerd 2 (runc, overlayfs, cgroupfs), the bridge CNI plugin, kubelet, kube-proxy (iptables), the controller
 manager, the scheduler and CoreDNS, all started by pid and stopped by pid. The pod and Service networks exist only on
-this machine: a bridge with ``GATEWAY`` in 198.18.0.0/15 (the benchmarking range, never routed anywhere), pods in
-``POD_SUBNET``, Services in ``SERVICE_RANGE``. Whatever must be reachable from pods (the API server, CoreDNS, the
-kubelet, the stack's Postgres and Prometheus) listens on the bridge address, which exists only here.
+this machine (``devstack.hoststate``: a bridge in the benchmarking range 198.18.0.0/15, never routed anywhere, fenced
+by iptables rules of its own). Whatever pods must reach (the API server, CoreDNS, the kubelet, the stack's Postgres
+and Prometheus) listens on the bridge address, which exists only here; the rest stays on 127.0.0.1.
 
-Every change to the machine is recorded before the node starts (``HostState``) and undone at stop: iptables chains
-and rules, the bridge, network namespaces, mounts, cgroups, kubelet's ``/var/log/containers`` links, the sysctls
-kubelet and the CNI plugin set, the directories the runtime creates outside the work directory.
-
-Host facts this relies on (measured, see the README's "Node mode"): root; cgroup v1 is used with ``failCgroupV1:
-false`` (cgroup v2 works the same way with the cgroupfs driver); without CAP_SYS_RESOURCE containerd must clamp
-oom_score_adj (``restrict_oom_score_adj``).
+Every change to the machine is recorded before the node starts and undone at stop, or by the next run if this one
+was killed (``devstack.hoststate``). Host facts this relies on (measured, see the README's "Node mode"): root;
+cgroup v1 with ``failCgroupV1: false`` (cgroup v2 is detected but was never run here); without CAP_SYS_RESOURCE
+containerd must clamp oom_score_adj (``restrict_oom_score_adj``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from devstack import hoststate
+from devstack.hoststate import BRIDGE, CGROUP_ROOT, GATEWAY, POD_SUBNET, SERVICE_RANGE, HostState, sh
 from devstack.images import Image, operator_image, pause_image, postgres_image
 from devstack.node_build import NodeBinaries, ensure_node
-from devstack.pki import signed_client_cert
-from devstack.processes import ComponentFailed, Process
+from devstack.pki import signed_cert
+from devstack.processes import ComponentFailed, Process, free_port, log
 
 if TYPE_CHECKING:
     from devstack.stack import Stack
 
-BRIDGE = "ok8s0"
-GATEWAY = "198.18.0.1"
-POD_SUBNET = "198.18.0.0/24"
-SERVICE_RANGE = "198.19.0.0/24"
 KUBERNETES_SERVICE_IP = "198.19.0.1"
 NODE_NAME = "operator-k8s-node"
 RUNC = "/usr/sbin/runc"
 CNI_PLUGINS = "/usr/lib/cni"
-
-# Sysctls that kubelet (protectKernelDefaults: false), the bridge plugin and kube-proxy may set; restored at stop.
-SYSCTLS = (
-    "net/ipv4/ip_forward",
-    "net/ipv4/conf/all/route_localnet",
-    "net/bridge/bridge-nf-call-iptables",
-    "net/bridge/bridge-nf-call-ip6tables",
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-)
-# Paths outside the work directory that kubelet, containerd or CNI create on their own; removed if they were absent.
-OUTSIDE_PATHS = (
-    "/var/log/containers",
-    "/var/log/pods",
-    "/var/lib/cni",
-    "/run/containerd",
-    "/run/netns",
-    "/var/run/netns",
-    "/var/lib/kubelet",
-    "/etc/cni",
-)
-CGROUP_ROOTS = ("kubepods", "k8s.io")
-IPTABLES = ("iptables", "ip6tables")
-TABLES = ("filter", "nat", "mangle")
-
-
-def _log(message: str) -> None:
-    print(f"[devstack] {message}", flush=True)
-
-
-def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check)
-
-
-def free_port_on(host: str) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _chains(tool: str, table: str) -> set[str]:
-    result = _sh(tool, "-w", "-t", table, "-S", check=False)
-    return {line.split()[1] for line in result.stdout.splitlines() if line.startswith("-N ")}
-
-
-def _mounts() -> list[str]:
-    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-
-
-def _cgroup_dirs() -> set[str]:
-    found = set()
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        for name in CGROUP_ROOTS:
-            if (hierarchy / name).is_dir():
-                found.add(str(hierarchy / name))
-    return found
-
-
-@dataclass(frozen=True)
-class HostState:
-    """What the node may change on the machine, as it was; ``restore`` puts it back and ``differences`` names what
-    still differs (empty when the machine is as it was)."""
-
-    sysctls: dict[str, str]
-    chains: dict[str, set[str]]
-    rules: dict[str, list[str]]
-    paths: set[str]
-    mounts: list[str]
-    cgroups: set[str]
-    links: set[str]
-
-    @classmethod
-    def capture(cls) -> HostState:
-        sysctls = {}
-        for name in SYSCTLS:
-            path = Path("/proc/sys") / name
-            if path.exists():
-                sysctls[name] = path.read_text().strip()
-        chains = {f"{tool} {table}": _chains(tool, table) for tool in IPTABLES for table in TABLES}
-        rules = {f"{tool} {table}": _sh(tool, "-w", "-t", table, "-S", check=False).stdout.splitlines()
-                 for tool in IPTABLES for table in TABLES}  # fmt: skip
-        links = set(_sh("ip", "-o", "link", "show").stdout.split("\n"))
-        return cls(
-            sysctls=sysctls,
-            chains=chains,
-            rules=rules,
-            paths={p for p in OUTSIDE_PATHS if os.path.lexists(p)},
-            mounts=_mounts(),
-            cgroups=_cgroup_dirs(),
-            links={line.split(":")[1].strip().split("@")[0] for line in links if line.strip()},
-        )
-
-    def restore(self, workdir: Path) -> None:
-        """Undo every change the node made (idempotent, best effort for each item, never raising)."""
-        self._restore_iptables()
-        self._unmount(workdir)
-        for link in _current_links() - self.links:
-            if link == BRIDGE or link.startswith("veth"):
-                _sh("ip", "link", "delete", link, check=False)
-        for directory in sorted(_cgroup_dirs() - self.cgroups):
-            for root, _dirs, _files in os.walk(directory, topdown=False):
-                with contextlib.suppress(OSError):
-                    Path(root).rmdir()
-        _unlink_container_logs(workdir)
-        for path in OUTSIDE_PATHS:
-            if path not in self.paths and os.path.lexists(path) and not os.path.ismount(path):
-                shutil.rmtree(path, ignore_errors=True)
-        self._restore_sysctls()
-
-    def _unmount(self, workdir: Path) -> None:
-        before = set(self.mounts)
-        ours = (str(workdir), "/run/netns/", "/var/run/netns/", "/run/containerd")
-        for mount in reversed(_mounts()):
-            if mount not in before and mount.startswith(ours):
-                _sh("umount", "-l", mount, check=False)
-
-    def _restore_sysctls(self) -> None:
-        for name, value in self.sysctls.items():
-            path = Path("/proc/sys") / name
-            if path.exists() and path.read_text().strip() != value:
-                try:
-                    path.write_text(value)
-                except OSError as error:
-                    _log(f"Could not restore sysctl {name}={value}: {error}")
-
-    def _restore_iptables(self) -> None:
-        for tool in IPTABLES:
-            for table in TABLES:
-                key = f"{tool} {table}"
-                added = _chains(tool, table) - self.chains[key]
-                kept = set(self.rules[key])
-                for rule in _sh(tool, "-w", "-t", table, "-S", check=False).stdout.splitlines():
-                    if rule.startswith("-A ") and rule not in kept and rule.split()[1] not in added:
-                        _sh(tool, "-w", "-t", table, "-D", *shlex.split(rule)[1:], check=False)
-                for chain in added:
-                    _sh(tool, "-w", "-t", table, "-F", chain, check=False)
-                for chain in added:
-                    _sh(tool, "-w", "-t", table, "-X", chain, check=False)
-
-    def differences(self) -> list[str]:
-        """What differs from this state now (for tests: the machine must be as it was)."""
-        now = HostState.capture()
-        found = [f"sysctl {k}: {v} -> {now.sysctls.get(k)}" for k, v in self.sysctls.items() if now.sysctls.get(k) != v]
-        for key, rules in self.rules.items():
-            if sorted(rules) != sorted(now.rules[key]):
-                found.append(f"{key}: rules {sorted(set(now.rules[key]) ^ set(rules))}")
-        found += [f"path {p} appeared" for p in now.paths - self.paths]
-        found += [f"mount {m} appeared" for m in set(now.mounts) - set(self.mounts)]
-        found += [f"cgroup {c} appeared" for c in now.cgroups - self.cgroups]
-        found += [f"link {link} appeared" for link in now.links - self.links]
-        return found
-
-
-def _current_links() -> set[str]:
-    out = _sh("ip", "-o", "link", "show").stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()}
-
-
-def _unlink_container_logs(workdir: Path) -> None:
-    """kubelet's links in /var/log/containers (a path it does not let one configure) that point into ``workdir``."""
-    logs = Path("/var/log/containers")
-    if logs.is_dir():
-        for link in logs.iterdir():
-            if link.is_symlink() and os.readlink(link).startswith(str(workdir)):
-                link.unlink()
+# Where containerd would pull from when an image is not local: nowhere (pods run only the images the stack imports).
+NO_REGISTRY = "http://127.0.0.1:9"
 
 
 def _kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path) -> Path:
@@ -251,20 +74,43 @@ class Node:
         version = _chart_app_version()
         return binaries, [pause_image(binaries.pause), operator_image(version), postgres_image()]
 
+    @staticmethod
+    def check_machine() -> None:
+        """Refuse early (before any build), with a reason, where node mode cannot run."""
+        hoststate.recover_abandoned()
+        try:
+            hoststate.check_machine()
+        except RuntimeError as error:
+            raise ComponentFailed(str(error)) from error
+
     @classmethod
-    def network_up(cls, workdir: Path) -> tuple[HostState, Path]:
-        """Record the machine's state, then create the bridge, so that servers can bind ``GATEWAY`` before any pod."""
-        if os.geteuid() != 0:
-            raise ComponentFailed("Node mode needs root (network namespaces, cgroups, mounts, iptables)")
-        if BRIDGE in _current_links():
-            raise ComponentFailed(f"Bridge {BRIDGE} already exists: another node-mode stack runs, or one was killed "
-                                  f"(remove it with `ip link delete {BRIDGE}`)")  # fmt: skip
+    def network_up(cls, binaries: NodeBinaries, images: list[Image]) -> Node:
+        """Record the machine (also on disk, for a later run to clean up if this one is killed), then create the
+        fenced bridge, so that servers can bind ``GATEWAY`` before any pod exists."""
         host = HostState.capture()
-        _sh("ip", "link", "add", BRIDGE, "type", "bridge")
-        _sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
-        _sh("ip", "link", "set", BRIDGE, "up")
-        node_dir = Path(_sh("mktemp", "-d", "/var/tmp/operator-k8s-node-XXXXXX").stdout.strip())
-        return host, node_dir
+        node_dir = Path(sh("mktemp", "-d", f"{hoststate.NODE_DIRS}XXXXXX").stdout.strip())
+        host.save(node_dir)
+        node = cls(workdir=node_dir, binaries=binaries, host=host, images=images)
+        try:
+            sh("ip", "link", "add", BRIDGE, "type", "bridge")
+            sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
+            sh("ip", "link", "set", BRIDGE, "up")
+            hoststate.isolate()
+            hoststate.make_cgroup_root()
+        except BaseException:
+            node.restore()
+            raise
+        return node
+
+    def restore(self) -> None:
+        """Undo every change to the machine and remove the work directory."""
+        self.host.restore(self.workdir)
+        sh("chmod", "-R", "u+rwX", str(self.workdir), check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def record(self, process: Process) -> None:
+        """Note a process of this node's stack, so that a later run can stop it if this run is killed."""
+        hoststate.record_pid(self.workdir, process.pid, process.argv[0])
 
     def start(self, stack: Stack) -> None:
         """Start the node's components against ``stack``'s API server, in dependency order; node Ready at return."""
@@ -279,8 +125,8 @@ class Node:
             ("scheduler", "/CN=system:kube-scheduler"),
             ("kube-proxy", "/CN=system:kube-proxy"),
         ):
-            signed_client_cert(pki_dir, name, subject)
-        signed_client_cert(pki_dir, "kubelet-serving", f"/CN={NODE_NAME}", server_ips=(GATEWAY, "127.0.0.1"))
+            signed_cert(pki_dir, name, subject)
+        signed_cert(pki_dir, "kubelet-serving", f"/CN={NODE_NAME}", server_ips=(GATEWAY, "127.0.0.1"))
         ca = stack.pki.ca_cert
 
         def kubeconfig(name: str) -> Path:
@@ -293,7 +139,7 @@ class Node:
         self._spawn("kube-controller-manager", [
             str(self.binaries.kube_controller_manager), f"--kubeconfig={kcm}", f"--authentication-kubeconfig={kcm}",
             f"--authorization-kubeconfig={kcm}", "--bind-address=127.0.0.1",
-            f"--secure-port={free_port_on('127.0.0.1')}",
+            f"--secure-port={free_port()}",
             "--leader-elect=false", "--use-service-account-credentials=true", f"--root-ca-file={ca}",
             f"--service-account-private-key-file={stack.pki.service_account_key}",
             f"--service-cluster-ip-range={SERVICE_RANGE}", f"--cluster-signing-cert-file={ca}",
@@ -303,7 +149,7 @@ class Node:
         self._spawn("kube-scheduler", [
             str(self.binaries.kube_scheduler), f"--kubeconfig={scheduler}",
             f"--authentication-kubeconfig={scheduler}", f"--authorization-kubeconfig={scheduler}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port_on('127.0.0.1')}", "--leader-elect=false",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
         ])  # fmt: skip
         corefile = conf / "Corefile"
         corefile.write_text(
@@ -312,18 +158,17 @@ class Node:
             "  cache 30\n}\n"
         )  # no forwarding: pods have no business outside this machine
         self._spawn("coredns", [str(self.binaries.coredns), "-conf", str(corefile)])
-        self._start_kubelet(stack, conf, kubeconfig("kubelet"), pki_dir)
+        kubelet = self._start_kubelet(stack, conf, kubeconfig("kubelet"), pki_dir)
         proxy_config = conf / "kube-proxy.yaml"
         proxy_config.write_text(json.dumps({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "iptables",
             "clientConnection": {"kubeconfig": str(kubeconfig("kube-proxy"))}, "hostnameOverride": NODE_NAME,
-            "bindAddress": "127.0.0.1", "healthzBindAddress": f"127.0.0.1:{free_port_on('127.0.0.1')}",
-            "metricsBindAddress": f"127.0.0.1:{free_port_on('127.0.0.1')}", "clusterCIDR": POD_SUBNET,
+            "bindAddress": "127.0.0.1", "healthzBindAddress": f"127.0.0.1:{free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}", "clusterCIDR": POD_SUBNET,
             "nodePortAddresses": [f"{GATEWAY}/32"],
             "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
         }))  # fmt: skip
         self._spawn("kube-proxy", [str(self.binaries.kube_proxy), f"--config={proxy_config}"])
-        kubelet = self.processes[-2]
         kubelet.wait_until(lambda: _node_ready(stack), 120, f"registered Node {NODE_NAME} Ready")
         self.timings["node Ready"] = time.monotonic() - started
         kubelet.wait_until(
@@ -333,7 +178,7 @@ class Node:
         )
         self._provide_volumes(stack)
         self.timings["node usable"] = time.monotonic() - started
-        _log(f"Node {NODE_NAME} Ready in {self.timings['node Ready']:.1f}s (containerd and images "
+        log(f"Node {NODE_NAME} Ready in {self.timings['node Ready']:.1f}s (containerd and images "
              f"{self.timings['containerd and images']:.1f}s)")  # fmt: skip
 
     def _provide_volumes(self, stack: Stack, count: int = 4) -> None:
@@ -355,6 +200,7 @@ class Node:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
         process = Process(name, argv, self.workdir / "logs" / f"{name}.log", env=env).start()
         self.processes.append(process)
+        self.record(process)
         return process
 
     @property
@@ -362,7 +208,7 @@ class Node:
         return self.workdir / "containerd" / "containerd.sock"
 
     def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _sh(str(self.binaries.ctr), "--address", str(self.containerd_socket), "-n", "k8s.io", *args)
+        return sh(str(self.binaries.ctr), "--address", str(self.containerd_socket), "-n", "k8s.io", *args, check=False)
 
     def _start_containerd(self, conf: Path) -> None:
         state = self.workdir / "containerd"
@@ -377,6 +223,9 @@ class Node:
                          "routes": [{"dst": SERVICE_RANGE}]},  # no default route: nothing leaves
             }],
         }))  # fmt: skip
+        registries = self.workdir / "containerd" / "registries" / "_default"
+        registries.mkdir(parents=True)
+        (registries / "hosts.toml").write_text(f'server = "{NO_REGISTRY}"\n')
         config = conf / "containerd.toml"
         runtime = "plugins.'io.containerd.cri.v1.runtime'"
         config.write_text(
@@ -384,6 +233,7 @@ class Node:
             f'[grpc]\n  address = "{self.containerd_socket}"\n'
             f"[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'overlayfs'\n"
             f"  [plugins.'io.containerd.cri.v1.images'.pinned_images]\n    sandbox = '{self.images[0].name}'\n"
+            f"  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = '{registries.parent}'\n"
             # Without CAP_SYS_RESOURCE runc cannot set the sandbox's oom_score_adj of -998: clamp it instead.
             f"[{runtime}]\n  restrict_oom_score_adj = true\n"
             f"  [{runtime}.containerd]\n    default_runtime_name = 'runc'\n"
@@ -404,20 +254,21 @@ class Node:
                 raise ComponentFailed(f"Importing {image.archive} did not yield {image.name}: {result.stdout}")
             self.timings[f"import {image.name}"] = time.monotonic() - imported
 
-    def _start_kubelet(self, stack: Stack, conf: Path, kubeconfig: Path, pki_dir: Path) -> None:
-        port = free_port_on(GATEWAY)
+    def _start_kubelet(self, stack: Stack, conf: Path, kubeconfig: Path, pki_dir: Path) -> Process:
+        port = free_port(GATEWAY)
         config = conf / "kubelet.yaml"
         config.write_text(json.dumps({
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
             "failCgroupV1": False, "cgroupDriver": "cgroupfs", "failSwapOn": False,
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "address": GATEWAY, "port": port, "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": free_port_on("127.0.0.1"),
+            "healthzBindAddress": "127.0.0.1", "healthzPort": free_port(),
             "staticPodPath": str(self.workdir / "manifests"), "podLogsDir": str(self.workdir / "pod-logs"),
             "tlsCertFile": str(pki_dir / "kubelet-serving.crt"),
             "tlsPrivateKeyFile": str(pki_dir / "kubelet-serving.key"),
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
-                               "x509": {"clientCAFile": str(stack.pki.ca_cert if stack.pki else "")}},
+                               "x509": {"clientCAFile": str(pki_dir / "ca.crt")}},
+            "cgroupRoot": f"/{CGROUP_ROOT}",
             "authorization": {"mode": "AlwaysAllow"},
             "clusterDomain": "cluster.local", "clusterDNS": [GATEWAY],
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
@@ -427,7 +278,7 @@ class Node:
         }))  # fmt: skip
         (self.workdir / "manifests").mkdir(exist_ok=True)
         self.kubelet_url = f"https://{GATEWAY}:{port}"
-        self._spawn("kubelet", [
+        return self._spawn("kubelet", [
             str(self.binaries.kubelet), f"--config={config}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={self.workdir / 'kubelet' / 'pki'}",
             f"--hostname-override={NODE_NAME}", f"--node-ip={GATEWAY}",
@@ -440,36 +291,22 @@ class Node:
         return path
 
     def stop(self, stack: Stack) -> None:
-        """Let kubelet tear the pods down (sandboxes, CNI DEL, volume unmounts), stop everything by pid, then undo
-        every change to the machine."""
+        """Let kubelet tear the pods down (sandboxes, CNI DEL, volume unmounts) while the API server still runs, then
+        stop the node's processes by pid. ``restore`` undoes the rest."""
         kubelet = next((p for p in self.processes if p.name == "kubelet"), None)
-        if kubelet is not None and kubelet.alive() and stack.kubeconfig.exists():
-            stack.kubectl("delete", "deployments,statefulsets,replicasets,daemonsets,jobs", "--all", "--all-namespaces",
-                          "--wait=false", check=False)  # fmt: skip
-            stack.kubectl("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={NODE_NAME}",
-                          "--wait=true", "--timeout=60s", check=False)  # fmt: skip
-        for process in reversed(self.processes):
-            process.stop()
-        self.processes.clear()
-        self._stop_leftover_shims()
-        self.host.restore(self.workdir)
-        _sh("chmod", "-R", "u+rwX", str(self.workdir), check=False)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def _stop_leftover_shims(self) -> None:
-        """containerd's shims outlive containerd by design; ours (by socket address) are stopped with their tasks."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(b"containerd-shim" in part for part in cmdline[:1]) and str(
-                self.containerd_socket
-            ).encode() in b" ".join(cmdline):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+        try:
+            if kubelet is not None and kubelet.alive() and stack.kubeconfig.exists():
+                stack.kubectl("delete", "deployments,statefulsets,replicasets,daemonsets,jobs", "--all",
+                              "--all-namespaces", "--wait=false", check=False)  # fmt: skip
+                stack.kubectl("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={NODE_NAME}",
+                              "--wait=true", "--timeout=60s", check=False)  # fmt: skip
+        finally:
+            for process in reversed(self.processes):
+                try:
+                    process.stop()
+                except Exception as error:
+                    log(f"Stopping {process.name} failed: {error}")
+            self.processes.clear()
 
 
 def _node_ready(stack: Stack) -> bool:

@@ -47,7 +47,7 @@ def _signed_cert(directory: Path, name: str, subject: str, extensions: str) -> N
     )
 
 
-def signed_client_cert(directory: Path, name: str, subject: str, server_ips: tuple[str, ...] = ()) -> None:
+def signed_cert(directory: Path, name: str, subject: str, server_ips: tuple[str, ...] = ()) -> None:
     """``<name>.crt``/``.key`` signed by the CA in ``directory``: a client certificate, or a serving one for
     ``server_ips`` when any are given."""
     if server_ips:

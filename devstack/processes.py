@@ -12,11 +12,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def log(message: str) -> None:
+    """The stack's progress lines on stdout (they are what a user waits on: builds, start-up, timings)."""
+    print(f"[devstack] {message}", flush=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def run_checked(argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
+    """Run a command to completion; its stdout, or an error naming ``what`` with the tail of its output."""
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        raise RuntimeError(f"{what} failed (exit {result.returncode}): {' '.join(argv)}\n{tail}")
+    return result.stdout.strip()
 
 
 def _tree(root: int) -> list[int]:

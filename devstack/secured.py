@@ -34,17 +34,13 @@ import bcrypt
 from aiohttp import ClientSession, ClientTimeout, web
 
 from devstack.pki import Pki, make_pki
-from devstack.processes import Process, free_port
+from devstack.processes import Process, free_port, log
 from devstack.stack import REPO_ROOT
 
 SCRAPE_INTERVAL = "1s"
 USERNAME = "operator"
 TENANT = "team-a"
 _SESSION = web.AppKey("session", ClientSession)
-
-
-def _log(message: str) -> None:
-    print(f"[devstack] {message}", flush=True)
 
 
 def _ok(url: str, *, context: ssl.SSLContext | None = None, headers: dict[str, str] | None = None) -> bool:
@@ -107,7 +103,7 @@ class SecuredWorld:
         except BaseException:
             world.stop()
             raise
-        _log(f"Secured Prometheus at {world.secured_url}, gateway at {world.gateway_url} (workdir {workdir})")
+        log(f"Secured Prometheus at {world.secured_url}, gateway at {world.gateway_url} (workdir {workdir})")
         return world
 
     @property

@@ -21,18 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from devstack.binaries import Binaries, ensure_all
-from devstack.node import GATEWAY, KUBERNETES_SERVICE_IP, POD_SUBNET, SERVICE_RANGE, Node, free_port_on
-from devstack.pki import Pki, make_pki, signed_client_cert
-from devstack.processes import ComponentFailed, Process, free_port
+from devstack.hoststate import GATEWAY, POD_SUBNET, SERVICE_RANGE
+from devstack.node import KUBERNETES_SERVICE_IP, Node
+from devstack.pki import Pki, make_pki, signed_cert
+from devstack.processes import ComponentFailed, Process, free_port, log
 from devstack.scrapeconfig import KUBE_STATE_METRICS_JOB, kubernetes_sd, operator_job, store_world_jobs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO_ROOT / "crds"
 SCRAPE_INTERVAL = "1s"
-
-
-def _log(message: str) -> None:
-    print(f"[devstack] {message}", flush=True)
 
 
 def _postgres_bindir() -> Path:
@@ -83,6 +80,8 @@ class Stack:
     ) -> Stack:
         """Start everything; ``alert_rules`` and ``alert_webhook`` add Prometheus alerting through Alertmanager
         (default grouping) to a webhook, for side-by-side comparisons; ``node`` adds a real node (root only)."""
+        if node:
+            Node.check_machine()  # before minutes of building: root, a free address range, br_netfilter
         binaries = ensure_all()
         node_parts = Node.prepare() if node else None
         workdir = Path(
@@ -92,8 +91,7 @@ class Stack:
         started = time.monotonic()
         try:
             if node_parts is not None:
-                host, node_dir = Node.network_up(workdir)
-                stack.node = Node(workdir=node_dir, binaries=node_parts[0], host=host, images=node_parts[1])
+                stack.node = Node.network_up(*node_parts)
                 stack.bind_host = GATEWAY
             stack._start_kubernetes()
             if stack.node is not None:
@@ -107,18 +105,23 @@ class Stack:
         except BaseException:
             stack.stop()
             raise
-        _log(f"Stack ready in {time.monotonic() - started:.1f}s (workdir {workdir})")
+        log(f"Stack ready in {time.monotonic() - started:.1f}s (workdir {workdir})")
         return stack
 
     def stop(self) -> None:
-        if self.node is not None:
-            self.node.stop(self)
-        for process in reversed(self.processes):
-            process.stop()
-        self.processes.clear()
-        if self.node is not None:
-            self.node.host.restore(self.node.workdir)  # the bridge, even when the node never started
-            self.node = None
+        try:
+            if self.node is not None:
+                self.node.stop(self)
+        finally:
+            for process in reversed(self.processes):
+                try:
+                    process.stop()
+                except Exception as error:
+                    log(f"Stopping {process.name} failed: {error}")
+            self.processes.clear()
+            if self.node is not None:
+                self.node.restore()  # the machine as it was, even when the node never started
+                self.node = None
         if not self.keep_workdir:
             subprocess.run(["chmod", "-R", "u+rwX", str(self.workdir)], check=False, capture_output=True)
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -128,6 +131,11 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _own(self, process: Process) -> None:
+        self.processes.append(process)
+        if self.node is not None:
+            self.node.record(process)  # a later run stops it if this one is killed
 
     def process(self, name: str) -> Process:
         return next(p for p in self.processes if p.name == name)
@@ -174,7 +182,7 @@ class Stack:
     # -- Kubernetes ------------------------------------------------------------------------------------------------
 
     def _start_kubernetes(self) -> None:
-        etcd_port, peer_port, api_port = free_port(), free_port(), free_port_on(self.bind_host)
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port(self.bind_host)
         etcd = Process(
             "etcd",
             [
@@ -199,7 +207,7 @@ class Stack:
             ],
             self.workdir / "logs" / "etcd.log",
         ).start()
-        self.processes.append(etcd)
+        self._own(etcd)
         etcd.wait_until(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health", expect="true"), 30, "healthy")
 
         server_ips = ("127.0.0.1", GATEWAY, KUBERNETES_SERVICE_IP) if self.node else ("127.0.0.1",)
@@ -207,7 +215,7 @@ class Stack:
         if self.node:
             # Pods reach it through the kubernetes Service (its endpoint is the advertised bridge address); nodes
             # are authorised as nodes; ServiceAccount tokens are mounted; logs and exec go to the kubelet.
-            signed_client_cert(self.workdir / "pki", "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver")
+            signed_cert(self.workdir / "pki", "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver")
             mode = [
                 "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
                 f"--kubelet-client-certificate={self.workdir / 'pki' / 'apiserver-kubelet-client.crt'}",
@@ -239,7 +247,7 @@ class Stack:
             ],
             self.workdir / "logs" / "kube-apiserver.log",
         ).start()
-        self.processes.append(apiserver)
+        self._own(apiserver)
         self.apiserver_url = f"https://{self.bind_host}:{api_port}"
         apiserver.wait_until(self._apiserver_ready, 90, "ready (/readyz)")
 
@@ -355,7 +363,7 @@ class Stack:
             self.workdir / "logs" / "postgres.log",
             user=user,
         ).start()
-        self.processes.append(postgres)
+        self._own(postgres)
         self.postgres_dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         postgres.wait_until(self._postgres_ready, 30, "accepting connections")
 
@@ -397,7 +405,7 @@ class Stack:
             self.workdir / "logs" / "simulator.log",
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         ).start()
-        self.processes.append(simulator)
+        self._own(simulator)
         self.simulator_url = f"http://127.0.0.1:{port}"
         simulator.wait_until(lambda: _http_ok(f"{self.simulator_url}/healthz"), 30, "serving")
 
@@ -417,7 +425,7 @@ class Stack:
             ],
             self.workdir / "logs" / "alertmanager.log",
         ).start()  # fmt: skip
-        self.processes.append(alertmanager)
+        self._own(alertmanager)
         self.alertmanager_url = f"http://127.0.0.1:{port}"
         alertmanager.wait_until(lambda: _http_ok(f"{self.alertmanager_url}/-/ready"), 30, "ready")
 
@@ -430,7 +438,7 @@ class Stack:
     def _start_prometheus(self, alert_rules: list[dict[str, Any]]) -> None:
         """Prometheus scraping the store world: every store and PD pod found through the API server and labelled as
         prometheus-operator and TidbMonitor label them (``devstack.scrapeconfig``), every ``scrape_interval``."""
-        port = free_port_on(self.bind_host)
+        port = free_port(self.bind_host)
         config = self.workdir / "prometheus.yml"
         scrape = store_world_jobs(self._kubernetes_sd(), self.scrape_interval) if self.simulator_url else []
         if self.node:
@@ -459,7 +467,7 @@ class Stack:
             ],
             self.workdir / "logs" / "prometheus.log",
         ).start()
-        self.processes.append(prometheus)
+        self._own(prometheus)
         self.prometheus_url = f"http://{self.bind_host}:{port}"
         prometheus.wait_until(self._prometheus_ready, 60, "ready")
         if self.simulator_url:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,6 +66,16 @@ def run_operator(stack: Stack, **overrides: str) -> Iterator[KopfRunner]:
 def operator(stack: Stack) -> Iterator[KopfRunner]:
     with run_operator(stack) as runner:
         yield runner
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A terminated run (CI's timeout, kill) still tears its stacks down: pytest runs finalizers on an interrupt,
+    not on SIGTERM's default action."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:

@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from devstack import manifests
+from devstack.hoststate import GATEWAY, HostState
 from devstack.images import POSTGRES_IMAGE
-from devstack.node import GATEWAY, NODE_NAME, HostState
+from devstack.node import NODE_NAME, Node
 from devstack.stack import REPO_ROOT, Stack
-from tests.stackutil import eventually, get_json, simulator, store_fault
+from tests.stackutil import eventually, get_json, prometheus_query, simulator, store_fault
 
 pytestmark = pytest.mark.stack
 CHART = str(REPO_ROOT / "charts" / "operator-k8s")
@@ -40,11 +41,15 @@ def measured(what: str, seconds: float) -> None:
 def node_stack() -> Iterator[Stack]:
     """A stack with a real node; at the end the machine must be exactly as it was before (no chain, bridge, mount,
     cgroup, netns, log link or sysctl left behind)."""
+    Node.check_machine()
     before = HostState.capture()
+    prepared = time.monotonic()
+    Node.prepare()
+    measured("node binaries and images ready (builds what the cache lacks)", time.monotonic() - prepared)
     started = time.monotonic()
     stack = Stack.start(node=True)
     assert stack.node is not None
-    measured("node-mode stack start (cached binaries and images)", time.monotonic() - started)
+    measured("node-mode stack start (binaries and images built)", time.monotonic() - started)
     for what, seconds in stack.node.timings.items():
         measured(f"node: {what}", seconds)
     try:
@@ -81,9 +86,11 @@ def tickets(stack: Stack, state: str | None = None) -> list[dict[str, Any]]:
     return [t for t in items if state is None or t.get("status", {}).get("state") == state]
 
 
-def open_keys_in_postgres(stack: Stack) -> list[tuple[str, str]]:
-    rows = psql(stack, f"SELECT invariant, store FROM tickets WHERE namespace = '{STORES}' AND state <> 'resolved'")
-    return [(row[0], row[1]) for row in rows]
+def open_in_postgres(stack: Stack) -> list[tuple[str, str, str, str]]:
+    """(id, invariant, store, opened_at) of every unresolved ticket of the store namespace."""
+    rows = psql(stack, f"SELECT id, invariant, store, opened_at FROM tickets WHERE namespace = '{STORES}' "
+                       "AND state <> 'resolved' ORDER BY id")  # fmt: skip
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
 
 
 def kubelet_probes(stack: Stack, pod: str) -> dict[str, float]:
@@ -101,8 +108,6 @@ def kubelet_probes(stack: Stack, pod: str) -> dict[str, float]:
 
 def operator_scraped(stack: Stack, pod: str) -> bool:
     """The stack's Prometheus scrapes the operator pod through its metrics Service (kubernetes_sd, endpoints)."""
-    from tests.stackutil import prometheus_query  # noqa: PLC0415 - keeps the module's import list short
-
     found = prometheus_query(stack, f'operator_k8s_check_cycles_total{{job="operator-k8s",pod="{pod}"}}')
     return bool(found) and all(s["metric"].get("service") == f"{RELEASE}-operator-k8s-metrics" for s in found)
 
@@ -119,6 +124,11 @@ def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> Non
     assert operator["spec"]["nodeName"] == NODE_NAME
     assert operator["status"]["podIP"].startswith("198.18.0.")
     assert ready_pod(stack, HOME, "app.kubernetes.io/component=postgres") is not None
+    privileged = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged"},
+                  "spec": {"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": True}}]}}  # fmt: skip
+    refused = stack.kubectl("create", "-n", HOME, "--dry-run=server", "-f", "-", input_text=json.dumps(privileged),
+                            check=False)  # fmt: skip
+    assert "violates PodSecurity" in refused.stderr, "the namespace really enforces restricted (negative control)"
 
     # A TiKV cluster's pods and a MonitoredCluster for them, applied with kubectl.
     stack.kubectl("create", "namespace", STORES)
@@ -158,41 +168,39 @@ def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> Non
     probes = eventually(lambda: (c := kubelet_probes(stack, name)).get("Liveness/successful") and c, timeout=60,
                         what="the kubelet's liveness probes of the operator")  # fmt: skip
     assert probes.get("Readiness/successful", 0) >= 1, probes
-    container = operator["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["port"] == "health"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
-    # helm upgrade with a changed value rolls the pod; the tickets live in Postgres and survive.
+    # A ticket open across a helm upgrade (a changed value rolls the pod) and across the loss of the pod: the same
+    # ticket (id, opened_at, Ticket resource) stays open, never a second one.
+    store_fault(stack, STORES, "tikv", "tikv-1", "disk", {"percent": 97})
+    held = eventually(lambda: open_in_postgres(stack), timeout=60, what="a ticket for tikv-1")
+    assert [(row[1], row[2]) for row in held] == [("diskUsage", "tikv-1")]
+    resource = eventually(lambda: tickets(stack, "open"), timeout=30, what="its Ticket resource")[0]
     upgraded = time.monotonic()
     stack.helm("upgrade", RELEASE, CHART, "-n", HOME, *QUICK_START, "--set", "settings.logLevel=DEBUG", "--wait",
                "--timeout", "110s")  # fmt: skip
-    rolled = eventually(lambda: (p := ready_pod(stack, HOME, "app.kubernetes.io/component!=postgres,"
-                                                 "app.kubernetes.io/name=operator-k8s"))
-                         and p["metadata"]["name"] != name and p, timeout=90, what="a new operator pod")  # fmt: skip
+    operators = "app.kubernetes.io/component!=postgres,app.kubernetes.io/name=operator-k8s"
+    rolled = eventually(lambda: (p := ready_pod(stack, HOME, operators)) and p["metadata"]["name"] != name and p,
+                        timeout=90, what="a new operator pod")  # fmt: skip
     measured("helm upgrade → new pod Ready", time.monotonic() - upgraded)
     env = {e["name"]: e.get("value") for e in rolled["spec"]["containers"][0]["env"]}
     assert env["OPERATOR_K8S_LOG_LEVEL"] == "DEBUG"
-    assert [t["status"]["state"] for t in tickets(stack)] == ["resolved"], "the ticket survived the upgrade"
+    eventually(lambda: cycles(stack, rolled["metadata"]["name"]) >= 5, timeout=90, what="five checks by the new pod")
+    assert open_in_postgres(stack) == held, "the same ticket is still open after the upgrade"
 
-    # The pod deleted mid-violation: the Deployment brings it back, and the open ticket is not duplicated.
-    store_fault(stack, STORES, "tikv", "tikv-1", "disk", {"percent": 97})
-    eventually(lambda: open_keys_in_postgres(stack) == [("diskUsage", "tikv-1")], timeout=60, what="a second ticket")
     deleted = time.monotonic()
     stack.kubectl("delete", "pod", "-n", HOME, rolled["metadata"]["name"], "--wait=false")
     replacement = eventually(
-        lambda: (p := ready_pod(stack, HOME, "app.kubernetes.io/component!=postgres,app.kubernetes.io/name=operator-k8s"))
-        and p["metadata"]["name"] != rolled["metadata"]["name"] and p,
+        lambda: (p := ready_pod(stack, HOME, operators)) and p["metadata"]["name"] != rolled["metadata"]["name"] and p,
         timeout=90, what="the Deployment's replacement pod Ready",
     )  # fmt: skip
     measured("operator pod deleted → replacement Ready", time.monotonic() - deleted)
-    # The replacement has checked the cluster several times: its own counter, scraped through the Service.
-    replacement_name = replacement["metadata"]["name"]
-    eventually(lambda: operator_scraped(stack, replacement_name) and _cycles(stack, replacement_name) >= 5,
-               timeout=90, what="five checks by the replacement")  # fmt: skip
-    assert open_keys_in_postgres(stack) == [("diskUsage", "tikv-1")], "exactly one open ticket, no duplicate"
-    assert len(tickets(stack, "open")) == 1
+    eventually(lambda: cycles(stack, replacement["metadata"]["name"]) >= 5, timeout=90,
+               what="five checks by the replacement, scraped through the Service")  # fmt: skip
+    assert open_in_postgres(stack) == held, "exactly the same ticket open, no duplicate"
+    still_open = tickets(stack, "open")
+    assert [t["metadata"]["uid"] for t in still_open] == [resource["metadata"]["uid"]], "the same Ticket resource"
     store_fault(stack, STORES, "tikv", "tikv-1", "disk", heal=True)
-    eventually(lambda: not open_keys_in_postgres(stack), timeout=60, what="the second ticket resolved")
+    eventually(lambda: not open_in_postgres(stack), timeout=60, what="the second ticket resolved")
     eventually(lambda: len(tickets(stack, "resolved")) == 2, timeout=30, what="both Ticket resources resolved")
 
     # Uninstall as the README says: clusters first (their tickets resolve, the finalizer goes), then the release.
@@ -210,9 +218,8 @@ def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> Non
     assert claims == [f"persistentvolumeclaim/data-{POSTGRES_POD}"], "the quick-start data stays (README)"
 
 
-def _cycles(stack: Stack, pod: str) -> float:
-    from tests.stackutil import prometheus_query  # noqa: PLC0415
-
+def cycles(stack: Stack, pod: str) -> float:
+    """How many checks ``pod`` has run, by its own counter as the stack's Prometheus scraped it."""
     found = prometheus_query(stack, f'sum(operator_k8s_check_cycles_total{{job="operator-k8s",pod="{pod}"}})')
     return float(found[0]["value"][1]) if found else 0.0
 
