@@ -28,7 +28,7 @@ from devstack.hoststate import BRIDGE, CGROUP_ROOT, GATEWAY, POD_SUBNET, SERVICE
 from devstack.images import Image, operator_image, pause_image, postgres_image
 from devstack.node_build import NodeBinaries, ensure_node
 from devstack.pki import signed_cert
-from devstack.processes import ComponentFailed, Process, free_port, log
+from devstack.processes import ComponentFailed, Process, free_port, log, stop_all
 
 if TYPE_CHECKING:
     from devstack.stack import Stack
@@ -301,12 +301,7 @@ class Node:
                 stack.kubectl("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={NODE_NAME}",
                               "--wait=true", "--timeout=60s", check=False)  # fmt: skip
         finally:
-            for process in reversed(self.processes):
-                try:
-                    process.stop()
-                except Exception as error:
-                    log(f"Stopping {process.name} failed: {error}")
-            self.processes.clear()
+            stop_all(self.processes)
 
 
 def _node_ready(stack: Stack) -> bool:

@@ -99,31 +99,29 @@ def build_kubernetes_node(version: str = versions.KUBERNETES) -> Path:
     return out
 
 
-def build_containerd(version: str = versions.CONTAINERD) -> Path:
-    """containerd, its runc v2 shim and ``ctr``; a no-op when cached."""
-    out = _bin_dir("containerd", version)
-    if (out / "containerd").exists():
+def _go_install(name: str, version: str, packages: list[str], flags: list[str]) -> Path:
+    """``go install`` of modules without replace directives into the cache; a no-op when cached."""
+    out = _bin_dir(name, version)
+    if (out / name).exists():
         return out
-    workdir = CACHE_ROOT / "build" / f"containerd-{version}"
+    workdir = CACHE_ROOT / "build" / f"{name}-{version}"
     workdir.mkdir(parents=True, exist_ok=True)
-    module = "github.com/containerd/containerd/v2"
-    ldflags = f"-s -w -X {module}/version.Version={version}"
-    packages = [f"{module}/cmd/{command}@{version}" for command in ("containerd", "containerd-shim-runc-v2", "ctr")]
-    cmd = ["env", "GOBIN={partial}", "go", "install", "-v", "-trimpath", "-tags", "no_btrfs", "-ldflags", ldflags]
-    _build_into(out, f"containerd {version}", [*cmd, *packages], workdir)
+    cmd = ["env", "GOBIN={partial}", "go", "install", "-v", "-trimpath", *flags, *packages]
+    _build_into(out, f"{name} {version}", cmd, workdir)
     return out
+
+
+def build_containerd(version: str = versions.CONTAINERD) -> Path:
+    """containerd, its runc v2 shim and ``ctr``."""
+    module = "github.com/containerd/containerd/v2"
+    packages = [f"{module}/cmd/{command}@{version}" for command in ("containerd", "containerd-shim-runc-v2", "ctr")]
+    return _go_install("containerd", version, packages, ["-tags", "no_btrfs", "-ldflags",
+                                                         f"-s -w -X {module}/version.Version={version}"])  # fmt: skip
 
 
 def build_coredns(version: str = versions.COREDNS) -> Path:
-    """CoreDNS, the cluster's DNS server; a no-op when cached."""
-    out = _bin_dir("coredns", version)
-    if (out / "coredns").exists():
-        return out
-    workdir = CACHE_ROOT / "build" / f"coredns-{version}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    cmd = ["env", "GOBIN={partial}", "go", "install", "-v", "-trimpath", "-ldflags", "-s -w"]
-    _build_into(out, f"coredns {version}", [*cmd, f"github.com/coredns/coredns@{version}"], workdir)
-    return out
+    """CoreDNS, the cluster's DNS server."""
+    return _go_install("coredns", version, [f"github.com/coredns/coredns@{version}"], ["-ldflags", "-s -w"])
 
 
 def build_pause() -> Path:

@@ -138,3 +138,13 @@ class Process:
         except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(timeout=grace)
+
+
+def stop_all(processes: list[Process]) -> None:
+    """Stop ``processes`` newest first; one that fails to stop is reported and the others still stop."""
+    for process in reversed(processes):
+        try:
+            process.stop()
+        except Exception as error:
+            log(f"Stopping {process.name} failed: {error}")
+    processes.clear()

@@ -24,7 +24,7 @@ from devstack.binaries import Binaries, ensure_all
 from devstack.hoststate import GATEWAY, POD_SUBNET, SERVICE_RANGE
 from devstack.node import KUBERNETES_SERVICE_IP, Node
 from devstack.pki import Pki, make_pki, signed_cert
-from devstack.processes import ComponentFailed, Process, free_port, log
+from devstack.processes import ComponentFailed, Process, free_port, log, stop_all
 from devstack.scrapeconfig import KUBE_STATE_METRICS_JOB, kubernetes_sd, operator_job, store_world_jobs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -113,12 +113,7 @@ class Stack:
             if self.node is not None:
                 self.node.stop(self)
         finally:
-            for process in reversed(self.processes):
-                try:
-                    process.stop()
-                except Exception as error:
-                    log(f"Stopping {process.name} failed: {error}")
-            self.processes.clear()
+            stop_all(self.processes)
             if self.node is not None:
                 self.node.restore()  # the machine as it was, even when the node never started
                 self.node = None

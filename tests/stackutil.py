@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+import yaml
 
 from devstack.processes import Process
-from devstack.stack import Stack
+from devstack.stack import REPO_ROOT, Stack
 
 T = TypeVar("T")
 TICKET_COLUMNS = ["NAME", "CLUSTER", "INVARIANT", "STORE", "SEVERITY", "STATE", "COUNT", "LAST-SEEN", "AGE"]
@@ -85,6 +86,18 @@ def monitored_cluster(name: str, namespace: str, stack: Stack, *, expected: int 
     }
     body["spec"].update(spec)
     return body
+
+
+def apply_tikv_example(stack: Stack, namespace: str, interval: str) -> None:
+    """deploy/examples/tikv-cluster.yaml as a user applies it, pointed at the stack's Prometheus, with its store pods
+    (``tikv-prod-0..2``) in the simulator."""
+    example: dict[str, Any] = yaml.safe_load((REPO_ROOT / "deploy/examples/tikv-cluster.yaml").read_text())
+    example["metadata"]["namespace"] = namespace
+    example["spec"]["prometheus"].update(url=stack.prometheus_url, rateWindow="5s")
+    example["spec"]["interval"] = interval
+    labels = example["spec"]["stores"]["selector"]["matchLabels"]
+    simulator(stack, "PUT", f"/clusters/{namespace}/tikv-prod", {"stores": 3, "labels": labels})
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(example))
 
 
 def pg_rows(stack: Stack, sql: str, *args: Any) -> list[dict[str, Any]]:

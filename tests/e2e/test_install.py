@@ -16,7 +16,7 @@ from devstack.operator import operator_process
 from devstack.stack import REPO_ROOT, Stack
 from operator_k8s.settings import Settings
 from tests.e2e.test_monitoring import fault, open_in_db, start_cluster
-from tests.stackutil import condition_status, eventually, get_json, simulator
+from tests.stackutil import apply_tikv_example, condition_status, eventually, get_json
 
 pytestmark = pytest.mark.stack
 CHART = str(REPO_ROOT / "charts" / "operator-k8s")
@@ -173,13 +173,7 @@ def test_kubectl_apply_deploy_then_the_example_works(stack: Stack, namespace: st
     as_operator = service_account_kubeconfig(stack, home, "operator-k8s")
     operator = operator_process(stack, "operator-deploy.log", kubeconfig=as_operator)
     try:
-        example: dict[str, Any] = yaml.safe_load((REPO_ROOT / "deploy/examples/tikv-cluster.yaml").read_text())
-        example["metadata"]["namespace"] = namespace
-        example["spec"]["prometheus"].update(url=stack.prometheus_url, rateWindow="5s")
-        example["spec"]["interval"] = "1s"
-        labels = example["spec"]["stores"]["selector"]["matchLabels"]
-        simulator(stack, "PUT", f"/clusters/{namespace}/tikv-prod", {"stores": 3, "labels": labels})
-        stack.kubectl("apply", "-f", "-", input_text=json.dumps(example))
+        apply_tikv_example(stack, namespace, interval="1s")
         eventually(lambda: condition_status(stack, namespace, "tikv-prod", "StoresReady") == "True", what="StoresReady",
                    timeout=90)  # fmt: skip
         lines = stack.kubectl("get", "mc", "-n", namespace).stdout.splitlines()

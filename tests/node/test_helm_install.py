@@ -13,14 +13,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 from devstack import manifests
 from devstack.hoststate import GATEWAY, HostState
 from devstack.images import POSTGRES_IMAGE
 from devstack.node import NODE_NAME, Node
 from devstack.stack import REPO_ROOT, Stack
-from tests.stackutil import eventually, get_json, prometheus_query, simulator, store_fault
+from tests.stackutil import apply_tikv_example, eventually, get_json, prometheus_query, simulator, store_fault
 
 pytestmark = pytest.mark.stack
 CHART = str(REPO_ROOT / "charts" / "operator-k8s")
@@ -239,13 +238,7 @@ def test_plain_manifests_reach_the_same_state(node_stack: Stack) -> None:
 
     namespace = "tikv-plain"
     stack.kubectl("create", "namespace", namespace)
-    example: dict[str, Any] = yaml.safe_load((REPO_ROOT / "deploy/examples/tikv-cluster.yaml").read_text())
-    example["metadata"]["namespace"] = namespace
-    example["spec"]["prometheus"].update(url=stack.prometheus_url, rateWindow="5s")
-    example["spec"]["interval"] = "2s"
-    labels = example["spec"]["stores"]["selector"]["matchLabels"]
-    simulator(stack, "PUT", f"/clusters/{namespace}/tikv-prod", {"stores": 3, "labels": labels})
-    stack.kubectl("apply", "-f", "-", input_text=json.dumps(example))
+    apply_tikv_example(stack, namespace, interval="2s")
     store_fault(stack, namespace, "tikv-prod", "tikv-prod-0", "disk", {"percent": 96})
     eventually(lambda: [t for t in get_json(stack, "tickets", "-n", namespace)["items"]
                         if t["status"]["invariant"] == "diskUsage" and t["status"]["store"] == "tikv-prod-0"],
