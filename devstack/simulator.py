@@ -423,8 +423,8 @@ class Simulator:
                      "lastHeartbeatTime": now, "lastTransitionTime": now}  # fmt: skip
             try:
                 await self.core.patch_node_status(NODE_NAME, {"status": {"conditions": [ready]}})
-            except client.ApiException as error:
-                log.warning("Node heartbeat failed: %s", error.reason)
+            except Exception as error:  # an API server outage (tests cause them) must not end the simulator
+                log.warning("Node heartbeat failed: %r", error)
             await asyncio.sleep(10)
 
     # -- kube-state-metrics ----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The test stack's stand-in for the chart's quick-start image (postgres:16-alpine cannot be pulled here): Debian's
 # postgresql with the official image's main environment variables (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB,
-# PGDATA) and its uid 70. Not supported: *_FILE variables, /docker-entrypoint-initdb.d, server flags as arguments.
+# PGDATA) and its uid 70; server flags may follow the command. Not supported: *_FILE variables, /docker-entrypoint-initdb.d.
 #
 # First start: initdb into a scratch directory next to PGDATA with password (scram) logins from anywhere, create
 # POSTGRES_DB, then rename it into place, so a start killed half-way never leaves a half-initialised PGDATA behind.
@@ -28,4 +28,5 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   mv "$scratch" "$PGDATA"
   echo "PostgreSQL init process complete; ready for start up."
 fi
+[ "${1:-}" = postgres ] && shift  # the image's CMD; server flags (-c name=value) may follow
 exec postgres -c listen_addresses='*' "$@"

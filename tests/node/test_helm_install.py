@@ -123,9 +123,9 @@ def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> Non
     assert operator["spec"]["nodeName"] == NODE_NAME
     assert operator["status"]["podIP"].startswith("198.18.0.")
     assert ready_pod(stack, HOME, "app.kubernetes.io/component=postgres") is not None
-    privileged = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged"},
-                  "spec": {"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": True}}]}}  # fmt: skip
-    refused = stack.kubectl("create", "-n", HOME, "--dry-run=server", "-f", "-", input_text=json.dumps(privileged),
+    unhardened = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unhardened"},
+                  "spec": {"containers": [{"name": "c", "image": "x"}]}}  # fmt: skip
+    refused = stack.kubectl("create", "-n", HOME, "--dry-run=server", "-f", "-", input_text=json.dumps(unhardened),
                             check=False)  # fmt: skip
     assert "violates PodSecurity" in refused.stderr, "the namespace really enforces restricted (negative control)"
 
