@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -73,6 +74,13 @@ def ready_pod(stack: Stack, namespace: str, selector: str) -> dict[str, Any] | N
     return found[0] if len(found) == 1 else None
 
 
+def start_to_ready(pod: dict[str, Any]) -> float:
+    """Seconds from the pod's creation to its Ready condition, by the API server's and the kubelet's timestamps."""
+    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    created = datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    return (datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00")) - created).total_seconds()
+
+
 def psql(stack: Stack, sql: str) -> list[list[str]]:
     """Rows from the quick-start Postgres, read inside its pod, as an SRE would."""
     out = stack.kubectl("exec", "-n", HOME, POSTGRES_POD, "--", "psql", "-U", "operator", "-d", "operator", "-AtF",
@@ -123,6 +131,9 @@ def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> Non
     assert operator["spec"]["nodeName"] == NODE_NAME
     assert operator["status"]["podIP"].startswith("198.18.0.")
     assert ready_pod(stack, HOME, "app.kubernetes.io/component=postgres") is not None
+    for pod in (operator, ready_pod(stack, HOME, "app.kubernetes.io/component=postgres")):
+        assert pod is not None
+        measured(f"pod {pod['metadata']['name']} created → Ready (API timestamps, 1 s resolution)", start_to_ready(pod))
     unhardened = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unhardened"},
                   "spec": {"containers": [{"name": "c", "image": "x"}]}}  # fmt: skip
     refused = stack.kubectl("create", "-n", HOME, "--dry-run=server", "-f", "-", input_text=json.dumps(unhardened),
