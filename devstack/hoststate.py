@@ -13,6 +13,7 @@ it (``recover_abandoned``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -35,7 +36,7 @@ CGROUP_ROOT = "operator-k8s-devstack"  # kubelet's cgroupRoot: every pod's cgrou
 NODE_DIRS = "/var/tmp/operator-k8s-node-"
 RULE_COMMENT = "operator-k8s devstack node"
 ISOLATION_CHAIN = "OK8S-ISOLATION"
-OUR_CHAIN_PREFIXES = ("KUBE-", "CNI-", "OK8S-")
+OUR_CHAIN_PREFIXES = ("KUBE-", "OK8S-")  # kube-proxy's and kubelet's, and the fence of ``isolate``
 IPTABLES = ("iptables", "ip6tables")
 TABLES = ("filter", "nat", "mangle")
 # Sysctls that kubelet (protectKernelDefaults: false), kube-proxy and the bridge plugin may set.
@@ -53,6 +54,7 @@ SYSCTLS = (
 )
 # Paths outside the work directory that kubelet, containerd or CNI create on their own; removed if they were absent.
 OUTSIDE_PATHS = (
+    "/opt/containerd",
     "/var/log/containers",
     "/var/log/pods",
     "/var/lib/cni",
@@ -63,6 +65,10 @@ OUTSIDE_PATHS = (
 NETNS_DIR = Path("/run/netns")
 STATE_FILE = "host-state.json"
 PIDS_FILE = "pids"
+STACK_DIR_FILE = "stack-workdir"
+# Held from before the machine is recorded until it is restored: one node per machine, and a record found while
+# holding it belongs to a run that is gone (every live run holds the lock).
+LOCK_FILE = Path("/run/lock/operator-k8s-devstack-node.lock")
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -100,13 +106,12 @@ def _mounts() -> list[str]:
 
 
 def cgroup_roots() -> list[Path]:
-    """Where the node's cgroup root lives: in every cgroup v1 hierarchy, or once on a cgroup v2 machine."""
+    """Where the node's cgroup root lives: in every cgroup v1 hierarchy and, on a hybrid layout, in the cgroup v2
+    mount beside them (``unified``: runc creates the pods' cgroups there too); once on a cgroup v2 machine."""
     base = Path("/sys/fs/cgroup")
     if (base / "cgroup.controllers").exists():
         return [base / CGROUP_ROOT]
-    return [
-        h / CGROUP_ROOT for h in sorted(base.iterdir()) if h.is_dir() and not h.is_symlink() and h.name != "unified"
-    ]
+    return [h / CGROUP_ROOT for h in sorted(base.iterdir()) if h.is_dir() and not h.is_symlink()]
 
 
 def _stray_cgroups() -> set[str]:
@@ -148,16 +153,16 @@ class HostState:
         )
 
     def save(self, directory: Path) -> None:
-        (directory / STATE_FILE).write_text(json.dumps({"owner": os.getpid(), **asdict(self)}))
+        (directory / STATE_FILE).write_text(json.dumps(asdict(self)))
 
     @classmethod
-    def load(cls, directory: Path) -> tuple[int, HostState]:
-        body = json.loads((directory / STATE_FILE).read_text())
-        owner = int(body.pop("owner"))
-        return owner, cls(**body)
+    def load(cls, directory: Path) -> HostState:
+        return cls(**json.loads((directory / STATE_FILE).read_text()))
 
-    def restore(self, node_dir: Path) -> None:
-        """Undo what the node changed; idempotent, and every step runs even if an earlier one fails."""
+    def restore(self, node_dir: Path) -> list[str]:
+        """Undo what the node changed; idempotent, every step runs even if an earlier one fails; the names of the
+        steps that failed."""
+        failed = []
         for step in (
             _kill_pod_processes,
             lambda: _kill_shims(node_dir),
@@ -174,6 +179,8 @@ class HostState:
                 step()
             except Exception as error:
                 log(f"Restoring the machine: a step failed ({error}); the others run")
+                failed.append(getattr(step, "__name__", "step"))
+        return failed
 
     def _restore_iptables(self) -> None:
         for tool in IPTABLES:
@@ -204,7 +211,8 @@ class HostState:
 
     def _remove_network(self) -> None:
         for port in _bridge_ports():
-            sh("ip", "link", "delete", port, check=False)
+            if port not in self.links:
+                sh("ip", "link", "delete", port, check=False)
         if BRIDGE in links() and BRIDGE not in self.links:
             sh("ip", "link", "delete", BRIDGE, check=False)
 
@@ -233,7 +241,11 @@ class HostState:
         found += [f"netns {n} appeared" for n in set(now.netns) - set(self.netns)]
         found += [f"cgroup {c} appeared" for c in set(now.stray_cgroups) - set(self.stray_cgroups)]
         found += [f"cgroup {c} left" for c in cgroup_roots() if c.exists()]
-        found += [f"link {link} appeared" for link in set(now.links) - set(self.links) if link == BRIDGE]
+        found += [
+            f"link {link} appeared"
+            for link in set(now.links) - set(self.links)
+            if link == BRIDGE or link.startswith("veth")
+        ]
         return found
 
 
@@ -328,27 +340,53 @@ def _unlink_container_logs(node_dir: Path) -> None:
                 link.unlink()
 
 
-def record_pid(node_dir: Path, pid: int, argv0: str) -> None:
+def lock() -> int:
+    """Take the machine's node lock (a file descriptor; closing it releases the lock), or refuse with a reason."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise RuntimeError(f"Another node-mode stack runs on this machine (it holds {LOCK_FILE})") from None
+    return descriptor
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (in clock ticks since boot): with the boot id, what tells it from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def record_pid(node_dir: Path, pid: int) -> None:
     """Remember a process the node's stack started, for ``recover_abandoned``."""
     with (node_dir / PIDS_FILE).open("a") as pids:
-        pids.write(f"{pid} {argv0}\n")
+        pids.write(f"{_boot_id()} {pid} {_start_time(pid)}\n")
 
 
 def recover_abandoned() -> None:
-    """Stop the processes and undo the changes of node-mode runs that were killed before they could stop."""
+    """Stop the processes and undo the changes of node-mode runs that were killed before they could stop. Called
+    with the lock held, so every record found is a dead run's."""
     for state in sorted(Path(NODE_DIRS).parent.glob(Path(NODE_DIRS).name + "*/" + STATE_FILE)):
         node_dir = state.parent
-        owner, host = HostState.load(node_dir)
-        if Path(f"/proc/{owner}").exists():
-            continue  # its owner still runs
-        log(f"Cleaning up after an abandoned node-mode run ({node_dir}, owner pid {owner} is gone)")
-        recorded = (node_dir / PIDS_FILE).read_text().split("\n") if (node_dir / PIDS_FILE).exists() else []
-        alive = dict(_processes())
+        host = HostState.load(node_dir)
+        log(f"Cleaning up after an abandoned node-mode run ({node_dir})")
+        recorded = (node_dir / PIDS_FILE).read_text().splitlines() if (node_dir / PIDS_FILE).exists() else []
         for line in recorded:
-            if line:
-                pid, argv0 = line.split(" ", 1)
-                if alive.get(int(pid), [""])[0] == argv0:  # the same program, not a reused pid
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-        host.restore(node_dir)
+            boot, pid, started = line.split()
+            if boot == _boot_id() and _start_time(int(pid)) == started:  # the very process, not a reused pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        failed = host.restore(node_dir)
+        if failed:
+            log(f"Could not undo everything of {node_dir} ({', '.join(failed)}); its record stays for the next run")
+            continue
+        if (node_dir / STACK_DIR_FILE).exists():
+            shutil.rmtree((node_dir / STACK_DIR_FILE).read_text().strip(), ignore_errors=True)
         shutil.rmtree(node_dir, ignore_errors=True)

@@ -34,6 +34,15 @@ SUITE = "bookworm"
 PYTHON_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
 POSTGRES_PACKAGES = ("postgresql-15", "postgresql-client-15", "bash")
 POSTGRES_UID = 70  # as in postgres:*-alpine, which the chart's securityContext names
+POSTGRES_PREPARE = (
+    "rm -rf /var/lib/postgresql/15 /etc/postgresql/15 && mkdir -p /var/lib/postgresql/data /run/postgresql && "
+    f"chown -R {POSTGRES_UID}:{POSTGRES_UID} /var/lib/postgresql /run/postgresql"
+)
+POSTGRES_CONFIG = (
+    "--entrypoint", '["docker-entrypoint.sh"]', "--cmd", "postgres", "--user", f"{POSTGRES_UID}:{POSTGRES_UID}",
+    "--env", "PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin",
+    "--env", "PGDATA=/var/lib/postgresql/data/pgdata", "--port", "5432",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,12 @@ def _buildah(*args: str, what: str) -> str:
     """buildah with the project's own storage under the cache (the machine's container storage is left alone)."""
     argv = ["buildah", "--root", str(BUILDAH_ROOT / "storage"), "--runroot", str(BUILDAH_ROOT / "run"),
             "--storage-driver", "overlay", *args]  # fmt: skip
-    return run_checked(argv, what, env={**_clean_env(), "BUILDAH_ISOLATION": "chroot"})
+    # buildah's network set-up would otherwise keep its configuration (and a lock) in the machine's /etc/cni.
+    conf = BUILDAH_ROOT / "containers.conf"
+    if not conf.exists():
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(f'[network]\nnetwork_config_dir = "{BUILDAH_ROOT / "cni"}"\n')
+    return run_checked(argv, what, env={**_clean_env(), "BUILDAH_ISOLATION": "chroot", "CONTAINERS_CONF": str(conf)})
 
 
 def _image_from_rootfs(tarball: Path, name: str) -> None:
@@ -177,26 +191,20 @@ def postgres_image() -> Image:
         f'echo "postgres:x:{POSTGRES_UID}:{POSTGRES_UID}::/var/lib/postgresql:/bin/bash" >> "$1/etc/passwd"',
         f'echo "postgres:x:{POSTGRES_UID}:" >> "$1/etc/group"',
     )
-    key = _digest(entrypoint.read_bytes(), " ".join(POSTGRES_PACKAGES).encode(), "\n".join(hooks).encode())
+    recipe = [*POSTGRES_PACKAGES, *hooks, POSTGRES_PREPARE, *POSTGRES_CONFIG]
+    key = _digest(entrypoint.read_bytes(), "\n".join(recipe).encode())
     archive = IMAGE_DIR / f"postgres-15-debian-{key}.tar"
     if archive.exists():
         return Image(name=POSTGRES_IMAGE, archive=archive)
     tarball = _rootfs("postgres", POSTGRES_PACKAGES, hooks)
-    bindir = "/usr/lib/postgresql/15/bin"
     _image_from_rootfs(tarball, "devstack.local/postgres-rootfs:15")
     container = _buildah("from", "--pull-never", "devstack.local/postgres-rootfs:15", what="a container for postgres")
     try:
         _buildah("copy", "--chmod", "0755", container, str(entrypoint), "/usr/local/bin/docker-entrypoint.sh",
                  what="adding the entrypoint")  # fmt: skip
-        _buildah("run", "--isolation", "chroot", container, "--", "sh", "-c",
-                 "rm -rf /var/lib/postgresql/15 /etc/postgresql/15 && "
-                 "mkdir -p /var/lib/postgresql/data /run/postgresql && "
-                 f"chown -R {POSTGRES_UID}:{POSTGRES_UID} /var/lib/postgresql /run/postgresql",
+        _buildah("run", "--isolation", "chroot", container, "--", "sh", "-c", POSTGRES_PREPARE,
                  what="preparing the data directory")  # fmt: skip
-        _buildah("config", "--entrypoint", '["docker-entrypoint.sh"]', "--cmd", "postgres",
-                 "--user", f"{POSTGRES_UID}:{POSTGRES_UID}", "--env", f"PATH={bindir}:/usr/local/bin:/usr/bin:/bin",
-                 "--env", "PGDATA=/var/lib/postgresql/data/pgdata", "--port", "5432", container,
-                 what="configuring postgres")  # fmt: skip
+        _buildah("config", *POSTGRES_CONFIG, container, what="configuring postgres")
         _buildah("commit", "--quiet", container, POSTGRES_IMAGE, what="committing postgres")
     finally:
         _buildah("rm", container, what="removing the working container")

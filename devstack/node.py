@@ -66,6 +66,7 @@ class Node:
     images: list[Image] = field(default_factory=list)
     kubelet_url: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    lock: int | None = None  # the machine's node lock, held until ``restore``
 
     @staticmethod
     def prepare() -> tuple[NodeBinaries, list[Image]]:
@@ -76,21 +77,33 @@ class Node:
 
     @staticmethod
     def check_machine() -> None:
-        """Refuse early (before any build), with a reason, where node mode cannot run."""
-        hoststate.recover_abandoned()
+        """Refuse early (before minutes of building), with a reason, where node mode cannot run now."""
         try:
+            os.close(hoststate.lock())
             hoststate.check_machine()
         except RuntimeError as error:
             raise ComponentFailed(str(error)) from error
 
     @classmethod
-    def network_up(cls, binaries: NodeBinaries, images: list[Image]) -> Node:
-        """Record the machine (also on disk, for a later run to clean up if this one is killed), then create the
-        fenced bridge, so that servers can bind ``GATEWAY`` before any pod exists."""
-        host = HostState.capture()
-        node_dir = Path(sh("mktemp", "-d", f"{hoststate.NODE_DIRS}XXXXXX").stdout.strip())
+    def network_up(cls, binaries: NodeBinaries, images: list[Image], stack_dir: Path) -> Node:
+        """Take the machine's node lock, clean up after killed runs, record the machine (also on disk, for a later
+        run if this one is killed), then create the fenced bridge, so that servers can bind ``GATEWAY`` before any
+        pod exists."""
+        try:
+            held = hoststate.lock()
+        except RuntimeError as error:
+            raise ComponentFailed(str(error)) from error
+        try:
+            hoststate.recover_abandoned()
+            hoststate.check_machine()
+            host = HostState.capture()
+            node_dir = Path(sh("mktemp", "-d", f"{hoststate.NODE_DIRS}XXXXXX").stdout.strip())
+        except BaseException as error:
+            os.close(held)
+            raise ComponentFailed(str(error)) from error
         host.save(node_dir)
-        node = cls(workdir=node_dir, binaries=binaries, host=host, images=images)
+        (node_dir / hoststate.STACK_DIR_FILE).write_text(str(stack_dir))
+        node = cls(workdir=node_dir, binaries=binaries, host=host, images=images, lock=held)
         try:
             sh("ip", "link", "add", BRIDGE, "type", "bridge")
             sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
@@ -103,14 +116,23 @@ class Node:
         return node
 
     def restore(self) -> None:
-        """Undo every change to the machine and remove the work directory."""
-        self.host.restore(self.workdir)
-        sh("chmod", "-R", "u+rwX", str(self.workdir), check=False)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        """Undo every change to the machine, remove the work directory, release the lock. If a step failed, the
+        record stays, and the next run retries."""
+        try:
+            failed = self.host.restore(self.workdir)
+            if failed:
+                log(f"Could not undo everything ({', '.join(failed)}); {self.workdir} stays for the next run")
+            else:
+                sh("chmod", "-R", "u+rwX", str(self.workdir), check=False)
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        finally:
+            if self.lock is not None:
+                os.close(self.lock)
+                self.lock = None
 
     def record(self, process: Process) -> None:
         """Note a process of this node's stack, so that a later run can stop it if this run is killed."""
-        hoststate.record_pid(self.workdir, process.pid, process.argv[0])
+        hoststate.record_pid(self.workdir, process.pid)
 
     def start(self, stack: Stack) -> None:
         """Start the node's components against ``stack``'s API server, in dependency order; node Ready at return."""
@@ -236,11 +258,13 @@ class Node:
             f"  [plugins.'io.containerd.cri.v1.images'.registry]\n    config_path = '{registries.parent}'\n"
             # Without CAP_SYS_RESOURCE runc cannot set the sandbox's oom_score_adj of -998: clamp it instead.
             f"[{runtime}]\n  restrict_oom_score_adj = true\n"
+            "  netns_mounts_under_state_dir = true\n"  # pods' network namespaces in the work directory, not /run/netns
             f"  [{runtime}.containerd]\n    default_runtime_name = 'runc'\n"
             f"    [{runtime}.containerd.runtimes.runc]\n      runtime_type = 'io.containerd.runc.v2'\n"
             f"      [{runtime}.containerd.runtimes.runc.options]\n        BinaryName = '{RUNC}'\n"
             "        SystemdCgroup = false\n"
             f"  [{runtime}.cni]\n    bin_dirs = ['{CNI_PLUGINS}']\n    conf_dir = '{cni_conf}'\n"
+            f"[plugins.'io.containerd.internal.v1.opt']\n  path = '{state / 'opt'}'\n"  # not /opt/containerd
             "[plugins.'io.containerd.grpc.v1.cri']\n  stream_server_address = '127.0.0.1'\n"
             "  stream_server_port = '0'\n"
         )
@@ -299,7 +323,7 @@ class Node:
                 stack.kubectl("delete", "deployments,statefulsets,replicasets,daemonsets,jobs", "--all",
                               "--all-namespaces", "--wait=false", check=False)  # fmt: skip
                 stack.kubectl("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={NODE_NAME}",
-                              "--wait=true", "--timeout=60s", check=False)  # fmt: skip
+                              "--wait=true", "--timeout=45s", check=False)  # fmt: skip
         finally:
             stop_all(self.processes)
 

@@ -91,7 +91,7 @@ class Stack:
         started = time.monotonic()
         try:
             if node_parts is not None:
-                stack.node = Node.network_up(*node_parts)
+                stack.node = Node.network_up(*node_parts, stack_dir=workdir)
                 stack.bind_host = GATEWAY
             stack._start_kubernetes()
             if stack.node is not None:
@@ -113,13 +113,15 @@ class Stack:
             if self.node is not None:
                 self.node.stop(self)
         finally:
-            stop_all(self.processes)
-            if self.node is not None:
-                self.node.restore()  # the machine as it was, even when the node never started
-                self.node = None
-        if not self.keep_workdir:
-            subprocess.run(["chmod", "-R", "u+rwX", str(self.workdir)], check=False, capture_output=True)
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            try:
+                stop_all(self.processes)
+                if self.node is not None:
+                    self.node.restore()  # the machine as it was, even when the node never started
+                    self.node = None
+            finally:
+                if not self.keep_workdir:
+                    subprocess.run(["chmod", "-R", "u+rwX", str(self.workdir)], check=False, capture_output=True)
+                    shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Stack:
         return self

@@ -42,10 +42,10 @@ def node_stack() -> Iterator[Stack]:
     """A stack with a real node; at the end the machine must be exactly as it was before (no chain, bridge, mount,
     cgroup, netns, log link or sysctl left behind)."""
     Node.check_machine()
-    before = HostState.capture()
     prepared = time.monotonic()
     Node.prepare()
     measured("node binaries and images ready (builds what the cache lacks)", time.monotonic() - prepared)
+    before = HostState.capture()  # after the builds: the machine as the node finds it
     started = time.monotonic()
     stack = Stack.start(node=True)
     assert stack.node is not None
@@ -252,11 +252,11 @@ def test_plain_manifests_reach_the_same_state(node_stack: Stack) -> None:
     apply_tikv_example(stack, namespace, interval="2s")
     store_fault(stack, namespace, "tikv-prod", "tikv-prod-0", "disk", {"percent": 96})
     eventually(lambda: [t for t in get_json(stack, "tickets", "-n", namespace)["items"]
-                        if t["status"]["invariant"] == "diskUsage" and t["status"]["store"] == "tikv-prod-0"],
+                        if t.get("status", {}).get("invariant") == "diskUsage" and t["status"].get("store") == "tikv-prod-0"],
                timeout=90, what="the disk ticket of tikv-prod-0")  # fmt: skip
     row = stack.kubectl("get", "mc", "tikv-prod", "-n", namespace, "--no-headers").stdout.split()
     assert row[2:4] == ["3/3", "ready"], row
     store_fault(stack, namespace, "tikv-prod", "tikv-prod-0", "disk", heal=True)
-    eventually(lambda: all(t["status"]["state"] == "resolved" for t in get_json(stack, "tickets", "-n", namespace)["items"]),
+    eventually(lambda: all(t.get("status", {}).get("state") == "resolved" for t in get_json(stack, "tickets", "-n", namespace)["items"]),
                timeout=60, what="the ticket resolved")  # fmt: skip
     stack.kubectl("delete", "monitoredclusters", "--all", "-n", namespace, "--timeout=60s")
