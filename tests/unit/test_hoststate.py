@@ -11,7 +11,7 @@ from devstack.hoststate import RULE_COMMENT, is_node_rule
     ("rule", "ours"),
     [
         ("-N KUBE-SERVICES", True),
-        ("-N CNI-FORWARD", True),
+        ("-N CNI-FORWARD", False),  # the node makes no CNI chains (no masquerade, no portmap): another runtime's
         ("-N OK8S-ISOLATION", True),
         ('-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS', True),
         ("-A KUBE-SERVICES -d 198.19.0.1/32 -p tcp -j KUBE-SVC-NPX46M4PTMTKRN6Y", True),
