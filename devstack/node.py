@@ -64,7 +64,6 @@ class Node:
     host: HostState
     processes: list[Process] = field(default_factory=list)
     images: list[Image] = field(default_factory=list)
-    kubelet_url: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     lock: int | None = None  # the machine's node lock, held until ``restore``
 
@@ -301,7 +300,6 @@ class Node:
             "resolvConf": str(self._resolv_conf()),
         }))  # fmt: skip
         (self.workdir / "manifests").mkdir(exist_ok=True)
-        self.kubelet_url = f"https://{GATEWAY}:{port}"
         return self._spawn("kubelet", [
             str(self.binaries.kubelet), f"--config={config}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={self.workdir / 'kubelet' / 'pki'}",
