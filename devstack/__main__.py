@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("build", help="build the control plane, Prometheus, the node and its images (cached)")
     up = commands.add_parser("up", help="start the stack, an example MonitoredCluster and the operator; show them")
     up.add_argument("--hold", action="store_true", help="keep everything running until Ctrl-C")
+    up.add_argument("--node", action="store_true", help="a real node (root): you install the operator with helm; "
+                    "runs until Ctrl-C")  # fmt: skip
     commands.add_parser("demo", help="narrated demo: store outage, latency spike, disk fill → tickets → resolution")
     commands.add_parser("manifests", help="render deploy/operator-k8s.yaml from the Helm chart")
     commands.add_parser("referee", help="the operator's verdicts vs upstream alerting rules, fault by fault, in both "
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from devstack import demo  # noqa: PLC0415 - the stack's imports are not needed to build
 
     if args.command == "up":
-        return demo.up(hold=args.hold)
+        return demo.up(hold=args.hold, node=args.node)
     return demo.run_demo()
 
 

@@ -12,12 +12,19 @@ from typing import Any
 
 import yaml
 
+from devstack.images import POSTGRES_IMAGE
 from devstack.operator import operator_process
 from devstack.stack import REPO_ROOT, Stack
 
 NAMESPACE = "demo"
 CLUSTER = "tikv-prod"
 EXAMPLE = REPO_ROOT / "deploy" / "examples" / "tikv-cluster.yaml"
+CHART = REPO_ROOT / "charts" / "operator-k8s"
+HELM_NAMESPACE = "operator-k8s"
+QUICK_START_VALUES = ("--set", "postgres.enabled=true",
+                      "--set", f"postgres.image.repository={POSTGRES_IMAGE.rsplit(':', 1)[0]}",
+                      "--set", f"postgres.image.tag={POSTGRES_IMAGE.rsplit(':', 1)[1]}")  # fmt: skip
+"""The chart's quick-start Postgres with the stand-in image the node has (no registry is reachable)."""
 
 
 def say(text: str) -> None:
@@ -191,16 +198,37 @@ def run_demo() -> int:
             raise
 
 
-def up(*, hold: bool) -> int:
-    with Stack.start() as stack:
-        _start(stack)
-        say("The stack is up. Point kubectl at it with:")
-        print(f"  export KUBECONFIG={stack.kubeconfig}\n  export PATH={stack.binaries.kubectl.parent}:$PATH")
+def up(*, hold: bool, node: bool = False) -> int:
+    """Start the stack and the example; in node mode the user installs the operator with helm, as the README says."""
+    with Stack.start(node=node) as stack:
+        if node:
+            _start_for_helm(stack)
+        else:
+            _start(stack)
+        say("The stack is up. Point kubectl and helm at it with:")
+        print(f"  export KUBECONFIG={stack.kubeconfig}")
+        print(f"  export PATH={stack.binaries.kubectl.parent}:{stack.binaries.helm.parent}:$PATH")
         print(f"  Prometheus {stack.prometheus_url}   simulator {stack.simulator_url}   Postgres {stack.postgres_dsn}")
-        if hold:
+        if node:
+            say("Install the operator from the chart (its image and a Postgres stand-in are already on the node):")
+            print(f"  kubectl create namespace {HELM_NAMESPACE}")
+            print(f"  kubectl label namespace {HELM_NAMESPACE} pod-security.kubernetes.io/enforce=restricted")
+            chart = CHART.relative_to(REPO_ROOT)
+            print(f"  helm install ok8s {chart} -n {HELM_NAMESPACE} --wait {' '.join(QUICK_START_VALUES)}")
+            print(f"  kubectl get mc,tickets -n {NAMESPACE}     # the example cluster, checked by the operator's pod")
+        if hold or node:
             say("Press Ctrl-C to stop everything")
             stop_signals = {signal.SIGINT, signal.SIGTERM}
             signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
             signal.sigwait(stop_signals)
             say("Stopping every process of the stack")
     return 0
+
+
+def _start_for_helm(stack: Stack) -> None:
+    say(f"Creating namespace {NAMESPACE} and a TidbCluster of 3 TiKV and 3 PD pods on the simulator")
+    stack.kubectl("create", "namespace", NAMESPACE)
+    _simulator(stack, "PUT", f"/tidbclusters/{NAMESPACE}/{CLUSTER}", {"stores": 3, "pd": 3, "timings": TIMINGS})
+    print(stack.kubectl("get", "pods", "-n", NAMESPACE).stdout, end="")
+    say(f"Applying {EXAMPLE.relative_to(REPO_ROOT)} (Prometheus URL and timings adjusted for the local stack)")
+    print(stack.kubectl("apply", "-f", "-", input_text=json.dumps(example_for_local_stack(stack))).stdout, end="")

@@ -7,6 +7,8 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 
 import kopf
 import pytest
@@ -15,6 +17,7 @@ from kopf.testing import KopfRunner
 from devstack.stack import Stack
 from operator_k8s.__main__ import Operator
 from operator_k8s.settings import load_settings
+from tests.stackutil import cycles_past
 
 _names = itertools.count()
 
@@ -38,8 +41,26 @@ def namespace(stack: Stack) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class InProcessOperator:
+    """The operator run by KopfRunner in this process, with its telemetry readable directly."""
+
+    runner: KopfRunner
+    operator: Operator
+
+    def last_check(self, namespace: str, name: str) -> float:
+        """When the cluster's last check cycle ended, whatever its outcome (unix time, 0 if never)."""
+        labels = {"namespace": namespace, "cluster": name}
+        value = self.operator.telemetry.registry.get_sample_value("operator_k8s_last_check_timestamp_seconds", labels)
+        return value or 0.0
+
+    def checked_after(self, namespace: str, name: str, seconds: float) -> None:
+        """Wait until a check cycle of the cluster ends ``seconds`` from now or later."""
+        cycles_past(partial(self.last_check, namespace, name), seconds, f"MonitoredCluster {namespace}/{name}")
+
+
 @contextmanager
-def run_operator(stack: Stack, **overrides: str) -> Iterator[KopfRunner]:
+def run_operator(stack: Stack, **overrides: str) -> Iterator[InProcessOperator]:
     """Run the operator in this process with KopfRunner, as `python -m operator_k8s` would, against the stack."""
     env = {
         "OPERATOR_K8S_DATABASE_DSN": stack.postgres_dsn,
@@ -57,15 +78,15 @@ def run_operator(stack: Stack, **overrides: str) -> Iterator[KopfRunner]:
         timeout=60,
     )
     with runner:
-        yield runner
+        yield InProcessOperator(runner, operator)
     if runner.exception is not None:
         raise runner.exception
 
 
 @pytest.fixture
-def operator(stack: Stack) -> Iterator[KopfRunner]:
-    with run_operator(stack) as runner:
-        yield runner
+def operator(stack: Stack) -> Iterator[InProcessOperator]:
+    with run_operator(stack) as running:
+        yield running
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -123,6 +123,15 @@ def ticket_resources(stack: Stack, namespace: str) -> list[dict[str, Any]]:
     return items
 
 
+def shown_tickets(stack: Stack, namespace: str) -> list[dict[str, Any]]:
+    """Tickets whose status the operator has written.
+
+    A Ticket is created and then given its status in a second write (status is a subresource), so a
+    reader can see one without a status between the two.
+    """
+    return [t for t in ticket_resources(stack, namespace) if t.get("status")]
+
+
 def apply(stack: Stack, *bodies: dict[str, Any]) -> None:
     """``kubectl apply`` of manifests given as dicts."""
     stack.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": bodies}))
@@ -159,6 +168,27 @@ def scrape_metrics(process: Process) -> dict[str, float]:
 def metric_value(samples: dict[str, float], pattern: str) -> float:
     """The sum of the series whose name with labels fully matches the regex ``pattern``."""
     return sum(v for k, v in samples.items() if re.fullmatch(pattern, k))
+
+
+def scraped_last_check(process: Process, namespace: str, name: str) -> float:
+    """When an operator process last ended a check cycle of the cluster, whatever its outcome (unix time, 0 if never)."""
+    pattern = rf'operator_k8s_last_check_timestamp_seconds\{{cluster="{name}",namespace="{namespace}"\}}'
+    return metric_value(scrape_metrics(process), pattern)
+
+
+def cycles_past(last_check: Callable[[], float], seconds: float, what: str, timeout: float = 60) -> None:
+    """Wait until a check cycle of ``what`` ends ``seconds`` from now or later: the cycles in between have run.
+
+    ``last_check`` reads the operator's last-check timestamp for the cluster. This is the condition tests mean by
+    "a few more cycles", where a fixed sleep would hide a stalled timer.
+    """
+    moment = time.time() + seconds
+    eventually(
+        lambda: last_check() >= moment,
+        what=f"a check cycle of {what} ending {seconds:g}s from now",
+        timeout=timeout,
+        interval=0.2,
+    )
 
 
 def health_url(process: Process) -> str:

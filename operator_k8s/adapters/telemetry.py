@@ -59,6 +59,9 @@ class Telemetry:
         self.last_success = Gauge(f"{PREFIX}_last_successful_check_timestamp_seconds",
                                   "Unix time of each cluster's last check that met no dependency failure",
                                   ["namespace", "cluster"], registry=self.registry)  # fmt: skip
+        self.last_check = Gauge(f"{PREFIX}_last_check_timestamp_seconds",
+                                "Unix time each cluster's last check cycle ended, whatever its outcome",
+                                ["namespace", "cluster"], registry=self.registry)  # fmt: skip
         self.start_lag = Histogram(f"{PREFIX}_check_start_lag_seconds", "How late due cycles start",
                                    buckets=FAST_BUCKETS, registry=self.registry)  # fmt: skip
         self.skipped = Counter(f"{PREFIX}_skipped_intervals_total", "Whole check intervals missed (late timers)",
@@ -97,6 +100,7 @@ class Telemetry:
             self.ignored_series.inc(stats.ignored_series)
         if stats.conflicts:
             self.conflicts.inc(stats.conflicts)
+        self.last_check.labels(ref.namespace, ref.name).set(now)
         if not stats.errors:
             self.last_success.labels(ref.namespace, ref.name).set(now)
 
@@ -110,8 +114,9 @@ class Telemetry:
         self.errors.labels(kind).inc()
 
     def forget(self, ref: ClusterRef) -> None:
-        with contextlib.suppress(KeyError):
-            self.last_success.remove(ref.namespace, ref.name)
+        for gauge in (self.last_check, self.last_success):
+            with contextlib.suppress(KeyError):
+                gauge.remove(ref.namespace, ref.name)
 
     def count_kube(self, verb: str) -> None:
         self.kube_requests.labels(verb).inc()

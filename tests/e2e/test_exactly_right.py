@@ -45,6 +45,7 @@ from tests.stackutil import (
     pg_rows,
     prometheus_query,
     scrape_metrics,
+    shown_tickets,
     simulator,
     store_fault,
     ticket_resources,
@@ -210,7 +211,7 @@ def unresolved(stack: Stack, namespace: str) -> list[tuple[str, str, str]]:
 
 
 def resources_by_id(stack: Stack, namespace: str) -> dict[int, dict[str, Any]]:
-    return {int(t["status"]["ticketId"]): t for t in ticket_resources(stack, namespace) if t.get("status")}
+    return {int(t["status"]["ticketId"]): t for t in shown_tickets(stack, namespace)}
 
 
 def events_of(stack: Stack, ticket_id: int) -> list[dict[str, Any]]:
@@ -275,7 +276,7 @@ def test_api_server_outage_during_a_fault(stack: Stack, shared: SharedOperator, 
             )
             shown[name] = time.time() - ready_at
         resource = eventually(
-            lambda: [t for t in ticket_resources(stack, namespace) if t["status"]["invariant"] == "latency"],
+            lambda: [t for t in shown_tickets(stack, namespace) if t["status"]["invariant"] == "latency"],
             what="the latency Ticket resource",
             timeout=RECOVERY_TIMEOUT,
             interval=0.2,
@@ -316,7 +317,7 @@ def test_api_server_outage_during_a_fault(stack: Stack, shared: SharedOperator, 
     store_fault(stack, namespace, "a", "a-1", "latency", heal=True)
     eventually(lambda: not unresolved(stack, namespace), what="resolution after the heal", timeout=60)
     eventually(
-        lambda: [t["status"]["state"] for t in ticket_resources(stack, namespace)] == ["resolved"],
+        lambda: [t["status"]["state"] for t in shown_tickets(stack, namespace)] == ["resolved"],
         what="the Ticket resource resolved",
     )
 
@@ -573,7 +574,7 @@ def test_hold_survives_a_rebuilt_ticket_and_release_resolves_it_ack_keeps_a_hold
     wait_healthy(stack, namespace, "tikv")
 
     def ticket_of(store: str) -> dict[str, Any] | None:
-        return next((t for t in ticket_resources(stack, namespace) if t["status"]["store"] == store), None)
+        return next((t for t in shown_tickets(stack, namespace) if t["status"]["store"] == store), None)
 
     def row_of(store: str) -> dict[str, Any]:
         return next(r for r in tickets_in_db(stack, namespace, "diskUsage") if r["store"] == store)

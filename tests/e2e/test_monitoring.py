@@ -5,21 +5,25 @@ from __future__ import annotations
 import json
 import signal
 import time
+from functools import partial
 from typing import Any
 
 import pytest
-from kopf.testing import KopfRunner
 
 from devstack.operator import operator_process
 from devstack.stack import Stack
+from tests.conftest import InProcessOperator
 from tests.stackutil import (
     TICKET_COLUMNS,
     condition,
     condition_status,
+    cycles_past,
     eventually,
     get_json,
     monitored_cluster,
     pg_rows,
+    scraped_last_check,
+    shown_tickets,
     simulator,
     ticket_resources,
     tickets_in_db,
@@ -67,7 +71,7 @@ def open_in_db(stack: Stack, namespace: str, invariant: str) -> list[dict[str, A
     ],
 )
 def test_fault_opens_one_ticket_per_store_and_heal_resolves_it(
-    stack: Stack, namespace: str, operator: KopfRunner, invariant: str, kind: str, body: Any, stores: list[str]
+    stack: Stack, namespace: str, operator: InProcessOperator, invariant: str, kind: str, body: Any, stores: list[str]
 ) -> None:
     start_cluster(stack, namespace)
     for store in stores:
@@ -76,11 +80,11 @@ def test_fault_opens_one_ticket_per_store_and_heal_resolves_it(
     eventually(
         lambda: condition_status(stack, namespace, "tikv", CONDITION[invariant]) == "False", what="condition False"
     )
-    time.sleep(3)  # a few more cycles of the same violation must not duplicate anything
+    operator.checked_after(namespace, "tikv", 3)  # more cycles of the same violation must not duplicate anything
     rows = open_in_db(stack, namespace, invariant)
     assert sorted(r["store"] for r in rows) == stores
     assert len(tickets_in_db(stack, namespace, invariant)) == len(stores), "exactly one ticket per affected store"
-    resources = [t for t in ticket_resources(stack, namespace) if t["status"]["invariant"] == invariant]
+    resources = [t for t in shown_tickets(stack, namespace) if t["status"]["invariant"] == invariant]
     assert sorted(t["status"]["store"] for t in resources) == stores
     assert {t["status"]["state"] for t in resources} == {"open"}
     assert all(t["metadata"]["ownerReferences"][0]["kind"] == "MonitoredCluster" for t in resources)
@@ -93,7 +97,7 @@ def test_fault_opens_one_ticket_per_store_and_heal_resolves_it(
     )
     eventually(
         lambda: (
-            {t["status"]["state"] for t in ticket_resources(stack, namespace) if t["status"]["invariant"] == invariant}
+            {t["status"]["state"] for t in shown_tickets(stack, namespace) if t["status"]["invariant"] == invariant}
             == {"resolved"}
         ),
         what="Ticket resources resolved",
@@ -101,7 +105,7 @@ def test_fault_opens_one_ticket_per_store_and_heal_resolves_it(
     assert len(tickets_in_db(stack, namespace, invariant)) == len(stores)
 
 
-def test_held_ticket_stays_open_after_heal(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+def test_held_ticket_stays_open_after_heal(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace, invariants={"diskUsage": {"clearFor": "2s"}})
     fault(stack, namespace, "tikv-0", "disk", {"percent": 97})
     eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="a diskUsage ticket")
@@ -114,7 +118,7 @@ def test_held_ticket_stays_open_after_heal(stack: Stack, namespace: str, operato
     eventually(lambda: [r for r in tickets_in_db(stack, namespace, "diskUsage") if r["hold"] and r["state"] == "acknowledged"],
                what="hold and acknowledgement in Postgres")  # fmt: skip
     fault(stack, namespace, "tikv-0", "disk", heal=True)
-    time.sleep(6)
+    operator.checked_after(namespace, "tikv", 2 + 3)  # well past clearFor
     row = tickets_in_db(stack, namespace, "diskUsage")[0]
     assert (row["state"], row["hold"]) == ("acknowledged", True)
     assert condition(stack, namespace, "tikv", "DiskSpaceAvailable")["reason"] == "TicketHeld"
@@ -124,7 +128,7 @@ def test_held_ticket_stays_open_after_heal(stack: Stack, namespace: str, operato
     )
 
 
-def test_prometheus_down_resolves_nothing(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+def test_prometheus_down_resolves_nothing(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace, invariants={"latency": {"thresholdMs": 100}})
     fault(stack, namespace, "tikv-1", "latency", {"seconds": 0.8})
     eventually(lambda: open_in_db(stack, namespace, "latency"), what="a latency ticket")
@@ -136,7 +140,7 @@ def test_prometheus_down_resolves_nothing(stack: Stack, namespace: str, operator
             what="MetricsAvailable=False",
         )
         assert condition(stack, namespace, "tikv", "MetricsAvailable")["reason"] == "PrometheusUnreachable"
-        time.sleep(4)
+        operator.checked_after(namespace, "tikv", 4)
         assert [r["state"] for r in tickets_in_db(stack, namespace, "latency")] == ["open"]
         assert condition_status(stack, namespace, "tikv", "LatencyWithinBudget") == "False"
     finally:
@@ -146,7 +150,7 @@ def test_prometheus_down_resolves_nothing(stack: Stack, namespace: str, operator
     )
 
 
-def test_postgres_outage_loses_no_transition(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+def test_postgres_outage_loses_no_transition(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace)
     stack.stop_component("postgres")
     try:
@@ -195,14 +199,14 @@ def test_restart_mid_violation_keeps_countdown_and_makes_no_duplicate(stack: Sta
         opened_after = time.monotonic() - injected
         assert opened_after < 18, f"the countdown restarted: opened {opened_after:.1f}s after the fault (for: 10s)"
         assert len(tickets_in_db(stack, namespace, "storesReady")) == 1
-        time.sleep(3)
+        cycles_past(partial(scraped_last_check, second, namespace, "tikv"), 3, f"MonitoredCluster {namespace}/tikv")
         assert len(tickets_in_db(stack, namespace, "storesReady")) == 1
         assert len([t for t in ticket_resources(stack, namespace)]) == 1
     finally:
         second.stop()
 
 
-def test_deleting_the_cluster_resolves_its_tickets(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+def test_deleting_the_cluster_resolves_its_tickets(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace)
     fault(stack, namespace, "tikv-1", "down")
     eventually(lambda: open_in_db(stack, namespace, "storesReady"), what="a storesReady ticket")
@@ -212,7 +216,9 @@ def test_deleting_the_cluster_resolves_its_tickets(stack: Stack, namespace: str,
     assert [e["kind"] for e in pg_events(stack, rows[0]["id"])][-1] == "Resolved"
 
 
-def test_deleted_ticket_resource_is_rebuilt_from_postgres(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+def test_deleted_ticket_resource_is_rebuilt_from_postgres(
+    stack: Stack, namespace: str, operator: InProcessOperator
+) -> None:
     start_cluster(stack, namespace)
     fault(stack, namespace, "tikv-1", "down")
     name = eventually(lambda: [t["metadata"]["name"] for t in ticket_resources(stack, namespace)], what="a Ticket")[0]
@@ -222,7 +228,7 @@ def test_deleted_ticket_resource_is_rebuilt_from_postgres(stack: Stack, namespac
     )
 
 
-def test_kubectl_get_tickets_shows_real_values(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+def test_kubectl_get_tickets_shows_real_values(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace)
     fault(stack, namespace, "tikv-2", "disk", {"percent": 99})
     eventually(lambda: ticket_resources(stack, namespace), what="a Ticket")
@@ -236,7 +242,7 @@ def test_kubectl_get_tickets_shows_real_values(stack: Stack, namespace: str, ope
 
 
 def test_clusters_sharing_a_namespace_judge_only_their_own_pods(
-    stack: Stack, namespace: str, operator: KopfRunner
+    stack: Stack, namespace: str, operator: InProcessOperator
 ) -> None:
     start_cluster(stack, namespace, "tikv", invariants={})
     start_cluster(stack, namespace, "other", invariants={})
@@ -244,7 +250,7 @@ def test_clusters_sharing_a_namespace_judge_only_their_own_pods(
     eventually(
         lambda: condition_status(stack, namespace, "other", "StoresReady") == "False", what="other: StoresReady=False"
     )
-    time.sleep(2)
+    operator.checked_after(namespace, "tikv", 2)
     assert condition_status(stack, namespace, "tikv", "StoresReady") == "True"
     summary = get_json(stack, "mc", "tikv", "-n", namespace)["status"]["stores"]["summary"]
     assert summary == "3/3 ready"

@@ -6,7 +6,7 @@ import json
 import signal
 import subprocess
 import sys
-import time
+from functools import partial
 
 import pytest
 
@@ -14,7 +14,7 @@ from devstack.operator import operator_process
 from devstack.processes import free_port
 from devstack.stack import REPO_ROOT, Stack
 from tests.e2e.test_monitoring import fault, open_in_db, start_cluster
-from tests.stackutil import eventually, metric_value, scrape_metrics, tickets_in_db
+from tests.stackutil import cycles_past, eventually, metric_value, scrape_metrics, scraped_last_check, tickets_in_db
 
 pytestmark = pytest.mark.stack
 
@@ -28,6 +28,7 @@ DOCUMENTED = [
     "operator_k8s_status_writes_total",
     "operator_k8s_open_tickets",
     "operator_k8s_last_successful_check_timestamp_seconds",
+    "operator_k8s_last_check_timestamp_seconds",
 ]
 
 
@@ -47,7 +48,7 @@ def test_metrics_cli_and_graceful_shutdown(stack: Stack, namespace: str) -> None
     fault(stack, namespace, "tikv-1", "latency", {"seconds": 0.8})
     eventually(lambda: open_in_db(stack, namespace, "latency"), what="a latency ticket")
 
-    time.sleep(3)  # a few more cycles
+    cycles_past(partial(scraped_last_check, operator, namespace, "tikv"), 3, f"MonitoredCluster {namespace}/tikv")
     during = scrape_metrics(operator)
     assert metric_value(during, r"operator_k8s_open_tickets\{.*state=\"open\".*\}") == 1  # fmt: skip
     for name in DOCUMENTED:

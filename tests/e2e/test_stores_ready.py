@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from kopf.testing import KopfRunner
 
 from devstack.stack import Stack
+from tests.conftest import InProcessOperator
 from tests.stackutil import condition_status, eventually, monitored_cluster, simulator
 
 pytestmark = pytest.mark.stack
 
 
-def test_stores_ready_flips_with_a_store_outage(stack: Stack, namespace: str, operator: KopfRunner) -> None:
+def test_stores_ready_flips_with_a_store_outage(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     simulator(stack, "PUT", f"/clusters/{namespace}/tikv", {"stores": 3, "labels": {"app": "tikv"}})
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(monitored_cluster("tikv", namespace, stack)))
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from devstack import manifests
+from devstack.demo import QUICK_START_VALUES
 from devstack.hoststate import GATEWAY, HostState
-from devstack.images import POSTGRES_IMAGE
 from devstack.node import NODE_NAME, Node
 from devstack.stack import REPO_ROOT, Stack
 from tests.stackutil import apply_tikv_example, eventually, get_json, prometheus_query, simulator, store_fault
@@ -28,9 +28,6 @@ HOME = "ok8s-helm"  # the namespace the chart is installed into
 STORES = "tikv"  # the namespace of the monitored store pods
 RELEASE = "ok8s"
 POSTGRES_POD = f"{RELEASE}-operator-k8s-postgres-0"
-QUICK_START = ["--set", "postgres.enabled=true",
-               "--set", f"postgres.image.repository={POSTGRES_IMAGE.rsplit(':', 1)[0]}",
-               "--set", f"postgres.image.tag={POSTGRES_IMAGE.rsplit(':', 1)[1]}"]  # fmt: skip
 
 
 def measured(what: str, seconds: float) -> None:
@@ -124,7 +121,7 @@ def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> Non
     stack.kubectl("create", "namespace", HOME)
     stack.kubectl("label", "namespace", HOME, "pod-security.kubernetes.io/enforce=restricted")
     started = time.monotonic()
-    stack.helm("install", RELEASE, CHART, "-n", HOME, *QUICK_START, "--wait", "--timeout", "110s")
+    stack.helm("install", RELEASE, CHART, "-n", HOME, *QUICK_START_VALUES, "--wait", "--timeout", "110s")
     measured("helm install --wait (operator and Postgres pods Ready)", time.monotonic() - started)
     operator = ready_pod(stack, HOME, "app.kubernetes.io/name=operator-k8s,app.kubernetes.io/component!=postgres")
     assert operator is not None, stack.kubectl("get", "pods", "-A", "-o", "wide").stdout
@@ -186,7 +183,7 @@ def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> Non
     assert [(row[1], row[2]) for row in held] == [("diskUsage", "tikv-1")]
     resource = eventually(lambda: tickets(stack, "open"), timeout=30, what="its Ticket resource")[0]
     upgraded = time.monotonic()
-    stack.helm("upgrade", RELEASE, CHART, "-n", HOME, *QUICK_START, "--set", "settings.logLevel=DEBUG", "--wait",
+    stack.helm("upgrade", RELEASE, CHART, "-n", HOME, *QUICK_START_VALUES, "--set", "settings.logLevel=DEBUG", "--wait",
                "--timeout", "110s")  # fmt: skip
     operators = "app.kubernetes.io/component!=postgres,app.kubernetes.io/name=operator-k8s"
     rolled = eventually(lambda: (p := ready_pod(stack, HOME, operators)) and p["metadata"]["name"] != name and p,
