@@ -94,6 +94,10 @@ def _interval(spec: Any) -> float:
         return 0.0  # an invalid spec is checked at once, so its InvalidSpec condition shows
 
 
+STATUS_WRITE_ROOM = 30.0
+"""Seconds a cancelled cycle has to write its CheckFailed status (the Kubernetes client's own timeouts are shorter)."""
+
+
 def cycle_deadline(spec: Any) -> float:
     """How long one cycle may run before it is cancelled: the Prometheus timeout plus room for Postgres and
     Kubernetes (each with its own, shorter deadline). Bounded, so a timer can never hang."""
@@ -139,14 +143,21 @@ async def _run_cycle(
     pods: list[Any],
     status: dict[str, Any],
 ) -> None:
-    """One cycle under its deadline, recorded in the operator's metrics."""
+    """One cycle under its deadline, recorded in the operator's metrics.
+
+    The monitor cancels the cycle's work at the deadline and writes why; the outer bound (the status write's room
+    on top) is the last resort that keeps the timer alive whatever hangs."""
     started = time.monotonic()
+    deadline = cycle_deadline(spec)
     try:
-        async with asyncio.timeout(cycle_deadline(spec)):
-            stats = await monitor.check_cluster(ref, spec, pods, status, datetime.now(UTC))
+        async with asyncio.timeout(deadline + STATUS_WRITE_ROOM):
+            stats = await monitor.check_cluster(ref, spec, pods, status, datetime.now(UTC), deadline=deadline)
     except TimeoutError:
         telemetry.record_failure("cycle_timeout")
-        log.error("Check of MonitoredCluster timed out", extra={"cluster": ref.name, "namespace": ref.namespace})
+        log.error(
+            "Check of MonitoredCluster and its status write timed out",
+            extra={"cluster": ref.name, "namespace": ref.namespace},
+        )
         return
     telemetry.record_cycle(ref, time.monotonic() - started, stats, time.time())
 

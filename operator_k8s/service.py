@@ -165,15 +165,30 @@ class Monitor:
         pods: Sequence[StorePod],
         previous_status: dict[str, Any],
         now: datetime,
+        *,
+        deadline: float | None = None,
     ) -> CycleStats:
-        """Run one cycle and write the cluster's status if it changed. Never raises (but may be cancelled)."""
+        """Run one cycle and write the cluster's status if it changed. Never raises (but may be cancelled).
+
+        A cycle still running after ``deadline`` seconds is cancelled and says so on the cluster (Healthy Unknown,
+        CheckFailed): a hung dependency shows where the SRE looks, not only in the operator's log and metrics.
+        """
         stats = CycleStats()
         with self._in_flight_cycle():
             async with self._lock(ref.uid):
                 memory = self.memory(ref.uid)
                 previous = memory.status if memory.status is not None else previous_status
                 try:
-                    desired = await self._cycle(ref, raw_spec, pods, previous, memory, now, stats)
+                    async with asyncio.timeout(deadline):
+                        desired = await self._cycle(ref, raw_spec, pods, previous, memory, now, stats)
+                except TimeoutError:
+                    stats.errors.append("cycle_timeout")
+                    log.error(
+                        "Check of MonitoredCluster timed out",
+                        extra={"cluster": ref.name, "namespace": ref.namespace, "deadline_s": deadline},
+                    )
+                    message = f"The check did not finish within its deadline of {deadline:g}s and was cancelled"
+                    desired = _failed_status(previous, ref, message, now)
                 except Exception as error:  # a check must survive anything it meets; the next interval runs again
                     stats.errors.append("cycle_failed")
                     log.exception(

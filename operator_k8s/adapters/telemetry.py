@@ -90,7 +90,7 @@ class Telemetry:
 
     def record_cycle(self, ref: ClusterRef, seconds: float, stats: CycleStats, now: float) -> None:
         self.cycle_seconds.observe(seconds)
-        failed = "cycle_failed" in stats.errors
+        failed = "cycle_failed" in stats.errors or "cycle_timeout" in stats.errors
         self.cycles.labels("error" if failed else "degraded" if stats.errors else "ok").inc()
         for kind in stats.errors:
             self.errors.labels(kind).inc()

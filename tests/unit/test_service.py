@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import replace
 from typing import Any
@@ -272,6 +273,24 @@ async def test_an_unexpected_error_is_counted_shown_and_the_next_cycle_runs(part
     assert "RuntimeError: surprise" in healthy["message"]
     metrics.query = healthy_query  # type: ignore[method-assign]
     stats = await cycle(monitor, 1, mirror.status)
+    assert stats.errors == [] and conditions(mirror.status)["Healthy"] == "True"
+
+
+async def test_a_hung_cycle_is_cancelled_at_its_deadline_shown_and_the_next_cycle_runs(parts: Parts) -> None:
+    monitor, _, metrics, mirror = parts
+
+    async def hangs(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.Event().wait()
+
+    answering = metrics.query
+    metrics.query = hangs  # type: ignore[method-assign]
+    stats = await monitor.check_cluster(REF, SPEC, PODS, {}, at(0), deadline=0.05)
+    assert stats.errors == ["cycle_timeout"]
+    healthy = condition(mirror.status, "Healthy")
+    assert (healthy["status"], healthy["reason"]) == ("Unknown", "CheckFailed")
+    assert "deadline of 0.05s" in healthy["message"]
+    metrics.query = answering  # type: ignore[method-assign]
+    stats = await monitor.check_cluster(REF, SPEC, PODS, mirror.status, at(1), deadline=0.05)
     assert stats.errors == [] and conditions(mirror.status)["Healthy"] == "True"
 
 

@@ -38,6 +38,18 @@ def test_a_cycle_moves_last_check_and_only_a_clean_one_moves_last_success(
     assert stamps(telemetry) == expected
 
 
+@pytest.mark.parametrize(
+    ("errors", "outcome"),
+    [([], "ok"), (["prometheus_unreachable"], "degraded"), (["cycle_failed"], "error"), (["cycle_timeout"], "error")],
+)
+def test_a_cycle_is_counted_by_its_outcome(errors: list[str], outcome: str) -> None:
+    telemetry = Telemetry()
+    telemetry.record_cycle(REF, 0.1, CycleStats(errors=errors), 100.0)
+    read = telemetry.registry.get_sample_value
+    counted = {o: read("operator_k8s_check_cycles_total", {"outcome": o}) for o in ("ok", "degraded", "error")}
+    assert counted == {o: 1.0 if o == outcome else 0.0 for o in counted}
+
+
 def test_a_forgotten_cluster_has_neither_timestamp() -> None:
     telemetry = Telemetry()
     telemetry.record_cycle(REF, 0.1, CycleStats(), 100.0)
