@@ -8,9 +8,20 @@ import os
 import sys
 
 from devstack import binaries
+from devstack.processes import ComponentFailed
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a stack that cannot start says why in one message (it carries the failing component's log
+    tail), not in a traceback."""
+    try:
+        return _run(argv)
+    except ComponentFailed as error:
+        print(f"devstack: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build the control plane, Prometheus, the node and its images (cached)")

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from devstack.hoststate import GATEWAY
 from devstack.images import POSTGRES_IMAGE
 from devstack.operator import operator_process
 from devstack.stack import REPO_ROOT, Stack
@@ -216,6 +217,15 @@ def up(*, hold: bool, node: bool = False) -> int:
             chart = CHART.relative_to(REPO_ROOT)
             print(f"  helm install ok8s {chart} -n {HELM_NAMESPACE} --wait {' '.join(QUICK_START_VALUES)}")
             print(f"  kubectl get mc,tickets -n {NAMESPACE}     # the example cluster, checked by the operator's pod")
+            say("Inject a fault into a store, and heal it (the simulator's API; see devstack/simulator.py):")
+            disk = f"{stack.simulator_url}{_fault_path(f'{CLUSTER}-tikv-0', 'disk')}"
+            print(f"  curl -X PUT -H 'Content-Type: application/json' -d '{{\"percent\": 96}}' {disk}")
+            print(f"  curl -X DELETE {disk}")
+            print(
+                "  Other faults (down, latency, hung, restart-loop, …) are listed in devstack/simulator.py's docstring"
+            )
+            gateway_dsn = stack.postgres_dsn.replace("127.0.0.1", GATEWAY)
+            print(f"  For kubectl apply -f deploy/ instead of helm, the DSN pods can reach: {gateway_dsn}")
         if hold or node:
             say("Press Ctrl-C to stop everything")
             stop_signals = {signal.SIGINT, signal.SIGTERM}

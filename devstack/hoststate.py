@@ -59,6 +59,7 @@ OUTSIDE_PATHS = (
     "/var/log/pods",
     "/var/lib/cni",
     "/run/containerd",
+    "/run/nri",
     "/var/lib/kubelet",
     "/etc/cni",
 )
@@ -250,7 +251,8 @@ class HostState:
 
 
 def check_machine() -> None:
-    """Refuse early, with a reason, where node mode cannot work or would collide with the machine's own network."""
+    """Refuse early, with a reason, where node mode cannot work or would collide with the machine's own network.
+    Called with the lock held and abandoned runs recovered, so whatever uses the range is not a node-mode run's."""
     if os.geteuid() != 0:
         raise RuntimeError("Node mode needs root (network namespaces, cgroups, mounts, iptables)")
     reserved = ipaddress.ip_network(RESERVED_RANGE)
@@ -259,8 +261,8 @@ def check_machine() -> None:
             with contextlib.suppress(ValueError):
                 if "/" in word and ipaddress.ip_network(word, strict=False).overlaps(reserved):
                     raise RuntimeError(
-                        f"{RESERVED_RANGE} is already in use on this machine ({line.strip()}): another node-mode "
-                        "stack runs, or the machine's network uses the benchmarking range"
+                        f"{RESERVED_RANGE} is already in use on this machine ({line.strip()}) and no record of a "
+                        "killed node-mode run explains it: the machine's own network uses the benchmarking range"
                     )
     if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
         raise RuntimeError("Bridged traffic must pass iptables (Services between pods on the bridge): load the "
@@ -370,19 +372,31 @@ def record_pid(node_dir: Path, pid: int) -> None:
         pids.write(f"{_boot_id()} {pid} {_start_time(pid)}\n")
 
 
+def records() -> list[Path]:
+    """The node directories of runs with a record on disk (the running one's too, if any)."""
+    return [state.parent for state in sorted(Path(NODE_DIRS).parent.glob(Path(NODE_DIRS).name + "*/" + STATE_FILE))]
+
+
+def recorded_processes(node_dir: Path) -> list[int]:
+    """The processes a run recorded that are still alive: the very processes, not pids reused since."""
+    recorded = (node_dir / PIDS_FILE).read_text().splitlines() if (node_dir / PIDS_FILE).exists() else []
+    alive = []
+    for line in recorded:
+        boot, pid, started = line.split()
+        if boot == _boot_id() and _start_time(int(pid)) == started:
+            alive.append(int(pid))
+    return alive
+
+
 def recover_abandoned() -> None:
     """Stop the processes and undo the changes of node-mode runs that were killed before they could stop. Called
     with the lock held, so every record found is a dead run's."""
-    for state in sorted(Path(NODE_DIRS).parent.glob(Path(NODE_DIRS).name + "*/" + STATE_FILE)):
-        node_dir = state.parent
+    for node_dir in records():
         host = HostState.load(node_dir)
         log(f"Cleaning up after an abandoned node-mode run ({node_dir})")
-        recorded = (node_dir / PIDS_FILE).read_text().splitlines() if (node_dir / PIDS_FILE).exists() else []
-        for line in recorded:
-            boot, pid, started = line.split()
-            if boot == _boot_id() and _start_time(int(pid)) == started:  # the very process, not a reused pid
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+        for pid in recorded_processes(node_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         failed = host.restore(node_dir)
         if failed:
             log(f"Could not undo everything of {node_dir} ({', '.join(failed)}); its record stays for the next run")

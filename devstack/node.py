@@ -76,12 +76,19 @@ class Node:
 
     @staticmethod
     def check_machine() -> None:
-        """Refuse early (before minutes of building), with a reason, where node mode cannot run now."""
+        """Refuse early (before minutes of building), with a reason, where node mode cannot run now. A killed run's
+        leftovers (its bridge holds the range) are cleaned up first, as ``network_up`` would."""
         try:
-            os.close(hoststate.lock())
+            held = hoststate.lock()
+        except RuntimeError as error:
+            raise ComponentFailed(str(error)) from error
+        try:
+            hoststate.recover_abandoned()
             hoststate.check_machine()
         except RuntimeError as error:
             raise ComponentFailed(str(error)) from error
+        finally:
+            os.close(held)
 
     @classmethod
     def network_up(cls, binaries: NodeBinaries, images: list[Image], stack_dir: Path) -> Node:
@@ -266,6 +273,7 @@ class Node:
             f"[plugins.'io.containerd.internal.v1.opt']\n  path = '{state / 'opt'}'\n"  # not /opt/containerd
             "[plugins.'io.containerd.grpc.v1.cri']\n  stream_server_address = '127.0.0.1'\n"
             "  stream_server_port = '0'\n"
+            "[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n"  # no NRI plugins here; no /run/nri/nri.sock
         )
         env = {**os.environ, "PATH": f"{self.binaries.containerd.parent}:{os.environ.get('PATH', '')}"}
         containerd = self._spawn("containerd", [str(self.binaries.containerd), "--config", str(config)], env=env)

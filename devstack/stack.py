@@ -356,6 +356,8 @@ class Stack:
                 "full_page_writes=off",
                 "-c",
                 "max_connections=200",
+                "-c",
+                "dynamic_shared_memory_type=mmap",  # in the data directory: a killed run leaves nothing in /dev/shm
             ],
             self.workdir / "logs" / "postgres.log",
             user=user,

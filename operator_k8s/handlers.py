@@ -35,17 +35,20 @@ class Schedule:
     """Per-cluster due times for a timer that ticks at a fixed base period (kopf fixes a timer's interval).
 
     A tick that is not due returns at once and writes nothing; the first run of each cluster is spread over one
-    interval so that a restart with 1,000 clusters does not fire them all at once.
+    interval so that a restart with 1,000 clusters does not fire them all at once. An interval shorter than the tick
+    runs once per tick: that is the fastest the timer can go, not a missed interval, so it is not counted as one.
     """
 
-    def __init__(self, jitter: float = 1.0) -> None:
+    def __init__(self, jitter: float = 1.0, tick: float = 0.0) -> None:
         self._due: dict[str, float] = {}
         self._jitter = jitter
+        self._tick = tick
 
     def __len__(self) -> int:
         return len(self._due)
 
     def due(self, uid: str, interval: float, now: float) -> Tick | None:
+        interval = max(interval, self._tick)
         due = self._due.get(uid)
         if due is None:
             due = self._due[uid] = now + random.uniform(0, interval * self._jitter)  # noqa: S311 - spreading load
@@ -173,7 +176,7 @@ def register(
 ) -> Heartbeats:
     """Register every handler of the operator in ``registry``, bound to ``monitor``; return the timers' heartbeats
     (which the liveness probe reads)."""
-    schedule = Schedule(jitter)
+    schedule = Schedule(jitter, tick_seconds)
     heartbeats = Heartbeats(max(300.0, 20 * tick_seconds), peering=peering)
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)

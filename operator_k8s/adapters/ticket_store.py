@@ -269,13 +269,18 @@ class PostgresTicketStore:
         raise TimeoutError
 
     async def start(self, deadline: float = 10.0) -> None:
-        """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer."""
+        """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer or refuses (a wrong
+        password, a missing database): either way the operator starts, says why on every cluster and retries."""
         try:
             await self._within(deadline, self._ensure_pool())
         except TimeoutError:
             raise self._trip(f"Postgres did not answer within {deadline:g}s") from None
         except UNAVAILABLE as error:
             raise self._trip(f"Postgres unreachable: {type(error).__name__}") from None
+        except asyncpg.PostgresError as error:
+            raise self._trip(
+                f"Postgres refused the connection: {type(error).__name__} ({error.sqlstate}): {error}"
+            ) from None
 
     async def sync(
         self, cluster_uid: str, writes: Sequence[TicketWrite], horizon: datetime, *, deadline: float

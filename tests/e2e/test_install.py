@@ -101,8 +101,38 @@ def test_plain_manifests_are_rendered_from_the_chart() -> None:
             ["--set", "database.existingSecret=db", "--set", "prometheusCredentials.secretName=Not_A_Name"],
             "at '/prometheusCredentials/secretName'",
         ),
+        (
+            ["--set", "database.existingSecret=db", "--set", "metrics.port=8081"],
+            "metrics.port and health.port must differ (both are 8081)",
+        ),
+        (
+            ["--set", "database.existingSecret=mine", "--set", "postgres.enabled=true"],
+            "database.existingSecret (mine) and postgres.enabled=true exclude each other",
+        ),
+        (
+            [
+                "--set",
+                "database.existingSecret=db",
+                "--set",
+                "metrics.service.enabled=false",
+                "--set",
+                "metrics.serviceMonitor.enabled=true",
+            ],
+            "metrics.serviceMonitor.enabled=true needs metrics.service.enabled=true",
+        ),
+        (["--set", "database.existingSecret=db", "--set", "image.tag=a b"], "at '/image/tag'"),
     ],
-    ids=["no-database", "replicas-without-peering", "bad-log-level", "unknown-value", "bad-credentials-secret"],
+    ids=[
+        "no-database",
+        "replicas-without-peering",
+        "bad-log-level",
+        "unknown-value",
+        "bad-credentials-secret",
+        "same-ports",
+        "secret-and-quick-start",
+        "service-monitor-without-service",
+        "bad-image-tag",
+    ],
 )
 def test_invalid_values_are_rejected_readably(stack: Stack, values: list[str], message: str) -> None:
     result = stack.helm("install", "bad", CHART, "-n", "default", "--dry-run=server", *values, check=False)

@@ -178,6 +178,17 @@ async def test_concurrent_first_calls_share_one_pool(database: str) -> None:
         await store.close()
 
 
+async def test_a_postgres_that_refuses_at_start_up_is_unavailable_with_its_reason(stack: Stack) -> None:
+    """A refusal (here a database that does not exist; in a reinstall, a wrong password) must not fail the operator's
+    start-up: it is the same TicketStoreUnavailable as an outage, with Postgres's own words."""
+    store = PostgresTicketStore(stack.postgres_dsn.rsplit("/", 1)[0] + "/no_such_database")
+    try:
+        with pytest.raises(TicketStoreUnavailable, match=r"refused the connection: InvalidCatalogNameError \(3D000\)"):
+            await store.start()
+    finally:
+        await store.close()
+
+
 async def _stored(store: PostgresTicketStore) -> Ticket:
     new = ticket(TicketState.OPEN, id=None)
     opened = (Effect(EffectKind.OPENED, None, TicketState.OPEN, "opened"),)

@@ -8,6 +8,12 @@ from operator_k8s.domain.observations import StorePod
 from operator_k8s.handlers import Heartbeats, Schedule, Tick, _candidate_pods, cycle_deadline
 
 
+def test_an_interval_shorter_than_the_tick_runs_every_tick_and_misses_nothing() -> None:
+    schedule = Schedule(jitter=0, tick=5)
+    ticks = [schedule.due("a", 2, float(second)) for second in range(0, 31, 5)]
+    assert ticks == [Tick(lag=0, skipped=0)] * 7
+
+
 def test_first_run_is_spread_within_one_interval() -> None:
     schedule = Schedule()
     firsts = []

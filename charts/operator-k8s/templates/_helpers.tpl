@@ -71,3 +71,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: [list, watch, patch]
 {{- end }}
 {{- end -}}
+
+{{/* Combinations of values the schema cannot compare: refused with what to change, before anything is installed. */}}
+{{- define "operator-k8s.validate" -}}
+{{- if eq (int .Values.metrics.port) (int .Values.health.port) }}
+{{- fail (printf "metrics.port and health.port must differ (both are %v): the operator serves each on its own port" .Values.metrics.port) }}
+{{- end }}
+{{- if and .Values.postgres.enabled .Values.database.existingSecret }}
+{{- fail (printf "database.existingSecret (%s) and postgres.enabled=true exclude each other: the quick-start Postgres brings its own DSN Secret; set one of them" .Values.database.existingSecret) }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled=true needs metrics.service.enabled=true: the ServiceMonitor selects that Service" }}
+{{- end }}
+{{- end }}
