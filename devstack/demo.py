@@ -55,7 +55,7 @@ def example_for_local_stack(stack: Stack, example: Path = EXAMPLE) -> dict[str, 
     return body
 
 
-def _start(stack: Stack) -> None:
+def _create_example(stack: Stack) -> None:
     say(f"Creating namespace {NAMESPACE} and a TidbCluster of 3 TiKV and 3 PD pods (one metrics endpoint each,")
     print("    discovered by Prometheus through the API server, labelled as prometheus-operator does)")
     stack.kubectl("create", "namespace", NAMESPACE)
@@ -63,6 +63,10 @@ def _start(stack: Stack) -> None:
     print(stack.kubectl("get", "pods", "-n", NAMESPACE).stdout, end="")
     say(f"Applying {EXAMPLE.relative_to(REPO_ROOT)} (Prometheus URL and timings adjusted for the local stack)")
     print(stack.kubectl("apply", "-f", "-", input_text=json.dumps(example_for_local_stack(stack))).stdout, end="")
+
+
+def _start(stack: Stack) -> None:
+    _create_example(stack)
     say("Starting the operator (python -m operator_k8s)")
     operator_process(stack, OPERATOR_K8S_LOG_FORMAT="text")
     _wait(lambda: _condition(stack, "Healthy") == "True", 90, "the cluster to be Healthy")
@@ -203,7 +207,7 @@ def up(*, hold: bool, node: bool = False) -> int:
     """Start the stack and the example; in node mode the user installs the operator with helm, as the README says."""
     with Stack.start(node=node) as stack:
         if node:
-            _start_for_helm(stack)
+            _create_example(stack)  # the operator is the user's to install, with helm
         else:
             _start(stack)
         say("The stack is up. Point kubectl and helm at it with:")
@@ -233,12 +237,3 @@ def up(*, hold: bool, node: bool = False) -> int:
             signal.sigwait(stop_signals)
             say("Stopping every process of the stack")
     return 0
-
-
-def _start_for_helm(stack: Stack) -> None:
-    say(f"Creating namespace {NAMESPACE} and a TidbCluster of 3 TiKV and 3 PD pods on the simulator")
-    stack.kubectl("create", "namespace", NAMESPACE)
-    _simulator(stack, "PUT", f"/tidbclusters/{NAMESPACE}/{CLUSTER}", {"stores": 3, "pd": 3, "timings": TIMINGS})
-    print(stack.kubectl("get", "pods", "-n", NAMESPACE).stdout, end="")
-    say(f"Applying {EXAMPLE.relative_to(REPO_ROOT)} (Prometheus URL and timings adjusted for the local stack)")
-    print(stack.kubectl("apply", "-f", "-", input_text=json.dumps(example_for_local_stack(stack))).stdout, end="")

@@ -250,20 +250,27 @@ class HostState:
         return found
 
 
-def check_machine() -> None:
-    """Refuse early, with a reason, where node mode cannot work or would collide with the machine's own network.
-    Called with the lock held and abandoned runs recovered, so whatever uses the range is not a node-mode run's."""
+def require_root() -> None:
     if os.geteuid() != 0:
         raise RuntimeError("Node mode needs root (network namespaces, cgroups, mounts, iptables)")
+
+
+def check_machine() -> None:
+    """Refuse early, with a reason, where node mode cannot work or would collide with the machine's own network.
+    Called with the lock held and abandoned runs recovered, so whatever uses the range is not a node-mode run's,
+    unless one of them could not be undone (its record stays)."""
+    require_root()
+    unrecovered = records()
     reserved = ipaddress.ip_network(RESERVED_RANGE)
     for line in sh("ip", "-o", "-4", "addr", "show").stdout.splitlines() + sh("ip", "-4", "route").stdout.splitlines():
         for word in line.split():
             with contextlib.suppress(ValueError):
                 if "/" in word and ipaddress.ip_network(word, strict=False).overlaps(reserved):
                     raise RuntimeError(
-                        f"{RESERVED_RANGE} is already in use on this machine ({line.strip()}) and no record of a "
-                        "killed node-mode run explains it: the machine's own network uses the benchmarking range"
-                    )
+                        f"{RESERVED_RANGE} is already in use on this machine ({line.strip()}): "
+                        + (f"a killed node-mode run could not be undone entirely (its record: {unrecovered[0]})"
+                           if unrecovered else "the machine's own network uses the benchmarking range")
+                    )  # fmt: skip
     if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
         raise RuntimeError("Bridged traffic must pass iptables (Services between pods on the bridge): load the "
                            "br_netfilter module (`modprobe br_netfilter`)")  # fmt: skip

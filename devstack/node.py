@@ -79,6 +79,7 @@ class Node:
         """Refuse early (before minutes of building), with a reason, where node mode cannot run now. A killed run's
         leftovers (its bridge holds the range) are cleaned up first, as ``network_up`` would."""
         try:
+            hoststate.require_root()
             held = hoststate.lock()
         except RuntimeError as error:
             raise ComponentFailed(str(error)) from error

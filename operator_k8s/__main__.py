@@ -132,7 +132,7 @@ class Operator:
                 await self.store.start()
             except TicketStoreUnavailable as error:
                 logging.getLogger("operator_k8s").warning(
-                    "Postgres not reachable at start-up; will retry each cycle", extra={"error": str(error)}
+                    "Could not use Postgres at start-up; will retry each cycle", extra={"error": str(error)}
                 )
             sweeper.append(asyncio.create_task(self._sweep_orphans(monitor)))
 

@@ -48,6 +48,7 @@ class Schedule:
         return len(self._due)
 
     def due(self, uid: str, interval: float, now: float) -> Tick | None:
+        every_tick = interval <= self._tick
         interval = max(interval, self._tick)
         due = self._due.get(uid)
         if due is None:
@@ -55,8 +56,12 @@ class Schedule:
         if now < due:
             return None
         lag = now - due
-        skipped = int(lag // interval) if interval > 0 else 0
-        self._due[uid] = due + (skipped + 1) * interval if interval > 0 else now
+        if every_tick or interval <= 0:
+            # kopf's ticks drift (each waits for the handler): anchored to the tick, the cluster runs every tick.
+            self._due[uid] = now + interval
+            return Tick(lag=lag, skipped=0)
+        skipped = int(lag // interval)
+        self._due[uid] = due + (skipped + 1) * interval
         return Tick(lag=lag, skipped=skipped)
 
     def forget(self, uid: str) -> None:
@@ -94,7 +99,7 @@ def _interval(spec: Any) -> float:
     try:
         return parse_duration(str(spec.get("interval", "30s")))
     except ValueError:
-        return 0.0  # an invalid spec is checked at once, so its InvalidSpec condition shows
+        return 0.0  # an invalid spec is checked every tick, so its InvalidSpec condition shows soon
 
 
 STATUS_WRITE_ROOM = 30.0
@@ -102,13 +107,14 @@ STATUS_WRITE_ROOM = 30.0
 
 
 def cycle_deadline(spec: Any) -> float:
-    """How long one cycle may run before it is cancelled: the Prometheus timeout plus room for Postgres and
-    Kubernetes (each with its own, shorter deadline). Bounded, so a timer can never hang."""
+    """How long one cycle may run before it is cancelled: twice the Prometheus timeout (a query may wait its turn
+    for a query thread, then run) plus a minute for Postgres and Kubernetes, whose calls have their own deadlines.
+    Bounded, so a timer can never hang."""
     try:
         timeout = parse_duration(str((spec.get("prometheus") or {}).get("timeout", "5s")))
     except ValueError:
         timeout = 5.0
-    return min(timeout, 60.0) + 60.0
+    return 2 * min(timeout, 60.0) + 60.0
 
 
 def _candidate_pods(index: kopf.Index[tuple[str, str, str], Any], namespace: str, spec: Any) -> list[Any]:
@@ -156,7 +162,7 @@ async def _run_cycle(
         async with asyncio.timeout(deadline + STATUS_WRITE_ROOM):
             stats = await monitor.check_cluster(ref, spec, pods, status, datetime.now(UTC), deadline=deadline)
     except TimeoutError:
-        telemetry.record_failure("cycle_timeout")
+        telemetry.record_failure("cycle_abandoned")
         log.error(
             "Check of MonitoredCluster and its status write timed out",
             extra={"cluster": ref.name, "namespace": ref.namespace},

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -57,6 +57,7 @@ from operator_k8s.ports import (
 )
 
 log = logging.getLogger("operator_k8s.service")
+T = TypeVar("T")
 
 WARNING_EFFECTS = {EffectKind.OPENED, EffectKind.REOPENED, EffectKind.ESCALATED}
 DECISION_ATTEMPTS = 3
@@ -179,9 +180,9 @@ class Monitor:
                 memory = self.memory(ref.uid)
                 previous = memory.status if memory.status is not None else previous_status
                 try:
-                    async with asyncio.timeout(deadline):
-                        desired = await self._cycle(ref, raw_spec, pods, previous, memory, now, stats)
-                except TimeoutError:
+                    cycle = self._cycle(ref, raw_spec, pods, previous, memory, now, stats)
+                    desired = await _within_deadline(deadline, cycle)
+                except _DeadlineExceeded:
                     stats.errors.append("cycle_timeout")
                     log.error(
                         "Check of MonitoredCluster timed out",
@@ -597,6 +598,23 @@ class Monitor:
             log.warning("Closed with MonitoredCluster checks still running", extra={"in_flight": self._in_flight})
         await self.store.close()
         log.info("Closed the ticket store")
+
+
+class _DeadlineExceeded(Exception):
+    """A cycle ran past its deadline and was cancelled."""
+
+
+async def _within_deadline(deadline: float | None, cycle: Coroutine[Any, Any, T]) -> T:
+    """``cycle`` cancelled at the deadline (``_DeadlineExceeded``); a TimeoutError the cycle met inside is an
+    ordinary failure."""
+    scope = asyncio.timeout(deadline)
+    try:
+        async with scope:
+            return await cycle
+    except TimeoutError:
+        if scope.expired():
+            raise _DeadlineExceeded from None
+        raise
 
 
 class _MirrorFailed(Exception):

@@ -7,8 +7,6 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import partial
 
 import kopf
 import pytest
@@ -17,7 +15,7 @@ from kopf.testing import KopfRunner
 from devstack.stack import Stack
 from operator_k8s.__main__ import Operator
 from operator_k8s.settings import load_settings
-from tests.stackutil import cycles_past
+from tests.stackutil import InProcessOperator
 
 _names = itertools.count()
 
@@ -41,24 +39,6 @@ def namespace(stack: Stack) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class InProcessOperator:
-    """The operator run by KopfRunner in this process, with its telemetry readable directly."""
-
-    runner: KopfRunner
-    operator: Operator
-
-    def last_check(self, namespace: str, name: str) -> float:
-        """When the cluster's last check cycle ended, whatever its outcome (unix time, 0 if never)."""
-        labels = {"namespace": namespace, "cluster": name}
-        value = self.operator.telemetry.registry.get_sample_value("operator_k8s_last_check_timestamp_seconds", labels)
-        return value or 0.0
-
-    def checked_after(self, namespace: str, name: str, seconds: float) -> None:
-        """Wait until a check cycle of the cluster ends ``seconds`` from now or later."""
-        cycles_past(partial(self.last_check, namespace, name), seconds, f"MonitoredCluster {namespace}/{name}")
-
-
 @contextmanager
 def run_operator(stack: Stack, **overrides: str) -> Iterator[InProcessOperator]:
     """Run the operator in this process with KopfRunner, as `python -m operator_k8s` would, against the stack."""
@@ -78,7 +58,7 @@ def run_operator(stack: Stack, **overrides: str) -> Iterator[InProcessOperator]:
         timeout=60,
     )
     with runner:
-        yield InProcessOperator(runner, operator)
+        yield InProcessOperator(operator)
     if runner.exception is not None:
         raise runner.exception
 

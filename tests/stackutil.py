@@ -11,6 +11,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +21,7 @@ import yaml
 
 from devstack.processes import Process
 from devstack.stack import REPO_ROOT, Stack
+from operator_k8s.__main__ import Operator
 
 T = TypeVar("T")
 TICKET_COLUMNS = ["NAME", "CLUSTER", "INVARIANT", "STORE", "SEVERITY", "STATE", "COUNT", "LAST-SEEN", "AGE"]
@@ -189,6 +192,23 @@ def cycles_past(last_check: Callable[[], float], seconds: float, what: str, time
         timeout=timeout,
         interval=0.2,
     )
+
+
+@dataclass(frozen=True)
+class InProcessOperator:
+    """The operator run by KopfRunner in this test process (tests/conftest.py), its telemetry read directly."""
+
+    operator: Operator
+
+    def last_check(self, namespace: str, name: str) -> float:
+        """When the cluster's last check cycle ended, whatever its outcome (unix time, 0 if never)."""
+        labels = {"namespace": namespace, "cluster": name}
+        value = self.operator.telemetry.registry.get_sample_value("operator_k8s_last_check_timestamp_seconds", labels)
+        return value or 0.0
+
+    def checked_after(self, namespace: str, name: str, seconds: float) -> None:
+        """Wait until a check cycle of the cluster ends ``seconds`` from now or later."""
+        cycles_past(partial(self.last_check, namespace, name), seconds, f"MonitoredCluster {namespace}/{name}")
 
 
 def health_url(process: Process) -> str:

@@ -17,7 +17,7 @@ from operator_k8s.service import CycleStats
 PREFIX = "operator_k8s"
 ERROR_KINDS = (
     "prometheus_unreachable", "prometheus_error", "postgres_unavailable", "postgres_rejected",
-    "kubernetes_unavailable", "kubernetes_rejected", "cycle_failed", "cycle_timeout",
+    "kubernetes_unavailable", "kubernetes_rejected", "cycle_failed", "cycle_timeout", "cycle_abandoned",
 )  # fmt: skip
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 

@@ -215,10 +215,13 @@ class PostgresTicketStore:
         return self._down is None
 
     async def _ensure_pool(self) -> asyncpg.Pool:
-        """One pool per process, migrated once: cycles that start together while Postgres is away wait for it."""
+        """One pool per process, migrated once: cycles that start together while Postgres is away wait for it.
+        A Postgres that answers but refuses (a wrong password, a missing database, a migration it rejects) is
+        unavailable in its own words, so the condition on every cluster says what to fix."""
         async with self._pool_lock:
             if self._pool is None:
                 pool = None
+                phase = "connection"
                 try:
                     pool = await asyncpg.create_pool(
                         self._dsn,
@@ -228,11 +231,15 @@ class PostgresTicketStore:
                         command_timeout=10,
                         reset=_keep_session,
                     )
+                    phase = "schema migration"
                     async with pool.acquire() as connection:
                         await migrate(connection)
-                except BaseException:
+                except BaseException as error:
                     if pool is not None:
                         pool.terminate()
+                    if isinstance(error, asyncpg.PostgresError) and not isinstance(error, UNAVAILABLE):
+                        reason = f"{type(error).__name__} ({error.sqlstate}): {error}"
+                        raise self._trip(f"Postgres refused the {phase}: {reason}") from None
                     raise
                 self._pool = pool
             return self._pool
@@ -269,18 +276,14 @@ class PostgresTicketStore:
         raise TimeoutError
 
     async def start(self, deadline: float = 10.0) -> None:
-        """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer or refuses (a wrong
-        password, a missing database): either way the operator starts, says why on every cluster and retries."""
+        """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer or refuses: either way the
+        operator starts, says why on every cluster and retries."""
         try:
             await self._within(deadline, self._ensure_pool())
         except TimeoutError:
             raise self._trip(f"Postgres did not answer within {deadline:g}s") from None
         except UNAVAILABLE as error:
             raise self._trip(f"Postgres unreachable: {type(error).__name__}") from None
-        except asyncpg.PostgresError as error:
-            raise self._trip(
-                f"Postgres refused the connection: {type(error).__name__} ({error.sqlstate}): {error}"
-            ) from None
 
     async def sync(
         self, cluster_uid: str, writes: Sequence[TicketWrite], horizon: datetime, *, deadline: float

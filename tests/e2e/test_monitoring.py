@@ -12,9 +12,9 @@ import pytest
 
 from devstack.operator import operator_process
 from devstack.stack import Stack
-from tests.conftest import InProcessOperator
 from tests.stackutil import (
     TICKET_COLUMNS,
+    InProcessOperator,
     condition,
     condition_status,
     cycles_past,
@@ -231,7 +231,7 @@ def test_deleted_ticket_resource_is_rebuilt_from_postgres(
 def test_kubectl_get_tickets_shows_real_values(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace)
     fault(stack, namespace, "tikv-2", "disk", {"percent": 99})
-    eventually(lambda: ticket_resources(stack, namespace), what="a Ticket")
+    eventually(lambda: shown_tickets(stack, namespace), what="a Ticket with its status")
     lines = stack.kubectl("get", "tickets", "-n", namespace).stdout.splitlines()
     assert lines[0].split() == TICKET_COLUMNS
     assert lines[1].split()[1:7] == ["tikv", "diskUsage", "tikv-2", "warning", "open", "1"]

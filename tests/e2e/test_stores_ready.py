@@ -7,8 +7,7 @@ import json
 import pytest
 
 from devstack.stack import Stack
-from tests.conftest import InProcessOperator
-from tests.stackutil import condition_status, eventually, monitored_cluster, simulator
+from tests.stackutil import InProcessOperator, condition_status, eventually, monitored_cluster, simulator
 
 pytestmark = pytest.mark.stack
 

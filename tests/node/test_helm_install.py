@@ -7,6 +7,7 @@ through the ``kubernetes`` Service and cluster DNS. ``pytest -s`` prints the ``[
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -78,10 +79,10 @@ def start_to_ready(pod: dict[str, Any]) -> float:
     return (datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00")) - created).total_seconds()
 
 
-def psql(stack: Stack, sql: str) -> list[list[str]]:
-    """Rows from the quick-start Postgres, read inside its pod, as an SRE would."""
-    out = stack.kubectl("exec", "-n", HOME, POSTGRES_POD, "--", "psql", "-U", "operator", "-d", "operator", "-AtF",
-                        "\t", "-c", sql).stdout  # fmt: skip
+def psql(stack: Stack, sql: str, dsn: str | None = None) -> list[list[str]]:
+    """Rows from the quick-start Postgres, read inside its pod, as an SRE would (by default over its local socket)."""
+    target = [dsn] if dsn else ["-U", "operator", "-d", "operator"]
+    out = stack.kubectl("exec", "-n", HOME, POSTGRES_POD, "--", "psql", *target, "-AtF", "\t", "-c", sql).stdout
     return [line.split("\t") for line in out.splitlines() if line]
 
 
@@ -230,8 +231,17 @@ def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> Non
     reinstalled = time.monotonic()
     stack.helm("install", RELEASE, CHART, "-n", HOME, *QUICK_START_VALUES, "--wait", "--timeout", "110s")
     measured("helm install again after uninstall → Ready", time.monotonic() - reinstalled)
-    kept = psql(stack, "SELECT id, invariant, store, state FROM tickets ORDER BY id")
-    assert kept == history, "the first install's tickets, read with the kept password"
+    # Over TCP, as the operator connects (the socket trusts anyone): the DSN the reinstall wrote opens the kept data,
+    # and the same DSN with another password does not (so the check can fail).
+    dsn = base64.b64decode(stack.kubectl("get", "secret", f"{RELEASE}-operator-k8s-postgres", "-n", HOME, "-o",
+                                         "jsonpath={.data.dsn}").stdout).decode()  # fmt: skip
+    local = dsn.replace(f"@{RELEASE}-operator-k8s-postgres:", "@127.0.0.1:")
+    sql = "SELECT id, invariant, store, state FROM tickets ORDER BY id"
+    kept = psql(stack, sql, dsn=local)
+    assert kept == history, "the first install's tickets, read with the password the reinstall found"
+    wrong = local.replace(local.split(":")[2].split("@")[0], "not-the-password")
+    refused = stack.kubectl("exec", "-n", HOME, POSTGRES_POD, "--", "psql", wrong, "-c", "SELECT 1", check=False)
+    assert refused.returncode != 0 and "password authentication failed" in refused.stderr, refused.stderr
     stack.helm("uninstall", RELEASE, "-n", HOME, "--wait", "--timeout", "110s")
 
 

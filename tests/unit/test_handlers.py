@@ -8,10 +8,13 @@ from operator_k8s.domain.observations import StorePod
 from operator_k8s.handlers import Heartbeats, Schedule, Tick, _candidate_pods, cycle_deadline
 
 
-def test_an_interval_shorter_than_the_tick_runs_every_tick_and_misses_nothing() -> None:
+@pytest.mark.parametrize("interval", [2.0, 5.0])
+def test_an_interval_up_to_the_tick_runs_every_drifting_tick_and_misses_nothing(interval: float) -> None:
+    """kopf's timer waits ``tick`` after each handler ends, so its ticks drift by the handlers' run time."""
     schedule = Schedule(jitter=0, tick=5)
-    ticks = [schedule.due("a", 2, float(second)) for second in range(0, 31, 5)]
-    assert ticks == [Tick(lag=0, skipped=0)] * 7
+    ticks = [schedule.due("a", interval, n * 5.2) for n in range(200)]
+    assert all(t is not None and t.skipped == 0 for t in ticks)
+    assert max(t.lag for t in ticks if t is not None) < 0.3
 
 
 def test_first_run_is_spread_within_one_interval() -> None:
@@ -94,10 +97,10 @@ def test_a_deleted_cluster_never_looks_wedged() -> None:
 @pytest.mark.parametrize(
     ("spec", "deadline"),
     [
-        ({}, 65.0),
-        ({"prometheus": {"timeout": "60s"}}, 120.0),
-        ({"prometheus": {"timeout": "1ms"}}, 60.001),
-        ({"prometheus": {"timeout": "nonsense"}}, 65.0),
+        ({}, 70.0),
+        ({"prometheus": {"timeout": "60s"}}, 180.0),
+        ({"prometheus": {"timeout": "1ms"}}, 60.002),
+        ({"prometheus": {"timeout": "nonsense"}}, 70.0),
     ],
 )
 def test_every_cycle_has_a_bounded_deadline(spec: dict[str, object], deadline: float) -> None:

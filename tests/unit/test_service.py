@@ -290,8 +290,21 @@ async def test_a_hung_cycle_is_cancelled_at_its_deadline_shown_and_the_next_cycl
     assert (healthy["status"], healthy["reason"]) == ("Unknown", "CheckFailed")
     assert "deadline of 0.05s" in healthy["message"]
     metrics.query = answering  # type: ignore[method-assign]
-    stats = await monitor.check_cluster(REF, SPEC, PODS, mirror.status, at(1), deadline=0.05)
+    stats = await monitor.check_cluster(REF, SPEC, PODS, mirror.status, at(1), deadline=30)
     assert stats.errors == [] and conditions(mirror.status)["Healthy"] == "True"
+
+
+async def test_a_timeout_met_inside_the_cycle_is_a_failure_not_the_deadline(parts: Parts) -> None:
+    monitor, _, metrics, mirror = parts
+
+    async def times_out(*args: Any, **kwargs: Any) -> Any:
+        raise TimeoutError("a client's own timeout")
+
+    metrics.query = times_out  # type: ignore[method-assign]
+    for deadline in (None, 30.0):
+        stats = await monitor.check_cluster(REF, SPEC, PODS, {}, at(0), deadline=deadline)
+        assert stats.errors == ["cycle_failed"]
+        assert "TimeoutError: a client's own timeout" in condition(mirror.status, "Healthy")["message"]
 
 
 async def test_a_refused_status_is_replaced_by_one_that_says_why(parts: Parts) -> None:

@@ -27,6 +27,7 @@ def stamps(telemetry: Telemetry) -> tuple[float | None, float | None]:
         (["prometheus_unreachable"], (200.0, 100.0)),
         (["postgres_unavailable", "kubernetes_rejected"], (200.0, 100.0)),
         (["cycle_failed"], (200.0, 100.0)),
+        (["cycle_timeout"], (200.0, 100.0)),
     ],
 )
 def test_a_cycle_moves_last_check_and_only_a_clean_one_moves_last_success(
