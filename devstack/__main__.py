@@ -12,13 +12,16 @@ from devstack.processes import ComponentFailed
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; a stack that cannot start says why in one message (it carries the failing component's log
-    tail), not in a traceback."""
+    """Run a command; a stack that cannot start, or is interrupted while starting, says so in one message (a failure
+    carries the failing component's log tail), not in a traceback. Stacks stop themselves on the way out."""
     try:
         return _run(argv)
     except ComponentFailed as error:
         print(f"devstack: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("devstack: interrupted; what it had started is stopped", file=sys.stderr)
+        return 130
 
 
 def _run(argv: list[str] | None) -> int:

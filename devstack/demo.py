@@ -219,7 +219,7 @@ def up(*, hold: bool, node: bool = False) -> int:
             print(f"  kubectl create namespace {HELM_NAMESPACE}")
             print(f"  kubectl label namespace {HELM_NAMESPACE} pod-security.kubernetes.io/enforce=restricted")
             chart = CHART.relative_to(REPO_ROOT)
-            print(f"  helm install ok8s {chart} -n {HELM_NAMESPACE} --wait {' '.join(QUICK_START_VALUES)}")
+            print(f"  helm install operator-k8s {chart} -n {HELM_NAMESPACE} --wait {' '.join(QUICK_START_VALUES)}")
             print(f"  kubectl get mc,tickets -n {NAMESPACE}     # the example cluster, checked by the operator's pod")
             say("Inject a fault into a store, and heal it (the simulator's API; see devstack/simulator.py):")
             disk = f"{stack.simulator_url}{_fault_path(f'{CLUSTER}-tikv-0', 'disk')}"

@@ -56,13 +56,14 @@ class Schedule:
         if now < due:
             return None
         lag = now - due
+        late = max(0.0, lag - self._tick)  # within one tick of its due time is as early as a tick can start it
         if every_tick or interval <= 0:
             # kopf's ticks drift (each waits for the handler): anchored to the tick, the cluster runs every tick.
             self._due[uid] = now + interval
-            return Tick(lag=lag, skipped=0)
+            return Tick(lag=late, skipped=0)
         skipped = int(lag // interval)
         self._due[uid] = due + (skipped + 1) * interval
-        return Tick(lag=lag, skipped=skipped)
+        return Tick(lag=late, skipped=skipped)
 
     def forget(self, uid: str) -> None:
         self._due.pop(uid, None)

@@ -17,6 +17,13 @@ def test_an_interval_up_to_the_tick_runs_every_drifting_tick_and_misses_nothing(
     assert max(t.lag for t in ticks if t is not None) < 0.3
 
 
+def test_an_interval_off_the_tick_is_never_late_by_the_ticks_granularity() -> None:
+    schedule = Schedule(jitter=0, tick=5)
+    ticks = [t for n in range(100) if (t := schedule.due("a", 7, n * 5.0)) is not None]
+    assert len(ticks) == 495 // 7 + 1  # one run per 7 s due time, at the first tick at or after it
+    assert {(t.lag, t.skipped) for t in ticks} == {(0.0, 0)}
+
+
 def test_first_run_is_spread_within_one_interval() -> None:
     schedule = Schedule()
     firsts = []
