@@ -8,10 +8,12 @@ killed run kept, and then start.
 from __future__ import annotations
 
 import os
-import selectors
+import queue
 import subprocess
 import sys
+import threading
 import time
+from typing import IO
 
 import pytest
 
@@ -24,24 +26,34 @@ pytestmark = pytest.mark.stack
 
 
 def wait_for_line(process: subprocess.Popen[str], text: str, timeout: float) -> list[str]:
-    """The process's output lines up to the first containing ``text``; fails if it exits or the time runs out."""
+    """The process's output lines up to the first containing ``text``; fails if it exits or the time runs out.
+
+    A thread reads the lines: polling the pipe instead would miss lines already in the reader's buffer."""
     assert process.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump(stream: IO[str]) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, args=(process.stdout,), daemon=True).start()
     seen: list[str] = []
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                break
-            line = process.stdout.readline()
-            if not line:
-                raise AssertionError(f"exited ({process.wait()}) before {text!r}:\n{''.join(seen[-30:])}")
-            seen.append(line)
-            if text in line:
-                return seen
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            raise AssertionError(f"exited ({process.wait()}) before {text!r}:\n{''.join(seen[-30:])}")
+        seen.append(line)
+        if text in line:
+            return seen
     raise AssertionError(f"no {text!r} within {timeout}s:\n{''.join(seen[-30:])}")
 
 
+@pytest.mark.timeout(600)  # may rebuild the operator image, then start a whole node-mode stack
 def test_a_killed_run_is_cleaned_up_by_the_next() -> None:
     Node.check_machine()
     Node.prepare()
@@ -55,22 +67,26 @@ def test_a_killed_run_is_cleaned_up_by_the_next() -> None:
         start_new_session=True,
     )
     try:
-        wait_for_line(up, "The stack is up", timeout=300)
-    finally:
-        up.kill()  # the python process only: its stack lives on, as after kill -9 or an OOM kill
-        up.wait()
-    [record] = hoststate.records()
-    left_running = hoststate.recorded_processes(record)
-    assert len(left_running) >= 8, "the killed run's components still run"
-    assert before.differences() != [], "the killed run's changes are still on the machine"
+        try:
+            wait_for_line(up, "The stack is up", timeout=200)
+        finally:
+            up.kill()  # the python process only: its stack lives on, as after kill -9 or an OOM kill
+            up.wait()
+        [record] = hoststate.records()
+        left_running = hoststate.recorded_processes(record)
+        assert len(left_running) >= 8, "the killed run's components still run"
+        assert before.differences() != [], "the killed run's changes are still on the machine"
 
-    recovered = time.monotonic()
-    Node.check_machine()  # the next run's first step
-    print(f"[measured] a killed run cleaned up by the next: {time.monotonic() - recovered:.1f}s", flush=True)
-    assert hoststate.records() == []
-    still = [pid for pid in left_running if os.path.exists(f"/proc/{pid}") and _not_zombie(pid)]
-    assert still == [], f"processes of the killed run still alive: {still}"
-    assert before.differences() == [], "the machine is as it was before the killed run"
+        recovered = time.monotonic()
+        Node.check_machine()  # the next run's first step
+        print(f"[measured] a killed run cleaned up by the next: {time.monotonic() - recovered:.1f}s", flush=True)
+        assert hoststate.records() == []
+        still = [pid for pid in left_running if os.path.exists(f"/proc/{pid}") and _not_zombie(pid)]
+        assert still == [], f"processes of the killed run still alive: {still}"
+        assert before.differences() == [], "the machine is as it was before the killed run"
+    finally:
+        if hoststate.records():  # the test failed midway: leave no stack behind for the next test or run
+            Node.check_machine()
 
 
 def _not_zombie(pid: int) -> bool:
