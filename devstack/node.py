@@ -75,9 +75,8 @@ class Node:
         return binaries, [pause_image(binaries.pause), operator_image(version), postgres_image()]
 
     @staticmethod
-    def check_machine() -> None:
-        """Refuse early (before minutes of building), with a reason, where node mode cannot run now. A killed run's
-        leftovers (its bridge holds the range) are cleaned up first, as ``network_up`` would."""
+    def _claim_machine() -> int:
+        """Take the machine's node lock (returned), clean up after killed runs, then check the machine is usable."""
         try:
             hoststate.require_root()
             held = hoststate.lock()
@@ -86,23 +85,24 @@ class Node:
         try:
             hoststate.recover_abandoned()
             hoststate.check_machine()
-        except RuntimeError as error:
-            raise ComponentFailed(str(error)) from error
-        finally:
+        except BaseException as error:
             os.close(held)
+            raise ComponentFailed(str(error)) from error
+        return held
+
+    @classmethod
+    def check_machine(cls) -> None:
+        """Refuse early (before minutes of building), with a reason, where node mode cannot run now. A killed run's
+        leftovers (its bridge holds the range) are cleaned up first, as ``network_up`` would."""
+        os.close(cls._claim_machine())
 
     @classmethod
     def network_up(cls, binaries: NodeBinaries, images: list[Image], stack_dir: Path) -> Node:
         """Take the machine's node lock, clean up after killed runs, record the machine (also on disk, for a later
         run if this one is killed), then create the fenced bridge, so that servers can bind ``GATEWAY`` before any
         pod exists."""
+        held = cls._claim_machine()
         try:
-            held = hoststate.lock()
-        except RuntimeError as error:
-            raise ComponentFailed(str(error)) from error
-        try:
-            hoststate.recover_abandoned()
-            hoststate.check_machine()
             host = HostState.capture()
             node_dir = Path(sh("mktemp", "-d", f"{hoststate.NODE_DIRS}XXXXXX").stdout.strip())
         except BaseException as error:

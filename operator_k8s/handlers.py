@@ -57,7 +57,7 @@ class Schedule:
             return None
         lag = now - due
         late = max(0.0, lag - self._tick)  # within one tick of its due time is as early as a tick can start it
-        if every_tick or interval <= 0:
+        if every_tick:
             # kopf's ticks drift (each waits for the handler): anchored to the tick, the cluster runs every tick.
             self._due[uid] = now + interval
             return Tick(lag=late, skipped=0)
