@@ -164,9 +164,25 @@ def build_etcd(version: str = versions.ETCD) -> Path:
     return binary
 
 
+def _helm_ldflags(version: str) -> str:
+    """The flags helm's own release build sets: its version, and the Kubernetes version ``helm template`` assumes.
+
+    Without the latter an offline ``helm template`` assumes Kubernetes v1.20 and refuses any chart that requires a
+    newer one (ours says >=1.28). helm's Makefile derives it from the client-go it builds with (major + 1, minor).
+    """
+    info = json.loads(_go(["mod", "download", "-json", f"helm.sh/helm/v3@{version}"], cwd=CACHE_ROOT))
+    client_go = re.search(r"^\s*k8s\.io/client-go v0\.(\d+)\.", Path(info["GoMod"]).read_text(), re.MULTILINE)
+    if client_go is None:
+        raise RuntimeError(f"No k8s.io/client-go requirement found in helm.sh/helm/v3@{version} go.mod")
+    flags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={version}"]
+    for package in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        flags += [f"-X {package}.k8sVersionMajor=1", f"-X {package}.k8sVersionMinor={client_go.group(1)}"]
+    return " ".join(flags)
+
+
 def build_helm(version: str = versions.HELM) -> Path:
-    """``go install`` helm (its module has no replace directives); a no-op when cached."""
-    out = _bin_dir("helm", version)
+    """``go install`` helm (its module has no replace directives) as its release is built; a no-op when cached."""
+    out = _bin_dir("helm", f"{version}-release")  # "-release": not the earlier builds without the Kubernetes flags
     binary = out / "helm"
     if binary.exists():
         return binary
@@ -175,8 +191,15 @@ def build_helm(version: str = versions.HELM) -> Path:
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={version}"
-    cmd = ["go", "install", "-v", "-trimpath", "-ldflags", ldflags, f"helm.sh/helm/v3/cmd/helm@{version}"]
+    cmd = [
+        "go",
+        "install",
+        "-v",
+        "-trimpath",
+        "-ldflags",
+        _helm_ldflags(version),
+        f"helm.sh/helm/v3/cmd/helm@{version}",
+    ]
     env_cmd = ["env", f"GOBIN={partial}", *cmd]
     _run_with_progress(f"helm {version}", env_cmd, workdir)
     shutil.rmtree(out, ignore_errors=True)

@@ -45,6 +45,10 @@ def test_chart_lints_and_renders_with_a_schema() -> None:
     lint = subprocess.run([str(stack_helm), "lint", "--strict", CHART, "--set", "database.existingSecret=db"],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert lint.returncode == 0, lint.stdout + lint.stderr
+    # Offline, helm assumes the Kubernetes its release was built for: the chart's kubeVersion must accept it.
+    offline = subprocess.run([str(stack_helm), "template", "x", CHART, "--set", "database.existingSecret=db"],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert offline.returncode == 0, offline.stderr
 
 
 def test_prometheus_credentials_are_mounted_read_only_where_the_operator_reads_them() -> None:
