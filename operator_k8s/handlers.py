@@ -15,6 +15,7 @@ import kopf
 from operator_k8s.adapters.kube import store_pod
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.durations import parse_duration
+from operator_k8s.domain.projections import ticket_id_of
 from operator_k8s.domain.tickets import HumanEdit
 from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION
 from operator_k8s.ports import ClusterRef, TicketStoreUnavailable
@@ -226,7 +227,7 @@ def register(
     @kopf.on.field(GROUP, VERSION, TICKET_PLURAL, field="spec", id="human_intent", registry=registry)
     async def human_intent(old: Any, new: Any, status: kopf.Status, meta: kopf.Meta, **_: Any) -> None:
         owners = meta.get("ownerReferences") or []
-        ticket_id = status.get("ticketId")
+        ticket_id = status.get("ticketId", ticket_id_of(meta["name"]))
         if old is None or not owners or ticket_id is None:
             return  # created by the operator with what Postgres holds: nothing a human changed
         try:

@@ -10,8 +10,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,20 @@ def eventually(probe: Callable[[], T | None], *, timeout: float = 60, interval: 
         if last:
             return last
         time.sleep(interval)
+    raise AssertionError(f"Timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+async def eventually_async(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 60, interval: float = 0.5, what: str = ""
+) -> T:
+    """``eventually`` for a coroutine probe, in a test's own event loop."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
     raise AssertionError(f"Timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
@@ -253,8 +268,8 @@ class Poller:
 
 
 class LogFollower:
-    """Follow a JSON-lines log from its current end, stamping each record with the unix time it was read (the
-    operator's own timestamps have whole seconds only)."""
+    """Follow a JSON-lines log from its current end, each record with the unix time it was logged (the operator's
+    own millisecond ``time``; the time it was read for a line without one)."""
 
     def __init__(self, path: Path, period: float = 0.1) -> None:
         self._path = path
@@ -280,7 +295,9 @@ class LogFollower:
                 except ValueError:
                     continue
                 if isinstance(record, dict):
-                    self.records.append((now, record))
+                    logged = record.get("time")
+                    at = datetime.fromisoformat(logged).timestamp() if isinstance(logged, str) else now
+                    self.records.append((at, record))
             self._stop.wait(self._period)
 
     def __enter__(self) -> LogFollower:

@@ -28,6 +28,13 @@ def ticket_name(ticket: Ticket) -> str:
     return base + suffix
 
 
+def ticket_id_of(name: str) -> int | None:
+    """The ticket id a Ticket resource's name ends with (see ``ticket_name``): a human may edit a new Ticket before
+    the second request, its status (``ticketId``), lands, and that edit must not be lost."""
+    head, _, tail = name.rpartition("-")
+    return int(tail) if head and tail.isdecimal() and tail.isascii() else None
+
+
 def bounded_text(text: str, limit: int) -> str:
     """``text`` if it fits, else a deterministic shortening that stays unique: a prefix and a hash of the whole."""
     if len(text) <= limit:

@@ -165,6 +165,10 @@ def test_helm_install_restricted_rbac_is_enough_and_uninstall_leaves_only_crds(s
 
     # The operator, run with the chart's ServiceAccount token, completes the monitoring scenario.
     as_operator = service_account_kubeconfig(stack, home, "ok8s-operator-k8s")
+    # The authorizer learns of the chart's bindings from its watch cache: wait until they hold, then count Forbidden.
+    eventually(lambda: stack.kubectl("--kubeconfig", str(as_operator), "auth", "can-i", "patch", "monitoredclusters",
+                                     "--subresource=status", "-n", namespace, check=False).stdout.strip() == "yes",
+               what="the chart's RBAC to take effect", timeout=30)  # fmt: skip
     operator = operator_process(stack, f"operator-{home}.log", kubeconfig=as_operator)
     try:
         start_cluster(stack, namespace, invariants={})

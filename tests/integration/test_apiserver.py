@@ -10,7 +10,7 @@ import pytest
 
 from devstack import versions
 from devstack.stack import Stack
-from tests.stackutil import TICKET_COLUMNS, get_json
+from tests.stackutil import TICKET_COLUMNS, eventually, get_json
 
 pytestmark = pytest.mark.stack
 
@@ -149,6 +149,7 @@ def test_token_request_and_rbac(stack: Stack, namespace: str) -> None:
     stack.kubectl(
         "create", "rolebinding", "probe", "--role=read-pods", f"--serviceaccount={namespace}:probe", "-n", namespace
     )
-    allowed = stack.kubectl("auth", "can-i", "list", "pods", *as_probe, check=False)
-    assert allowed.stdout.strip() == "yes"
+    # The authorizer learns of a new binding from its watch cache: granted a moment later, not in the same instant.
+    eventually(lambda: stack.kubectl("auth", "can-i", "list", "pods", *as_probe, check=False).stdout.strip() == "yes",
+               what="the new RoleBinding to take effect", timeout=30)  # fmt: skip
     assert stack.kubectl("auth", "can-i", "get", "secrets", *as_probe, check=False).stdout.strip() == "no"

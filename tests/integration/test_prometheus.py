@@ -17,7 +17,7 @@ from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.domain.observations import QueryFailure
 from operator_k8s.domain.queries import builtin_query
 from operator_k8s.domain.vocabulary import Invariant
-from tests.stackutil import eventually, prometheus_query, simulator
+from tests.stackutil import eventually, eventually_async, prometheus_query, simulator
 from tests.unit.builders import spec
 
 pytestmark = pytest.mark.stack
@@ -56,19 +56,15 @@ async def test_preset_queries_return_one_sample_per_store(
     for invariant in (Invariant.LATENCY, Invariant.DISK_USAGE):
         query = builtin_query(cluster, invariant, simulated, STORES)
 
-        async def samples(q: str = query) -> dict[str, float]:
+        async def all_stores(q: str = query) -> dict[str, float] | None:
             result = await metrics.query(
                 stack.prometheus_url, q, store_label="pod", namespace_label="namespace", timeout=2
             )
             assert result.failure is None, result.error
-            return {s.store: s.value for s in result.samples if s.store}
+            values = {s.store: s.value for s in result.samples if s.store}
+            return values if len(values) == len(STORES) else None  # a rate needs two scrapes of every store
 
-        values = await samples()
-        for _ in range(40):
-            if len(values) == 3:
-                break
-            await asyncio.sleep(0.25)
-            values = await samples()
+        values = await eventually_async(all_stores, timeout=30, what=f"{invariant} of every store")
         assert sorted(values) == list(STORES), (invariant, values)
     disk = await metrics.query(stack.prometheus_url, builtin_query(cluster, Invariant.DISK_USAGE, simulated, STORES),
                                store_label="pod", namespace_label="namespace", timeout=2)  # fmt: skip
@@ -86,11 +82,7 @@ async def test_injected_disk_fill_shows_in_the_query(stack: Stack, simulated: st
         # The filesystem's view: TiKV's 93 % plus the other files on the volume (1 - available/capacity).
         return {s.store: s.value for s in result.samples}.get("prom-1", 0) >= 93
 
-    for _ in range(40):
-        if await filled():
-            break
-        await asyncio.sleep(0.25)
-    assert await filled()
+    await eventually_async(filled, timeout=30, what="prom-1's disk at 93 % or more")
 
 
 async def test_bad_query_is_an_error_not_an_exception(stack: Stack, metrics: PrometheusMetrics) -> None:
@@ -137,7 +129,7 @@ async def test_a_hung_prometheus_starves_no_other_endpoint(stack: Stack) -> None
             )
             elapsed = time.monotonic() - started
             failures = await asyncio.gather(*stuck)
-        assert healthy.failure is None and elapsed < 1, f"the other Prometheus answered in {elapsed:.2f}s"
+        assert healthy.failure is None and elapsed < 2, f"the other Prometheus answered in {elapsed:.2f}s"
         assert {f.failure for f in failures} == {QueryFailure.UNREACHABLE}
         assert all("within 3s" in f.error or "busy" in f.error for f in failures), [f.error for f in failures]
     finally:

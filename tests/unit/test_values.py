@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.observations import QueryResult, Sample, StorePod, scope_result, select_pods
-from operator_k8s.domain.projections import bounded_text, projection_differs, ticket_labels, ticket_name, ticket_status
+from operator_k8s.domain.projections import (
+    bounded_text,
+    projection_differs,
+    ticket_id_of,
+    ticket_labels,
+    ticket_name,
+    ticket_status,
+)
 from operator_k8s.domain.queries import builtin_query, custom_query, escape_label_value, fill_template
 from operator_k8s.domain.status import StoreCounts, status_patch
 from operator_k8s.domain.tickets import TicketKey, TicketState
@@ -104,6 +111,17 @@ def test_ticket_name_is_deterministic_and_dns_safe() -> None:
     long = ticket(TicketState.OPEN, key=TicketKey("u", "latency", "s" * 300))
     assert len(ticket_name(long)) <= 253
     assert ticket_name(long) == ticket_name(long)
+
+
+@pytest.mark.parametrize("store", ["tikv-0", "TiKV_0", "s" * 300, "x-17", "-"])
+def test_the_ticket_id_is_read_back_from_any_ticket_name(store: str) -> None:
+    current = ticket(TicketState.OPEN, key=TicketKey("u", "latency", store))
+    assert ticket_id_of(ticket_name(current)) == current.id
+
+
+@pytest.mark.parametrize("name", ["ticket", "-7", "a-", "a-7x", "a-\u0667"])
+def test_a_name_that_does_not_end_in_an_id_has_none(name: str) -> None:
+    assert ticket_id_of(name) is None
 
 
 def test_ticket_labels_and_status() -> None:
