@@ -16,9 +16,8 @@ from operator_k8s.adapters.kube import store_pod
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.projections import ticket_id_of
-from operator_k8s.domain.tickets import HumanEdit
-from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION
-from operator_k8s.ports import ClusterRef, TicketStoreUnavailable
+from operator_k8s.domain.vocabulary import CLUSTER_KIND, CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION
+from operator_k8s.ports import ClusterRef, TicketResource, TicketStoreUnavailable
 from operator_k8s.service import Monitor
 
 log = logging.getLogger("operator_k8s.handlers")
@@ -137,6 +136,20 @@ def _ref(meta: Any, namespace: str) -> ClusterRef:
     )
 
 
+def _shown_ticket(meta: Any, status: dict[str, Any], namespace: str) -> tuple[str, TicketResource] | None:
+    """The owning MonitoredCluster's uid and the ticket a Ticket resource shows: from its status, or from its name
+    when a human edits it before the status (the operator's second request) lands. None if no cluster controls it."""
+    owner = next(
+        (o for o in meta.get("ownerReferences") or [] if o.get("controller") and o.get("kind") == CLUSTER_KIND), None
+    )
+    ticket_id = status.get("ticketId")
+    if ticket_id is None:
+        ticket_id = ticket_id_of(str(meta["name"]))
+    if owner is None or ticket_id is None:
+        return None
+    return str(owner["uid"]), TicketResource(namespace, str(meta["name"]), int(ticket_id))
+
+
 def _human_actor(meta: Any) -> str:
     """Who last changed a Ticket's spec, as far as managedFields tells (the field manager's name)."""
     for entry in reversed(meta.get("managedFields") or []):
@@ -225,23 +238,25 @@ def register(
         log.info("Resolved Tickets of deleted MonitoredCluster", extra={"cluster": meta["name"], "resolved": resolved})
 
     @kopf.on.field(GROUP, VERSION, TICKET_PLURAL, field="spec", id="human_intent", registry=registry)
-    async def human_intent(old: Any, new: Any, status: kopf.Status, meta: kopf.Meta, **_: Any) -> None:
-        owners = meta.get("ownerReferences") or []
-        ticket_id = status.get("ticketId", ticket_id_of(meta["name"]))
-        if old is None or not owners or ticket_id is None:
-            return  # created by the operator with what Postgres holds: nothing a human changed
+    async def human_intent(
+        old: Any, new: Any, status: kopf.Status, meta: kopf.Meta, namespace: str | None, **_: Any
+    ) -> None:
+        shown = _shown_ticket(meta, dict(status), namespace or "")
+        if shown is None:
+            return  # not a Ticket the operator made
+        cluster_uid, resource = shown
         try:
             known = await monitor.human_intent(
-                owners[0]["uid"],
-                int(ticket_id),
-                HumanEdit.between(old, new),
-                actor=_human_actor(meta),
-                now=datetime.now(UTC),
+                cluster_uid, resource, old, new or {}, actor=_human_actor(meta), now=datetime.now(UTC)
             )
         except TicketStoreUnavailable as error:
             raise kopf.TemporaryError(f"Postgres unreachable; will retry: {error}", delay=5) from None
         if not known:
-            log.warning("Ignored an edit of a Ticket Postgres does not know", extra={"ticket": meta["name"]})
+            log.warning(
+                "Ignored an edit of a Ticket Postgres does not show there",
+                extra={"ticket": resource.name, "namespace": resource.namespace, "ticket_id": resource.ticket_id,
+                       "cluster_uid": cluster_uid},
+            )  # fmt: skip
 
     @kopf.on.event(GROUP, VERSION, TICKET_PLURAL, id="ticket_event", registry=registry)
     def ticket_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:

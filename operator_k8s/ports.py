@@ -89,6 +89,15 @@ class Projection:
     spec: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TicketResource:
+    """A Ticket resource a human edited: where it is, and the ticket it says it shows (its status, or its name)."""
+
+    namespace: str
+    name: str
+    ticket_id: int
+
+
 class KubernetesRejected(Exception):
     """The API server refused a write (4xx other than conflict or not-found); the message is its reason."""
 

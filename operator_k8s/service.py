@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,6 +52,7 @@ from operator_k8s.ports import (
     SyncResult,
     TicketEvent,
     TicketMirror,
+    TicketResource,
     TicketStore,
     TicketStoreUnavailable,
 )
@@ -441,26 +442,30 @@ class Monitor:
                     or written[0] != projection.labels
                 ):
                     labels_changed = written is None or written[0] != projection.labels
-                    await self._guarded(self.mirror.upsert(ref, projection, labels_changed=labels_changed), stats)
-                    memory.projected[name] = (projection.labels, projection.status)
-                    stats.kubernetes_writes += 1
+                    upsert = self.mirror.upsert(ref, projection, labels_changed=labels_changed)
+                    if await self._guarded(upsert, stats):
+                        memory.projected[name] = (projection.labels, projection.status)
+                        stats.kubernetes_writes += 1
             for name in [n for n in memory.projected if n not in desired]:
-                await self._guarded(self.mirror.delete(ref.namespace, name), stats)
-                del memory.projected[name]
-                stats.kubernetes_writes += 1
+                if await self._guarded(self.mirror.delete(ref.namespace, name), stats):
+                    del memory.projected[name]
+                    stats.kubernetes_writes += 1
         except _MirrorFailed:
             return
 
-    async def _guarded(self, call: Any, stats: CycleStats) -> None:
-        """Await one Kubernetes write; an outage stops this cycle's mirroring, a refusal is counted and skipped."""
+    async def _guarded(self, call: Any, stats: CycleStats) -> bool:
+        """Await one Kubernetes write and say whether it landed; an outage stops this cycle's mirroring, a refusal is
+        counted and skipped (the caller leaves it out of the cache, so the next cycle tries again)."""
         try:
             await call
         except KubernetesRejected as error:
             stats.errors.append("kubernetes_rejected")
             log.warning("Kubernetes refused a Ticket write", extra={"error": str(error)})
+            return False
         except KubernetesUnavailable as error:
             stats.errors.append("kubernetes_unavailable")
             raise _MirrorFailed from error
+        return True
 
     async def _post_events(self, ref: ClusterRef, transitions: Sequence[Transition], stats: CycleStats) -> None:
         events = _events(transitions)
@@ -545,10 +550,21 @@ class Monitor:
             return resolved
 
     async def human_intent(
-        self, cluster_uid: str, ticket_id: int, edit: HumanEdit, *, actor: str, now: datetime
+        self,
+        cluster_uid: str,
+        resource: TicketResource,
+        old_spec: Mapping[str, Any] | None,
+        new_spec: Mapping[str, Any],
+        *,
+        actor: str,
+        now: datetime,
     ) -> bool:
-        """Fold a human's edit of a Ticket resource into Postgres (compare-and-set, re-read on a lost race); False
-        if Postgres has no such ticket for the cluster. Raises TicketStoreUnavailable if Postgres does not answer."""
+        """Fold a human's edit of a Ticket resource's spec into Postgres (compare-and-set, re-read on a lost race).
+
+        ``old_spec`` None means kopf had not seen the resource before (just created, or edited before it was
+        handled): the edit is then what differs from the intent Postgres holds. False if Postgres has no such ticket
+        for the cluster, or ``resource`` is not where the operator shows it (its namespace and name). Raises
+        TicketStoreUnavailable if Postgres does not answer."""
         async with self._lock(cluster_uid):
             memory = self.memory(cluster_uid)
             ref = ClusterRef(cluster_uid, "", "", 0)
@@ -557,9 +573,10 @@ class Monitor:
                 if memory.tickets is None:
                     await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)
                 assert memory.tickets is not None
-                ticket = next((t for t in memory.tickets if t.id == ticket_id), None)
-                if ticket is None:
+                ticket = next((t for t in memory.tickets if t.id == resource.ticket_id), None)
+                if ticket is None or (ticket.namespace, ticket_name(ticket)) != (resource.namespace, resource.name):
                     return False
+                edit = HumanEdit.between(ticket_spec(ticket) if old_spec is None else old_spec, new_spec)
                 result = apply_human_intent(ticket, edit, actor=actor)
                 if not result.changed:
                     return True
@@ -569,7 +586,9 @@ class Monitor:
                 if not synced.conflicts:
                     return True
             # Never report an edit as applied when it was not: the handler retries it later.
-            raise TicketStoreUnavailable(f"lost {DECISION_ATTEMPTS} write races in a row for ticket {ticket_id}")
+            raise TicketStoreUnavailable(
+                f"lost {DECISION_ATTEMPTS} write races in a row for ticket {resource.ticket_id}"
+            )
 
     async def sweep_orphans(self, candidates: dict[str, str], existing: set[str], now: datetime) -> int:
         """Resolve the tickets of the ``candidates`` (clusters with unresolved tickets: uid → namespace) that are not

@@ -38,7 +38,7 @@ def eventually(probe: Callable[[], T | None], *, timeout: float = 60, interval: 
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"Timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    raise _timed_out(timeout, what, last)
 
 
 async def eventually_async(
@@ -52,7 +52,11 @@ async def eventually_async(
         if last:
             return last
         await asyncio.sleep(interval)
-    raise AssertionError(f"Timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    raise _timed_out(timeout, what, last)
+
+
+def _timed_out(timeout: float, what: str, last: object) -> AssertionError:
+    return AssertionError(f"Timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def simulator(stack: Stack, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -267,6 +271,15 @@ class Poller:
         self._thread.join(timeout=30)
 
 
+def _logged_at(record: dict[str, Any], read_at: float) -> float:
+    """A JSON log record's own time (unix seconds), or when it was read if it has none that parses."""
+    logged = record.get("time")
+    try:
+        return datetime.fromisoformat(logged).timestamp() if isinstance(logged, str) else read_at
+    except ValueError:
+        return read_at
+
+
 class LogFollower:
     """Follow a JSON-lines log from its current end, each record with the unix time it was logged (the operator's
     own millisecond ``time``; the time it was read for a line without one)."""
@@ -278,27 +291,29 @@ class LogFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.records: list[tuple[float, dict[str, Any]]] = []
+        self._pending = b""
 
     def _run(self) -> None:
-        pending = b""
         while not self._stop.is_set():
-            with self._path.open("rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-            self._offset += len(chunk)
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            now = time.time()
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    logged = record.get("time")
-                    at = datetime.fromisoformat(logged).timestamp() if isinstance(logged, str) else now
-                    self.records.append((at, record))
+            self._read()
             self._stop.wait(self._period)
+        self._read()  # what was logged before the follower stopped
+
+    def _read(self) -> None:
+        with self._path.open("rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read()
+        self._offset += len(chunk)
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        now = time.time()
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                self.records.append((_logged_at(record, now), record))
 
     def __enter__(self) -> LogFollower:
         self._thread.start()

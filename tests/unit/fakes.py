@@ -120,7 +120,8 @@ class FakeMetrics:
 
 class FakeMirror:
     """Ticket resources and the cluster status; ``refuse_status`` makes the API server refuse status writes whose
-    conditions repeat a type (as it does), ``down`` makes every call fail like an unreachable server."""
+    conditions repeat a type (as it does), ``refuse_tickets`` refuses every Ticket write (as an admission policy
+    may), ``down`` makes every call fail like an unreachable server."""
 
     def __init__(self) -> None:
         self.resources: dict[str, dict[str, Any]] = {}
@@ -130,6 +131,7 @@ class FakeMirror:
         self.posted: list[TicketEvent] = []
         self.down = False
         self.refuse_status = False
+        self.refuse_tickets = False
 
     def _check(self) -> None:
         if self.down:
@@ -137,6 +139,8 @@ class FakeMirror:
 
     async def upsert(self, owner: ClusterRef, projection: Projection, *, labels_changed: bool) -> None:
         self._check()
+        if self.refuse_tickets:
+            raise KubernetesRejected("422 Unprocessable Entity: denied by an admission policy")
         self.writes += 1
         self.resources[projection.name] = projection.status
         self.specs.setdefault(projection.name, projection.spec)

@@ -11,8 +11,9 @@ import pytest
 
 from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
 from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS
-from operator_k8s.domain.tickets import HumanEdit, TicketState
-from operator_k8s.ports import ClusterRef, TicketStoreUnavailable, TicketWrite
+from operator_k8s.domain.projections import ticket_name
+from operator_k8s.domain.tickets import Ticket, TicketState
+from operator_k8s.ports import ClusterRef, TicketResource, TicketStoreUnavailable, TicketWrite
 from operator_k8s.service import CycleStats, Monitor
 from tests.unit.builders import at
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
@@ -182,22 +183,61 @@ async def test_orphan_sweep_resolves_tickets_of_clusters_that_no_longer_exist(pa
     assert store.rows[0].state is TicketState.RESOLVED
 
 
+def shown(ticket: Ticket) -> TicketResource:
+    """Where the operator shows ``ticket``: the resource a human edits."""
+    assert ticket.id is not None
+    return TicketResource(ticket.namespace, ticket_name(ticket), ticket.id)
+
+
+async def human(monitor: Monitor, ticket: Ticket, second: int, old: dict[str, Any] | None, **new: Any) -> bool:
+    """A human's edit of the ticket's resource, from spec ``old`` (None: kopf had not seen it) to ``new``."""
+    return await monitor.human_intent(REF.uid, shown(ticket), old, new, actor="kubernetes:kubectl", now=at(second))
+
+
+UNTOUCHED = {"hold": False, "acknowledged": False}
+
+
 async def test_human_hold_keeps_ticket_open_and_ack_keeps_the_hold(parts: Parts) -> None:
     monitor, store, metrics, _ = parts
     metrics.latency["tikv-1"] = 900.0
     await cycle(monitor, 0)
-    ticket_id = store.rows[0].id
-    assert ticket_id is not None
-    assert await monitor.human_intent("uid-1", ticket_id, HumanEdit(hold=True), actor="kubernetes:kubectl", now=at(1))
-    assert await monitor.human_intent(
-        "uid-1", ticket_id, HumanEdit(acknowledged=True), actor="kubernetes:kubectl", now=at(1)
-    )
+    assert await human(monitor, store.rows[0], 1, UNTOUCHED, hold=True, acknowledged=False)
+    assert await human(monitor, store.rows[0], 1, {"hold": True, "acknowledged": False}, hold=True, acknowledged=True)
     metrics.latency["tikv-1"] = 5.0
     await cycle(monitor, 2)
     assert (store.rows[0].state, store.rows[0].hold) == (TicketState.ACKNOWLEDGED, True)
-    await monitor.human_intent("uid-1", ticket_id, HumanEdit(hold=False), actor="kubernetes:kubectl", now=at(3))
+    await human(monitor, store.rows[0], 3, {"hold": True, "acknowledged": True}, hold=False, acknowledged=True)
     await cycle(monitor, 4)
     assert store.rows[0].state is TicketState.RESOLVED
+
+
+async def test_an_edit_kopf_saw_no_old_spec_for_is_judged_against_postgres(parts: Parts) -> None:
+    """Edited before kopf handled the resource's creation (or while the operator was away): old is None."""
+    monitor, store, metrics, _ = parts
+    metrics.latency["tikv-1"] = 900.0
+    await cycle(monitor, 0)
+    assert await human(monitor, store.rows[0], 1, None, **UNTOUCHED)  # the operator's own create: nothing changes
+    assert (store.rows[0].hold, len(store.history)) == (False, 2)
+    assert await human(monitor, store.rows[0], 1, None, hold=False, acknowledged=True)
+    assert (store.rows[0].state, store.rows[0].hold) == (TicketState.ACKNOWLEDGED, False)
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        {"namespace": "other"},  # the same name in another namespace, owned by this cluster
+        {"name": "forged-7"},  # a name ending in the id, made by someone who may create Tickets
+    ],
+)
+async def test_an_edit_of_a_resource_that_does_not_show_the_ticket_changes_nothing(
+    parts: Parts, elsewhere: dict[str, str]
+) -> None:
+    monitor, store, metrics, _ = parts
+    metrics.latency["tikv-1"] = 900.0
+    await cycle(monitor, 0)
+    resource = replace(shown(store.rows[0]), **elsewhere)
+    assert not await monitor.human_intent(REF.uid, resource, UNTOUCHED, {"hold": True}, actor="h", now=at(1))
+    assert store.rows[0].hold is False
 
 
 async def test_a_lost_race_re_reads_and_re_decides(parts: Parts) -> None:
@@ -227,7 +267,7 @@ async def test_dropping_the_cache_at_random_changes_no_outcome(seed: int) -> Non
             if second == 20:
                 ticket_id = store.rows[0].id if store.rows else None
                 if ticket_id is not None:
-                    await monitor.human_intent(REF.uid, ticket_id, HumanEdit(hold=True), actor="h", now=at(second))
+                    await human(monitor, store.rows[0], second, UNTOUCHED, hold=True, acknowledged=False)
             if drop is not None and drop.random() < 0.3:
                 monitor.drop_caches()
             await monitor.check_cluster(REF, SPEC, PODS, mirror.status, at(second))
@@ -235,6 +275,17 @@ async def test_dropping_the_cache_at_random_changes_no_outcome(seed: int) -> Non
         return rows, [kind for _, kind, _ in store.history]
 
     assert await scenario(random.Random(seed + 100)) == await scenario(None)
+
+
+async def test_a_refused_ticket_write_is_tried_again_next_cycle(parts: Parts) -> None:
+    monitor, _, metrics, mirror = parts
+    metrics.latency["tikv-1"] = 900.0
+    mirror.refuse_tickets = True
+    stats = await cycle(monitor, 0)
+    assert "kubernetes_rejected" in stats.errors and mirror.resources == {}
+    mirror.refuse_tickets = False
+    await cycle(monitor, 1)  # nothing about the ticket changed: only the refusal makes it write again
+    assert [s["state"] for s in mirror.resources.values()] == ["open"]
 
 
 async def test_series_about_other_namespaces_or_stores_are_ignored_and_counted(parts: Parts) -> None:
@@ -370,4 +421,4 @@ async def test_a_human_edit_that_keeps_losing_races_is_retried_never_reported_ap
 
     store._apply = always_lose  # type: ignore[method-assign]
     with pytest.raises(TicketStoreUnavailable, match="lost 3 write races"):
-        await monitor.human_intent(REF.uid, ticket_id, HumanEdit(hold=True), actor="h", now=at(1))
+        await human(monitor, store.rows[0], 1, UNTOUCHED, hold=True, acknowledged=False)
