@@ -27,6 +27,8 @@ from operator_k8s.service import Monitor, ServiceSettings
 from operator_k8s.settings import Settings, SettingsError, load_settings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+PEERING_LOGGER = "kopf._core.engines.peering"
+"""kopf's logger of peering decisions ("Pausing operations in favour of …", "Resuming operations …")."""
 _NOISY = {"settings"}  # kopf attaches its whole OperatorSettings to some records
 
 
@@ -61,6 +63,8 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("operator_k8s").setLevel(settings.log_level)
     logging.getLogger("kopf").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
+    # Whether a replica stands down for a peer, or resumes, is what tells an SRE which one is active.
+    logging.getLogger(PEERING_LOGGER).setLevel(min(logging.INFO, logging.getLevelName(settings.log_level)))
 
 
 class Operator:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
-from operator_k8s.__main__ import JsonFormatter
+import pytest
+from pydantic import SecretStr
+
+from operator_k8s.__main__ import PEERING_LOGGER, JsonFormatter, configure_logging
+from operator_k8s.settings import Settings
 
 
 def test_a_line_has_a_utc_millisecond_time_and_the_structured_fields() -> None:
@@ -21,3 +25,20 @@ def test_a_line_has_a_utc_millisecond_time_and_the_structured_fields() -> None:
         "cluster": "tikv",
         "namespace": "prod",
     }
+
+
+@pytest.mark.parametrize(
+    ("level", "peering"), [("WARNING", logging.INFO), ("INFO", logging.INFO), ("DEBUG", logging.DEBUG)]
+)
+def test_peering_decisions_are_logged_whatever_the_level(level: str, peering: int) -> None:
+    root = logging.getLogger()
+    loggers = [logging.getLogger(name) for name in ("", "kopf", "operator_k8s", PEERING_LOGGER)]
+    handlers, levels = root.handlers[:], [logger.level for logger in loggers]
+    try:
+        configure_logging(Settings(database_dsn=SecretStr("postgresql://x"), log_level=level))
+        assert logging.getLogger(PEERING_LOGGER).getEffectiveLevel() == peering
+        assert logging.getLogger("kopf").getEffectiveLevel() == (logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    finally:
+        root.handlers[:] = handlers
+        for logger, saved in zip(loggers, levels, strict=True):
+            logger.setLevel(saved)
