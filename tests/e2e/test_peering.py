@@ -12,7 +12,7 @@ from devstack.operator import operator_process
 from devstack.processes import Process
 from devstack.stack import REPO_ROOT, Stack
 from tests.e2e.test_monitoring import start_cluster
-from tests.stackutil import condition, eventually, health_url, http_status
+from tests.stackutil import condition, eventually, get_json, health_url, http_status
 
 pytestmark = pytest.mark.stack
 
@@ -25,10 +25,17 @@ def cycles(operator: Process) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("operator_k8s_check_cycles_total{"))
 
 
-def paused(operator: Process) -> bool:
-    """Whether kopf paused this replica in favour of a peer with a higher priority (the last word of its log)."""
+def resumed(operator: Process) -> bool:
+    """Whether kopf's last peering decision in this replica's log is to run (a replica starts paused, and resumes
+    once it sees no peer with a higher priority)."""
     text = operator.log_path.read_text() if operator.log_path.exists() else ""
-    return text.rfind("Pausing operations in favour of") > text.rfind("Resuming operations after the pause")
+    return text.rfind("Resuming operations after the pause") > text.rfind("Pausing operations in favour of")
+
+
+def priorities(stack: Stack, namespace: str) -> dict[str, int]:
+    """The peers the KopfPeering lists (kopf's identity of each, here its POD_ID) and their priorities."""
+    status = get_json(stack, "kopfpeering", f"peers-{namespace}", "-n", namespace).get("status") or {}
+    return {identity: int(peer["priority"]) for identity, peer in status.items()}
 
 
 def test_one_active_replica_and_failover(stack: Stack, namespace: str) -> None:
@@ -43,16 +50,20 @@ def test_one_active_replica_and_failover(stack: Stack, namespace: str) -> None:
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(peering))
     env = {"OPERATOR_K8S_PEERING": f"peers-{namespace}", "OPERATOR_K8S_PEERING_LIFETIME_SECONDS": "10",
            "OPERATOR_K8S_NAMESPACES": namespace}  # fmt: skip
-    replicas = [operator_process(stack, f"operator-peer-{i}-{namespace}.log", **env) for i in range(2)]
+    replicas = {
+        f"peer-{i}": operator_process(stack, f"operator-peer-{i}-{namespace}.log", POD_ID=f"peer-{i}", **env)
+        for i in range(2)
+    }
     try:
-        eventually(lambda: all(http_status(health_url(r)) == 200 for r in replicas), what="both replicas healthy")
-        # Until the replicas have seen each other both may run: the cluster comes after one has stood down.
-        standby = eventually(lambda: next((r for r in replicas if paused(r)), None), what="one replica to stand down")
-        (active,) = [r for r in replicas if r is not standby]
+        eventually(lambda: all(http_status(health_url(r)) == 200 for r in replicas.values()), what="replicas healthy")
+        listed = eventually(lambda: len(p := priorities(stack, namespace)) == 2 and p, what="both peers listed")
+        low, high = sorted(listed, key=listed.__getitem__)
+        active, standby = replicas[high], replicas[low]
+        # Until they have seen each other both may run: the cluster comes once only the higher priority runs.
+        eventually(lambda: resumed(active) and not resumed(standby), what=f"{high} running and {low} standing by")
         start_cluster(stack, namespace, invariants={})
         eventually(lambda: cycles(active) > 0, what="the active replica checking the cluster")
         assert cycles(standby) == 0
-        assert not paused(active)
         assert active.popen is not None
         active.popen.send_signal(signal.SIGKILL)
         active.popen.wait()
@@ -61,5 +72,5 @@ def test_one_active_replica_and_failover(stack: Stack, namespace: str) -> None:
         assert healthy is not None
         assert healthy["status"] == "True"
     finally:
-        for replica in replicas:
+        for replica in replicas.values():
             replica.stop()
