@@ -14,10 +14,10 @@ import pytest
 
 from devstack.stack import Stack
 from operator_k8s.adapters.ticket_store import PostgresTicketStore, migrate, migrations
-from operator_k8s.domain.tickets import Effect, EffectKind, HumanEdit, Ticket, TicketKey, TicketState
+from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketKey, TicketState
 from operator_k8s.ports import TicketStoreUnavailable, TicketWrite
 from operator_k8s.service import Monitor
-from tests.unit.builders import at, ticket
+from tests.unit.builders import at, shown, ticket
 from tests.unit.fakes import FakeMetrics, FakeMirror
 from tests.unit.test_service import PODS, REF, SPEC
 
@@ -144,11 +144,12 @@ async def test_history_records_every_transition_with_actor(database: str) -> Non
     try:
         metrics.latency["tikv-1"] = 900.0
         await monitor.check_cluster(REF, SPEC, PODS, {}, at(0))
-        ticket_id = next(t.id for t in (await store.sync(REF.uid, [], at(0), deadline=5)).tickets)
-        assert ticket_id is not None
+        stored = next(iter((await store.sync(REF.uid, [], at(0), deadline=5)).tickets))
+        ticket_id = stored.id
         await monitor.human_intent(
-            REF.uid, ticket_id, HumanEdit(acknowledged=True), actor="kubernetes:kubectl-patch", now=at(1)
-        )
+            REF.uid, shown(stored), {"acknowledged": False}, {"acknowledged": True}, actor="kubernetes:kubectl-patch",
+            now=at(1),
+        )  # fmt: skip
         metrics.latency["tikv-1"] = 5.0
         await monitor.check_cluster(REF, SPEC, PODS, {}, at(2))
         sql = "SELECT kind, actor, to_state FROM ticket_events WHERE ticket_id = $1 ORDER BY id"

@@ -7,9 +7,11 @@ from typing import Any
 
 from operator_k8s.domain.invariants import Finding, Verdict
 from operator_k8s.domain.observations import QueryResult, Sample, Snapshot, StorePod
+from operator_k8s.domain.projections import ticket_name
 from operator_k8s.domain.specs import MonitoredClusterSpec
 from operator_k8s.domain.tickets import Policy, Ticket, TicketKey, TicketState
 from operator_k8s.domain.vocabulary import Severity
+from operator_k8s.ports import TicketResource
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 KEY = TicketKey("uid-1", "latency", "tikv-0")
@@ -73,3 +75,9 @@ def ticket(state: TicketState, **fields: Any) -> Ticket:
     }
     values.update(fields)
     return Ticket(**values)
+
+
+def shown(ticket: Ticket) -> TicketResource:
+    """Where the operator shows ``ticket``: the resource a human edits."""
+    assert ticket.id is not None
+    return TicketResource(ticket.namespace, ticket_name(ticket), ticket.id)

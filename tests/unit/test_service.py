@@ -11,11 +11,10 @@ import pytest
 
 from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
 from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS
-from operator_k8s.domain.projections import ticket_name
 from operator_k8s.domain.tickets import Ticket, TicketState
-from operator_k8s.ports import ClusterRef, TicketResource, TicketStoreUnavailable, TicketWrite
+from operator_k8s.ports import ClusterRef, TicketStoreUnavailable, TicketWrite
 from operator_k8s.service import CycleStats, Monitor
-from tests.unit.builders import at
+from tests.unit.builders import at, shown
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
 
 REF = ClusterRef(uid="uid-1", name="tikv", namespace="ns", generation=1)
@@ -181,12 +180,6 @@ async def test_orphan_sweep_resolves_tickets_of_clusters_that_no_longer_exist(pa
     assert await monitor.sweep_orphans(candidates, {REF.uid}, at(1)) == 0
     assert await monitor.sweep_orphans(candidates, set(), at(2)) == 1
     assert store.rows[0].state is TicketState.RESOLVED
-
-
-def shown(ticket: Ticket) -> TicketResource:
-    """Where the operator shows ``ticket``: the resource a human edits."""
-    assert ticket.id is not None
-    return TicketResource(ticket.namespace, ticket_name(ticket), ticket.id)
 
 
 async def human(monitor: Monitor, ticket: Ticket, second: int, old: dict[str, Any] | None, **new: Any) -> bool:
