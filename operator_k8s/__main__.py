@@ -32,9 +32,12 @@ PEERING_LOGGER = "kopf._core.engines.peering"
 _NOISY = {"settings"}  # kopf attaches its whole OperatorSettings to some records
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the record's structured ``extra`` fields."""
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a log call passed in ``extra`` (the record's own attributes left out)."""
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and k not in _NOISY and not k.startswith("_")}
 
+
+class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC)
@@ -44,12 +47,26 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(
-            {k: v for k, v in vars(record).items() if k not in _STANDARD and k not in _NOISY and not k.startswith("_")}
-        )
+        entry.update(_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """One line for a human: the message, then its structured fields as key=value (quoted where needed)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        fields = " ".join(f"{k}={_text_value(v)}" for k, v in _fields(record).items())
+        return f"{super().formatMessage(record)} {fields}".rstrip()
+
+
+def _text_value(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
 
 
 def configure_logging(settings: Settings) -> None:
@@ -57,7 +74,7 @@ def configure_logging(settings: Settings) -> None:
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -88,6 +88,10 @@ class Heartbeats:
     def forget(self, uid: str) -> None:
         self._last.pop(uid, None)
 
+    def running(self, now: float) -> int:
+        """How many clusters' timers ran recently: all of them on an active replica, none on a paused one."""
+        return sum(1 for last in self._last.values() if now - last <= self._stale_after)
+
     def stale(self, now: float) -> list[str]:
         """The clusters whose timers stopped (empty when the loop is healthy)."""
         stale = [uid for uid, last in self._last.items() if now - last > self._stale_after]
@@ -215,7 +219,7 @@ def register(
         now = time.monotonic()
         heartbeats.beat(meta["uid"], now)
         tick = schedule.due(meta["uid"], _interval(spec), now)
-        telemetry.scheduled.set(len(schedule))
+        telemetry.scheduled.set(heartbeats.running(now))
         if tick is None:
             return
         telemetry.record_tick(tick.lag, tick.skipped)
@@ -267,7 +271,9 @@ def register(
     @kopf.on.probe(id="check_loop", registry=registry)
     def check_loop(**_: Any) -> dict[str, Any]:
         """Liveness: fails only when cluster timers stopped running (wedged), never because a dependency is down."""
-        stale = heartbeats.stale(time.monotonic())
+        now = time.monotonic()
+        telemetry.scheduled.set(heartbeats.running(now))  # a paused replica's timers no longer set it
+        stale = heartbeats.stale(now)
         if stale:
             raise kopf.PermanentError(f"The checks of {len(stale)} MonitoredClusters stopped running")
         return {"clusters": len(schedule)}

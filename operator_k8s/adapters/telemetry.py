@@ -66,7 +66,8 @@ class Telemetry:
                                    buckets=FAST_BUCKETS, registry=self.registry)  # fmt: skip
         self.skipped = Counter(f"{PREFIX}_skipped_intervals_total", "Whole check intervals missed (late timers)",
                                registry=self.registry)  # fmt: skip
-        self.scheduled = Gauge(f"{PREFIX}_scheduled_clusters", "MonitoredClusters with a running check timer",
+        self.scheduled = Gauge(f"{PREFIX}_scheduled_clusters",
+                               "MonitoredClusters whose check timer ran recently (0 on a paused peering replica)",
                                registry=self.registry)  # fmt: skip
         self.ignored_series = Counter(f"{PREFIX}_ignored_series_total",
                                       "Series a query returned about other namespaces or stores than the cluster's own",

@@ -94,6 +94,14 @@ def test_liveness_fails_only_when_timers_stop(
     assert heartbeats.stale(now) == stale
 
 
+@pytest.mark.parametrize(("now", "running"), [(10, 2), (305, 1), (400, 0)])
+def test_running_counts_the_timers_that_ran_recently_so_a_paused_replica_counts_none(now: float, running: int) -> None:
+    heartbeats = Heartbeats(300, peering=True)
+    heartbeats.beat("a", 0)
+    heartbeats.beat("b", 10)
+    assert heartbeats.running(now) == running
+
+
 def test_a_deleted_cluster_never_looks_wedged() -> None:
     heartbeats = Heartbeats(300, peering=False)
     heartbeats.beat("gone", 0)

@@ -8,7 +8,7 @@ import logging
 import pytest
 from pydantic import SecretStr
 
-from operator_k8s.__main__ import PEERING_LOGGER, JsonFormatter, configure_logging
+from operator_k8s.__main__ import PEERING_LOGGER, JsonFormatter, TextFormatter, configure_logging
 from operator_k8s.settings import Settings
 
 
@@ -42,3 +42,13 @@ def test_peering_decisions_are_logged_whatever_the_level(level: str, peering: in
         root.handlers[:] = handlers
         for logger, saved in zip(loggers, levels, strict=True):
             logger.setLevel(saved)
+
+
+def test_a_text_line_keeps_the_structured_fields() -> None:
+    record = logging.LogRecord("operator_k8s.handlers", logging.WARNING, "", 0, "Ignored an edit of a Ticket", (), None)
+    record.ticket, record.namespace, record.ticket_id, record.error = "zz-2", "demo", 2, 'said "no" twice'
+    line = TextFormatter().format(record)
+    assert line.endswith(
+        "WARNING operator_k8s.handlers Ignored an edit of a Ticket ticket=zz-2 namespace=demo ticket_id=2 "
+        'error="said \\"no\\" twice"'
+    )
