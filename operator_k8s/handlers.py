@@ -203,6 +203,8 @@ def register(
     (which the liveness probe reads)."""
     schedule = Schedule(jitter, tick_seconds)
     heartbeats = Heartbeats(max(300.0, 20 * tick_seconds), peering=peering)
+    # Counted when scraped: no work per timer tick, and right on a paused replica whose timers no longer run.
+    telemetry.scheduled.set_function(lambda: heartbeats.running(time.monotonic()))
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
     def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str, str, str], Any]:
@@ -219,7 +221,6 @@ def register(
         now = time.monotonic()
         heartbeats.beat(meta["uid"], now)
         tick = schedule.due(meta["uid"], _interval(spec), now)
-        telemetry.scheduled.set(heartbeats.running(now))
         if tick is None:
             return
         telemetry.record_tick(tick.lag, tick.skipped)
@@ -271,9 +272,7 @@ def register(
     @kopf.on.probe(id="check_loop", registry=registry)
     def check_loop(**_: Any) -> dict[str, Any]:
         """Liveness: fails only when cluster timers stopped running (wedged), never because a dependency is down."""
-        now = time.monotonic()
-        telemetry.scheduled.set(heartbeats.running(now))  # a paused replica's timers no longer set it
-        stale = heartbeats.stale(now)
+        stale = heartbeats.stale(time.monotonic())
         if stale:
             raise kopf.PermanentError(f"The checks of {len(stale)} MonitoredClusters stopped running")
         return {"clusters": len(schedule)}

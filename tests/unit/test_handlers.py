@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
+import kopf
 import pytest
 
+from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.observations import StorePod
-from operator_k8s.handlers import Heartbeats, Schedule, Tick, _candidate_pods, cycle_deadline
+from operator_k8s.handlers import Heartbeats, Schedule, Tick, _candidate_pods, cycle_deadline, register
+from operator_k8s.service import Monitor
+from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
 
 
 @pytest.mark.parametrize("interval", [2.0, 5.0])
@@ -120,3 +126,12 @@ def test_a_deleted_cluster_never_looks_wedged() -> None:
 )
 def test_every_cycle_has_a_bounded_deadline(spec: dict[str, object], deadline: float) -> None:
     assert cycle_deadline(spec) == pytest.approx(deadline)
+
+
+def test_scheduled_clusters_is_counted_from_the_heartbeats_when_scraped() -> None:
+    telemetry = Telemetry()
+    monitor = Monitor(store=FakeStore(), metrics=FakeMetrics(), mirror=FakeMirror())
+    heartbeats = register(kopf.OperatorRegistry(), monitor, telemetry, tick_seconds=5, peering=True)
+    assert telemetry.registry.get_sample_value("operator_k8s_scheduled_clusters") == 0
+    heartbeats.beat("a", time.monotonic())
+    assert telemetry.registry.get_sample_value("operator_k8s_scheduled_clusters") == 1
