@@ -124,13 +124,14 @@ class Operator:
             ),
         )
         self.monitor = monitor
-        handlers.register(
+        heartbeats = handlers.register(
             registry,
             monitor,
             self.telemetry,
             tick_seconds=self.settings.tick_seconds,
             peering=bool(self.settings.peering),
         )
+        logging.getLogger(PEERING_LOGGER).addHandler(PeeringDecisions(heartbeats))
         sweeper: list[asyncio.Task[None]] = []
 
         @kopf.on.startup(registry=registry)
@@ -218,17 +219,39 @@ class _LazyMirror:
                 self._mirror = KubeTicketMirror(api, count=self._operator.telemetry.count_kube)
             return self._mirror
 
-    async def upsert(self, *args: Any, **kwargs: Any) -> None:
-        await (await self._get()).upsert(*args, **kwargs)
+    async def create(self, *args: Any) -> None:
+        await (await self._get()).create(*args)
+
+    async def patch(self, *args: Any) -> None:
+        await (await self._get()).patch(*args)
 
     async def write_status(self, *args: Any) -> None:
         await (await self._get()).write_status(*args)
+
+    async def read_status(self, *args: Any) -> tuple[dict[str, Any], str] | None:
+        return await (await self._get()).read_status(*args)
 
     async def delete(self, *args: Any) -> None:
         await (await self._get()).delete(*args)
 
     async def events(self, *args: Any) -> None:
         await (await self._get()).events(*args)
+
+
+class PeeringDecisions(logging.Handler):
+    """kopf's peering decisions, read from its log records (kopf exposes no other signal): the replica's heartbeats
+    learn whether it is active, so liveness and ``operator_k8s_active`` are right after a pause and a hand-over."""
+
+    def __init__(self, heartbeats: handlers.Heartbeats) -> None:
+        super().__init__(logging.INFO)
+        self._heartbeats = heartbeats
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Pausing"):
+            self._heartbeats.paused()
+        elif message.startswith("Resuming"):
+            self._heartbeats.resumed()
 
 
 def liveness_endpoint(settings: Settings) -> str | None:

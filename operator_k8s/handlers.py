@@ -6,17 +6,18 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from operator_k8s.adapters.kube import store_pod
+from operator_k8s.adapters.kube import observed_ticket, store_pod
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.durations import parse_duration
-from operator_k8s.domain.projections import ticket_id_of
-from operator_k8s.domain.vocabulary import CLUSTER_KIND, CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION
+from operator_k8s.domain.projections import ObservedTicket, normal_intent, ticket_id_of
+from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION, Label
 from operator_k8s.ports import ClusterRef, TicketResource, TicketStoreUnavailable
 from operator_k8s.service import Monitor
 
@@ -35,24 +36,30 @@ class Schedule:
     """Per-cluster due times for a timer that ticks at a fixed base period (kopf fixes a timer's interval).
 
     A tick that is not due returns at once and writes nothing; the first run of each cluster is spread over one
-    interval so that a restart with 1,000 clusters does not fire them all at once. An interval shorter than the tick
-    runs once per tick: that is the fastest the timer can go, not a missed interval, so it is not counted as one.
+    interval so that a restart with 1,000 clusters does not fire them all at once. A new generation of the spec (an
+    interval, selector or invariant edited, an invalid spec corrected) is due at once, so an edit takes effect within
+    one tick and never waits out the old interval. An interval shorter than the tick runs once per tick: that is the
+    fastest the timer can go, not a missed interval, so it is not counted as one.
     """
 
     def __init__(self, jitter: float = 1.0, tick: float = 0.0) -> None:
         self._due: dict[str, float] = {}
+        self._generation: dict[str, int] = {}
         self._jitter = jitter
         self._tick = tick
 
     def __len__(self) -> int:
         return len(self._due)
 
-    def due(self, uid: str, interval: float, now: float) -> Tick | None:
+    def due(self, uid: str, interval: float, now: float, generation: int = 0) -> Tick | None:
         every_tick = interval <= self._tick
         interval = max(interval, self._tick)
         due = self._due.get(uid)
         if due is None:
             due = self._due[uid] = now + random.uniform(0, interval * self._jitter)  # noqa: S311 - spreading load
+        elif self._generation.get(uid, generation) != generation:
+            due = self._due[uid] = now
+        self._generation[uid] = generation
         if now < due:
             return None
         lag = now - due
@@ -67,6 +74,7 @@ class Schedule:
 
     def forget(self, uid: str) -> None:
         self._due.pop(uid, None)
+        self._generation.pop(uid, None)
 
 
 class Heartbeats:
@@ -74,13 +82,19 @@ class Heartbeats:
 
     Dependencies being down never makes a timer stale (cycles degrade and return); a timer that stopped for good, or
     a loop that no longer schedules, does. Under peering a paused replica's timers all stop on purpose, so there only
-    a partial stop (some timers running, others not) counts as wedged.
+    a partial stop (some timers running, others not) counts as wedged. An entry is only a cache of the watch: it is
+    pruned on the cluster's DELETED event, and all are dropped when the replica resumes after a pause (its peer may
+    have deleted clusters meanwhile, whose timers will never run here again); live timers re-enter on their next
+    tick.
     """
 
     def __init__(self, stale_after: float, *, peering: bool) -> None:
         self._last: dict[str, float] = {}
         self._stale_after = stale_after
         self._peering = peering
+        self.active = True
+        """Whether this replica runs the checks: always without peering; under peering, kopf's last decision (a
+        replica starts active until kopf pauses it in favour of a peer)."""
 
     def beat(self, uid: str, now: float) -> None:
         self._last[uid] = now
@@ -88,14 +102,23 @@ class Heartbeats:
     def forget(self, uid: str) -> None:
         self._last.pop(uid, None)
 
+    def paused(self) -> None:
+        self.active = False
+
+    def resumed(self) -> None:
+        self.active = True
+        self._last.clear()
+
     def running(self, now: float) -> int:
         """How many clusters' timers ran recently: all of them on an active replica, none on a paused one."""
+        if not self.active:
+            return 0
         return sum(1 for last in self._last.values() if now - last <= self._stale_after)
 
     def stale(self, now: float) -> list[str]:
         """The clusters whose timers stopped (empty when the loop is healthy)."""
         stale = [uid for uid, last in self._last.items() if now - last > self._stale_after]
-        if self._peering and len(stale) == len(self._last):
+        if self._peering and (not self.active or len(stale) == len(self._last)):
             return []
         return stale
 
@@ -140,27 +163,12 @@ def _ref(meta: Any, namespace: str) -> ClusterRef:
     )
 
 
-def _shown_ticket(meta: Any, status: dict[str, Any], namespace: str) -> tuple[str, TicketResource] | None:
-    """The owning MonitoredCluster's uid and the ticket a Ticket resource shows: from its status, or from its name
-    when a human edits it before the status (the operator's second request) lands. None if no cluster controls it."""
-    owner = next(
-        (o for o in meta.get("ownerReferences") or [] if o.get("controller") and o.get("kind") == CLUSTER_KIND), None
-    )
-    ticket_id = status.get("ticketId")
-    if ticket_id is None:
-        ticket_id = ticket_id_of(str(meta["name"]))
-    if owner is None or ticket_id is None:
-        return None
-    return str(owner["uid"]), TicketResource(namespace, str(meta["name"]), int(ticket_id))
-
-
-def _human_actor(meta: Any) -> str:
-    """Who last changed a Ticket's spec, as far as managedFields tells (the field manager's name)."""
-    for entry in reversed(meta.get("managedFields") or []):
-        manager = entry.get("manager", "")
-        if manager and manager != MANAGER and "f:spec" in (entry.get("fieldsV1") or {}):
-            return f"kubernetes:{manager}"
-    return "kubernetes:unknown"
+def _ticket_owner(ticket: ObservedTicket) -> str | None:
+    """The uid of the MonitoredCluster a Ticket shows a ticket of: its ownerReference, else its cluster-uid label
+    (the human who removed one rarely removes both; the cycle restores them)."""
+    if ticket.owner_uids:
+        return ticket.owner_uids[0]
+    return ticket.labels.get(Label.CLUSTER_UID) if ticket.labels.get(Label.MANAGED_BY) == MANAGER else None
 
 
 async def _run_cycle(
@@ -169,17 +177,28 @@ async def _run_cycle(
     ref: ClusterRef,
     spec: dict[str, Any],
     pods: list[Any],
-    status: dict[str, Any],
+    observed: kopf.Body,
+    tickets_shown: list[ObservedTicket],
 ) -> None:
     """One cycle under its deadline, recorded in the operator's metrics.
 
     The monitor cancels the cycle's work at the deadline and writes why; the outer bound (the status write's room
-    on top) is the last resort that keeps the timer alive whatever hangs."""
+    on top) is the last resort that keeps the timer alive whatever hangs, and whatever else escapes is counted."""
     started = time.monotonic()
     deadline = cycle_deadline(spec)
+    status = observed.get("status")
     try:
         async with asyncio.timeout(deadline + STATUS_WRITE_ROOM):
-            stats = await monitor.check_cluster(ref, spec, pods, status, datetime.now(UTC), deadline=deadline)
+            stats = await monitor.check_cluster(
+                ref,
+                spec,
+                pods,
+                dict(status) if isinstance(status, Mapping) else {},
+                datetime.now(UTC),
+                deadline=deadline,
+                tickets_shown=tickets_shown,
+                resource_version=observed.get("metadata", {}).get("resourceVersion"),
+            )
     except TimeoutError:
         telemetry.record_failure("cycle_abandoned")
         log.error(
@@ -187,7 +206,42 @@ async def _run_cycle(
             extra={"cluster": ref.name, "namespace": ref.namespace},
         )
         return
+    except Exception:  # the last resort: a timer that raises is retried by kopf for ever, uncounted
+        telemetry.record_failure("cycle_failed")
+        log.exception("Check of MonitoredCluster failed", extra={"cluster": ref.name, "namespace": ref.namespace})
+        return
     telemetry.record_cycle(ref, time.monotonic() - started, stats, time.time())
+
+
+async def _fold_ticket_edit(monitor: Monitor, observed: ObservedTicket) -> None:
+    """Fold the human edit a Ticket shows (spec ≠ the intent the operator last showed there) into Postgres."""
+    owner = _ticket_owner(observed)
+    ticket_id = observed.status.get("ticketId")
+    if not isinstance(ticket_id, int):
+        ticket_id = ticket_id_of(observed.name)
+    if owner is None or ticket_id is None:
+        return  # not a Ticket the operator made
+    shown = observed.shown_intent
+    if normal_intent(observed.spec) == shown or (shown is None and observed.spec_actor == f"kubernetes:{MANAGER}"):
+        return  # no edit; or no record of what was shown and the operator wrote the spec last (the cycle corrects it)
+    resource = TicketResource(observed.namespace, observed.name, ticket_id)
+    try:
+        known = await monitor.human_intent(
+            owner, resource, shown, normal_intent(observed.spec), actor=observed.spec_actor,
+            now=datetime.now(UTC),
+        )  # fmt: skip
+    except TicketStoreUnavailable as error:
+        log.warning(
+            "Could not store an edit of a Ticket yet; the next check retries it",
+            extra={"ticket": observed.name, "namespace": observed.namespace, "error": str(error)},
+        )
+        return
+    if not known:
+        log.warning(
+            "Ignored an edit of a Ticket Postgres does not show there",
+            extra={"ticket": observed.name, "namespace": observed.namespace, "ticket_id": ticket_id,
+                   "cluster_uid": owner},
+        )  # fmt: skip
 
 
 def register(
@@ -205,6 +259,7 @@ def register(
     heartbeats = Heartbeats(max(300.0, 20 * tick_seconds), peering=peering)
     # Counted when scraped: no work per timer tick, and right on a paused replica whose timers no longer run.
     telemetry.scheduled.set_function(lambda: heartbeats.running(time.monotonic()))
+    telemetry.active.set_function(lambda: float(heartbeats.active))
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
     def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str, str, str], Any]:
@@ -212,28 +267,36 @@ def register(
         pod = store_pod(body)
         return {(namespace or "", key, value): pod for key, value in pod.labels}
 
+    @kopf.index(GROUP, VERSION, TICKET_PLURAL, id="tickets_shown", registry=registry)
+    def tickets_shown(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, ObservedTicket]:
+        """Ticket resources by namespace, as the watch sees them: what a cycle diffs Postgres against."""
+        return {namespace or "": observed_ticket(body)}
+
     @kopf.timer(GROUP, VERSION, CLUSTER_PLURAL, id="check", interval=tick_seconds, registry=registry)
-    async def check(
-        spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, namespace: str | None, **kwargs: Any
-    ) -> None:
+    async def check(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, namespace: str | None, **kwargs: Any) -> None:
         """Never raises and never returns a patch: the cycle writes status itself, so kopf has nothing to retry and
         the timer cannot die of an outage."""
         now = time.monotonic()
         heartbeats.beat(meta["uid"], now)
-        tick = schedule.due(meta["uid"], _interval(spec), now)
+        ref = _ref(meta, namespace or "")
+        tick = schedule.due(ref.uid, _interval(spec), now, ref.generation)
         if tick is None:
             return
         telemetry.record_tick(tick.lag, tick.skipped)
-        ref = _ref(meta, namespace or "")
         candidates = _candidate_pods(kwargs["store_pods"], ref.namespace, spec)
-        await _run_cycle(monitor, telemetry, ref, dict(spec), candidates, dict(status))
+        shown = list(kwargs["tickets_shown"].get(ref.namespace, []))
+        await _run_cycle(monitor, telemetry, ref, dict(spec), candidates, body, shown)
+
+    def forget(ref: ClusterRef) -> None:
+        schedule.forget(ref.uid)
+        heartbeats.forget(ref.uid)
+        telemetry.forget(ref)
+        monitor.forget(ref.uid)
 
     @kopf.on.delete(GROUP, VERSION, CLUSTER_PLURAL, id="cluster_deleted", registry=registry)
     async def deleted(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
-        schedule.forget(meta["uid"])
-        heartbeats.forget(meta["uid"])
         ref = _ref(meta, namespace or "")
-        telemetry.forget(ref)
+        forget(ref)
         try:
             resolved = await monitor.cluster_deleted(ref, datetime.now(UTC))
         except TicketStoreUnavailable:
@@ -242,40 +305,28 @@ def register(
             return
         log.info("Resolved Tickets of deleted MonitoredCluster", extra={"cluster": meta["name"], "resolved": resolved})
 
-    @kopf.on.field(GROUP, VERSION, TICKET_PLURAL, field="spec", id="human_intent", registry=registry)
-    async def human_intent(
-        old: Any, new: Any, status: kopf.Status, meta: kopf.Meta, namespace: str | None, **_: Any
-    ) -> None:
-        shown = _shown_ticket(meta, dict(status), namespace or "")
-        if shown is None:
-            return  # not a Ticket the operator made
-        cluster_uid, resource = shown
-        try:
-            known = await monitor.human_intent(
-                cluster_uid, resource, old, new or {}, actor=_human_actor(meta), now=datetime.now(UTC)
-            )
-        except TicketStoreUnavailable as error:
-            raise kopf.TemporaryError(f"Postgres unreachable; will retry: {error}", delay=5) from None
-        if not known:
-            log.warning(
-                "Ignored an edit of a Ticket Postgres does not show there",
-                extra={"ticket": resource.name, "namespace": resource.namespace, "ticket_id": resource.ticket_id,
-                       "cluster_uid": cluster_uid},
-            )  # fmt: skip
+    @kopf.on.event(GROUP, VERSION, CLUSTER_PLURAL, id="cluster_gone", registry=registry)
+    async def cluster_gone(event: kopf.RawEvent, meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
+        """The watch's DELETED event prunes what was kept about the cluster, also when its finalizer was stripped
+        and the delete handler never ran (the orphan sweep then resolves its tickets)."""
+        if event.get("type") == "DELETED":
+            forget(_ref(meta, namespace or ""))
 
-    @kopf.on.event(GROUP, VERSION, TICKET_PLURAL, id="ticket_event", registry=registry)
-    def ticket_event(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
-        owners = meta.get("ownerReferences") or []
-        if event.get("type") == "DELETED" and owners:
-            monitor.forget_projection(owners[0]["uid"], meta["name"])
+    @kopf.on.event(GROUP, VERSION, TICKET_PLURAL, id="ticket_edited", registry=registry)
+    async def ticket_edited(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        """A human's edit of a Ticket's spec is folded into Postgres at once (the cycle would also find it within
+        an interval). Only an event handler: kopf keeps no diff-base annotation on Tickets, so showing a change
+        costs one write."""
+        if event.get("type") != "DELETED":
+            await _fold_ticket_edit(monitor, observed_ticket(body))
 
     @kopf.on.probe(id="check_loop", registry=registry)
-    def check_loop(**_: Any) -> dict[str, Any]:
+    async def check_loop(**_: Any) -> dict[str, Any]:
         """Liveness: fails only when cluster timers stopped running (wedged), never because a dependency is down."""
         stale = heartbeats.stale(time.monotonic())
         if stale:
             raise kopf.PermanentError(f"The checks of {len(stale)} MonitoredClusters stopped running")
-        return {"clusters": len(schedule)}
+        return {"clusters": len(schedule), "active": heartbeats.active}
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -78,17 +78,6 @@ class TicketEvent:
     warning: bool
 
 
-@dataclass
-class Projection:
-    """What the Kubernetes side should show for one ticket: labels and status, and the human intent in spec (set
-    when the resource is created, so a rebuilt Ticket shows what Postgres holds)."""
-
-    name: str
-    labels: dict[str, str]
-    status: dict[str, Any]
-    spec: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class TicketResource:
     """A Ticket resource a human edited: where it is, and the ticket it says it shows (its status, or its name)."""
@@ -106,13 +95,30 @@ class KubernetesUnavailable(Exception):
     """The API server did not answer in time."""
 
 
+class KubernetesConflict(Exception):
+    """The object changed since it was observed (409 on the resourceVersion it was written from, or it exists)."""
+
+
+class KubernetesNotFound(Exception):
+    """The object to patch does not exist (any more)."""
+
+
 class TicketMirror(Protocol):
-    async def upsert(self, owner: ClusterRef, projection: Projection, *, labels_changed: bool) -> None:
-        """Create the Ticket resource (with its spec) or update its labels (if changed) and status."""
+    """Writes of what Kubernetes shows. Every patch names the resourceVersion it was computed from (optimistic
+    lock, as CloudNativePG's ``PatchWithOptimisticLock``), so two writers conflict instead of overwriting."""
+
+    async def create(self, body: dict[str, Any]) -> None:
+        """Create a Ticket resource; KubernetesConflict if one of that name exists."""
+
+    async def patch(self, namespace: str, name: str, resource_version: str, patch: dict[str, Any]) -> None:
+        """Merge-patch a Ticket resource; KubernetesConflict if it changed since, KubernetesNotFound if gone."""
 
     async def delete(self, namespace: str, name: str) -> None: ...
 
     async def events(self, owner: ClusterRef, events: Sequence[TicketEvent]) -> None: ...
 
-    async def write_status(self, ref: ClusterRef, status: dict[str, Any]) -> None:
-        """Write the MonitoredCluster's status (a merge patch of the status subresource)."""
+    async def write_status(self, ref: ClusterRef, patch: dict[str, Any], resource_version: str | None) -> None:
+        """Merge-patch the MonitoredCluster's status subresource (KubernetesConflict if it changed since)."""
+
+    async def read_status(self, ref: ClusterRef) -> tuple[dict[str, Any], str] | None:
+        """The MonitoredCluster's current status and resourceVersion (None if it is gone)."""

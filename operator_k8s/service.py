@@ -25,10 +25,25 @@ from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.invariants import Finding, evaluate, invariant_names, invariant_spec
 from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod, scope_result, select_pods
 from operator_k8s.domain.outbox import Outbox
-from operator_k8s.domain.projections import projection_differs, ticket_labels, ticket_name, ticket_spec, ticket_status
+from operator_k8s.domain.projections import (
+    ObservedEdit,
+    ObservedTicket,
+    observed_edit,
+    plan_tickets,
+    ticket_body,
+    ticket_name,
+    ticket_spec,
+)
 from operator_k8s.domain.queries import cycle_queries
 from operator_k8s.domain.specs import MonitoredClusterSpec
-from operator_k8s.domain.status import StoreCounts, conditions_from_wire, status_body, status_patch
+from operator_k8s.domain.status import (
+    FOREIGN_STATUS_KEYS,
+    StoreCounts,
+    conditions_from_wire,
+    merge_patch,
+    status_body,
+    status_patch,
+)
 from operator_k8s.domain.tickets import (
     EFFECT_REASON,
     EffectKind,
@@ -45,10 +60,11 @@ from operator_k8s.domain.tickets import (
 from operator_k8s.domain.vocabulary import CLUSTER_STORE, Reason
 from operator_k8s.ports import (
     ClusterRef,
+    KubernetesConflict,
+    KubernetesNotFound,
     KubernetesRejected,
     KubernetesUnavailable,
     MetricsSource,
-    Projection,
     SyncResult,
     TicketEvent,
     TicketMirror,
@@ -78,16 +94,14 @@ class ServiceSettings:
 
 @dataclass
 class ClusterMemory:
-    """What the operator remembers about one cluster between cycles (small and flat).
+    """What the operator keeps about one cluster between cycles (small and flat).
 
-    ``tickets``, ``projected`` and ``status`` are caches of what Postgres and Kubernetes hold; ``outbox`` holds writes
-    Postgres has not confirmed yet (decided while it was unreachable).
+    ``tickets`` is a cache of what Postgres holds; ``outbox`` holds writes Postgres has not confirmed yet (decided
+    while it was unreachable). What Kubernetes shows is never remembered: each cycle observes it.
     """
 
     tickets: list[Ticket] | None = None
     outbox: Outbox = field(default_factory=Outbox)
-    projected: dict[str, tuple[dict[str, str], dict[str, Any]]] = field(default_factory=dict)
-    status: dict[str, Any] | None = None
 
 
 @dataclass
@@ -136,8 +150,12 @@ class Monitor:
         for key, memory in self.memories.items():
             if uid is None or key == uid:
                 memory.tickets = None
-                memory.projected.clear()
-                memory.status = None
+
+    def forget(self, uid: str) -> None:
+        """A cluster left the watch (deleted, or its finalizer stripped): drop what was kept about it. Writes still
+        queued for it are dropped too; the orphan sweep resolves its tickets from Postgres."""
+        self.memories.pop(uid, None)
+        self._locks.pop(uid, None)
 
     # -- the cycle -------------------------------------------------------------------------------------------------
 
@@ -165,23 +183,27 @@ class Monitor:
         ref: ClusterRef,
         raw_spec: dict[str, Any],
         pods: Sequence[StorePod],
-        previous_status: dict[str, Any],
+        observed_status: dict[str, Any],
         now: datetime,
         *,
         deadline: float | None = None,
+        tickets_shown: Sequence[ObservedTicket] = (),
+        resource_version: str | None = None,
     ) -> CycleStats:
-        """Run one cycle and write the cluster's status if it changed. Never raises (but may be cancelled).
+        """Run one cycle and write the cluster's status as a diff from the observed one. Never raises (but may be
+        cancelled).
 
-        A cycle still running after ``deadline`` seconds is cancelled and says so on the cluster (Healthy Unknown,
-        CheckFailed): a hung dependency shows where the SRE looks, not only in the operator's log and metrics.
+        ``tickets_shown``: the Ticket resources the watch sees in the cluster's namespace; ``resource_version``: the
+        cluster's, as observed with ``observed_status``. A cycle still running after ``deadline`` seconds is
+        cancelled and says so on the cluster (Healthy Unknown, CheckFailed): a hung dependency shows where the SRE
+        looks, not only in the operator's log and metrics.
         """
         stats = CycleStats()
         with self._in_flight_cycle():
             async with self._lock(ref.uid):
                 memory = self.memory(ref.uid)
-                previous = memory.status if memory.status is not None else previous_status
                 try:
-                    cycle = self._cycle(ref, raw_spec, pods, previous, memory, now, stats)
+                    cycle = self._cycle(ref, raw_spec, pods, observed_status, memory, now, stats, tickets_shown)
                     desired = await _within_deadline(deadline, cycle)
                 except _DeadlineExceeded:
                     stats.errors.append("cycle_timeout")
@@ -190,14 +212,21 @@ class Monitor:
                         extra={"cluster": ref.name, "namespace": ref.namespace, "deadline_s": deadline},
                     )
                     message = f"The check did not finish within its deadline of {deadline:g}s and was cancelled"
-                    desired = _failed_status(previous, ref, message, now)
+                    desired = _failed_status(observed_status, ref, message, now)
                 except Exception as error:  # a check must survive anything it meets; the next interval runs again
                     stats.errors.append("cycle_failed")
                     log.exception(
                         "Failed to check MonitoredCluster", extra={"cluster": ref.name, "namespace": ref.namespace}
                     )
-                    desired = _failed_status(previous, ref, f"{type(error).__name__}: {error}", now)
-                await self._write_status(ref, memory, previous, desired, now, stats)
+                    desired = _failed_status(observed_status, ref, f"{type(error).__name__}: {error}", now)
+                try:
+                    await self._write_status(ref, observed_status, resource_version, desired, now, stats)
+                except Exception:  # the status of anything the API server holds must never stop the checks
+                    stats.errors.append("cycle_failed")
+                    log.exception(
+                        "Failed to write MonitoredCluster status",
+                        extra={"cluster": ref.name, "namespace": ref.namespace},
+                    )
         return stats
 
     async def _cycle(
@@ -209,6 +238,7 @@ class Monitor:
         memory: ClusterMemory,
         now: datetime,
         stats: CycleStats,
+        tickets_shown: Sequence[ObservedTicket],
     ) -> dict[str, Any]:
         previous = conditions_from_wire(previous_status.get("conditions"))
         try:
@@ -240,12 +270,17 @@ class Monitor:
             )
             return status_body(conditions, ref.generation, counts, None, now)
 
-        applied = await self._decide_and_store(ref, spec, memory, findings, now, stats, deadline)
+        shown = [t for t in tickets_shown if t.namespace == ref.namespace]
+        edits = _human_edits(memory.tickets, shown)
+        applied = await self._decide_and_store(ref, spec, memory, findings, now, stats, deadline, edits)
         if isinstance(applied, str):
             store_error, applied = applied, []
-        elif applied:
-            self.settings.after_commit()
-        await self._mirror(ref, memory, now, stats)
+        else:
+            if applied:
+                self.settings.after_commit()
+            # Shown only once Postgres holds it: a Ticket's spec edit stays visible (and is re-read after a crash)
+            # until its intent is stored.
+            await self._project(ref, memory, shown, now, stats)
         await self._post_events(ref, applied, stats)
 
         outcome = cond.CycleOutcome(
@@ -341,8 +376,11 @@ class Monitor:
         now: datetime,
         stats: CycleStats,
         deadline: float,
+        edits: Sequence[ObservedEdit] = (),
     ) -> list[Transition] | str:
         """Decide, write with compare-and-set, and re-decide from what Postgres holds if a write lost a race.
+
+        ``edits``: human edits observed on the Tickets, folded in first (a hold set now counts in this decision).
 
         Returns the transitions Postgres applied, or the reason it could not be reached (the writes then wait in
         the outbox and the cache shows them, so the next cycles decide on top of them).
@@ -350,7 +388,9 @@ class Monitor:
         applied: list[Transition] = []
         for _ in range(DECISION_ATTEMPTS):
             assert memory.tickets is not None
-            transitions = self._decide(ref, spec, findings, memory.tickets, now)
+            folded = _fold_edits(memory.tickets, edits)
+            memory.tickets = _apply_locally(memory.tickets, folded)
+            transitions = folded + self._decide(ref, spec, findings, memory.tickets, now)
             queued_before = len(memory.outbox)
             memory.outbox = memory.outbox.add(transitions, now)
             writes = memory.outbox.writes
@@ -419,53 +459,52 @@ class Monitor:
             reopen_window=self.settings.reopen_window,
         )
 
-    async def _mirror(self, ref: ClusterRef, memory: ClusterMemory, now: datetime, stats: CycleStats) -> None:
-        """Create or update the Ticket resources that changed; delete resolved ones past retention.
-
-        A refused or failed write is counted and retried next cycle (the cache records only what was written).
-        """
+    async def _project(
+        self, ref: ClusterRef, memory: ClusterMemory, shown: Sequence[ObservedTicket], now: datetime, stats: CycleStats
+    ) -> None:
+        """Write exactly the diff between the Tickets Postgres wants shown (open, and resolved within retention) and
+        the ones observed. A write that conflicts (the Ticket changed since the watch saw it) or is refused is
+        counted and left to the next cycle, which observes again; nothing here is remembered."""
         assert memory.tickets is not None
-        desired: dict[str, Projection] = {}
-        for ticket in memory.tickets:
-            if ticket.id is None or ticket.state is TicketState.PENDING:
-                continue
-            if ticket.resolved_at is not None and now - ticket.resolved_at > self.settings.ticket_retention:
-                continue
-            name = ticket_name(ticket)
-            desired[name] = Projection(name, ticket_labels(ticket), ticket_status(ticket), ticket_spec(ticket))
+        desired = [
+            ticket_body(ticket)
+            for ticket in memory.tickets
+            if ticket.id is not None
+            and ticket.state is not TicketState.PENDING
+            and (ticket.resolved_at is None or now - ticket.resolved_at <= self.settings.ticket_retention)
+        ]
+        plan = plan_tickets(ref.uid, desired, shown)
         try:
-            for name, projection in desired.items():
-                written = memory.projected.get(name)
-                if (
-                    written is None
-                    or projection_differs(written[1], projection.status)
-                    or written[0] != projection.labels
-                ):
-                    labels_changed = written is None or written[0] != projection.labels
-                    upsert = self.mirror.upsert(ref, projection, labels_changed=labels_changed)
-                    if await self._guarded(upsert, stats):
-                        memory.projected[name] = (projection.labels, projection.status)
-                        stats.kubernetes_writes += 1
-            for name in [n for n in memory.projected if n not in desired]:
-                if await self._guarded(self.mirror.delete(ref.namespace, name), stats):
-                    del memory.projected[name]
-                    stats.kubernetes_writes += 1
+            for body in plan.creates:
+                await self._kube_write(self.mirror.create(body), stats)
+            for item in plan.patches:
+                patched = self.mirror.patch(ref.namespace, item.name, item.resource_version, item.patch)
+                if await self._kube_write(patched, stats) is _NOT_FOUND:
+                    # The watch lags behind a deletion (or the CRD was re-created): build it again.
+                    body = next(b for b in desired if b["metadata"]["name"] == item.name)
+                    await self._kube_write(self.mirror.create(body), stats)
+            for name in plan.deletes:
+                await self._kube_write(self.mirror.delete(ref.namespace, name), stats)
         except _MirrorFailed:
             return
 
-    async def _guarded(self, call: Any, stats: CycleStats) -> bool:
-        """Await one Kubernetes write and say whether it landed; an outage stops this cycle's mirroring, a refusal is
-        counted and skipped (the caller leaves it out of the cache, so the next cycle tries again)."""
+    async def _kube_write(self, call: Coroutine[Any, Any, None], stats: CycleStats) -> object:
+        """Await one Kubernetes write and count it; an outage stops this cycle's projection, a conflict or refusal is
+        counted and skipped (the next cycle observes again and retries)."""
+        stats.kubernetes_writes += 1
         try:
             await call
+        except KubernetesConflict:
+            stats.conflicts += 1
+        except KubernetesNotFound:
+            return _NOT_FOUND
         except KubernetesRejected as error:
             stats.errors.append("kubernetes_rejected")
             log.warning("Kubernetes refused a Ticket write", extra={"error": str(error)})
-            return False
         except KubernetesUnavailable as error:
             stats.errors.append("kubernetes_unavailable")
             raise _MirrorFailed from error
-        return True
+        return None
 
     async def _post_events(self, ref: ClusterRef, transitions: Sequence[Transition], stats: CycleStats) -> None:
         events = _events(transitions)
@@ -482,23 +521,36 @@ class Monitor:
     async def _write_status(
         self,
         ref: ClusterRef,
-        memory: ClusterMemory,
-        previous: dict[str, Any],
+        observed: dict[str, Any],
+        resource_version: str | None,
         desired: dict[str, Any],
         now: datetime,
         stats: CycleStats,
     ) -> None:
-        """Write the status if it changed (or the heartbeat is due). A refused status is replaced by a minimal one
-        that says why, so the refusal shows on the cluster instead of silently repeating."""
-        patch = status_patch(previous, desired, now)
+        """Write the diff from the observed status, if any (or the heartbeat is due), locked on the resourceVersion
+        it was computed from; on a conflict, read the status again and write the new diff once. A refused status is
+        replaced by a minimal one that says why, so the refusal shows on the cluster instead of silently
+        repeating."""
+        patch = status_patch(observed, desired, now)
         if patch is None:
             return
         try:
-            await self.mirror.write_status(ref, patch)
-            memory.status = desired
+            try:
+                await self.mirror.write_status(ref, patch, resource_version)
+            except KubernetesConflict:
+                stats.conflicts += 1
+                current = await self.mirror.read_status(ref)
+                if current is None:
+                    return
+                observed, resource_version = current
+                patch = status_patch(observed, desired, now)
+                if patch is None:
+                    return
+                stats.kubernetes_writes += 1
+                await self.mirror.write_status(ref, patch, resource_version)
             stats.status_written = True
             stats.kubernetes_writes += 1
-        except KubernetesUnavailable as error:
+        except (KubernetesUnavailable, KubernetesConflict) as error:
             stats.errors.append("kubernetes_unavailable")
             log.warning(
                 "Could not write MonitoredCluster status",
@@ -510,12 +562,11 @@ class Monitor:
                 "API server refused MonitoredCluster status",
                 extra={"cluster": ref.name, "namespace": ref.namespace, "error": str(error)},
             )
-            fallback = _failed_status(previous, ref, f"The API server refused the status: {error}", now, only=True)
+            fallback = _failed_status(observed, ref, f"The API server refused the status: {error}", now, only=True)
             try:
-                await self.mirror.write_status(ref, fallback)
-                memory.status = fallback
+                await self.mirror.write_status(ref, merge_patch(observed, fallback, keep=FOREIGN_STATUS_KEYS), None)
                 stats.kubernetes_writes += 1
-            except (KubernetesUnavailable, KubernetesRejected):
+            except (KubernetesUnavailable, KubernetesRejected, KubernetesConflict):
                 pass
 
     def _horizon(self, now: datetime) -> datetime:
@@ -605,12 +656,6 @@ class Monitor:
             resolved += count
         return resolved
 
-    def forget_projection(self, cluster_uid: str, name: str) -> None:
-        """A Ticket resource was deleted: the next cycle recreates it from Postgres if it is still wanted."""
-        memory = self.memories.get(cluster_uid)
-        if memory is not None:
-            memory.projected.pop(name, None)
-
     async def close(self, grace: float = 20.0) -> None:
         """Let the cycles in flight finish (up to ``grace`` seconds), then close the Postgres pool."""
         if not await self.drain(grace):
@@ -636,6 +681,9 @@ async def _within_deadline(deadline: float | None, cycle: Coroutine[Any, Any, T]
         raise
 
 
+_NOT_FOUND = object()
+
+
 class _MirrorFailed(Exception):
     """The API server stopped answering mid-mirror: the rest waits for the next cycle."""
 
@@ -658,6 +706,31 @@ def _validation_message(error: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"]) or "spec"
         parts.append(f"spec.{where}: {item['msg']}")
     return "; ".join(parts)
+
+
+def _human_edits(tickets: Sequence[Ticket] | None, shown: Sequence[ObservedTicket]) -> list[ObservedEdit]:
+    """The human edits the observed Tickets show of this cluster's tickets (by name: a Ticket is the operator's by
+    its name, whatever someone did to its ownerReference)."""
+    by_name = {ticket_name(t): t for t in tickets or [] if t.id is not None}
+    edits = []
+    for observed in shown:
+        ticket = by_name.get(observed.name)
+        if ticket is not None and (edit := observed_edit(ticket, observed)) is not None:
+            edits.append(edit)
+    return edits
+
+
+def _fold_edits(tickets: Sequence[Ticket], edits: Sequence[ObservedEdit]) -> list[Transition]:
+    """The transitions that fold observed human edits into the tickets (none for an edit already folded)."""
+    by_id = {t.id: t for t in tickets}
+    folded = []
+    for item in edits:
+        ticket = by_id.get(item.ticket_id)
+        if ticket is not None:
+            result = apply_human_intent(ticket, item.edit, actor=item.actor)
+            if result.changed:
+                folded.append(result)
+    return folded
 
 
 def _tracked_stores(tickets: Sequence[Ticket]) -> dict[str, frozenset[str]]:

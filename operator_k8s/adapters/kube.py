@@ -1,6 +1,7 @@
-"""Kubernetes writes the service asks for: Ticket resources and Events, through kubernetes-asyncio.
+"""Kubernetes writes the service asks for: Ticket resources, Events and status, through kubernetes-asyncio.
 
-Reads (MonitoredClusters, Pods) arrive through kopf's watches and indexes, so this adapter never LISTs.
+Reads (MonitoredClusters, Pods, Tickets) arrive through kopf's watches and indexes, so this adapter never LISTs
+in a cycle (a status conflict re-reads that one object).
 """
 
 from __future__ import annotations
@@ -16,17 +17,24 @@ import aiohttp
 from kubernetes_asyncio import client, config
 
 from operator_k8s.domain.observations import StorePod
+from operator_k8s.domain.projections import ObservedTicket
 from operator_k8s.domain.vocabulary import (
     API_VERSION,
     CLUSTER_KIND,
     CLUSTER_PLURAL,
     GROUP,
     MANAGER,
-    TICKET_KIND,
     TICKET_PLURAL,
     VERSION,
 )
-from operator_k8s.ports import ClusterRef, KubernetesRejected, KubernetesUnavailable, Projection, TicketEvent
+from operator_k8s.ports import (
+    ClusterRef,
+    KubernetesConflict,
+    KubernetesNotFound,
+    KubernetesRejected,
+    KubernetesUnavailable,
+    TicketEvent,
+)
 
 log = logging.getLogger("operator_k8s.kube")
 MERGE_PATCH = "application/merge-patch+json"
@@ -67,15 +75,43 @@ def store_pod(body: Mapping[str, Any]) -> StorePod:
     )
 
 
-def owner_reference(owner: ClusterRef) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": CLUSTER_KIND,
-        "name": owner.name,
-        "uid": owner.uid,
-        "controller": True,
-        "blockOwnerDeletion": False,
-    }
+def observed_ticket(body: Mapping[str, Any]) -> ObservedTicket:
+    """What the projection compares of a Ticket body (as kopf hands it to an indexer or an event handler)."""
+    meta = body.get("metadata") or {}
+    owners = tuple(
+        str(o.get("uid"))
+        for o in meta.get("ownerReferences") or []
+        if isinstance(o, dict) and o.get("controller") and o.get("kind") == CLUSTER_KIND
+    )
+    spec, status = body.get("spec"), body.get("status")
+    return ObservedTicket(
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta["name"]),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        labels=_strings(meta.get("labels")),
+        annotations=_strings(meta.get("annotations")),
+        owner_uids=owners,
+        spec=dict(spec) if isinstance(spec, Mapping) else {},
+        status=dict(status) if isinstance(status, Mapping) else {},
+        spec_actor=_spec_actor(meta),
+    )
+
+
+def _strings(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def _spec_actor(meta: Mapping[str, Any]) -> str:
+    """Who last changed a Ticket's spec, as far as managedFields tells (the field manager's name, newest first)."""
+    entries = [
+        e for e in meta.get("managedFields") or [] if isinstance(e, dict) and "f:spec" in (e.get("fieldsV1") or {})
+    ]
+    entries.sort(key=lambda e: str(e.get("time") or ""))
+    for entry in reversed(entries):
+        manager = str(entry.get("manager") or "")
+        if manager:
+            return f"kubernetes:{manager}"
+    return "kubernetes:unknown"
 
 
 REQUEST_TIMEOUT = 10.0
@@ -111,59 +147,65 @@ class KubeTicketMirror:
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise KubernetesUnavailable(f"API server unreachable: {type(error).__name__}") from None
 
-    async def upsert(self, owner: ClusterRef, projection: Projection, *, labels_changed: bool) -> None:
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": TICKET_KIND,
-            "metadata": {
-                "name": projection.name,
-                "namespace": owner.namespace,
-                "labels": projection.labels,
-                "ownerReferences": [owner_reference(owner)],
-            },
-            "spec": projection.spec,
-        }
-        custom = self._custom
+    async def create(self, body: dict[str, Any]) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
             await self._call(
-                "create", custom.create_namespaced_custom_object, GROUP, VERSION, owner.namespace, TICKET_PLURAL,
+                "create", self._custom.create_namespaced_custom_object, GROUP, VERSION, namespace, TICKET_PLURAL,
                 body, field_manager=MANAGER,
             )  # fmt: skip
-            log.info("Created Ticket", extra={"ticket": projection.name, "namespace": owner.namespace})
         except client.ApiException as error:
-            if error.status != 409:
-                raise KubernetesUnavailable(f"API server error {error.status}") from None
-            if labels_changed:
-                labels = {"metadata": {"labels": projection.labels}}
-                await self._call(
-                    "patch", custom.patch_namespaced_custom_object, GROUP, VERSION, owner.namespace, TICKET_PLURAL,
-                    projection.name, labels, _content_type=MERGE_PATCH,
-                )  # fmt: skip
-        await self._call(
-            "patch", custom.patch_namespaced_custom_object_status, GROUP, VERSION, owner.namespace, TICKET_PLURAL,
-            projection.name, {"status": projection.status}, _content_type=MERGE_PATCH,
-        )  # fmt: skip
+            if error.status == 409:
+                raise KubernetesConflict(f"Ticket {name} already exists") from None
+            raise KubernetesUnavailable(f"API server error {error.status}") from None
+        log.info("Created Ticket", extra={"ticket": name, "namespace": namespace})
+
+    async def patch(self, namespace: str, name: str, resource_version: str, patch: dict[str, Any]) -> None:
+        locked = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version}}
+        try:
+            await self._call(
+                "patch", self._custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, TICKET_PLURAL,
+                name, locked, _content_type=MERGE_PATCH, field_manager=MANAGER,
+            )  # fmt: skip
+        except client.ApiException as error:
+            if error.status == 409:
+                raise KubernetesConflict(f"Ticket {name} changed since it was observed") from None
+            raise KubernetesNotFound(f"Ticket {name} does not exist") from None
 
     async def delete(self, namespace: str, name: str) -> None:
         try:
             await self._call(
                 "delete", self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, TICKET_PLURAL, name
             )
-            log.info("Deleted Ticket past retention", extra={"ticket": name, "namespace": namespace})
+            log.info("Deleted Ticket no longer shown", extra={"ticket": name, "namespace": namespace})
         except client.ApiException as error:
             if error.status != 404:
                 raise KubernetesUnavailable(f"API server error {error.status}") from None
 
-    async def write_status(self, ref: ClusterRef, status: dict[str, Any]) -> None:
+    async def write_status(self, ref: ClusterRef, patch: dict[str, Any], resource_version: str | None) -> None:
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             await self._call(
                 "patch", self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, ref.namespace,
-                CLUSTER_PLURAL, ref.name, {"status": status}, _content_type=MERGE_PATCH,
+                CLUSTER_PLURAL, ref.name, body, _content_type=MERGE_PATCH, field_manager=MANAGER,
             )  # fmt: skip
         except client.ApiException as error:
-            if error.status == 404:
-                return  # deleted meanwhile: nothing to report on
-            raise KubernetesUnavailable(f"API server error {error.status}") from None
+            if error.status == 409:
+                raise KubernetesConflict(f"MonitoredCluster {ref.name} changed since it was observed") from None
+            return  # 404: deleted meanwhile, nothing to report on
+
+    async def read_status(self, ref: ClusterRef) -> tuple[dict[str, Any], str] | None:
+        try:
+            body = await self._call(
+                "get", self._custom.get_namespaced_custom_object_status, GROUP, VERSION, ref.namespace,
+                CLUSTER_PLURAL, ref.name,
+            )  # fmt: skip
+        except client.ApiException:
+            return None
+        status = body.get("status")
+        return (dict(status) if isinstance(status, dict) else {}), str(body["metadata"].get("resourceVersion", ""))
 
     async def events(self, owner: ClusterRef, events: Sequence[TicketEvent]) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -30,7 +30,7 @@ from requests.auth import AuthBase
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample
+from operator_k8s.domain.observations import QueryFailure, QueryResult, samples_of
 from operator_k8s.domain.specs import PrometheusAuthSpec
 
 CONNECT_TIMEOUT = 3.0
@@ -285,15 +285,8 @@ class PrometheusMetrics:
         finally:
             if self._observe is not None:
                 self._observe(time.monotonic() - started)
-        samples = []
-        for series in data if isinstance(data, list) else []:
-            try:
-                value = float(series["value"][1])  # NaN and ±Inf included: the invariants judge them
-                labels = series.get("metric") or {}
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-                continue
-            samples.append(Sample(store=labels.get(store_label), value=value, namespace=labels.get(namespace_label)))
-        return QueryResult(query=promql, samples=tuple(samples))
+        samples, malformed = samples_of(data, store_label, namespace_label)
+        return QueryResult(query=promql, samples=samples, malformed=malformed)
 
     async def query(
         self,

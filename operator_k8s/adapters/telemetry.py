@@ -69,6 +69,9 @@ class Telemetry:
         self.scheduled = Gauge(f"{PREFIX}_scheduled_clusters",
                                "MonitoredClusters whose check timer ran recently (0 on a paused peering replica)",
                                registry=self.registry)  # fmt: skip
+        self.active = Gauge(f"{PREFIX}_active",
+                            "1 while this replica runs the checks, 0 while it stands by for a peer (kopf peering)",
+                            registry=self.registry)  # fmt: skip
         self.ignored_series = Counter(f"{PREFIX}_ignored_series_total",
                                       "Series a query returned about other namespaces or stores than the cluster's own",
                                       registry=self.registry)  # fmt: skip

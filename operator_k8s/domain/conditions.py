@@ -13,7 +13,14 @@ from typing import Literal
 
 from operator_k8s.domain.invariants import Finding, Verdict
 from operator_k8s.domain.tickets import Ticket, TicketState
-from operator_k8s.domain.vocabulary import BUILTIN_CONDITION, ConditionType, Invariant, Reason, custom_condition_type
+from operator_k8s.domain.vocabulary import (
+    BUILTIN_CONDITION,
+    CLUSTER_STORE,
+    ConditionType,
+    Invariant,
+    Reason,
+    custom_condition_type,
+)
 
 Status = Literal["True", "False", "Unknown"]
 MAX_LISTED = 5
@@ -56,6 +63,8 @@ def _invariant_condition(
         detail = next((f.message for f in findings if f.verdict is Verdict.VIOLATED), open_tickets[0].message)
         return "False", reason, f"Open tickets for {_listing(stores)}: {detail}"
     unknown = [f.store for f in findings if f.verdict is Verdict.UNKNOWN]
+    if invariant == Invariant.STORES_READY and unknown == [CLUSTER_STORE] == [f.store for f in findings]:
+        return "Unknown", Reason.NO_STORES_SELECTED, findings[0].message
     if unknown and len(unknown) == len(findings):
         return "Unknown", Reason.NO_DATA, f"No data for {_listing(unknown)}"
     pending = [t.key.store for t in tickets if t.state is TicketState.PENDING]

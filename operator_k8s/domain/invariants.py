@@ -159,6 +159,10 @@ def _stores_ready(spec: MonitoredClusterSpec, snapshot: Snapshot) -> list[Findin
                 Finding(name, pod.name, Verdict.VIOLATED, severity, f"Store pod {pod.name} is down ({state})")
             )
     expected = spec.stores.expected
+    if not snapshot.pods and expected is None:
+        # Absence is never health: a selector that matches nothing (a typo, a wrong namespace) is said, not passed.
+        message = f"The store selector {_selector_text(spec)} matches no pod in the cluster's namespace"
+        findings.append(Finding(name, CLUSTER_STORE, Verdict.UNKNOWN, severity, message))
     missing_count = 0 if expected is None else max(0, expected - len(snapshot.pods))
     for store in sorted(snapshot.tracked_stores.get(name, frozenset()) - present - {CLUSTER_STORE}):
         # A store with an active ticket whose pod vanished: still down while the cluster is short of pods.
@@ -170,6 +174,10 @@ def _stores_ready(spec: MonitoredClusterSpec, snapshot: Snapshot) -> list[Findin
         message = f"{observed} of {expected} expected store pods exist"
         findings.append(Finding(name, CLUSTER_STORE, verdict, severity, message, float(observed), float(expected)))
     return findings
+
+
+def _selector_text(spec: MonitoredClusterSpec) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(spec.stores.selector.match_labels.items()))
 
 
 def _metric(metric: MetricInvariant, snapshot: Snapshot, pod_stores: Iterable[str]) -> list[Finding]:
@@ -192,10 +200,11 @@ def _metric(metric: MetricInvariant, snapshot: Snapshot, pod_stores: Iterable[st
             findings.append(Finding(name, store, Verdict.HOLDS, invariant.severity, message, None, rule.threshold,
                                     result.query))  # fmt: skip
             continue
-        if value is None and per_store and store not in pod_names:
-            # A store with a ticket whose pod is gone (scaled away): nothing left to be slow or full. storesReady
-            # judges the missing pod; this invariant lets its ticket resolve instead of staying Unknown forever.
-            message = f"{name}: store {store} no longer exists and reports nothing"
+        if per_store and store not in pod_names:
+            # A store with a ticket that the selector no longer picks (scaled away, or relabelled out of the
+            # cluster): it is no longer this cluster's to judge, whatever its series still say. storesReady judges a
+            # missing pod; this invariant lets its ticket resolve (after clearFor) with a reason that says why.
+            message = f"{name}: store {store} is no longer one of the cluster's selected store pods"
             findings.append(Finding(name, store, Verdict.HOLDS, invariant.severity, message, None, rule.threshold,
                                     result.query))  # fmt: skip
             continue

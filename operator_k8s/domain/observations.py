@@ -37,6 +37,30 @@ class Sample:
     namespace: str | None = None
 
 
+def samples_of(data: object, store_label: str, namespace_label: str) -> tuple[tuple[Sample, ...], int]:
+    """The samples of an instant-vector answer (``data.result``) and how many series were malformed.
+
+    An answer is input from a server we do not control: a series that is not an object, has no ``[time, "value"]``
+    pair, or labels the store or namespace with anything but a string (a list, a number) is counted and skipped,
+    never allowed to stop a cycle. NaN and ±Inf are kept: the invariants judge them."""
+    if not isinstance(data, list):
+        return (), 0
+    samples, malformed = [], 0
+    for series in data:
+        try:
+            value = float(series["value"][1])
+            labels = series.get("metric") or {}
+            store, namespace = labels.get(store_label), labels.get(namespace_label)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            malformed += 1
+            continue
+        if not isinstance(store, str | None) or not isinstance(namespace, str | None):
+            malformed += 1
+            continue
+        samples.append(Sample(store=store, value=value, namespace=namespace))
+    return tuple(samples), malformed
+
+
 class QueryFailure(StrEnum):
     UNREACHABLE = "unreachable"
     ERROR = "error"
@@ -50,6 +74,8 @@ class QueryResult:
     samples: tuple[Sample, ...] = ()
     failure: QueryFailure | None = None
     error: str = ""
+    malformed: int = 0
+    """Series of the answer that could not be read (see ``samples_of``): ignored, and counted as such."""
 
     @classmethod
     def failed(cls, query: str, failure: QueryFailure, error: str) -> QueryResult:
@@ -74,7 +100,7 @@ def scope_result(
         if (sample.namespace == namespace if sample.namespace is not None else namespace_scoped)
         and (sample.store in owned if sample.store is not None else not per_store)
     )
-    return replace(result, samples=kept), len(result.samples) - len(kept)
+    return replace(result, samples=kept), len(result.samples) - len(kept) + result.malformed
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,22 @@
-"""Pure builders of what Kubernetes shows for a ticket: its resource name, labels and status."""
+"""Pure builders of what Kubernetes shows for a ticket, and the plan that turns what is observed into it.
+
+What the operator shows is a diff of what Postgres wants shown against what the watch observes, never against what
+it remembers writing: a Ticket someone changed, deleted or stripped of its ownerReference is corrected, and an
+unchanged one costs nothing (after a restart too).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from operator_k8s.domain.status import format_time, parse_time
-from operator_k8s.domain.tickets import Ticket
-from operator_k8s.domain.vocabulary import MANAGER, Label
+from operator_k8s.domain.status import format_time, merge_patch, parse_time
+from operator_k8s.domain.tickets import HumanEdit, Ticket
+from operator_k8s.domain.vocabulary import API_VERSION, CLUSTER_KIND, INTENT_ANNOTATION, MANAGER, TICKET_KIND, Label
 
 MAX_NAME = 253
 
@@ -55,6 +63,7 @@ def ticket_labels(ticket: Ticket) -> dict[str, str]:
         Label.SEVERITY: ticket.severity.value,
         Label.STATE: ticket.state.value,
         Label.MANAGED_BY: MANAGER,
+        Label.CLUSTER_UID: _label_value(ticket.key.cluster_uid),
     }
 
 
@@ -98,17 +107,182 @@ def ticket_status(ticket: Ticket) -> dict[str, Any]:
 LAST_SEEN_RESOLUTION_SECONDS = 60
 
 
-def projection_differs(written: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
-    """Whether the Ticket resource needs a write: any field changed, or lastSeen moved by a minute or more.
+def _last_seen_moved(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether ``lastSeen`` moved enough to be shown: it moves every cycle while a violation lasts, and writing it
+    each time would cost a Kubernetes write per cycle per open ticket, so the resource shows it to the minute
+    (Postgres keeps it exact). A value that cannot be read is replaced."""
+    old, new = observed.get("lastSeen"), desired.get("lastSeen")
+    if old == new:
+        return False
+    try:
+        return abs((parse_time(new) - parse_time(old)).total_seconds()) >= LAST_SEEN_RESOLUTION_SECONDS
+    except (ValueError, TypeError, OverflowError):
+        return True
 
-    ``lastSeen`` moves every cycle while a violation lasts; writing it each time would cost a Kubernetes write per
-    cycle per open ticket, so the resource shows it to the minute (Postgres keeps it exact).
-    """
-    if written is None:
-        return True
-    if any(written.get(k) != v for k, v in desired.items() if k != "lastSeen"):
-        return True
-    old, new = written.get("lastSeen"), desired.get("lastSeen")
-    if old is None or new is None:
-        return old != new
-    return (parse_time(new) - parse_time(old)).total_seconds() >= LAST_SEEN_RESOLUTION_SECONDS
+
+@dataclass(frozen=True)
+class ObservedTicket:
+    """A Ticket resource as the watch last saw it: only what the plan compares."""
+
+    namespace: str
+    name: str
+    resource_version: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    owner_uids: tuple[str, ...] = ()
+    """The uids of its controlling MonitoredCluster ownerReferences."""
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    status: Mapping[str, Any] = field(default_factory=dict)
+    spec_actor: str = "kubernetes:unknown"
+    """Who last changed its spec other than the operator, from managedFields."""
+
+    def belongs_to(self, cluster_uid: str) -> bool:
+        """Shows a ticket of this cluster: by its cluster-uid label (restored if removed) or its ownerReference."""
+        if self.labels.get(Label.CLUSTER_UID) == _label_value(cluster_uid):
+            return self.labels.get(Label.MANAGED_BY) == MANAGER
+        return cluster_uid in self.owner_uids
+
+    @property
+    def shown_intent(self) -> dict[str, Any] | None:
+        """The intent the operator last showed on it (None if the annotation is missing or not ours to read)."""
+        try:
+            value = json.loads(self.annotations.get(INTENT_ANNOTATION, ""))
+        except ValueError:
+            return None
+        return normal_intent(value) if isinstance(value, dict) else None
+
+
+def normal_intent(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec in the form ``ticket_spec`` writes it, with the CRD's defaults, so equal intents compare equal."""
+    intent: dict[str, Any] = {"hold": spec.get("hold") is True, "acknowledged": spec.get("acknowledged") is True}
+    if isinstance(spec.get("note"), str):
+        intent["note"] = spec["note"][:1024]
+    return intent
+
+
+def owner_reference(cluster_uid: str, cluster_name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": CLUSTER_KIND,
+        "name": cluster_name,
+        "uid": cluster_uid,
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+
+
+def ticket_body(ticket: Ticket) -> dict[str, Any]:
+    """The whole Ticket resource Postgres wants shown for one ticket (labels, ownerReference, spec, status)."""
+    spec = ticket_spec(ticket)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": TICKET_KIND,
+        "metadata": {
+            "name": ticket_name(ticket),
+            "namespace": ticket.namespace,
+            "labels": ticket_labels(ticket),
+            "annotations": {INTENT_ANNOTATION: json.dumps(spec, sort_keys=True)},
+            "ownerReferences": [owner_reference(ticket.key.cluster_uid, ticket.cluster_name)],
+        },
+        "spec": spec,
+        "status": ticket_status(ticket),
+    }
+
+
+@dataclass(frozen=True)
+class TicketPatch:
+    name: str
+    resource_version: str
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ObservedEdit:
+    """A human's change of a Ticket's spec, seen as observed spec ≠ the intent the operator last showed there."""
+
+    ticket_id: int
+    edit: HumanEdit
+    actor: str
+
+
+@dataclass(frozen=True)
+class TicketPlan:
+    """What to write so that Kubernetes shows what Postgres holds: each an exact diff, nothing when nothing differs."""
+
+    creates: tuple[dict[str, Any], ...] = ()
+    patches: tuple[TicketPatch, ...] = ()
+    deletes: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.creates) + len(self.patches) + len(self.deletes)
+
+
+def observed_edit(ticket: Ticket, observed: ObservedTicket) -> ObservedEdit | None:
+    """The human edit a Ticket shows of its ticket, if any.
+
+    The spec is compared with the intent the operator last showed (its annotation), so an intent changed elsewhere
+    (the CLI, another replica) is never mistaken for an edit; if the annotation is gone, a spec last written by
+    someone other than the operator that differs from Postgres is the edit."""
+    assert ticket.id is not None
+    shown = observed.shown_intent
+    spec = normal_intent(observed.spec)
+    if shown is None:
+        if observed.spec_actor == f"kubernetes:{MANAGER}":
+            return None
+        shown = ticket_spec(ticket)
+    if spec == shown:
+        return None
+    edit = HumanEdit.between(shown, spec)
+    return ObservedEdit(ticket.id, edit, observed.spec_actor)
+
+
+def _metadata_patch(observed: ObservedTicket, desired: Mapping[str, Any]) -> dict[str, Any]:
+    """Our labels and annotation back as they should be (others' labels left alone), and our ownerReference."""
+    patch: dict[str, Any] = {}
+    labels = {k: v for k, v in desired["labels"].items() if observed.labels.get(k) != v}
+    if labels:
+        patch["labels"] = labels
+    annotations = {k: v for k, v in desired["annotations"].items() if observed.annotations.get(k) != v}
+    if annotations:
+        patch["annotations"] = annotations
+    owner = desired["ownerReferences"][0]
+    if owner["uid"] not in observed.owner_uids:
+        # A merge patch replaces the whole list: the operator's reference is the only controller it sets.
+        patch["ownerReferences"] = [owner]
+    return patch
+
+
+def ticket_patch(observed: ObservedTicket, desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch from an observed Ticket to the desired body ({} when it shows what it should)."""
+    patch: dict[str, Any] = {}
+    metadata = _metadata_patch(observed, desired["metadata"])
+    if metadata:
+        patch["metadata"] = metadata
+    if normal_intent(observed.spec) != desired["spec"]:
+        patch["spec"] = merge_patch(observed.spec, desired["spec"])
+    status_wanted = dict(desired["status"])
+    if not _last_seen_moved(observed.status, status_wanted) and "lastSeen" in observed.status:
+        status_wanted["lastSeen"] = observed.status["lastSeen"]
+    status = merge_patch(observed.status, status_wanted)
+    if status:
+        patch["status"] = status
+    return patch
+
+
+def plan_tickets(cluster_uid: str, desired: Sequence[dict[str, Any]], observed: Sequence[ObservedTicket]) -> TicketPlan:
+    """Create what is absent, patch exactly what differs, delete what shows this cluster's tickets and is unwanted."""
+    wanted = {body["metadata"]["name"]: body for body in desired}
+    seen = {ticket.name: ticket for ticket in observed}
+    creates = tuple(body for name, body in wanted.items() if name not in seen)
+    patches = []
+    for name, body in wanted.items():
+        current = seen.get(name)
+        if current is None:
+            continue
+        patch = ticket_patch(current, body)
+        if patch:
+            patches.append(TicketPatch(name, current.resource_version, patch))
+    deletes = tuple(
+        sorted(name for name, ticket in seen.items() if name not in wanted and ticket.belongs_to(cluster_uid))
+    )
+    return TicketPlan(creates, tuple(patches), deletes)

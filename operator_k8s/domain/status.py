@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -18,8 +18,17 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+def parse_time(text: object) -> datetime:
+    """Any RFC 3339 time (fractions, ``Z`` or an offset), in UTC; ValueError for anything else.
+
+    The operator writes whole seconds in UTC, but a status restored from a backup, written by a GitOps tool or by
+    ``kubectl patch --subresource=status`` may carry any valid form, and must never stop a cycle."""
+    if not isinstance(text, str) or "T" not in text.upper():
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        raise ValueError(f"an RFC 3339 time needs an offset: {text!r}")
+    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -52,10 +61,11 @@ def condition_to_wire(condition: Condition) -> dict[str, Any]:
     }
 
 
-def conditions_from_wire(items: Sequence[dict[str, Any]] | None) -> list[Condition]:
-    """Conditions as last written; entries that are not well formed are dropped (they will be rewritten)."""
+def conditions_from_wire(items: object) -> list[Condition]:
+    """Conditions as observed; entries that are not well formed (any value a status patch can carry) are dropped,
+    and will be rewritten."""
     result = []
-    for item in items or []:
+    for item in items if isinstance(items, list) else []:
         try:
             result.append(
                 Condition(
@@ -67,7 +77,7 @@ def conditions_from_wire(items: Sequence[dict[str, Any]] | None) -> list[Conditi
                     last_transition_time=parse_time(item["lastTransitionTime"]),
                 )
             )
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError):
             continue
     return result
 
@@ -91,12 +101,46 @@ def status_body(
     return body
 
 
-def status_patch(previous: dict[str, Any], desired: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-    """The status to write, or None when only the check time moved and the heartbeat is not yet due."""
-    relevant = [key for key in desired if key != "lastCheckTime"]
-    changed = any(previous.get(key) != desired[key] for key in relevant)
-    last = previous.get("lastCheckTime")
-    heartbeat_due = last is None or now - parse_time(last) >= HEARTBEAT
-    if not changed and not heartbeat_due:
+def merge_patch(
+    observed: Mapping[str, Any], desired: Mapping[str, Any], *, keep: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``observed`` into ``desired``: changed keys with their new value,
+    removed keys as null (a merge patch of the desired value alone cannot remove a key), nested objects diffed in
+    turn. Keys in ``keep`` are someone else's and left alone."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        before = observed.get(key, _ABSENT)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            inner = merge_patch(before, value)
+            if inner:
+                patch[key] = inner
+        elif before is _ABSENT or before != value or type(before) is not type(value):
+            patch[key] = value
+    for key in observed:
+        if key not in desired and key not in keep:
+            patch[key] = None
+    return patch
+
+
+_ABSENT = object()
+FOREIGN_STATUS_KEYS = frozenset({"kopf"})
+"""Status keys the operator does not own (kopf's own progress storage may use ``status.kopf``)."""
+
+
+def heartbeat_due(observed: Mapping[str, Any], now: datetime) -> bool:
+    """Whether the status should be rewritten to show the check loop is alive; a time that cannot be read (any
+    value someone else wrote) counts as due, so it is replaced."""
+    try:
+        return now - parse_time(observed.get("lastCheckTime")) >= HEARTBEAT
+    except (ValueError, TypeError, OverflowError):
+        return True
+
+
+def status_patch(observed: Mapping[str, Any], desired: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
+    """The merge patch from the observed status to the desired one, or None when only the check time moved and
+    the heartbeat is not yet due."""
+    patch = merge_patch(observed, desired, keep=FOREIGN_STATUS_KEYS)
+    if set(patch) <= {"lastCheckTime"} and not heartbeat_due(observed, now):
         return None
-    return desired
+    patch.setdefault("lastCheckTime", desired["lastCheckTime"])
+    return patch

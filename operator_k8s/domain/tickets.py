@@ -324,10 +324,17 @@ def apply_human_intent(ticket: Ticket, edit: HumanEdit, *, actor: str) -> Transi
 
 
 def retire(ticket: Ticket, now: datetime, reason: str) -> Transition:
-    """Its cluster or invariant is gone: an unresolved ticket resolves with ``reason``, a pending one vanishes."""
+    """Its cluster, invariant or store is gone: an unresolved ticket resolves with ``reason`` (a hold on it released
+    and recorded as such), a pending one vanishes."""
     if ticket.state is TicketState.RESOLVED:
         return Transition(ticket, ticket)
     if ticket.state is TicketState.PENDING:
         return Transition(ticket, None, (Effect(EffectKind.CANCELLED, ticket.state, None, reason),))
-    resolved = replace(ticket, state=TicketState.RESOLVED, resolved_at=now, clearing_since=None, violating_since=None)
-    return Transition(ticket, resolved, (Effect(EffectKind.RESOLVED, ticket.state, TicketState.RESOLVED, reason),))
+    resolved = replace(
+        ticket, state=TicketState.RESOLVED, resolved_at=now, clearing_since=None, violating_since=None, hold=False
+    )
+    effects = [Effect(EffectKind.RESOLVED, ticket.state, TicketState.RESOLVED, reason)]
+    if ticket.hold:
+        # What was held is gone: the release is recorded, so history, Ticket spec and state agree.
+        effects.insert(0, Effect(EffectKind.RELEASED, ticket.state, ticket.state, f"hold released: {reason}"))
+    return Transition(ticket, resolved, tuple(effects))

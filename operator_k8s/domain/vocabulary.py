@@ -76,6 +76,7 @@ class Reason(StrEnum):
     # Store readiness
     ALL_STORES_READY = "AllStoresReady"
     STORES_NOT_READY = "StoresNotReady"
+    NO_STORES_SELECTED = "NoStoresSelected"
     # Metrics
     METRICS_OK = "MetricsAvailable"
     PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
@@ -104,6 +105,8 @@ class Label:
     """Label keys on Ticket resources, for ``kubectl get tickets -l invariant=latency``."""
 
     CLUSTER = "operator-k8s.io/cluster"
+    CLUSTER_UID = "operator-k8s.io/cluster-uid"
+    """Which MonitoredCluster a Ticket shows a ticket of, even if its ownerReference was removed."""
     INVARIANT = "invariant"
     SEVERITY = "severity"
     STATE = "state"
@@ -111,3 +114,7 @@ class Label:
 
 
 MANAGER = "operator-k8s"
+
+INTENT_ANNOTATION = "operator-k8s.io/shown-intent"
+"""The human intent (spec) the operator last showed on a Ticket, as JSON: a spec that differs from it was edited
+since, by someone else (kept on the object, so a restart or another replica reads it, never a memory)."""

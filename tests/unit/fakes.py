@@ -3,19 +3,25 @@ writes the API server may refuse, Prometheus series labelled by namespace and st
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample
+from operator_k8s.adapters.kube import observed_ticket
+from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample, StorePod
+from operator_k8s.domain.projections import ObservedTicket
 from operator_k8s.domain.specs import PrometheusAuthSpec
 from operator_k8s.domain.tickets import Ticket, TicketState
+from operator_k8s.domain.vocabulary import MANAGER
+from operator_k8s.service import CycleStats, Monitor
 from operator_k8s.ports import (
     ClusterRef,
+    KubernetesConflict,
+    KubernetesNotFound,
     KubernetesRejected,
     KubernetesUnavailable,
-    Projection,
     SyncResult,
     TicketEvent,
     TicketStoreUnavailable,
@@ -118,50 +124,144 @@ class FakeMetrics:
         return QueryResult(promql, own + tuple(self.extra))
 
 
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies ``application/merge-patch+json``: null removes a key, objects merge,
+    everything else (lists included) replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result
+
+
 class FakeMirror:
-    """Ticket resources and the cluster status; ``refuse_status`` makes the API server refuse status writes whose
-    conditions repeat a type (as it does), ``refuse_tickets`` refuses every Ticket write (as an admission policy
-    may), ``down`` makes every call fail like an unreachable server."""
+    """The API server's side of Ticket resources and the cluster status, as strict as the real one: objects with
+    resourceVersions, merge patches that remove keys only when told (null), a patch on a stale resourceVersion or a
+    create of an existing name refused as a conflict, a patch of a missing object as not found.
+
+    ``refuse_status`` makes the API server refuse status writes whose conditions repeat a type (as it does),
+    ``refuse_tickets`` refuses every Ticket write (as an admission policy may), ``down`` makes every call fail like
+    an unreachable server. ``observed()`` is what the operator's watch sees of the Tickets.
+    """
 
     def __init__(self) -> None:
-        self.resources: dict[str, dict[str, Any]] = {}
-        self.specs: dict[str, dict[str, Any]] = {}
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.cluster_status: dict[str, Any] = {}
+        self.cluster_version = 1
         self.statuses: list[dict[str, Any]] = []
+        """Every status patch the API server accepted, in order."""
         self.writes = 0
+        """Ticket writes that reached the API server (create, patch, delete), accepted or not."""
         self.posted: list[TicketEvent] = []
         self.down = False
         self.refuse_status = False
         self.refuse_tickets = False
+        self._version = 100
 
     def _check(self) -> None:
         if self.down:
             raise KubernetesUnavailable("API server unreachable: ClientConnectorError")
 
-    async def upsert(self, owner: ClusterRef, projection: Projection, *, labels_changed: bool) -> None:
+    def _next_version(self) -> str:
+        self._version += 1
+        return str(self._version)
+
+    def _ticket_write(self) -> None:
         self._check()
+        self.writes += 1
         if self.refuse_tickets:
             raise KubernetesRejected("422 Unprocessable Entity: denied by an admission policy")
-        self.writes += 1
-        self.resources[projection.name] = projection.status
-        self.specs.setdefault(projection.name, projection.spec)
+
+    async def create(self, body: dict[str, Any]) -> None:
+        self._ticket_write()
+        name = body["metadata"]["name"]
+        if name in self.objects:
+            raise KubernetesConflict(f"Ticket {name} already exists")
+        stored = copy.deepcopy(body)
+        stored["metadata"]["resourceVersion"] = self._next_version()
+        stored["metadata"]["managedFields"] = [{"manager": MANAGER, "fieldsV1": {"f:spec": {}}, "time": "1"}]
+        self.objects[name] = stored
+
+    async def patch(self, namespace: str, name: str, resource_version: str, patch: dict[str, Any]) -> None:
+        self._ticket_write()
+        current = self.objects.get(name)
+        if current is None:
+            raise KubernetesNotFound(f"Ticket {name} does not exist")
+        if current["metadata"]["resourceVersion"] != resource_version:
+            raise KubernetesConflict(f"Ticket {name} changed since it was observed")
+        self._patch_object(name, patch, MANAGER)
+
+    def _patch_object(self, name: str, patch: dict[str, Any], manager: str) -> None:
+        updated = apply_merge_patch(self.objects[name], patch)
+        updated["metadata"]["resourceVersion"] = self._next_version()
+        if "spec" in patch:
+            updated["metadata"]["managedFields"] = [{"manager": manager, "fieldsV1": {"f:spec": {}}, "time": "1"}]
+        self.objects[name] = updated
+
+    def human_patch(self, name: str, patch: dict[str, Any], manager: str = "kubectl-patch") -> None:
+        """Someone else's merge patch (no resourceVersion: last writer wins), as ``kubectl patch`` sends it."""
+        self._patch_object(name, patch, manager)
 
     async def delete(self, namespace: str, name: str) -> None:
-        self._check()
-        self.writes += 1
-        self.resources.pop(name, None)
-        self.specs.pop(name, None)
+        self._ticket_write()
+        self.objects.pop(name, None)
 
     async def events(self, owner: ClusterRef, events: Sequence[TicketEvent]) -> None:
         self._check()
         self.posted += events
 
-    async def write_status(self, ref: ClusterRef, status: dict[str, Any]) -> None:
+    async def write_status(self, ref: ClusterRef, patch: dict[str, Any], resource_version: str | None) -> None:
         self._check()
+        if resource_version is not None and resource_version != str(self.cluster_version):
+            raise KubernetesConflict("MonitoredCluster changed since it was observed")
+        status = apply_merge_patch(self.cluster_status, patch)
         types = [c["type"] for c in status.get("conditions", [])]
         if self.refuse_status and len(types) > 1:
             raise KubernetesRejected("422 Unprocessable Entity: status.conditions: Duplicate value")
-        self.statuses.append(status)
+        self.cluster_status = status
+        self.cluster_version += 1
+        self.statuses.append(patch)
+
+    async def read_status(self, ref: ClusterRef) -> tuple[dict[str, Any], str] | None:
+        self._check()
+        return copy.deepcopy(self.cluster_status), str(self.cluster_version)
+
+    def observed(self) -> list[ObservedTicket]:
+        """The Tickets as the operator's watch sees them."""
+        return [observed_ticket(copy.deepcopy(body)) for body in self.objects.values()]
 
     @property
     def status(self) -> dict[str, Any]:
-        return self.statuses[-1] if self.statuses else {}
+        """The MonitoredCluster's status as the API server holds it."""
+        return copy.deepcopy(self.cluster_status)
+
+    @property
+    def resources(self) -> dict[str, dict[str, Any]]:
+        """Each Ticket's status, by name."""
+        return {name: body.get("status", {}) for name, body in self.objects.items()}
+
+    @property
+    def specs(self) -> dict[str, dict[str, Any]]:
+        return {name: body.get("spec", {}) for name, body in self.objects.items()}
+
+
+async def observed_cycle(
+    monitor: Monitor,
+    ref: ClusterRef,
+    spec: dict[str, Any],
+    pods: Sequence[StorePod],
+    now: datetime,
+    status: dict[str, Any] | None = None,
+) -> CycleStats:
+    """One cycle against a FakeMirror as kopf runs it: the cluster's status (or ``status``, in its place) and the
+    Tickets as the watch observes them."""
+    mirror = monitor.mirror
+    assert isinstance(mirror, FakeMirror)
+    observed = mirror.status if status is None else status
+    return await monitor.check_cluster(
+        ref, spec, pods, observed, now, tickets_shown=mirror.observed(), resource_version=str(mirror.cluster_version)
+    )

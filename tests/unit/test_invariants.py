@@ -117,11 +117,14 @@ def test_series_for_a_store_that_is_not_ours_is_never_judged() -> None:
     assert verdicts(found, "latency") == {"tikv-0": Verdict.HOLDS}
 
 
-def test_series_for_a_tracked_store_without_pod_is_judged() -> None:
+def test_a_tracked_store_that_left_the_selection_is_no_longer_judged_on_its_series() -> None:
+    """Its ticket ends (after clearFor) with a reason that says why, instead of waiting for the store to heal."""
     cluster = spec(invariants={"diskUsage": {"enabled": False}})
     tracked = {"latency": frozenset({"tikv-7"})}
     found = evaluate(cluster, snapshot(pods("ready"), {"latency": result(**{"tikv-0": 1.0, "tikv-7": 900.0})}, tracked))
-    assert verdicts(found, "latency") == {"tikv-0": Verdict.HOLDS, "tikv-7": Verdict.VIOLATED}
+    assert verdicts(found, "latency") == {"tikv-0": Verdict.HOLDS, "tikv-7": Verdict.HOLDS}
+    left = next(f for f in found if f.store == "tikv-7")
+    assert "no longer one of the cluster's selected store pods" in left.message
 
 
 def test_several_series_for_one_store_count_by_their_worst_value() -> None:

@@ -15,6 +15,7 @@ from operator_k8s.domain.tickets import Ticket, TicketState
 from operator_k8s.ports import ClusterRef, TicketStoreUnavailable, TicketWrite
 from operator_k8s.service import CycleStats, Monitor
 from tests.unit.builders import at, shown
+from tests.unit.fakes import observed_cycle
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
 
 REF = ClusterRef(uid="uid-1", name="tikv", namespace="ns", generation=1)
@@ -42,7 +43,9 @@ def parts() -> Parts:
 async def cycle(
     monitor: Monitor, seconds: float, status: dict[str, Any] | None = None, spec: dict[str, Any] | None = None
 ) -> CycleStats:
-    return await monitor.check_cluster(REF, spec or SPEC, PODS, status or {}, at(seconds))
+    """One cycle as kopf runs it: the cluster's status and the Tickets as the watch observes them (``status`` in
+    place of the observed status, when given)."""
+    return await observed_cycle(monitor, REF, spec or SPEC, PODS, at(seconds), status)
 
 
 def conditions(status: dict[str, Any]) -> dict[str, str]:

@@ -10,7 +10,6 @@ from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.observations import QueryResult, Sample, StorePod, scope_result, select_pods
 from operator_k8s.domain.projections import (
     bounded_text,
-    projection_differs,
     ticket_id_of,
     ticket_labels,
     ticket_name,
@@ -130,14 +129,6 @@ def test_ticket_labels_and_status() -> None:
     status = ticket_status(current)
     assert (status["state"], status["occurrences"], status["store"]) == ("open", 1, "tikv-0")
     assert status["snapshot"] == "value 812.5 (threshold 500) at t"
-
-
-def test_projection_ignores_last_seen_moving_under_a_minute() -> None:
-    old = {"state": "open", "lastSeen": "2026-01-01T12:00:00Z"}
-    assert not projection_differs(old, {"state": "open", "lastSeen": "2026-01-01T12:00:59Z"})
-    assert projection_differs(old, {"state": "open", "lastSeen": "2026-01-01T12:01:00Z"})
-    assert projection_differs(old, {"state": "resolved", "lastSeen": "2026-01-01T12:00:00Z"})
-    assert projection_differs(None, old)
 
 
 @pytest.mark.parametrize(

@@ -53,17 +53,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [operator-k8s.io]
   resources: [monitoredclusters]
   verbs: [list, watch, patch]
-# Their status: conditions, store counts, open tickets.
+# Their status: conditions, store counts, open tickets (read again only when a write conflicts).
 - apiGroups: [operator-k8s.io]
   resources: [monitoredclusters/status]
-  verbs: [patch]
-# Tickets: the projection of Postgres; created, relabelled, removed after retention, watched for human edits.
+  verbs: [get, patch]
+# Tickets: the projection of Postgres, observed through the watch; created, patched (labels and status in one
+# request: the CRD has no status subresource), removed after retention; a human's spec edit is folded into Postgres.
 - apiGroups: [operator-k8s.io]
   resources: [tickets]
   verbs: [list, watch, create, patch, delete]
-- apiGroups: [operator-k8s.io]
-  resources: [tickets/status]
-  verbs: [patch]
 {{- if .Values.peering.enabled }}
 # Peering between replicas (only with watchNamespaces: kopf uses a KopfPeering per namespace).
 - apiGroups: [kopf.dev]
