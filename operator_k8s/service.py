@@ -255,39 +255,42 @@ class Monitor:
         pd_pods = tuple(sorted(p.name for p in select_pods(pods, spec.pd.selector.match_labels))) if spec.pd else ()
         pods = select_pods(pods, spec.stores.selector.match_labels)
         store_error = None
-        if memory.tickets is None:
-            store_error = await self._load(ref, memory, now, stats, deadline)
+        tickets = memory.tickets
+        if tickets is None:
+            tickets, store_error = await self._load(ref, memory, now, stats, deadline)
 
-        tracked = _tracked_stores(memory.tickets or [])
+        tracked = _tracked_stores(tickets or [])
         owned = frozenset(pod.name for pod in pods).union(*tracked.values()) - {CLUSTER_STORE}
         results = await self._query(spec, ref.namespace, owned, pd_pods, stats)
         findings = evaluate(spec, Snapshot(pods=tuple(pods), results=results, tracked_stores=tracked))
         counts = StoreCounts.of(pods, spec.stores.expected)
 
-        if memory.tickets is None:
+        if tickets is None:
             conditions = cond.ticket_store_down_conditions(
                 previous, findings, store_error or "", ref.generation, now, stats.ignored_series
             )
             return status_body(conditions, ref.generation, counts, None, now)
 
         shown = [t for t in tickets_shown if t.namespace == ref.namespace]
-        edits = _human_edits(memory.tickets, shown)
-        applied = await self._decide_and_store(ref, spec, memory, findings, now, stats, deadline, edits)
-        if isinstance(applied, str):
-            store_error, applied = applied, []
+        edits = _human_edits(tickets, shown)
+        applied, tickets, stored_error = await self._decide_and_store(
+            ref, spec, memory, tickets, findings, now, stats, deadline, edits
+        )
+        if stored_error is not None:
+            store_error = stored_error
         else:
             if applied:
                 self.settings.after_commit()
             # Shown only once Postgres holds it: a Ticket's spec edit stays visible (and is re-read after a crash)
             # until its intent is stored.
-            await self._project(ref, memory, shown, now, stats)
+            await self._project(ref, tickets, shown, now, stats)
         await self._post_events(ref, applied, stats)
 
         outcome = cond.CycleOutcome(
-            invariant_names(spec), findings, memory.tickets, store_error, ignored_series=stats.ignored_series
+            invariant_names(spec), findings, tickets, store_error, ignored_series=stats.ignored_series
         )
         conditions = cond.conditions_for(outcome, previous, ref.generation, now)
-        open_count = sum(1 for t in memory.tickets if t.state.active)
+        open_count = sum(1 for t in tickets if t.state.active)
         stats.transitions = sum(1 for t in applied if t.effects)
         log.debug(
             "Checked MonitoredCluster",
@@ -303,17 +306,17 @@ class Monitor:
 
     async def _load(
         self, ref: ClusterRef, memory: ClusterMemory, now: datetime, stats: CycleStats, deadline: float
-    ) -> str | None:
-        """Read the cluster's tickets (first cycle, a dropped cache, or after an outage, flushing queued writes)."""
+    ) -> tuple[list[Ticket] | None, str | None]:
+        """Read the cluster's tickets (first cycle, a dropped cache, or after an outage, flushing queued writes):
+        the tickets, or the reason Postgres could not be read."""
         try:
-            await self._sync(ref, memory, stats, now, deadline)
-            return None
+            return (await self._sync(ref, memory, stats, now, deadline)).tickets, None
         except TicketStoreUnavailable as error:
             stats.errors.append("postgres_unavailable")
             log.warning(
                 "Could not load Tickets", extra={"cluster": ref.name, "namespace": ref.namespace, "error": str(error)}
             )
-            return str(error)
+            return None, str(error)
 
     async def _sync(
         self, ref: ClusterRef, memory: ClusterMemory, stats: CycleStats, now: datetime, deadline: float
@@ -372,29 +375,31 @@ class Monitor:
         ref: ClusterRef,
         spec: MonitoredClusterSpec,
         memory: ClusterMemory,
+        tickets: list[Ticket],
         findings: Sequence[Finding],
         now: datetime,
         stats: CycleStats,
         deadline: float,
         edits: Sequence[ObservedEdit] = (),
-    ) -> list[Transition] | str:
+    ) -> tuple[list[Transition], list[Ticket], str | None]:
         """Decide, write with compare-and-set, and re-decide from what Postgres holds if a write lost a race.
 
         ``edits``: human edits observed on the Tickets, folded in first (a hold set now counts in this decision).
 
-        Returns the transitions Postgres applied, or the reason it could not be reached (the writes then wait in
-        the outbox and the cache shows them, so the next cycles decide on top of them).
+        Returns the transitions Postgres applied, the tickets after them, and the reason Postgres could not be
+        reached, if so (the writes then wait in the outbox and the tickets show them, so the next cycles decide on
+        top of them). Works on its own list: the cache (``memory.tickets``) is only written, so dropping it at
+        any await changes nothing here.
         """
         applied: list[Transition] = []
         for _ in range(DECISION_ATTEMPTS):
-            assert memory.tickets is not None
-            folded = _fold_edits(memory.tickets, edits)
-            memory.tickets = _apply_locally(memory.tickets, folded)
-            transitions = folded + self._decide(ref, spec, findings, memory.tickets, now)
+            folded = _fold_edits(tickets, edits)
+            tickets = _apply_locally(tickets, folded)
+            transitions = folded + self._decide(ref, spec, findings, tickets, now)
             queued_before = len(memory.outbox)
             memory.outbox = memory.outbox.add(transitions, now)
             writes = memory.outbox.writes
-            memory.tickets = _apply_locally(memory.tickets, transitions)
+            tickets = memory.tickets = _apply_locally(tickets, transitions)
             try:
                 result = await self._sync(ref, memory, stats, now, deadline)
             except TicketStoreUnavailable as error:
@@ -408,17 +413,18 @@ class Monitor:
                         "error": str(error),
                     },
                 )
-                return str(error)
+                return applied, tickets, str(error)
             lost = {id(writes[i].after) for i in result.conflicts if i < len(writes)}
             applied += [t for t in transitions if id(t.after) not in lost]
+            tickets = result.tickets
             if not result.conflicts:
-                return applied
+                return applied, tickets, None
             log.info(
                 "Lost a Ticket write race; re-deciding from Postgres",
                 extra={"cluster": ref.name, "namespace": ref.namespace, "conflicts": len(result.conflicts),
                        "queued_before": queued_before},
             )  # fmt: skip
-        return applied
+        return applied, tickets, None
 
     def _decide(
         self,
@@ -460,15 +466,15 @@ class Monitor:
         )
 
     async def _project(
-        self, ref: ClusterRef, memory: ClusterMemory, shown: Sequence[ObservedTicket], now: datetime, stats: CycleStats
-    ) -> None:
+        self, ref: ClusterRef, tickets: Sequence[Ticket], shown: Sequence[ObservedTicket], now: datetime,
+        stats: CycleStats,
+    ) -> None:  # fmt: skip
         """Write exactly the diff between the Tickets Postgres wants shown (open, and resolved within retention) and
         the ones observed. A write that conflicts (the Ticket changed since the watch saw it) or is refused is
         counted and left to the next cycle, which observes again; nothing here is remembered."""
-        assert memory.tickets is not None
         desired = [
             ticket_body(ticket)
-            for ticket in memory.tickets
+            for ticket in tickets
             if ticket.id is not None
             and ticket.state is not TicketState.PENDING
             and (ticket.resolved_at is None or now - ticket.resolved_at <= self.settings.ticket_retention)
@@ -569,6 +575,12 @@ class Monitor:
             except (KubernetesUnavailable, KubernetesRejected, KubernetesConflict):
                 pass
 
+    async def _cached(self, ref: ClusterRef, memory: ClusterMemory, stats: CycleStats, now: datetime) -> list[Ticket]:
+        """The cluster's tickets: the cache, else read from Postgres (TicketStoreUnavailable if it does not answer)."""
+        if memory.tickets is not None:
+            return memory.tickets
+        return (await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)).tickets
+
     def _horizon(self, now: datetime) -> datetime:
         return now - max(self.settings.reopen_window, self.settings.ticket_retention)
 
@@ -583,10 +595,8 @@ class Monitor:
             resolved = 0
             stats = CycleStats()
             for _ in range(DECISION_ATTEMPTS):
-                if memory.tickets is None:
-                    await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)
-                assert memory.tickets is not None
-                changed = [t for t in (retire(t, now, Reason.CLUSTER_DELETED) for t in memory.tickets) if t.changed]
+                tickets = await self._cached(ref, memory, stats, now)
+                changed = [t for t in (retire(t, now, Reason.CLUSTER_DELETED) for t in tickets) if t.changed]
                 if not changed:
                     break
                 memory.outbox = memory.outbox.add(changed, now)
@@ -621,10 +631,8 @@ class Monitor:
             ref = ClusterRef(cluster_uid, "", "", 0)
             stats = CycleStats()
             for _ in range(DECISION_ATTEMPTS):
-                if memory.tickets is None:
-                    await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)
-                assert memory.tickets is not None
-                ticket = next((t for t in memory.tickets if t.id == resource.ticket_id), None)
+                tickets = await self._cached(ref, memory, stats, now)
+                ticket = next((t for t in tickets if t.id == resource.ticket_id), None)
                 if ticket is None or (ticket.namespace, ticket_name(ticket)) != (resource.namespace, resource.name):
                     return False
                 edit = HumanEdit.between(ticket_spec(ticket) if old_spec is None else old_spec, new_spec)
@@ -632,7 +640,7 @@ class Monitor:
                 if not result.changed:
                     return True
                 memory.outbox = memory.outbox.add([result], now)
-                memory.tickets = _apply_locally(memory.tickets, [result])
+                memory.tickets = _apply_locally(tickets, [result])
                 synced = await self._sync(ref, memory, stats, now, self.settings.postgres_timeout)
                 if not synced.conflicts:
                     return True

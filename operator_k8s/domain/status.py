@@ -25,7 +25,7 @@ def parse_time(text: object) -> datetime:
     ``kubectl patch --subresource=status`` may carry any valid form, and must never stop a cycle."""
     if not isinstance(text, str) or "T" not in text.upper():
         raise ValueError(f"not an RFC 3339 time: {text!r}")
-    moment = datetime.fromisoformat(text.strip())
+    moment = datetime.fromisoformat(text.strip().upper())
     if moment.tzinfo is None:
         raise ValueError(f"an RFC 3339 time needs an offset: {text!r}")
     return moment.astimezone(UTC)

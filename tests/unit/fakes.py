@@ -15,7 +15,6 @@ from operator_k8s.domain.projections import ObservedTicket
 from operator_k8s.domain.specs import PrometheusAuthSpec
 from operator_k8s.domain.tickets import Ticket, TicketState
 from operator_k8s.domain.vocabulary import MANAGER
-from operator_k8s.service import CycleStats, Monitor
 from operator_k8s.ports import (
     ClusterRef,
     KubernetesConflict,
@@ -27,6 +26,7 @@ from operator_k8s.ports import (
     TicketStoreUnavailable,
     TicketWrite,
 )
+from operator_k8s.service import CycleStats, Monitor
 
 
 class FakeStore:

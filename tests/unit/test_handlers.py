@@ -135,3 +135,47 @@ def test_scheduled_clusters_is_counted_from_the_heartbeats_when_scraped() -> Non
     assert telemetry.registry.get_sample_value("operator_k8s_scheduled_clusters") == 0
     heartbeats.beat("a", time.monotonic())
     assert telemetry.registry.get_sample_value("operator_k8s_scheduled_clusters") == 1
+
+
+def test_a_hand_over_never_restarts_the_new_active_replica() -> None:
+    """dfbc121: the map kept clusters its peer deleted while this replica was paused, and liveness failed ~60 s
+    after it resumed. kopf's resume decision drops them; live timers re-enter on their next tick."""
+    heartbeats = Heartbeats(300, peering=True)
+    for uid in ("kept", "deleted-by-peer"):
+        heartbeats.beat(uid, 0)
+    heartbeats.paused()
+    assert heartbeats.running(10) == 0 and heartbeats.stale(1000) == [], "a paused replica is never wedged"
+    heartbeats.resumed()
+    for now in range(1000, 1400, 5):
+        heartbeats.beat("kept", now)
+        assert heartbeats.stale(now) == []
+    assert heartbeats.running(1400) == 1
+
+
+def test_scheduled_and_active_read_zero_on_a_standby_at_once() -> None:
+    telemetry = Telemetry()
+    monitor = Monitor(store=FakeStore(), metrics=FakeMetrics(), mirror=FakeMirror())
+    heartbeats = register(kopf.OperatorRegistry(), monitor, telemetry, tick_seconds=5, peering=True)
+    heartbeats.beat("a", time.monotonic())
+    assert telemetry.registry.get_sample_value("operator_k8s_active") == 1
+    heartbeats.paused()
+    assert telemetry.registry.get_sample_value("operator_k8s_scheduled_clusters") == 0
+    assert telemetry.registry.get_sample_value("operator_k8s_active") == 0
+
+
+def test_an_interval_edited_from_2s_to_1h_and_back_runs_every_2s_again_within_one_tick() -> None:
+    """dfbc121 kept the 1 h due time after the edit back. A new generation is due at once."""
+    schedule = Schedule(jitter=0, tick=1)
+    runs = [now for now in range(0, 10) if schedule.due("a", 2, now, generation=1)]
+    assert runs == [0, 2, 4, 6, 8]
+    assert schedule.due("a", 3600, 10, generation=2) is not None, "the 1h edit takes effect at once"
+    assert schedule.due("a", 3600, 12, generation=2) is None
+    runs = [now for now in range(13, 23) if schedule.due("a", 2, now, generation=3)]
+    assert runs == [13, 15, 17, 19, 21]
+
+
+def test_a_corrected_invalid_spec_is_checked_at_once() -> None:
+    schedule = Schedule(jitter=0, tick=5)
+    assert schedule.due("a", 3600, 0, generation=1)  # an invalid selector, valid interval: reported, then 1h
+    assert schedule.due("a", 3600, 5, generation=1) is None
+    assert schedule.due("a", 3600, 10, generation=2) is not None

@@ -12,55 +12,11 @@ import pytest
 from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
 from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS
 from operator_k8s.domain.tickets import Ticket, TicketState
-from operator_k8s.ports import ClusterRef, TicketStoreUnavailable, TicketWrite
-from operator_k8s.service import CycleStats, Monitor
+from operator_k8s.ports import TicketStoreUnavailable, TicketWrite
+from operator_k8s.service import Monitor
 from tests.unit.builders import at, shown
-from tests.unit.fakes import observed_cycle
+from tests.unit.cycles import PODS, REF, SPEC, TIKV, Parts, condition, conditions, cycle, run
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
-
-REF = ClusterRef(uid="uid-1", name="tikv", namespace="ns", generation=1)
-SPEC: dict[str, Any] = {
-    "interval": "1s",
-    "stores": {"selector": {"matchLabels": {"app": "tikv"}}, "expected": 2},
-    "prometheus": {"url": "http://prometheus:9090"},
-    "invariants": {"latency": {"thresholdMs": 100}, "diskUsage": {"enabled": False}},
-}
-
-
-TIKV = (("app", "tikv"),)
-PODS = [StorePod("tikv-0", "Running", True, TIKV), StorePod("tikv-1", "Running", True, TIKV)]
-
-
-Parts = tuple[Monitor, FakeStore, FakeMetrics, FakeMirror]
-
-
-@pytest.fixture
-def parts() -> Parts:
-    store, metrics, mirror = FakeStore(), FakeMetrics(), FakeMirror()
-    return Monitor(store=store, metrics=metrics, mirror=mirror), store, metrics, mirror
-
-
-async def cycle(
-    monitor: Monitor, seconds: float, status: dict[str, Any] | None = None, spec: dict[str, Any] | None = None
-) -> CycleStats:
-    """One cycle as kopf runs it: the cluster's status and the Tickets as the watch observes them (``status`` in
-    place of the observed status, when given)."""
-    return await observed_cycle(monitor, REF, spec or SPEC, PODS, at(seconds), status)
-
-
-def conditions(status: dict[str, Any]) -> dict[str, str]:
-    return {c["type"]: c["status"] for c in status["conditions"]}
-
-
-def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next(c for c in status["conditions"] if c["type"] == ctype)
-
-
-async def run(parts: Parts, seconds: range | list[int], spec: dict[str, Any] | None = None) -> None:
-    """Cycles at the given seconds, each seeing the status the previous one wrote (as kopf would hand it)."""
-    monitor, _, _, mirror = parts
-    for second in seconds:
-        await cycle(monitor, second, mirror.status, spec)
 
 
 async def test_healthy_steady_state_costs_one_round_trip_and_no_kubernetes_write(parts: Parts) -> None:

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from operator_k8s.adapters.kube import observed_ticket
 from operator_k8s.domain.durations import parse_duration
-from operator_k8s.domain.observations import QueryResult, Sample, StorePod, scope_result, select_pods
+from operator_k8s.domain.observations import QueryResult, Sample, StorePod, samples_of, scope_result, select_pods
 from operator_k8s.domain.projections import (
+    ObservedTicket,
     bounded_text,
+    observed_edit,
+    plan_tickets,
+    ticket_body,
     ticket_id_of,
     ticket_labels,
     ticket_name,
     ticket_status,
 )
 from operator_k8s.domain.queries import builtin_query, custom_query, escape_label_value, fill_template
-from operator_k8s.domain.status import StoreCounts, status_patch
+from operator_k8s.domain.status import StoreCounts, merge_patch, parse_time, status_patch
 from operator_k8s.domain.tickets import TicketKey, TicketState
-from operator_k8s.domain.vocabulary import Invariant
+from operator_k8s.domain.vocabulary import INTENT_ANNOTATION, Invariant
 from tests.unit.builders import at, pods, spec, ticket
 
 
@@ -177,3 +186,93 @@ def test_an_unscoped_query_s_namespace_less_series_are_not_judged() -> None:
         QueryResult("q", (sample,)), "ns", frozenset({"tikv-0"}), per_store=True, namespace_scoped=False
     )
     assert (scoped.samples, ignored) == ((), 1)
+
+
+@pytest.mark.parametrize(
+    ("observed", "desired", "patch"),
+    [
+        ({"a": 1, "b": 2}, {"a": 1}, {"b": None}),  # a key the desired value lacks is removed
+        ({"a": {"x": 1, "y": 2}}, {"a": {"x": 1}}, {"a": {"y": None}}),
+        ({"a": [1, 2]}, {"a": [1]}, {"a": [1]}),  # lists replace
+        ({"a": 1}, {"a": True}, {"a": True}),  # 1 == True in Python, not on the wire
+        ({"a": "x"}, {"a": {"b": 1}}, {"a": {"b": 1}}),
+        ({}, {}, {}),
+    ],
+)
+def test_merge_patch_is_the_exact_difference(observed: dict[str, Any], desired: dict[str, Any], patch: Any) -> None:
+    assert merge_patch(observed, desired) == patch
+
+
+@pytest.mark.parametrize(
+    ("text", "iso"),
+    [
+        ("2026-01-01T12:00:00Z", "2026-01-01T12:00:00+00:00"),
+        ("2026-01-01T12:00:00.5Z", "2026-01-01T12:00:00.500000+00:00"),
+        ("2026-01-01T13:00:00+01:00", "2026-01-01T12:00:00+00:00"),
+        ("2026-01-01t12:00:00z", "2026-01-01T12:00:00+00:00"),
+    ],
+)
+def test_any_rfc_3339_time_is_read(text: str, iso: str) -> None:
+    assert parse_time(text).isoformat() == iso
+
+
+@pytest.mark.parametrize("text", ["2026-01-01", "2026-01-01T12:00:00", "noon", 5, None])
+def test_a_time_that_is_not_rfc_3339_is_a_value_error(text: Any) -> None:
+    with pytest.raises(ValueError, match=r"isoformat|RFC 3339"):
+        parse_time(text)
+
+
+@pytest.mark.parametrize(
+    ("series", "kept", "malformed"),
+    [
+        ({"metric": {"pod": "a", "namespace": "ns"}, "value": [0, "1"]}, 1, 0),
+        ({"metric": {"pod": ["a"]}, "value": [0, "1"]}, 0, 1),
+        ({"metric": {"pod": "a", "namespace": 3}, "value": [0, "1"]}, 0, 1),
+        ({"metric": {"pod": "a"}, "value": [0, "NaN"]}, 1, 0),
+        ({"metric": {"pod": "a"}, "value": "1"}, 0, 1),
+        ({"metric": "pod=a", "value": [0, "1"]}, 0, 1),
+        ("a series", 0, 1),
+    ],
+)
+def test_answers_of_any_shape_are_read_or_counted(series: Any, kept: int, malformed: int) -> None:
+    samples, bad = samples_of([series], "pod", "namespace")
+    assert (len(samples), bad) == (kept, malformed)
+
+
+def test_the_plan_costs_nothing_when_the_ticket_shows_what_postgres_holds() -> None:
+    current = ticket(TicketState.OPEN)
+    body = ticket_body(current)
+    observed = observed_ticket(body | {"metadata": body["metadata"] | {"resourceVersion": "9"}})
+    assert len(plan_tickets(current.key.cluster_uid, [body], [observed])) == 0
+    later = ticket_body(replace(current, last_seen=at(59)))
+    assert len(plan_tickets(current.key.cluster_uid, [later], [observed])) == 0, "lastSeen is shown to the minute"
+    resolved = ticket_body(replace(current, state=TicketState.RESOLVED, resolved_at=at(60)))
+    plan = plan_tickets(current.key.cluster_uid, [resolved], [observed])
+    assert [p.patch["metadata"] for p in plan.patches] == [{"labels": {"state": "resolved"}}]
+    assert len(plan) == 1 and plan.patches[0].resource_version == "9"
+
+
+def test_the_plan_deletes_only_this_clusters_unwanted_tickets() -> None:
+    mine = observed_ticket(ticket_body(ticket(TicketState.RESOLVED)) | {"metadata": {"name": "t-7", "labels": {}}})
+    mine = replace(mine, owner_uids=("uid",))
+    theirs = replace(mine, name="t-8", owner_uids=("other",))
+    assert plan_tickets("uid", [], [mine, theirs]).deletes == ("t-7",)
+
+
+@pytest.mark.parametrize(
+    ("shown", "spec", "actor", "edit"),
+    [
+        ({"hold": False, "acknowledged": False}, {"hold": True, "acknowledged": False}, "kubectl", True),
+        ({"hold": False, "acknowledged": False}, {"hold": False, "acknowledged": False}, "kubectl", None),
+        (None, {"hold": True, "acknowledged": False}, "kubectl", True),  # annotation gone: judged against Postgres
+        (None, {"hold": True, "acknowledged": False}, "operator-k8s", None),  # …unless the operator wrote it last
+    ],
+)
+def test_an_edit_is_the_spec_against_what_was_last_shown(
+    shown: dict[str, Any] | None, spec: dict[str, Any], actor: str, edit: bool | None
+) -> None:
+    current = ticket(TicketState.OPEN)
+    annotations = {} if shown is None else {INTENT_ANNOTATION: json.dumps(shown)}
+    observed = ObservedTicket("ns", "t-7", "1", annotations=annotations, spec=spec, spec_actor=f"kubernetes:{actor}")
+    found = observed_edit(current, observed)
+    assert (found.edit.hold if found else None) == edit
