@@ -262,13 +262,13 @@ def register(
     telemetry.active.set_function(lambda: float(heartbeats.active))
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
-    def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str, str, str], Any]:
+    async def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str, str, str], Any]:
         """Pods by (namespace, label, value): a cycle reads only the pods that share a selector label."""
         pod = store_pod(body)
         return {(namespace or "", key, value): pod for key, value in pod.labels}
 
     @kopf.index(GROUP, VERSION, TICKET_PLURAL, id="tickets_shown", registry=registry)
-    def tickets_shown(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, ObservedTicket]:
+    async def tickets_shown(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, ObservedTicket]:
         """Ticket resources by namespace, as the watch sees them: what a cycle diffs Postgres against."""
         return {namespace or "": observed_ticket(body)}
 

@@ -111,6 +111,8 @@ class CycleStats:
     queries: int = 0
     postgres_round_trips: int = 0
     kubernetes_writes: int = 0
+    ticket_writes: int = 0
+    """Of ``kubernetes_writes``, those to Ticket resources (create, patch, delete)."""
     transitions: int = 0
     conflicts: int = 0
     ignored_series: int = 0
@@ -498,6 +500,7 @@ class Monitor:
         """Await one Kubernetes write and count it; an outage stops this cycle's projection, a conflict or refusal is
         counted and skipped (the next cycle observes again and retries)."""
         stats.kubernetes_writes += 1
+        stats.ticket_writes += 1
         try:
             await call
         except KubernetesConflict:

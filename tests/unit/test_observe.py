@@ -69,7 +69,7 @@ async def test_a_restart_with_500_open_tickets_writes_nothing_when_nothing_chang
     restarted = Monitor(store=store, metrics=metrics, mirror=mirror)
     stats = await observed_cycle(restarted, REF, spec, pods, at(30))
     assert mirror.writes == before, "a restart observes the Tickets: nothing differs, nothing is written"
-    assert stats.kubernetes_writes == 0
+    assert stats.ticket_writes == 0
 
 
 async def test_a_state_change_costs_exactly_one_ticket_write(parts: Parts) -> None:
