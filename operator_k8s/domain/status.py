@@ -114,7 +114,7 @@ def merge_patch(
             inner = merge_patch(before, value)
             if inner:
                 patch[key] = inner
-        elif before is _ABSENT or before != value or type(before) is not type(value):
+        elif before is _ABSENT or before != value or isinstance(before, bool) != isinstance(value, bool):
             patch[key] = value
     for key in observed:
         if key not in desired and key not in keep:

@@ -94,11 +94,12 @@ class FakeStore:
 
 
 class FakeMetrics:
-    """Latency per store (namespace ``ns``), and zero for every other query (no errors, no stalls); ``extra`` adds
+    """Latency per store (in ``namespace``), and zero for every other query (no errors, no stalls); ``extra`` adds
     latency series as a shared Prometheus would return them."""
 
     def __init__(self) -> None:
         self.latency: dict[str, float] = {"tikv-0": 5.0, "tikv-1": 5.0}
+        self.namespace = "ns"
         self.extra: list[Sample] = []
         self.failure: QueryFailure | None = None
         self.queries: list[str] = []
@@ -119,8 +120,8 @@ class FakeMetrics:
         if self.failure:
             return QueryResult.failed(promql, self.failure, "connection refused")
         if "tikv_grpc_msg_duration_seconds" not in promql:  # error counters, stalls: all quiet
-            return QueryResult(promql, tuple(Sample(store, 0.0, "ns") for store in self.latency))
-        own = tuple(Sample(store, value, "ns") for store, value in self.latency.items())
+            return QueryResult(promql, tuple(Sample(store, 0.0, self.namespace) for store in self.latency))
+        own = tuple(Sample(store, value, self.namespace) for store, value in self.latency.items())
         return QueryResult(promql, own + tuple(self.extra))
 
 

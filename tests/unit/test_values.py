@@ -276,3 +276,8 @@ def test_an_edit_is_the_spec_against_what_was_last_shown(
     observed = ObservedTicket("ns", "t-7", "1", annotations=annotations, spec=spec, spec_actor=f"kubernetes:{actor}")
     found = observed_edit(current, observed)
     assert (found.edit.hold if found else None) == edit
+
+
+def test_merge_patch_compares_wire_values_not_python_types() -> None:
+    """A StrEnum the operator holds equals the string the API server returns (the contract suite found this)."""
+    assert merge_patch({"invariant": "latency"}, {"invariant": Invariant.LATENCY}) == {}
