@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import kopf
 
 from operator_k8s import cli, handlers
-from operator_k8s.adapters.kube import KubeTicketMirror, api_client, cluster_uids
+from operator_k8s.adapters.kube import KubeTicketMirror, api_client, cluster_uids, peering_object_exists
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
@@ -150,6 +151,8 @@ class Operator:
             else:
                 settings.peering.standalone = True
             self.telemetry.serve(self.settings.bind_address, self.settings.metrics_port)
+            if self.settings.peering:
+                await self._await_peering_object()
             try:
                 await self.store.start()
             except TicketStoreUnavailable as error:
@@ -170,6 +173,32 @@ class Operator:
             self.metrics.close()
 
         return registry
+
+    async def _await_peering_object(self) -> None:
+        """Wait (up to ``peering_wait_seconds``) until the peering object exists, before kopf's peering starts.
+
+        A chart creates it with the Deployment, and Helm applies custom resources last: a replica that starts first
+        would send its keep-alive into nothing, see no peer when the object appears, and run beside its peers
+        until the next keep-alive (about a minute). Waiting here makes the first keep-alive land."""
+        log = logging.getLogger("operator_k8s")
+        deadline = time.monotonic() + self.settings.peering_wait_seconds
+        announced = False
+        while True:
+            try:
+                if await peering_object_exists(await self._api(), self.settings.peering, self.settings.namespaces):
+                    return
+            except Exception as error:  # the API server not answering yet is a reason to wait, not to stop
+                log.debug("Could not read the peering object", extra={"error": f"{type(error).__name__}: {error}"})
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "Peering object not found; kopf keeps this replica paused until it appears",
+                    extra={"peering": self.settings.peering},
+                )
+                return
+            if not announced:
+                log.info("Waiting for the peering object", extra={"peering": self.settings.peering})
+                announced = True
+            await asyncio.sleep(1.0)
 
     async def _sweep_orphans(self, monitor: Monitor) -> None:
         """Every ``orphan_sweep_seconds``: resolve the tickets of MonitoredClusters that no longer exist (deleted
@@ -251,7 +280,7 @@ class PeeringDecisions(logging.Handler):
         if message.startswith("Pausing"):
             self._heartbeats.paused()
         elif message.startswith("Resuming"):
-            self._heartbeats.resumed()
+            self._heartbeats.resumed(time.monotonic())
 
 
 def liveness_endpoint(settings: Settings) -> str | None:

@@ -77,8 +77,15 @@ class Schedule:
         self._generation.pop(uid, None)
 
 
+PEERING_SETTLE_SECONDS = 5.0
+"""How long a replica kopf resumed waits before it checks: longer than a peer's keep-alive takes to reach it through
+the peering watch, so two replicas started together never both check (the one that learns of a higher-priority peer
+pauses before its settle period ends)."""
+
+
 class Heartbeats:
-    """When each cluster's check timer last ran: the liveness probe's evidence that the check loop still runs.
+    """When each cluster's check timer last ran: the liveness probe's evidence that the check loop still runs, and
+    whether this replica may check at all.
 
     Dependencies being down never makes a timer stale (cycles degrade and return); a timer that stopped for good, or
     a loop that no longer schedules, does. Under peering a paused replica's timers all stop on purpose, so there only
@@ -88,13 +95,15 @@ class Heartbeats:
     tick.
     """
 
-    def __init__(self, stale_after: float, *, peering: bool) -> None:
+    def __init__(self, stale_after: float, *, peering: bool, settle: float = PEERING_SETTLE_SECONDS) -> None:
         self._last: dict[str, float] = {}
         self._stale_after = stale_after
         self._peering = peering
-        self.active = True
-        """Whether this replica runs the checks: always without peering; under peering, kopf's last decision (a
-        replica starts active until kopf pauses it in favour of a peer)."""
+        self._settle = settle
+        self._resumed_at: float | None = None
+        self.active = not peering
+        """Whether kopf runs this replica: always without peering; under peering, from kopf's first decision (it
+        starts paused until it has seen the peering object)."""
 
     def beat(self, uid: str, now: float) -> None:
         self._last[uid] = now
@@ -104,10 +113,18 @@ class Heartbeats:
 
     def paused(self) -> None:
         self.active = False
+        self._resumed_at = None
 
-    def resumed(self) -> None:
+    def resumed(self, now: float) -> None:
         self.active = True
+        self._resumed_at = now
         self._last.clear()
+
+    def may_check(self, now: float) -> bool:
+        """Whether a due cycle runs: the replica is active, and under peering has been for the settle period."""
+        if not self._peering:
+            return True
+        return self.active and self._resumed_at is not None and now - self._resumed_at >= self._settle
 
     def running(self, now: float) -> int:
         """How many clusters' timers ran recently: all of them on an active replica, none on a paused one."""
@@ -259,7 +276,7 @@ def register(
     heartbeats = Heartbeats(max(300.0, 20 * tick_seconds), peering=peering)
     # Counted when scraped: no work per timer tick, and right on a paused replica whose timers no longer run.
     telemetry.scheduled.set_function(lambda: heartbeats.running(time.monotonic()))
-    telemetry.active.set_function(lambda: float(heartbeats.active))
+    telemetry.active.set_function(lambda: float(heartbeats.may_check(time.monotonic())))
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
     async def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str, str, str], Any]:
@@ -278,6 +295,8 @@ def register(
         the timer cannot die of an outage."""
         now = time.monotonic()
         heartbeats.beat(meta["uid"], now)
+        if not heartbeats.may_check(now):
+            return  # a replica that just resumed waits out the settle period: a peer may yet pause it
         ref = _ref(meta, namespace or "")
         tick = schedule.due(ref.uid, _interval(spec), now, ref.generation)
         if tick is None:

@@ -42,6 +42,9 @@ class Settings(BaseModel):
     health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables kopf's health endpoint")
     peering: str = Field(default="", description="kopf peering name; empty runs standalone")
     peering_lifetime_seconds: int = Field(default=60, ge=5, le=3600, description="How long a silent peer counts")
+    peering_wait_seconds: float = Field(
+        default=60, ge=0, le=600, description="How long a replica waits at start for the peering object to exist"
+    )
     prometheus_credentials_dir: str = Field(
         default="/etc/operator-k8s/prometheus",
         max_length=4096,

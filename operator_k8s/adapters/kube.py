@@ -62,6 +62,24 @@ async def cluster_uids(api: client.ApiClient, namespaces: Sequence[str] | None) 
     return {item["metadata"]["uid"] for page in listed for item in page.get("items", [])}
 
 
+async def peering_object_exists(api: client.ApiClient, name: str, namespaces: Sequence[str] | None) -> bool:
+    """Whether kopf's peering object exists: a ClusterKopfPeering for a whole-cluster watch, else a KopfPeering in
+    each watched namespace."""
+    custom: Any = client.CustomObjectsApi(api)
+    try:
+        if not namespaces:
+            await custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name, _request_timeout=10)
+        for namespace in namespaces or ():
+            await custom.get_namespaced_custom_object(
+                "kopf.dev", "v1", namespace, "kopfpeerings", name, _request_timeout=10
+            )
+    except client.ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
 def store_pod(body: Mapping[str, Any]) -> StorePod:
     """The facts the invariants need from a Pod body (as kopf hands it to an indexer)."""
     status = body.get("status") or {}

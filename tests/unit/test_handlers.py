@@ -95,6 +95,7 @@ def test_liveness_fails_only_when_timers_stop(
     peering: bool, last_beats: dict[str, float], now: float, stale: list[str]
 ) -> None:
     heartbeats = Heartbeats(300, peering=peering)
+    heartbeats.resumed(0)  # kopf's first decision (under peering): this replica runs
     for uid, at in last_beats.items():
         heartbeats.beat(uid, at)
     assert heartbeats.stale(now) == stale
@@ -103,6 +104,7 @@ def test_liveness_fails_only_when_timers_stop(
 @pytest.mark.parametrize(("now", "running"), [(10, 2), (305, 1), (400, 0)])
 def test_running_counts_the_timers_that_ran_recently_so_a_paused_replica_counts_none(now: float, running: int) -> None:
     heartbeats = Heartbeats(300, peering=True)
+    heartbeats.resumed(0)
     heartbeats.beat("a", 0)
     heartbeats.beat("b", 10)
     assert heartbeats.running(now) == running
@@ -133,6 +135,7 @@ def test_scheduled_clusters_is_counted_from_the_heartbeats_when_scraped() -> Non
     monitor = Monitor(store=FakeStore(), metrics=FakeMetrics(), mirror=FakeMirror())
     heartbeats = register(kopf.OperatorRegistry(), monitor, telemetry, tick_seconds=5, peering=True)
     assert telemetry.registry.get_sample_value("operator_k8s_scheduled_clusters") == 0
+    heartbeats.resumed(time.monotonic())
     heartbeats.beat("a", time.monotonic())
     assert telemetry.registry.get_sample_value("operator_k8s_scheduled_clusters") == 1
 
@@ -145,7 +148,7 @@ def test_a_hand_over_never_restarts_the_new_active_replica() -> None:
         heartbeats.beat(uid, 0)
     heartbeats.paused()
     assert heartbeats.running(10) == 0 and heartbeats.stale(1000) == [], "a paused replica is never wedged"
-    heartbeats.resumed()
+    heartbeats.resumed(1000)
     for now in range(1000, 1400, 5):
         heartbeats.beat("kept", now)
         assert heartbeats.stale(now) == []
@@ -156,6 +159,8 @@ def test_scheduled_and_active_read_zero_on_a_standby_at_once() -> None:
     telemetry = Telemetry()
     monitor = Monitor(store=FakeStore(), metrics=FakeMetrics(), mirror=FakeMirror())
     heartbeats = register(kopf.OperatorRegistry(), monitor, telemetry, tick_seconds=5, peering=True)
+    assert telemetry.registry.get_sample_value("operator_k8s_active") == 0, "paused until kopf's first decision"
+    heartbeats.resumed(time.monotonic() - 60)
     heartbeats.beat("a", time.monotonic())
     assert telemetry.registry.get_sample_value("operator_k8s_active") == 1
     heartbeats.paused()
@@ -179,3 +184,17 @@ def test_a_corrected_invalid_spec_is_checked_at_once() -> None:
     assert schedule.due("a", 3600, 0, generation=1)  # an invalid selector, valid interval: reported, then 1h
     assert schedule.due("a", 3600, 5, generation=1) is None
     assert schedule.due("a", 3600, 10, generation=2) is not None
+
+
+def test_a_resumed_replica_checks_only_after_the_settle_period() -> None:
+    """Two replicas started together: the one that learns of a higher-priority peer within the settle period pauses
+    before it ever checks, so they never check side by side."""
+    heartbeats = Heartbeats(300, peering=True, settle=5)
+    assert not heartbeats.may_check(0), "under peering a replica starts paused"
+    heartbeats.resumed(10)
+    assert not heartbeats.may_check(14.9)
+    heartbeats.paused()  # the peer's keep-alive arrived
+    assert not heartbeats.may_check(20)
+    heartbeats.resumed(30)
+    assert heartbeats.may_check(35)
+    assert Heartbeats(300, peering=False).may_check(0), "standalone checks at once"

@@ -63,10 +63,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [tickets]
   verbs: [list, watch, create, patch, delete]
 {{- if .Values.peering.enabled }}
-# Peering between replicas (only with watchNamespaces: kopf uses a KopfPeering per namespace).
+# Peering between replicas (only with watchNamespaces: kopf uses a KopfPeering per namespace); get: a replica waits
+# at start until the chart's peering object exists.
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
-  verbs: [list, watch, patch]
+  verbs: [get, list, watch, patch]
 {{- end }}
 {{- end -}}
 
