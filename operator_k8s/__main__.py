@@ -107,9 +107,7 @@ class Operator:
         self._api_client: Any = None
 
     def _all_tickets(self) -> list[Ticket]:
-        if self.monitor is None:
-            return []
-        return [t for memory in list(self.monitor.memories.values()) for t in memory.tickets or []]
+        return [] if self.monitor is None else list(self.monitor.ledger.cached_tickets())
 
     def registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()

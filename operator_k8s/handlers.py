@@ -16,9 +16,10 @@ import kopf
 from operator_k8s.adapters.kube import observed_ticket, store_pod
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.durations import parse_duration
+from operator_k8s.domain.ledger import ClusterRef, TicketResource
 from operator_k8s.domain.projections import ObservedTicket, normal_intent, ticket_id_of
 from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION, Label
-from operator_k8s.ports import ClusterRef, TicketResource, TicketStoreUnavailable
+from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
 
 log = logging.getLogger("operator_k8s.handlers")

@@ -1,46 +1,20 @@
-"""The Protocols the service needs; adapters implement them, tests use small in-memory fakes."""
+"""The Protocols the service needs and the errors they raise; adapters implement them, tests use small in-memory
+fakes (held to the real ones by the contract suite). The values they carry live in the domain."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from operator_k8s.domain.ledger import ClusterRef, SyncResult, TicketEvent
 from operator_k8s.domain.observations import QueryResult
 from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.specs import PrometheusAuthSpec
-from operator_k8s.domain.tickets import Ticket
-
-__all__ = ["TicketWrite"]
-
-
-@dataclass(frozen=True)
-class ClusterRef:
-    """The MonitoredCluster a cycle is about."""
-
-    uid: str
-    name: str
-    namespace: str
-    generation: int
 
 
 class TicketStoreUnavailable(Exception):
     """Postgres did not answer in time; the message is safe to show (no DSN, no secrets)."""
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    """What Postgres holds after a sync, and which writes it did not apply.
-
-    ``conflicts``: the positions of writes decided from a version that is no longer current (another writer got
-    there first); the caller re-decides from ``tickets``. ``rejected``: writes Postgres refused (the reason, safe to
-    show); dropped.
-    """
-
-    tickets: list[Ticket]
-    conflicts: frozenset[int] = frozenset()
-    rejected: tuple[str, ...] = ()
 
 
 class TicketStore(Protocol):
@@ -67,24 +41,6 @@ class MetricsSource(Protocol):
         """One instant query within ``timeout`` seconds, authenticated as ``auth`` says; each sample's store and
         namespace are its ``store_label`` and ``namespace_label`` values. Failures (a credential file that cannot be
         used included) come back as a QueryResult, never as an exception."""
-
-
-@dataclass(frozen=True)
-class TicketEvent:
-    """A Kubernetes Event about a ticket transition, reported on the MonitoredCluster."""
-
-    reason: str
-    message: str
-    warning: bool
-
-
-@dataclass(frozen=True)
-class TicketResource:
-    """A Ticket resource a human edited: where it is, and the ticket it says it shows (its status, or its name)."""
-
-    namespace: str
-    name: str
-    ticket_id: int
 
 
 class KubernetesRejected(Exception):

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client, config
 
+from operator_k8s.domain.ledger import ClusterRef, TicketEvent
 from operator_k8s.domain.observations import StorePod
 from operator_k8s.domain.projections import ObservedTicket
 from operator_k8s.domain.vocabulary import (
@@ -27,14 +28,7 @@ from operator_k8s.domain.vocabulary import (
     TICKET_PLURAL,
     VERSION,
 )
-from operator_k8s.ports import (
-    ClusterRef,
-    KubernetesConflict,
-    KubernetesNotFound,
-    KubernetesRejected,
-    KubernetesUnavailable,
-    TicketEvent,
-)
+from operator_k8s.ports import KubernetesConflict, KubernetesNotFound, KubernetesRejected, KubernetesUnavailable
 
 log = logging.getLogger("operator_k8s.kube")
 MERGE_PATCH = "application/merge-patch+json"

@@ -10,9 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from operator_k8s.domain.ledger import ClusterRef, CycleStats
 from operator_k8s.domain.tickets import Ticket
-from operator_k8s.ports import ClusterRef
-from operator_k8s.service import CycleStats
 
 PREFIX = "operator_k8s"
 ERROR_KINDS = (

@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from operator_k8s.domain.ledger import SyncResult
+from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import Ticket, TicketKey, TicketState, json_number
 from operator_k8s.domain.vocabulary import Severity
-from operator_k8s.ports import SyncResult, TicketStoreUnavailable, TicketWrite
+from operator_k8s.ports import TicketStoreUnavailable
 
 log = logging.getLogger("operator_k8s.ticket_store")
 T = TypeVar("T")

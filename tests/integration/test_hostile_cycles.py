@@ -22,9 +22,9 @@ from kubernetes_asyncio import client
 from devstack.stack import Stack
 from operator_k8s.adapters.kube import KubeTicketMirror, api_client
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
+from operator_k8s.domain.ledger import ClusterRef
 from operator_k8s.domain.observations import QueryResult, Sample, StorePod
 from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, VERSION
-from operator_k8s.ports import ClusterRef
 from operator_k8s.service import Monitor
 from tests.unit.builders import at
 

@@ -13,10 +13,11 @@ from kubernetes_asyncio import client
 
 from devstack.stack import Stack
 from operator_k8s.adapters.kube import KubeTicketMirror, api_client, observed_ticket
+from operator_k8s.domain.ledger import ClusterRef
 from operator_k8s.domain.projections import ObservedTicket
 from operator_k8s.domain.tickets import TicketState
 from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, TICKET_PLURAL, VERSION, Label
-from operator_k8s.ports import ClusterRef, KubernetesConflict, KubernetesNotFound, TicketMirror
+from operator_k8s.ports import KubernetesConflict, KubernetesNotFound, TicketMirror
 from operator_k8s.service import Monitor
 from tests.stackutil import eventually_async
 from tests.unit.builders import at

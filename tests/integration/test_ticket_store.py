@@ -14,8 +14,9 @@ import pytest
 
 from devstack.stack import Stack
 from operator_k8s.adapters.ticket_store import PostgresTicketStore, migrate, migrations
+from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketKey, TicketState
-from operator_k8s.ports import TicketStoreUnavailable, TicketWrite
+from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
 from tests.unit.builders import at, shown, ticket
 from tests.unit.fakes import FakeMetrics, FakeMirror

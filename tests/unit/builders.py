@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from operator_k8s.domain.invariants import Finding, Verdict
+from operator_k8s.domain.ledger import TicketResource
 from operator_k8s.domain.observations import QueryResult, Sample, Snapshot, StorePod
 from operator_k8s.domain.projections import ticket_name
 from operator_k8s.domain.specs import MonitoredClusterSpec
 from operator_k8s.domain.tickets import Policy, Ticket, TicketKey, TicketState
 from operator_k8s.domain.vocabulary import Severity
-from operator_k8s.ports import TicketResource
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 KEY = TicketKey("uid-1", "latency", "tikv-0")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from operator_k8s.domain.ledger import ClusterRef, CycleStats
 from operator_k8s.domain.observations import StorePod
-from operator_k8s.ports import ClusterRef
-from operator_k8s.service import CycleStats, Monitor
+from operator_k8s.service import Monitor
 from tests.unit.builders import at
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore, observed_cycle
 

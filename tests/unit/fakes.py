@@ -10,23 +10,21 @@ from datetime import datetime
 from typing import Any
 
 from operator_k8s.adapters.kube import observed_ticket
+from operator_k8s.domain.ledger import ClusterRef, CycleStats, SyncResult, TicketEvent
 from operator_k8s.domain.observations import QueryFailure, QueryResult, Sample, StorePod
 from operator_k8s.domain.projections import ObservedTicket
 from operator_k8s.domain.specs import PrometheusAuthSpec
 from operator_k8s.domain.tickets import Ticket, TicketState
 from operator_k8s.domain.vocabulary import MANAGER
 from operator_k8s.ports import (
-    ClusterRef,
     KubernetesConflict,
     KubernetesNotFound,
     KubernetesRejected,
     KubernetesUnavailable,
-    SyncResult,
-    TicketEvent,
     TicketStoreUnavailable,
     TicketWrite,
 )
-from operator_k8s.service import CycleStats, Monitor
+from operator_k8s.service import Monitor
 
 
 class FakeStore:

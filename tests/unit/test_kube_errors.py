@@ -8,13 +8,8 @@ import pytest
 from kubernetes_asyncio import client
 
 from operator_k8s.adapters.kube import KubeTicketMirror
-from operator_k8s.ports import (
-    ClusterRef,
-    KubernetesConflict,
-    KubernetesNotFound,
-    KubernetesRejected,
-    KubernetesUnavailable,
-)
+from operator_k8s.domain.ledger import ClusterRef
+from operator_k8s.ports import KubernetesConflict, KubernetesNotFound, KubernetesRejected, KubernetesUnavailable
 
 REF = ClusterRef(uid="u", name="tikv", namespace="ns", generation=1)
 BODY: dict[str, Any] = {"metadata": {"name": "tikv-latency-tikv-0-1", "namespace": "ns"}, "spec": {}}

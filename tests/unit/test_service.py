@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
-from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS
+from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS, TicketWrite
 from operator_k8s.domain.tickets import Ticket, TicketState
-from operator_k8s.ports import TicketStoreUnavailable, TicketWrite
+from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
 from tests.unit.builders import at, shown
 from tests.unit.cycles import PODS, REF, SPEC, TIKV, Parts, condition, conditions, cycle, run
@@ -85,7 +85,7 @@ async def test_a_long_outage_keeps_the_latest_state_and_a_bounded_history(parts:
     for second in range(1, 400):  # a flapping store: open, resolve, reopen… every cycle
         metrics.latency["tikv-1"] = 900.0 if second % 2 else 5.0
         await cycle(monitor, second, spec=spec)
-    assert sum(len(w.history) for w in monitor.memory(REF.uid).outbox.writes) <= MAX_QUEUED_EVENTS
+    assert sum(len(w.history) for w in monitor.ledger.memory(REF.uid).outbox.writes) <= MAX_QUEUED_EVENTS
     store.down = False
     await cycle(monitor, 400, spec=spec)
     kinds = [kind for _, kind, _ in store.history]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from operator_k8s.adapters.telemetry import Telemetry
-from operator_k8s.ports import ClusterRef
-from operator_k8s.service import CycleStats
+from operator_k8s.domain.ledger import ClusterRef, CycleStats
 
 REF = ClusterRef(uid="u", name="tikv", namespace="ns", generation=1)
 LABELS = {"namespace": "ns", "cluster": "tikv"}

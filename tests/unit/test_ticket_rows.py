@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from operator_k8s.adapters.ticket_store import _write_json
+from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import TicketState
-from operator_k8s.ports import TicketWrite
 from tests.unit.builders import ticket
 
 

@@ -1,0 +1,115 @@
+"""Observe, don't remember, on the real API server: what a restart and a state change cost, counted by the API
+server itself (``apiserver_request_total``), and Tickets someone else changed restored by the running operator."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from devstack.stack import Stack
+from tests.conftest import run_operator
+from tests.stackutil import apply, eventually, get_json, monitored_cluster
+
+pytestmark = pytest.mark.stack
+STORES = 500
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+ONLY_STORES_READY = {"storesReady": {"for": "0s", "clearFor": "0s"}, "latency": {"enabled": False},
+                     "diskUsage": {"enabled": False}, "criticalErrors": {"enabled": False},
+                     "writeStall": {"enabled": False}}  # fmt: skip
+
+
+def ticket_writes(stack: Stack) -> float:
+    """Every write request the API server has answered for Tickets, whoever sent it."""
+    text = stack.kubectl("get", "--raw", "/metrics").stdout
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "apiserver_request"
+        for sample in family.samples
+        if sample.name == "apiserver_request_total"
+        and sample.labels.get("resource") == "tickets"
+        and sample.labels.get("verb") in WRITES
+    )
+
+
+def pending_store(name: str, namespace: str) -> dict[str, Any]:
+    """A store pod no node runs: Pending, so storesReady is violated and opens a ticket."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "big"}},
+        "spec": {"automountServiceAccountToken": False, "containers": [{"name": "tikv", "image": "tikv:v8"}]},
+    }
+
+
+def shown(stack: Stack, namespace: str) -> dict[str, dict[str, Any]]:
+    return {t["metadata"]["name"]: t for t in get_json(stack, "tickets", "-n", namespace)["items"]}
+
+
+def test_a_restart_with_500_open_tickets_writes_none_and_a_state_change_costs_one(stack: Stack, namespace: str) -> None:
+    apply(stack, *(pending_store(f"big-{n}", namespace) for n in range(STORES)))
+    spec = {"interval": "2s", "stores": {"selector": {"matchLabels": {"app": "big"}}},
+            "invariants": ONLY_STORES_READY}  # fmt: skip
+    cluster = monitored_cluster("big", namespace, stack, **spec)
+    del cluster["spec"]["stores"]["expected"]
+    with run_operator(stack) as operator:
+        apply(stack, cluster)
+        eventually(lambda: sum(1 for t in shown(stack, namespace).values() if t["status"]["state"] == "open") == STORES,
+                   timeout=180, what=f"{STORES} open Tickets")  # fmt: skip
+        operator.checked_after(namespace, "big", 3)
+    before = ticket_writes(stack)
+    with run_operator(stack) as restarted:
+        restarted.checked_after(namespace, "big", 6)
+        assert ticket_writes(stack) == before, "a restart observes every Ticket as it should be: nothing is written"
+        healed = {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+        stack.kubectl("patch", "pod", "big-7", "-n", namespace, "--subresource=status", "--type=merge",
+                      "-p", json.dumps(healed))  # fmt: skip
+        resolved = eventually(
+            lambda: [t for t in shown(stack, namespace).values() if t["status"]["state"] == "resolved"],
+            timeout=60, what="the healed store's ticket resolved",
+        )  # fmt: skip
+        restarted.checked_after(namespace, "big", 4)
+        assert ticket_writes(stack) == before + 1, "resolving one ticket: its state label and status in one write"
+        [ticket] = resolved
+        assert ticket["status"]["store"] == "big-7" and ticket["metadata"]["labels"]["state"] == "resolved"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"status": {"state": "resolved", "resolvedAt": "2026-01-01T00:00:00.5Z"}},
+        {"metadata": {"ownerReferences": None, "labels": {"operator-k8s.io/cluster-uid": None, "state": "x"}}},
+    ],
+    ids=["status", "owner-and-labels"],
+)
+def test_a_tampered_ticket_is_restored_and_a_hold_set_on_it_is_honoured(
+    stack: Stack, namespace: str, tamper: dict[str, Any]
+) -> None:
+    apply(stack, pending_store("tikv-0", namespace))
+    spec = {"interval": "1s", "stores": {"selector": {"matchLabels": {"app": "big"}}},
+            "invariants": ONLY_STORES_READY}  # fmt: skip
+    cluster = monitored_cluster("big", namespace, stack, **spec)
+    del cluster["spec"]["stores"]["expected"]
+    with run_operator(stack) as operator:
+        apply(stack, cluster)
+        [(name, wanted)] = eventually(lambda: list(shown(stack, namespace).items()), what="the Ticket")
+        stack.kubectl("patch", "ticket", name, "-n", namespace, "--type=merge", "-p", json.dumps(tamper))
+        stack.kubectl("patch", "ticket", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"hold":true}}')
+
+        def restored() -> dict[str, Any] | None:
+            current = shown(stack, namespace)[name]
+            same = (current["status"]["state"], current["metadata"].get("ownerReferences"),
+                    current["metadata"]["labels"]) == ("open", wanted["metadata"]["ownerReferences"],
+                                                       wanted["metadata"]["labels"])  # fmt: skip
+            return current if same and "resolvedAt" not in current["status"] else None
+
+        eventually(restored, timeout=10, what="the Ticket restored")
+        healed = {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+        stack.kubectl("patch", "pod", "tikv-0", "-n", namespace, "--subresource=status", "--type=merge",
+                      "-p", json.dumps(healed))  # fmt: skip
+        operator.checked_after(namespace, "big", 3)
+        current = shown(stack, namespace)[name]
+        assert current["spec"]["hold"] is True and current["status"]["state"] == "open", "held: stays open"
