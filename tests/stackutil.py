@@ -322,3 +322,27 @@ class LogFollower:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+STORE_LATENCY = {
+    "name": "slow-stores",
+    "query": 'sum by (pod) (rate(tikv_grpc_msg_duration_seconds_sum{{matchers},type="kv_get"}[5s])) / '
+    'sum by (pod) (rate(tikv_grpc_msg_duration_seconds_count{{matchers},type="kv_get"}[5s])) * 1000',
+    "comparator": ">",
+    "threshold": 250,
+}
+"""A custom invariant over the simulator's latency series (the e2e tier's default)."""
+
+
+def start_cluster(stack: Stack, namespace: str, name: str = "tikv", **spec: Any) -> None:
+    """Three simulator stores labelled ``app=<name>`` and a MonitoredCluster for them, once it reports Healthy."""
+    simulator(stack, "PUT", f"/clusters/{namespace}/{name}", {"stores": 3, "labels": {"app": name}})
+    invariants = spec.pop("invariants", {"custom": [STORE_LATENCY]})
+    body = monitored_cluster(name, namespace, stack, invariants=invariants, **spec)
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+    eventually(lambda: condition_status(stack, namespace, name, "Healthy") == "True", what="Healthy=True", timeout=90)
+
+
+def open_in_db(stack: Stack, namespace: str, invariant: str) -> list[dict[str, Any]]:
+    """The open tickets of one invariant in a namespace, as Postgres holds them."""
+    return [r for r in tickets_in_db(stack, namespace, invariant) if r["state"] == "open"]

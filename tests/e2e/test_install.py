@@ -15,8 +15,15 @@ from devstack import manifests, versions
 from devstack.operator import operator_process
 from devstack.stack import REPO_ROOT, Stack
 from operator_k8s.settings import Settings
-from tests.e2e.test_monitoring import fault, open_in_db, start_cluster
-from tests.stackutil import apply_tikv_example, condition_status, eventually, get_json
+from tests.stackutil import (
+    apply_tikv_example,
+    condition_status,
+    eventually,
+    get_json,
+    open_in_db,
+    start_cluster,
+    store_fault,
+)
 
 pytestmark = pytest.mark.stack
 CHART = str(REPO_ROOT / "charts" / "operator-k8s")
@@ -172,10 +179,10 @@ def test_helm_install_restricted_rbac_is_enough_and_uninstall_leaves_only_crds(s
     operator = operator_process(stack, f"operator-{home}.log", kubeconfig=as_operator)
     try:
         start_cluster(stack, namespace, invariants={})
-        fault(stack, namespace, "tikv-2", "disk", {"percent": 96})
+        store_fault(stack, namespace, "tikv", "tikv-2", "disk", {"percent": 96})
         eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="a ticket opened under the chart's RBAC")
         eventually(lambda: get_json(stack, "tickets", "-n", namespace)["items"], what="its Ticket resource")
-        fault(stack, namespace, "tikv-2", "disk", heal=True)
+        store_fault(stack, namespace, "tikv", "tikv-2", "disk", heal=True)
         eventually(lambda: not open_in_db(stack, namespace, "diskUsage"), what="resolution", timeout=60)
         eventually(lambda: condition_status(stack, namespace, "tikv", "DiskSpaceAvailable") == "True", what="condition")
         events = stack.kubectl("get", "events", "-n", namespace, "-o", "json").stdout

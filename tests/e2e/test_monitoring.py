@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from functools import partial
@@ -20,11 +19,13 @@ from tests.stackutil import (
     cycles_past,
     eventually,
     get_json,
-    monitored_cluster,
+    open_in_db,
     pg_rows,
     scraped_last_check,
     shown_tickets,
     simulator,
+    start_cluster,
+    store_fault,
     ticket_resources,
     tickets_in_db,
 )
@@ -33,32 +34,6 @@ pytestmark = pytest.mark.stack
 
 CONDITION = {"storesReady": "StoresReady", "latency": "LatencyWithinBudget", "diskUsage": "DiskSpaceAvailable",
              "slow-stores": "CustomSlowStores"}  # fmt: skip
-CUSTOM = {
-    "name": "slow-stores",
-    "query": 'sum by (pod) (rate(tikv_grpc_msg_duration_seconds_sum{{matchers},type="kv_get"}[5s])) / '
-    'sum by (pod) (rate(tikv_grpc_msg_duration_seconds_count{{matchers},type="kv_get"}[5s])) * 1000',
-    "comparator": ">",
-    "threshold": 250,
-}
-
-
-def start_cluster(stack: Stack, namespace: str, name: str = "tikv", **spec: Any) -> None:
-    simulator(stack, "PUT", f"/clusters/{namespace}/{name}", {"stores": 3, "labels": {"app": name}})
-    invariants = spec.pop("invariants", {"custom": [CUSTOM]})
-    body = monitored_cluster(name, namespace, stack, invariants=invariants, **spec)
-    stack.kubectl("apply", "-f", "-", input_text=json.dumps(body))
-    eventually(lambda: condition_status(stack, namespace, name, "Healthy") == "True", what="Healthy=True", timeout=90)
-
-
-def fault(
-    stack: Stack, namespace: str, store: str, kind: str, body: dict[str, Any] | None = None, heal: bool = False
-) -> None:
-    method = "DELETE" if heal else "PUT"
-    simulator(stack, method, f"/clusters/{namespace}/tikv/stores/{store}/faults/{kind}", body)
-
-
-def open_in_db(stack: Stack, namespace: str, invariant: str) -> list[dict[str, Any]]:
-    return [r for r in tickets_in_db(stack, namespace, invariant) if r["state"] == "open"]
 
 
 @pytest.mark.parametrize(
@@ -75,7 +50,7 @@ def test_fault_opens_one_ticket_per_store_and_heal_resolves_it(
 ) -> None:
     start_cluster(stack, namespace)
     for store in stores:
-        fault(stack, namespace, store, kind, body)
+        store_fault(stack, namespace, "tikv", store, kind, body)
     eventually(lambda: len(open_in_db(stack, namespace, invariant)) == len(stores), what=f"{invariant} tickets open")
     eventually(
         lambda: condition_status(stack, namespace, "tikv", CONDITION[invariant]) == "False", what="condition False"
@@ -90,7 +65,7 @@ def test_fault_opens_one_ticket_per_store_and_heal_resolves_it(
     assert all(t["metadata"]["ownerReferences"][0]["kind"] == "MonitoredCluster" for t in resources)
 
     for store in stores:
-        fault(stack, namespace, store, kind, heal=True)
+        store_fault(stack, namespace, "tikv", store, kind, heal=True)
     eventually(lambda: not open_in_db(stack, namespace, invariant), what="auto-resolution in Postgres", timeout=60)
     eventually(
         lambda: condition_status(stack, namespace, "tikv", CONDITION[invariant]) == "True", what="condition True"
@@ -107,7 +82,7 @@ def test_fault_opens_one_ticket_per_store_and_heal_resolves_it(
 
 def test_held_ticket_stays_open_after_heal(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace, invariants={"diskUsage": {"clearFor": "2s"}})
-    fault(stack, namespace, "tikv-0", "disk", {"percent": 97})
+    store_fault(stack, namespace, "tikv", "tikv-0", "disk", {"percent": 97})
     eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="a diskUsage ticket")
     name = eventually(lambda: [t["metadata"]["name"] for t in ticket_resources(stack, namespace)], what="its resource")[
         0
@@ -117,7 +92,7 @@ def test_held_ticket_stays_open_after_heal(stack: Stack, namespace: str, operato
     )
     eventually(lambda: [r for r in tickets_in_db(stack, namespace, "diskUsage") if r["hold"] and r["state"] == "acknowledged"],
                what="hold and acknowledgement in Postgres")  # fmt: skip
-    fault(stack, namespace, "tikv-0", "disk", heal=True)
+    store_fault(stack, namespace, "tikv", "tikv-0", "disk", heal=True)
     operator.checked_after(namespace, "tikv", 2 + 3)  # well past clearFor
     row = tickets_in_db(stack, namespace, "diskUsage")[0]
     assert (row["state"], row["hold"]) == ("acknowledged", True)
@@ -130,11 +105,11 @@ def test_held_ticket_stays_open_after_heal(stack: Stack, namespace: str, operato
 
 def test_prometheus_down_resolves_nothing(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace, invariants={"latency": {"thresholdMs": 100}})
-    fault(stack, namespace, "tikv-1", "latency", {"seconds": 0.8})
+    store_fault(stack, namespace, "tikv", "tikv-1", "latency", {"seconds": 0.8})
     eventually(lambda: open_in_db(stack, namespace, "latency"), what="a latency ticket")
     stack.stop_component("prometheus")
     try:
-        fault(stack, namespace, "tikv-1", "latency", heal=True)
+        store_fault(stack, namespace, "tikv", "tikv-1", "latency", heal=True)
         eventually(
             lambda: condition_status(stack, namespace, "tikv", "MetricsAvailable") == "False",
             what="MetricsAvailable=False",
@@ -154,7 +129,7 @@ def test_postgres_outage_loses_no_transition(stack: Stack, namespace: str, opera
     start_cluster(stack, namespace)
     stack.stop_component("postgres")
     try:
-        fault(stack, namespace, "tikv-2", "down")
+        store_fault(stack, namespace, "tikv", "tikv-2", "down")
         eventually(
             lambda: condition_status(stack, namespace, "tikv", "TicketStoreAvailable") == "False",
             what="TicketStoreAvailable=False",
@@ -162,7 +137,7 @@ def test_postgres_outage_loses_no_transition(stack: Stack, namespace: str, opera
         eventually(
             lambda: condition_status(stack, namespace, "tikv", "StoresReady") == "False", what="StoresReady=False"
         )
-        fault(stack, namespace, "tikv-2", "down", heal=True)
+        store_fault(stack, namespace, "tikv", "tikv-2", "down", heal=True)
         eventually(lambda: condition_status(stack, namespace, "tikv", "StoresReady") == "True", what="StoresReady=True")
     finally:
         stack.start_component("postgres")
@@ -189,7 +164,7 @@ def test_restart_mid_violation_keeps_countdown_and_makes_no_duplicate(stack: Sta
     first = operator_process(stack, "operator-restart-1.log")
     try:
         start_cluster(stack, namespace, invariants={"storesReady": {"for": "10s"}})
-        fault(stack, namespace, "tikv-0", "down")
+        store_fault(stack, namespace, "tikv", "tikv-0", "down")
         [pending] = eventually(
             lambda: [r for r in tickets_in_db(stack, namespace, "storesReady") if r["state"] == "pending"],
             what="a pending ticket",
@@ -230,7 +205,7 @@ def test_restart_mid_violation_keeps_countdown_and_makes_no_duplicate(stack: Sta
 
 def test_deleting_the_cluster_resolves_its_tickets(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace)
-    fault(stack, namespace, "tikv-1", "down")
+    store_fault(stack, namespace, "tikv", "tikv-1", "down")
     eventually(lambda: open_in_db(stack, namespace, "storesReady"), what="a storesReady ticket")
     stack.kubectl("delete", "mc", "tikv", "-n", namespace, "--wait=true", "--timeout=30s")
     rows = tickets_in_db(stack, namespace, "storesReady")
@@ -242,7 +217,7 @@ def test_deleted_ticket_resource_is_rebuilt_from_postgres(
     stack: Stack, namespace: str, operator: InProcessOperator
 ) -> None:
     start_cluster(stack, namespace)
-    fault(stack, namespace, "tikv-1", "down")
+    store_fault(stack, namespace, "tikv", "tikv-1", "down")
     name = eventually(lambda: [t["metadata"]["name"] for t in ticket_resources(stack, namespace)], what="a Ticket")[0]
     stack.kubectl("delete", "ticket", name, "-n", namespace)
     eventually(
@@ -252,7 +227,7 @@ def test_deleted_ticket_resource_is_rebuilt_from_postgres(
 
 def test_kubectl_get_tickets_shows_real_values(stack: Stack, namespace: str, operator: InProcessOperator) -> None:
     start_cluster(stack, namespace)
-    fault(stack, namespace, "tikv-2", "disk", {"percent": 99})
+    store_fault(stack, namespace, "tikv", "tikv-2", "disk", {"percent": 99})
     eventually(lambda: shown_tickets(stack, namespace), what="a Ticket with its status")
     lines = stack.kubectl("get", "tickets", "-n", namespace).stdout.splitlines()
     assert lines[0].split() == TICKET_COLUMNS

@@ -13,8 +13,17 @@ import pytest
 from devstack.operator import operator_process
 from devstack.processes import free_port
 from devstack.stack import REPO_ROOT, Stack
-from tests.e2e.test_monitoring import fault, open_in_db, start_cluster
-from tests.stackutil import cycles_past, eventually, metric_value, scrape_metrics, scraped_last_check, tickets_in_db
+from tests.stackutil import (
+    cycles_past,
+    eventually,
+    metric_value,
+    open_in_db,
+    scrape_metrics,
+    scraped_last_check,
+    start_cluster,
+    store_fault,
+    tickets_in_db,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -45,7 +54,7 @@ def cli(stack: Stack, *args: str, dsn: str | None = None) -> subprocess.Complete
 def test_metrics_cli_and_graceful_shutdown(stack: Stack, namespace: str) -> None:
     operator = operator_process(stack, f"operator-{namespace}.log", OPERATOR_K8S_NAMESPACES=namespace)
     start_cluster(stack, namespace, invariants={})
-    fault(stack, namespace, "tikv-1", "latency", {"seconds": 0.8})
+    store_fault(stack, namespace, "tikv", "tikv-1", "latency", {"seconds": 0.8})
     eventually(lambda: open_in_db(stack, namespace, "latency"), what="a latency ticket")
 
     cycles_past(partial(scraped_last_check, operator, namespace, "tikv"), 3, f"MonitoredCluster {namespace}/tikv")
@@ -64,7 +73,7 @@ def test_metrics_cli_and_graceful_shutdown(stack: Stack, namespace: str) -> None
     )
     assert last > 1.7e9
 
-    fault(stack, namespace, "tikv-1", "latency", heal=True)
+    store_fault(stack, namespace, "tikv", "tikv-1", "latency", heal=True)
     eventually(lambda: not open_in_db(stack, namespace, "latency"), what="resolution", timeout=60)
     ticket_id = tickets_in_db(stack, namespace, "latency")[0]["id"]
 

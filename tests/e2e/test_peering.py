@@ -11,8 +11,14 @@ import pytest
 from devstack.operator import operator_process
 from devstack.processes import Process
 from devstack.stack import REPO_ROOT, Stack
-from tests.e2e.test_monitoring import start_cluster
-from tests.stackutil import condition, eventually, get_json, health_url, http_status
+from tests.stackutil import (
+    condition,
+    eventually,
+    get_json,
+    health_url,
+    http_status,
+    start_cluster,
+)
 
 pytestmark = pytest.mark.stack
 

@@ -6,8 +6,15 @@ import pytest
 
 from devstack.operator import operator_process
 from devstack.stack import Stack
-from tests.e2e.test_monitoring import fault, open_in_db, start_cluster
-from tests.stackutil import eventually, get_json, pg_rows, tickets_in_db
+from tests.stackutil import (
+    eventually,
+    get_json,
+    open_in_db,
+    pg_rows,
+    start_cluster,
+    store_fault,
+    tickets_in_db,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -24,7 +31,7 @@ def test_deleting_a_cluster_with_the_operator_running_resolves_its_tickets(stack
     operator = operator_process(stack, f"operator-uninstall-{namespace}.log")
     try:
         start_cluster(stack, namespace, invariants={})
-        fault(stack, namespace, "tikv-1", "down")
+        store_fault(stack, namespace, "tikv", "tikv-1", "down")
         eventually(lambda: open_in_db(stack, namespace, "storesReady"), what="a storesReady ticket")
         stack.kubectl("delete", "mc", "tikv", "-n", namespace, "--timeout=60s")
         assert eventually(lambda: _resolved_as_deleted(stack, namespace), what="tickets resolved as ClusterDeleted")
@@ -38,7 +45,7 @@ def test_without_the_operator_the_documented_path_deletes_and_the_next_run_resol
     operator = operator_process(stack, f"operator-orphan-{namespace}.log", OPERATOR_K8S_ORPHAN_SWEEP_SECONDS="2")
     try:
         start_cluster(stack, namespace, invariants={})
-        fault(stack, namespace, "tikv-1", "down")
+        store_fault(stack, namespace, "tikv", "tikv-1", "down")
         eventually(lambda: open_in_db(stack, namespace, "storesReady"), what="a storesReady ticket")
     finally:
         operator.stop()

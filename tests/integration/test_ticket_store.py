@@ -19,8 +19,8 @@ from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketKey, T
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
 from tests.unit.builders import at, shown, ticket
+from tests.unit.cycles import PODS, REF, SPEC
 from tests.unit.fakes import FakeMetrics, FakeMirror
-from tests.unit.test_service import PODS, REF, SPEC
 
 pytestmark = pytest.mark.stack
 _databases = itertools.count()

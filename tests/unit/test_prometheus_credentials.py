@@ -24,8 +24,8 @@ from operator_k8s.domain.specs import PrometheusAuthSpec
 from operator_k8s.service import Monitor
 from operator_k8s.settings import SettingsError, load_settings
 from tests.unit.builders import at
+from tests.unit.cycles import PODS, REF, SPEC, condition
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
-from tests.unit.test_service import PODS, REF, SPEC, condition
 
 SECRET = "s3cr3t-token-value"
 
