@@ -26,6 +26,8 @@ from operator_k8s.ports import (
 )
 from operator_k8s.service import Monitor
 
+INT4_MAX = 2**31 - 1
+
 
 class FakeStore:
     """Postgres as a list of versioned rows; every write is a compare-and-set, as in ``sync_cluster_cas``."""
@@ -41,10 +43,12 @@ class FakeStore:
     def _unresolved(self, ticket: Ticket) -> Ticket | None:
         return next((r for r in self.rows if r.key == ticket.key and r.state is not TicketState.RESOLVED), None)
 
-    def _apply(self, write: TicketWrite) -> bool:
-        """One write; False when it loses the compare-and-set."""
+    def _apply(self, write: TicketWrite) -> bool | str:
+        """One write; False when it loses the compare-and-set, the reason when Postgres would refuse it."""
         ticket = write.after or write.before
         assert ticket is not None
+        if write.after is not None and write.after.occurrences > INT4_MAX:
+            return f"{ticket.key.invariant}/{ticket.key.store}: integer out of range (22003)"
         expected = write.expected_version
         if expected is None:
             if write.after is None:
@@ -59,6 +63,8 @@ class FakeStore:
             if index is None:
                 return False
             if write.after is None:
+                if self.rows[index].state is not TicketState.PENDING:
+                    return False  # as sync_cluster_cas: only a pending ticket is ever deleted
                 del self.rows[index]
                 return True
             other = self._unresolved(write.after)
@@ -75,14 +81,16 @@ class FakeStore:
         if self.down:
             raise TicketStoreUnavailable("Postgres unreachable: ConnectionRefusedError")
         self.calls.append(list(writes))
-        conflicts = frozenset(i for i, write in enumerate(writes) if not self._apply(write))
+        outcomes = [self._apply(write) for write in writes]
+        conflicts = frozenset(i for i, outcome in enumerate(outcomes) if outcome is False)
+        rejected = tuple(outcome for outcome in outcomes if isinstance(outcome, str))
         tickets = [
             r
             for r in self.rows
             if r.key.cluster_uid == cluster_uid
             and (r.state is not TicketState.RESOLVED or (r.resolved_at and r.resolved_at >= horizon))
         ]
-        return SyncResult(tickets=tickets, conflicts=conflicts)
+        return SyncResult(tickets=tickets, conflicts=conflicts, rejected=rejected)
 
     async def cluster_uids(self, namespaces: Sequence[str] | None) -> dict[str, str]:
         return {r.key.cluster_uid: r.namespace for r in self.rows if r.state is not TicketState.RESOLVED}
