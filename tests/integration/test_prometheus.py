@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,16 +101,39 @@ async def test_unreachable_prometheus_is_reported_as_such(metrics: PrometheusMet
     assert result.failure is QueryFailure.UNREACHABLE
 
 
+class SilentEndpoint:
+    """A TCP server that accepts connections and never answers (a hung Prometheus), counting what it accepted."""
+
+    def __init__(self) -> None:
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.accepted.append(self._server.accept()[0])
+            except OSError:
+                return  # closed
+
+    def close(self) -> None:
+        self._server.close()
+        for connection in self.accepted:
+            connection.close()
+        self._thread.join(timeout=5)
+
+
 @contextmanager
-def silent_endpoint() -> Iterator[str]:
-    """A TCP server that accepts connections and never answers (a hung Prometheus); its URL."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
+def silent_endpoint() -> Iterator[SilentEndpoint]:
+    endpoint = SilentEndpoint()
     try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+        yield endpoint
     finally:
-        server.close()
+        endpoint.close()
 
 
 async def test_a_hung_prometheus_starves_no_other_endpoint(stack: Stack) -> None:
@@ -118,11 +142,16 @@ async def test_a_hung_prometheus_starves_no_other_endpoint(stack: Stack) -> None
         with silent_endpoint() as hung:
             stuck = [
                 asyncio.create_task(
-                    adapter.query(hung, "up", store_label="pod", namespace_label="namespace", timeout=3)
+                    adapter.query(hung.url, "up", store_label="pod", namespace_label="namespace", timeout=3)
                 )
                 for _ in range(6)
             ]
-            await asyncio.sleep(0.2)  # the hung endpoint now holds its whole share of the threads
+
+            # The hung endpoint holds its whole share of the threads once it has accepted that many connections.
+            async def holding() -> bool:
+                return len(hung.accepted) >= 2
+
+            await eventually_async(holding, timeout=5, interval=0.05, what="two hung queries")
             started = time.monotonic()
             healthy = await adapter.query(
                 stack.prometheus_url, "up", store_label="pod", namespace_label="namespace", timeout=2

@@ -18,6 +18,7 @@ from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketKey, TicketState
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
+from tests.stackutil import eventually_async
 from tests.unit.builders import at, shown, ticket
 from tests.unit.cycles import PODS, REF, SPEC
 from tests.unit.fakes import FakeMetrics, FakeMirror
@@ -106,6 +107,23 @@ def _statements(log: Path, start: int) -> list[str]:
     return re.findall(r"LOG:  (?:statement|execute [^:]*): (.*)", text)
 
 
+async def _statements_until_marker(database: str, log: Path, offset: int, marker: str) -> list[str]:
+    """The statements logged from ``offset`` until a marker statement sent now: Postgres logs in the order it
+    executes, so everything before the marker is what ran before it (no guess at how long logging takes)."""
+    connection = await asyncpg.connect(database)
+    try:
+        await connection.execute(f"SELECT '{marker}'")
+    finally:
+        await connection.close()
+
+    async def logged() -> list[str] | None:
+        statements = _statements(log, offset)
+        return statements if any(marker in s for s in statements) else None
+
+    found = await eventually_async(logged, timeout=10, what=f"the marker {marker!r} logged")
+    return found[: next(i for i, s in enumerate(found) if marker in s)]
+
+
 async def test_one_postgres_round_trip_per_cycle(stack: Stack, database: str) -> None:
     """Counted by Postgres itself (log_statement=all on this database), not by our own counters."""
     admin = await asyncpg.connect(stack.postgres_dsn)
@@ -124,8 +142,7 @@ async def test_one_postgres_round_trip_per_cycle(stack: Stack, database: str) ->
             metrics.latency = {"tikv-0": latency, "tikv-1": latency}
             offset = len(log.read_text(errors="replace"))
             stats = await monitor.check_cluster(REF, SPEC, PODS, {}, at(second))
-            await asyncio.sleep(0.3)  # let the server write its log
-            statements = _statements(log, offset)
+            statements = await _statements_until_marker(database, log, offset, f"cycle {second} done")
             assert len(statements) == 1, statements
             assert "sync_cluster_cas" in statements[0]
             assert stats.postgres_round_trips == 1
@@ -258,8 +275,15 @@ async def test_a_frozen_postgres_fails_fast_after_one_deadline_and_recovers(stac
             postgres.thaw()
         assert 1 <= first < 1.9, f"the first call waits its deadline (one, not two) ({first:.2f}s)"
         assert second < 0.5, f"later calls fail at once while Postgres is down ({second:.3f}s)"
-        await asyncio.sleep(1.0)  # the breaker lets one probe through after probe_every
-        assert (await store.sync("uid-1", [], at(0), deadline=5)).tickets == []
+
+        async def probe_allowed() -> bool:
+            """The breaker lets one probe through after probe_every: until then a call fails at once."""
+            try:
+                return (await store.sync("uid-1", [], at(0), deadline=5)).tickets == []
+            except TicketStoreUnavailable:
+                return False
+
+        assert await eventually_async(probe_allowed, timeout=5, what="the breaker to let a probe through")
         assert store.available
     finally:
         await store.close()

@@ -277,3 +277,42 @@ def test_plain_manifests_reach_the_same_state(node_stack: Stack) -> None:
     eventually(lambda: all(t.get("status", {}).get("state") == "resolved" for t in get_json(stack, "tickets", "-n", namespace)["items"]),
                timeout=60, what="the ticket resolved")  # fmt: skip
     stack.kubectl("delete", "monitoredclusters", "--all", "-n", namespace, "--timeout=60s")
+
+
+def active(stack: Stack, pod: str) -> float | None:
+    """A replica's ``operator_k8s_active`` as the stack's Prometheus scraped it (None: not scraped yet)."""
+    found = prometheus_query(stack, f'operator_k8s_active{{job="operator-k8s",pod="{pod}"}}')
+    return float(found[0]["value"][1]) if found else None
+
+
+def test_a_fresh_two_replica_install_never_checks_on_two_replicas(node_stack: Stack) -> None:
+    """dfbc121 ran both replicas of a fresh install as active for about 50 s (Helm creates the peering object after
+    the Deployment). Each replica's own check counter, scraped from its first seconds, shows that only one ever
+    checked; ``operator_k8s_active`` says which."""
+    stack, home, namespace, release = node_stack, "ok8s-peers", "tikv-peers", "peers"
+    stack.kubectl("create", "namespace", home)
+    stack.kubectl("create", "namespace", namespace)
+    simulator(stack, "PUT", f"/clusters/{namespace}/tikv", {"stores": 3, "labels": {"app": "tikv"}})
+    cluster = {
+        "apiVersion": "operator-k8s.io/v1alpha1", "kind": "MonitoredCluster",
+        "metadata": {"name": "tikv", "namespace": namespace},
+        "spec": {"interval": "2s", "stores": {"selector": {"matchLabels": {"app": "tikv"}}, "expected": 3},
+                 "prometheus": {"url": stack.prometheus_url, "timeout": "2s", "rateWindow": "5s"}},
+    }  # fmt: skip
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(cluster))  # there before the operator: checked at once
+    started = time.monotonic()
+    stack.helm("install", release, CHART, "-n", home, *QUICK_START_VALUES, "--set", "replicaCount=2",
+               "--set", "peering.enabled=true", "--wait", "--timeout", "110s")  # fmt: skip
+    replicas = [p["metadata"]["name"] for p in pods(stack, home, f"app.kubernetes.io/instance={release},"
+                                                                 "app.kubernetes.io/component!=postgres")]  # fmt: skip
+    assert len(replicas) == 2, replicas
+    eventually(lambda: all(active(stack, pod) is not None for pod in replicas), timeout=90,
+               what="both replicas scraped")  # fmt: skip
+    runner = eventually(lambda: next((p for p in replicas if cycles(stack, p) >= 10), None), timeout=120,
+                        what="ten checks by one replica")  # fmt: skip
+    measured("two-replica helm install → ten checks by the active replica", time.monotonic() - started)
+    standby = next(p for p in replicas if p != runner)
+    assert cycles(stack, standby) == 0, "the standby never checked, not even in its first seconds"
+    assert (active(stack, runner), active(stack, standby)) == (1.0, 0.0)
+    stack.kubectl("delete", "monitoredclusters", "--all", "-n", namespace, "--timeout=60s")
+    stack.helm("uninstall", release, "-n", home, "--wait", "--timeout", "110s")
