@@ -22,12 +22,13 @@ venv: $(VENV)/.installed
 binaries: venv
 	@$(PY) -m devstack build
 
-## The main job: the whole stack, the operator, a narrated demo of faults → tickets → auto-resolve.
-demo: setup
+## The main job: the whole stack, the operator, a narrated demo of faults → tickets → auto-resolve. Builds only what
+## the demo starts (the control plane and Prometheus); helm and the node are built by the tiers that use them.
+demo: system venv
 	@$(PY) -m devstack demo
 
 ## Bring the stack up with an example MonitoredCluster and keep it running until Ctrl-C.
-up: setup
+up: system venv
 	@$(PY) -m devstack up --hold
 
 lint: venv

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build the control plane, Prometheus, the node and its images (cached)")
+    commands.add_parser("build", help="build the control plane, Prometheus, helm, the node and its images (cached); "
+                        "the demo and the stack build only what they start, on first use")  # fmt: skip
     up = commands.add_parser("up", help="start the stack, an example MonitoredCluster and the operator; show them")
     up.add_argument("--hold", action="store_true", help="keep everything running until Ctrl-C")
     up.add_argument("--node", action="store_true", help="a real node (root): you install the operator with helm; "
@@ -51,6 +52,7 @@ def _run(argv: list[str] | None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "build":
         binaries.ensure_all()
+        binaries.build_helm()
         from devstack.node import Node  # noqa: PLC0415
 
         if os.geteuid() == 0:

@@ -25,13 +25,22 @@ CACHE_ROOT = Path(os.environ.get("OPERATOR_K8S_CACHE", Path.home() / ".cache" / 
 
 @dataclass(frozen=True)
 class Binaries:
-    """Paths of the built tools."""
+    """Paths of the tools a stack starts; helm, which only the install tier and ``manifests`` run, is built on first
+    use (a cold ``make demo`` never builds it)."""
 
     etcd: Path
     kube_apiserver: Path
     kubectl: Path
-    helm: Path
     prometheus: Path
+
+    @property
+    def helm(self) -> Path:
+        return build_helm()
+
+    @property
+    def helm_dir(self) -> Path:
+        """Where helm is (or will be) installed: for a PATH, without building it."""
+        return helm_dir()
 
 
 def _bin_dir(name: str, version: str) -> Path:
@@ -180,12 +189,17 @@ def _helm_ldflags(version: str) -> str:
     return " ".join(flags)
 
 
+def helm_dir(version: str = versions.HELM) -> Path:
+    return _bin_dir("helm", f"{version}-release")  # "-release": not the earlier builds without the Kubernetes flags
+
+
 def build_helm(version: str = versions.HELM) -> Path:
     """``go install`` helm (its module has no replace directives) as its release is built; a no-op when cached."""
-    out = _bin_dir("helm", f"{version}-release")  # "-release": not the earlier builds without the Kubernetes flags
+    out = helm_dir(version)
     binary = out / "helm"
     if binary.exists():
         return binary
+    print(f"[devstack] helm {version} is built on first use (the install tier, manifests)", flush=True)
     workdir = CACHE_ROOT / "build" / f"helm-{version}"
     workdir.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
@@ -208,16 +222,15 @@ def build_helm(version: str = versions.HELM) -> Path:
 
 
 def ensure_all() -> Binaries:
-    """Build whatever is missing from the cache and return the paths of all five tools."""
+    """Build whatever a stack starts that is missing from the cache (etcd, kube-apiserver, kubectl, Prometheus)."""
     from devstack.prometheus_build import build_prometheus  # noqa: PLC0415 - it builds on this module's helpers
 
     started = time.monotonic()
     etcd = build_etcd()
-    helm = build_helm()
     apiserver, kubectl = build_kubernetes()
     prometheus = build_prometheus()
     print(f"[devstack] Binaries ready in {time.monotonic() - started:.0f}s under {CACHE_ROOT / 'bin'}", flush=True)
-    return Binaries(etcd=etcd, kube_apiserver=apiserver, kubectl=kubectl, helm=helm, prometheus=prometheus)
+    return Binaries(etcd=etcd, kube_apiserver=apiserver, kubectl=kubectl, prometheus=prometheus)
 
 
 if __name__ == "__main__":

@@ -212,7 +212,8 @@ def up(*, hold: bool, node: bool = False) -> int:
             _start(stack)
         say("The stack is up. Point kubectl and helm at it with:")
         print(f"  export KUBECONFIG={stack.kubeconfig}")
-        print(f"  export PATH={stack.binaries.kubectl.parent}:{stack.binaries.helm.parent}:$PATH")
+        helm = stack.binaries.helm.parent if node else stack.binaries.helm_dir  # node mode installs with helm: build it
+        print(f"  export PATH={stack.binaries.kubectl.parent}:{helm}:$PATH")
         print(f"  Prometheus {stack.prometheus_url}   simulator {stack.simulator_url}   Postgres {stack.postgres_dsn}")
         if node:
             say("Install the operator from the chart (its image and a Postgres stand-in are already on the node):")

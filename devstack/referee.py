@@ -6,9 +6,10 @@ label world (``referee-a``: prometheus-operator's ``namespace``/``pod``; ``refer
 ``kubernetes_namespace``/``instance``/``tidb_cluster``), and for every case (a fault on one store or on the cluster,
 or a control that must stay silent) injects it into both worlds' clusters at once and compares, per invariant:
 
-- the **operator**: its own pure pipeline against the real Prometheus, as one check cycle runs it
-  (``cycle_queries`` → ``PrometheusMetrics.query`` → ``scope_result`` → ``evaluate``; pods from the API server through
-  the operator's own ``store_pod``): the stores whose verdict is ``Violated`` (``cluster`` for PD-level invariants);
+- the **operator**: the service's own ``gather`` (the function every check cycle calls: ``cycle_queries`` →
+  ``PrometheusMetrics.query`` → ``scope_result`` → ``evaluate``) against the real Prometheus, with pods from the API
+  server through the operator's own ``store_pod``: the stores whose verdict is ``Violated`` (``cluster`` for
+  PD-level invariants);
 - the **referee**: ``ALERTS{alertstate="firing"}`` of the rule for that invariant and world, mapped to stores.
 
 A fault case polls until both sides agree with the expected verdicts (or a timeout) and records what it saw; a silent
@@ -41,11 +42,9 @@ from typing import Any
 from devstack.stack import REPO_ROOT, Stack
 from operator_k8s.adapters.kube import store_pod
 from operator_k8s.adapters.prometheus import PrometheusMetrics
-from operator_k8s.domain.invariants import Verdict, evaluate
-from operator_k8s.domain.observations import QueryResult, Snapshot, select_pods
-from operator_k8s.domain.observations import scope_result as scope
-from operator_k8s.domain.queries import cycle_queries
+from operator_k8s.domain.invariants import Verdict
 from operator_k8s.domain.specs import MonitoredClusterSpec
+from operator_k8s.service import gather
 
 WINDOW = "5s"
 """Every rate/increase/delta window, on both sides (5 scrapes of 1 s)."""
@@ -272,27 +271,12 @@ class Sides:
         return result
 
     async def _operator(self, world: World) -> tuple[Sets, Sets]:
-        """One check cycle's judgement, as ``service.CheckService._cycle`` makes it, minus tickets."""
+        """One check cycle's judgement, by the service's own ``gather`` (minus tickets: none are tracked)."""
         spec = MonitoredClusterSpec.model_validate(world.spec(self.stack.prometheus_url, self.tc))
         listed = json.loads(self.stack.kubectl("get", "pods", "-n", world.namespace, "-o", "json").stdout)
-        every = [store_pod(item) for item in listed["items"]]
-        assert spec.pd is not None
-        pd_pods = tuple(sorted(p.name for p in select_pods(every, spec.pd.selector.match_labels)))
-        stores = select_pods(every, spec.stores.selector.match_labels)
-        owned = frozenset(p.name for p in stores)
-        queries = cycle_queries(spec, world.namespace, tuple(sorted(owned)), pd_pods)
-        outcomes = await asyncio.gather(*(
-            self.metrics.query(spec.prometheus.url, q.promql, store_label=world.store_label,
-                               namespace_label=world.namespace_label, timeout=5.0)
-            for q in queries.values()
-        ))  # fmt: skip
-        results: dict[str, QueryResult] = {}
-        for (name, query), outcome in zip(queries.items(), outcomes, strict=True):
-            results[name], _ = scope(outcome, world.namespace, owned, per_store=query.per_store,
-                                     namespace_scoped=query.namespace_scoped)  # fmt: skip
-        findings = evaluate(spec, Snapshot(pods=tuple(stores), results=results, tracked_stores={}))
+        gathered = await gather(self.metrics, spec, world.namespace, [store_pod(i) for i in listed["items"]], {})
         violated, unknown = _empty(), _empty()
-        for f in findings:
+        for f in gathered.findings:
             if f.invariant in violated and f.verdict is Verdict.VIOLATED:
                 violated[f.invariant] |= {f.store}
             if f.invariant in unknown and f.verdict is Verdict.UNKNOWN:

@@ -149,7 +149,7 @@ class Stack:
             "OPERATOR_K8S_DATABASE_DSN": self.postgres_dsn,
             "DEVSTACK_PROMETHEUS_URL": self.prometheus_url,
             "DEVSTACK_SIMULATOR_URL": self.simulator_url,
-            "PATH": f"{self.binaries.kubectl.parent}:{self.binaries.helm.parent}:{os.environ.get('PATH', '')}",
+            "PATH": f"{self.binaries.kubectl.parent}:{self.binaries.helm_dir}:{os.environ.get('PATH', '')}",
         }
 
     def kubectl(

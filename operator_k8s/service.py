@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from operator_k8s.domain import conditions as cond
 from operator_k8s.domain.durations import parse_duration
-from operator_k8s.domain.invariants import evaluate, invariant_names
+from operator_k8s.domain.invariants import Finding, evaluate, invariant_names
 from operator_k8s.domain.ledger import (
     ClusterRef,
     CycleStats,
@@ -195,8 +195,6 @@ class Monitor:
             conditions = cond.health_unknown_conditions(previous, Reason.INVALID_SPEC, message, ref.generation, now)
             return status_body(conditions, ref.generation, None, None, now)
         deadline = min(self.settings.postgres_timeout, spec.interval_seconds)
-        pd_pods = tuple(sorted(p.name for p in select_pods(pods, spec.pd.selector.match_labels))) if spec.pd else ()
-        pods = select_pods(pods, spec.stores.selector.match_labels)
         store_error = None
         tickets: list[Ticket] | None = None
         try:
@@ -208,11 +206,12 @@ class Monitor:
             )
             store_error = str(error)
 
-        tracked = tracked_stores(tickets or [])
-        owned = frozenset(pod.name for pod in pods).union(*tracked.values()) - {CLUSTER_STORE}
-        results = await self._query(spec, ref.namespace, owned, pd_pods, stats)
-        findings = evaluate(spec, Snapshot(pods=tuple(pods), results=results, tracked_stores=tracked))
-        counts = StoreCounts.of(pods, spec.stores.expected)
+        gathered = await gather(self.metrics, spec, ref.namespace, pods, tracked_stores(tickets or []))
+        stats.queries += gathered.queries
+        stats.errors += gathered.errors
+        stats.ignored_series += gathered.ignored_series
+        findings = gathered.findings
+        counts = StoreCounts.of(gathered.stores, spec.stores.expected)
 
         if tickets is None:
             conditions = cond.ticket_store_down_conditions(
@@ -258,40 +257,6 @@ class Monitor:
             },
         )
         return status_body(conditions, ref.generation, counts, open_count, now)
-
-    async def _query(
-        self, spec: MonitoredClusterSpec, namespace: str, owned: frozenset[str], pd_pods: tuple[str, ...],
-        stats: CycleStats,
-    ) -> dict[str, QueryResult]:  # fmt: skip
-        """Every query of the cycle (``cycle_queries``), concurrently; the count never grows with stores.
-
-        Only this cluster's series are kept (``scope_result``); the others are counted in ``stats.ignored_series``.
-        A store-scoped query with no store to ask about is not sent (its findings are simply empty).
-        """
-        queries = cycle_queries(spec, namespace, tuple(sorted(owned)), pd_pods)
-        timeout = parse_duration(spec.prometheus.timeout)
-        outcomes = await asyncio.gather(
-            *(
-                self.metrics.query(
-                    spec.prometheus.url,
-                    query.promql,
-                    store_label=spec.prometheus.store_label,
-                    namespace_label=spec.prometheus.namespace_label,
-                    timeout=timeout,
-                    auth=spec.prometheus.auth,
-                )
-                for query in queries.values()
-            )
-        )
-        stats.queries += len(queries)
-        stats.errors += [f"prometheus_{o.failure.value}" for o in outcomes if o.failure is not None]
-        results = {}
-        for (name, query), outcome in zip(queries.items(), outcomes, strict=True):
-            results[name], ignored = scope_result(
-                outcome, namespace, owned, per_store=query.per_store, namespace_scoped=query.namespace_scoped
-            )
-            stats.ignored_series += ignored
-        return results
 
     async def _project(
         self, ref: ClusterRef, tickets: Sequence[Ticket], shown: Sequence[ObservedTicket], now: datetime,
@@ -484,6 +449,58 @@ class Monitor:
             log.warning("Closed with MonitoredCluster checks still running", extra={"in_flight": self._in_flight})
         await self.store.close()
         log.info("Closed the ticket store")
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What one cycle learned from Kubernetes and Prometheus, judged: the cluster's selected store pods, the
+    findings, and what the queries cost and met."""
+
+    stores: tuple[StorePod, ...]
+    findings: list[Finding]
+    queries: int
+    ignored_series: int
+    errors: list[str]
+
+
+async def gather(
+    metrics: MetricsSource,
+    spec: MonitoredClusterSpec,
+    namespace: str,
+    candidates: Sequence[StorePod],
+    tracked: dict[str, frozenset[str]],
+) -> Gathered:
+    """Gather and judge: the pods the selectors pick, every query of the cycle (``cycle_queries``) concurrently,
+    only this cluster's series kept (``scope_result``; the others counted), and the invariants evaluated.
+
+    ``tracked``: the stores with an unresolved ticket, per invariant (judged even without a pod). The service's
+    cycle and the referee both call this, so the referee judges the real pipeline, not a copy of it. A store-scoped
+    query with no store to ask about is not sent (its findings are simply empty); the count never grows with stores.
+    """
+    pd_pods = tuple(sorted(p.name for p in select_pods(candidates, spec.pd.selector.match_labels))) if spec.pd else ()
+    stores = select_pods(candidates, spec.stores.selector.match_labels)
+    owned = frozenset(pod.name for pod in stores).union(*tracked.values()) - {CLUSTER_STORE}
+    queries = cycle_queries(spec, namespace, tuple(sorted(owned)), pd_pods)
+    timeout = parse_duration(spec.prometheus.timeout)
+    outcomes = await asyncio.gather(
+        *(
+            metrics.query(
+                spec.prometheus.url, query.promql, store_label=spec.prometheus.store_label,
+                namespace_label=spec.prometheus.namespace_label, timeout=timeout, auth=spec.prometheus.auth,
+            )
+            for query in queries.values()
+        )
+    )  # fmt: skip
+    results: dict[str, QueryResult] = {}
+    ignored = 0
+    for (name, query), outcome in zip(queries.items(), outcomes, strict=True):
+        results[name], dropped = scope_result(
+            outcome, namespace, owned, per_store=query.per_store, namespace_scoped=query.namespace_scoped
+        )
+        ignored += dropped
+    findings = evaluate(spec, Snapshot(pods=stores, results=results, tracked_stores=tracked))
+    errors = [f"prometheus_{o.failure.value}" for o in outcomes if o.failure is not None]
+    return Gathered(stores, findings, len(queries), ignored, errors)
 
 
 class _DeadlineExceeded(Exception):
