@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: setup system venv binaries demo up test lint typecheck layers unit integration e2e manifests bench referee clean
+.PHONY: setup system venv binaries demo up test quick lint typecheck layers unit integration e2e manifests bench referee clean
 
 setup: system venv binaries
 
@@ -50,9 +50,14 @@ integration: setup
 e2e: setup
 	@$(PY) -m pytest tests/e2e -q
 
-## Everything CI runs: static checks, then every test tier (unit, integration, e2e) on the real stack.
+## Everything CI runs: static checks, then every test tier (unit, integration, e2e, node) on the real stack.
 test: setup lint typecheck layers
 	@$(PY) -m pytest tests -q --durations=15
+
+## The same suite to depth "medium" (tests/conftest.py: unit, integration and the e2e tests that matter most; no
+## node tier): the quick run before a push.
+quick: system venv lint typecheck layers
+	@$(PY) -m pytest tests -q --durations=10 --depth medium
 
 ## Render deploy/operator-k8s.yaml from the chart (a test fails when they drift).
 manifests: venv

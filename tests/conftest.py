@@ -79,6 +79,44 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+LEVELS = {"critical": 0, "high": 1, "medium": 2, "low": 3, "lowest": 4}
+"""Test importance levels, after CloudNativePG's: a run at depth N runs every test of level N or more important.
+By tier unless a test says otherwise with ``@pytest.mark.level("…")``: unit tests are critical, integration high,
+e2e medium, the node tier low."""
+TIER_LEVEL = {"unit": "critical", "integration": "high", "e2e": "medium", "node": "low"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--depth",
+        default=os.environ.get("TEST_DEPTH", "lowest"),
+        choices=list(LEVELS),
+        help="run the tests of this importance level and above (default lowest: all; `make quick` runs medium)",
+    )
+
+
+def level_of(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("level")
+    if marker is not None:
+        return str(marker.args[0])
+    tier = item.path.relative_to(item.config.rootpath / "tests").parts[0]
+    return TIER_LEVEL.get(tier, "critical")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip) the tests below the run's depth: a quick run reports only what it ran."""
+    depth = LEVELS[config.getoption("--depth")]
+    kept, dropped = [], []
+    for item in items:
+        level = level_of(item)
+        if level not in LEVELS:
+            raise pytest.UsageError(f"{item.nodeid}: unknown level {level!r} (one of {', '.join(LEVELS)})")
+        (kept if LEVELS[level] <= depth else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
     """Show the stack's component logs under a failing test that used it."""
     if call.excinfo is not None and call.when == "call":

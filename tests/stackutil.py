@@ -146,11 +146,7 @@ def ticket_resources(stack: Stack, namespace: str) -> list[dict[str, Any]]:
 
 
 def shown_tickets(stack: Stack, namespace: str) -> list[dict[str, Any]]:
-    """Tickets whose status the operator has written.
-
-    A Ticket is created and then given its status in a second write (status is a subresource), so a
-    reader can see one without a status between the two.
-    """
+    """Tickets that show a status (the operator creates each with its status; one someone else made may have none)."""
     return [t for t in ticket_resources(stack, namespace) if t.get("status")]
 
 

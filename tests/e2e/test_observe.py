@@ -4,14 +4,15 @@ server itself (``apiserver_request_total``), and Tickets someone else changed re
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.stack import Stack
+from devstack.stack import REPO_ROOT, Stack
 from tests.conftest import run_operator
-from tests.stackutil import apply, eventually, get_json, monitored_cluster
+from tests.stackutil import apply, eventually, get_json, monitored_cluster, tickets_in_db
 
 pytestmark = pytest.mark.stack
 STORES = 500
@@ -113,3 +114,34 @@ def test_a_tampered_ticket_is_restored_and_a_hold_set_on_it_is_honoured(
         operator.checked_after(namespace, "big", 3)
         current = shown(stack, namespace)[name]
         assert current["spec"]["hold"] is True and current["status"]["state"] == "open", "held: stays open"
+
+
+def test_tickets_are_rebuilt_after_their_crd_is_deleted_and_recreated_a_held_one_held(
+    stack: Stack, namespace: str
+) -> None:
+    """dfbc121 never rebuilt the held ticket's Ticket (it remembered having written it) and took 39 s for the
+    other. Deleting the CRD deletes every Ticket of the stack; the test restores the CRD whatever happens."""
+    apply(stack, pending_store("tikv-0", namespace), pending_store("tikv-1", namespace))
+    spec = {"interval": "1s", "stores": {"selector": {"matchLabels": {"app": "big"}}}, "invariants": ONLY_STORES_READY}
+    cluster = monitored_cluster("big", namespace, stack, **spec)
+    del cluster["spec"]["stores"]["expected"]
+    crd = REPO_ROOT / "crds" / "tickets.operator-k8s.io.yaml"
+    with run_operator(stack) as operator:
+        apply(stack, cluster)
+        names = eventually(lambda: sorted(shown(stack, namespace)) if len(shown(stack, namespace)) == 2 else None,
+                           what="two Tickets")  # fmt: skip
+        held = names[0]
+        stack.kubectl("patch", "ticket", held, "-n", namespace, "--type=merge", "-p", '{"spec":{"hold":true}}')
+        eventually(lambda: any(r["hold"] for r in tickets_in_db(stack, namespace)), what="the hold in Postgres")
+        try:
+            stack.kubectl("delete", "crd", "tickets.operator-k8s.io", "--wait=true", "--timeout=60s")
+        finally:
+            stack.kubectl("apply", "--server-side", "-f", str(crd))
+            stack.kubectl("wait", "--for=condition=Established", "crd/tickets.operator-k8s.io", "--timeout=60s")
+        recreated = time.monotonic()
+        rebuilt = eventually(lambda: (t := shown(stack, namespace)) and sorted(t) == names and t, timeout=60,
+                             what="both Tickets rebuilt")  # fmt: skip
+        print(f"[measured] Tickets CRD re-created → both Tickets rebuilt: {time.monotonic() - recreated:.1f}s")
+        assert rebuilt[held]["spec"]["hold"] is True and rebuilt[held]["status"]["state"] == "open"
+        assert rebuilt[names[1]]["spec"]["hold"] is False
+        operator.checked_after(namespace, "big", 2)
