@@ -225,6 +225,7 @@ def events_of(stack: Stack, ticket_id: int) -> list[dict[str, Any]]:
 # -- 1. API server outage during a fault ------------------------------------------------------------------------------
 
 
+@pytest.mark.level("low")  # minutes long: the full run
 @pytest.mark.timeout(OUTAGE_SECONDS + 300)
 def test_api_server_outage_during_a_fault(stack: Stack, shared: SharedOperator, scene: Scene) -> None:
     """The API server is stopped for OUTAGE_SECONDS while a latency fault begins. Checks keep running meanwhile (the
@@ -733,6 +734,7 @@ class SilentServer:
 STORE_DOWN_MESSAGES = {"Could not store Ticket transitions", "Could not load Tickets"}
 
 
+@pytest.mark.level("low")  # minutes long: the full run
 @pytest.mark.timeout(FREEZE_SECONDS + 240)
 def test_frozen_postgres_and_a_silent_prometheus_slow_no_other_cluster(
     stack: Stack, shared: SharedOperator, scene: Scene
@@ -872,6 +874,7 @@ def storm_operator(stack: Stack, namespace: str, *, crash_after_commit: float = 
     )
 
 
+@pytest.mark.level("low")  # minutes long: the full run
 @pytest.mark.timeout(600)
 def test_crash_storm_leaves_exactly_one_truth(stack: Stack, shared: SharedOperator, scene: Scene) -> None:
     """At least 30 SIGKILLs (the test's, at random moments, and the operator's own right after a Postgres commit and

@@ -50,6 +50,7 @@ def shown(stack: Stack, namespace: str) -> dict[str, dict[str, Any]]:
     return {t["metadata"]["name"]: t for t in get_json(stack, "tickets", "-n", namespace)["items"]}
 
 
+@pytest.mark.level("low")  # 500 pods and Tickets: the full run
 def test_a_restart_with_500_open_tickets_writes_none_and_a_state_change_costs_one(stack: Stack, namespace: str) -> None:
     apply(stack, *(pending_store(f"big-{n}", namespace) for n in range(STORES)))
     spec = {"interval": "2s", "stores": {"selector": {"matchLabels": {"app": "big"}}},

@@ -13,6 +13,7 @@ from devstack.stack import Stack
 pytestmark = pytest.mark.stack
 
 
+@pytest.mark.level("low")  # every fault case in both worlds: the full run (make referee runs it alone)
 def test_operator_and_upstream_rules_agree_on_every_fault_in_both_worlds(stack: Stack) -> None:
     referee.load_rules(stack, referee.referee_rules())
     report = referee.run(stack)
