@@ -104,10 +104,14 @@ class Operator:
         )
         self.kubeconfig = kubeconfig
         self.monitor: Monitor | None = None
+        self.heartbeats: handlers.Heartbeats | None = None
         self._api_client: Any = None
 
     def _all_tickets(self) -> list[Ticket]:
-        return [] if self.monitor is None else list(self.monitor.ledger.cached_tickets())
+        """The open-tickets gauge's tickets: none on a standby (its caches are the active replica's to show)."""
+        if self.monitor is None or self.heartbeats is None or not self.heartbeats.active:
+            return []
+        return list(self.monitor.ledger.cached_tickets())
 
     def registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()
@@ -123,7 +127,7 @@ class Operator:
             ),
         )
         self.monitor = monitor
-        heartbeats = handlers.register(
+        heartbeats = self.heartbeats = handlers.register(
             registry,
             monitor,
             self.telemetry,
@@ -206,6 +210,8 @@ class Operator:
         namespaces = self.settings.namespaces or None
         while True:
             await asyncio.sleep(self.settings.orphan_sweep_seconds)
+            if self.heartbeats is not None and not self.heartbeats.may_check(time.monotonic()):
+                continue  # a standby leaves Postgres to the active replica
             try:
                 candidates = await self.store.cluster_uids(namespaces)
                 if not candidates:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,6 +77,12 @@ class Schedule:
         self._due.pop(uid, None)
         self._generation.pop(uid, None)
 
+    def reset(self) -> None:
+        """Forget every due time (a replica resuming after a pause): first runs are spread again, and the pause is
+        not counted as lateness or skipped intervals."""
+        self._due.clear()
+        self._generation.clear()
+
 
 PEERING_SETTLE_SECONDS = 5.0
 """How long a replica kopf resumed waits before it checks: longer than a peer's keep-alive takes to reach it through
@@ -102,6 +108,8 @@ class Heartbeats:
         self._peering = peering
         self._settle = settle
         self._resumed_at: float | None = None
+        self.on_resume: list[Callable[[], None]] = []
+        """Called when kopf resumes this replica: what was kept from before the pause is stale by then."""
         self.active = not peering
         """Whether kopf runs this replica: always without peering; under peering, from kopf's first decision (it
         starts paused until it has seen the peering object)."""
@@ -120,6 +128,8 @@ class Heartbeats:
         self.active = True
         self._resumed_at = now
         self._last.clear()
+        for hook in self.on_resume:
+            hook()
 
     def may_check(self, now: float) -> bool:
         """Whether a due cycle runs: the replica is active, and under peering has been for the settle period."""
@@ -231,7 +241,7 @@ async def _run_cycle(
     telemetry.record_cycle(ref, time.monotonic() - started, stats, time.time())
 
 
-async def _fold_ticket_edit(monitor: Monitor, observed: ObservedTicket) -> None:
+async def fold_ticket_edit(monitor: Monitor, observed: ObservedTicket) -> None:
     """Fold the human edit a Ticket shows (spec ≠ the intent the operator last showed there) into Postgres."""
     owner = _ticket_owner(observed)
     ticket_id = observed.status.get("ticketId")
@@ -244,7 +254,7 @@ async def _fold_ticket_edit(monitor: Monitor, observed: ObservedTicket) -> None:
         return  # no edit; or no record of what was shown and the operator wrote the spec last (the cycle corrects it)
     resource = TicketResource(observed.namespace, observed.name, ticket_id)
     try:
-        known = await monitor.human_intent(
+        stored = await monitor.human_intent(
             owner, resource, shown, normal_intent(observed.spec), actor=observed.spec_actor,
             now=datetime.now(UTC),
         )  # fmt: skip
@@ -254,12 +264,24 @@ async def _fold_ticket_edit(monitor: Monitor, observed: ObservedTicket) -> None:
             extra={"ticket": observed.name, "namespace": observed.namespace, "error": str(error)},
         )
         return
-    if not known:
+    if stored is not None:
+        await monitor.show_intent(observed, stored)
+    else:
         log.warning(
             "Ignored an edit of a Ticket Postgres does not show there",
             extra={"ticket": observed.name, "namespace": observed.namespace, "ticket_id": ticket_id,
                    "cluster_uid": owner},
         )  # fmt: skip
+
+
+async def _resolve_deleted(monitor: Monitor, ref: ClusterRef) -> None:
+    try:
+        resolved = await monitor.cluster_deleted(ref, datetime.now(UTC))
+    except TicketStoreUnavailable:
+        # Release the finalizer anyway: the orphan sweep resolves its tickets once Postgres answers.
+        log.warning("Deleted MonitoredCluster while Postgres was unreachable", extra={"cluster": ref.name})
+        return
+    log.info("Resolved Tickets of deleted MonitoredCluster", extra={"cluster": ref.name, "resolved": resolved})
 
 
 def register(
@@ -278,6 +300,7 @@ def register(
     # Counted when scraped: no work per timer tick, and right on a paused replica whose timers no longer run.
     telemetry.scheduled.set_function(lambda: heartbeats.running(time.monotonic()))
     telemetry.active.set_function(lambda: float(heartbeats.may_check(time.monotonic())))
+    heartbeats.on_resume += [schedule.reset, monitor.drop_caches]  # the peer may have changed anything meanwhile
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
     async def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str, str, str], Any]:
@@ -311,19 +334,14 @@ def register(
         schedule.forget(ref.uid)
         heartbeats.forget(ref.uid)
         telemetry.forget(ref)
-        monitor.forget(ref.uid)
 
     @kopf.on.delete(GROUP, VERSION, CLUSTER_PLURAL, id="cluster_deleted", registry=registry)
     async def deleted(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
+        """Resolves the cluster's tickets under its lock (a check in flight finishes first), then retires it in the
+        ledger, so a check that was still waiting writes nothing."""
         ref = _ref(meta, namespace or "")
         forget(ref)
-        try:
-            resolved = await monitor.cluster_deleted(ref, datetime.now(UTC))
-        except TicketStoreUnavailable:
-            # Release the finalizer anyway: the orphan sweep resolves its tickets once Postgres answers.
-            log.warning("Deleted MonitoredCluster while Postgres was unreachable", extra={"cluster": meta["name"]})
-            return
-        log.info("Resolved Tickets of deleted MonitoredCluster", extra={"cluster": meta["name"], "resolved": resolved})
+        await _resolve_deleted(monitor, ref)
 
     @kopf.on.event(GROUP, VERSION, CLUSTER_PLURAL, id="cluster_gone", registry=registry)
     async def cluster_gone(event: kopf.RawEvent, meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
@@ -331,6 +349,7 @@ def register(
         and the delete handler never ran (the orphan sweep then resolves its tickets)."""
         if event.get("type") == "DELETED":
             forget(_ref(meta, namespace or ""))
+            monitor.forget(meta["uid"])
 
     @kopf.on.event(GROUP, VERSION, TICKET_PLURAL, id="ticket_edited", registry=registry)
     async def ticket_edited(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
@@ -338,7 +357,7 @@ def register(
         an interval). Only an event handler: kopf keeps no diff-base annotation on Tickets, so showing a change
         costs one write."""
         if event.get("type") != "DELETED":
-            await _fold_ticket_edit(monitor, observed_ticket(body))
+            await fold_ticket_edit(monitor, observed_ticket(body))
 
     @kopf.on.probe(id="check_loop", registry=registry)
     async def check_loop(**_: Any) -> dict[str, Any]:

@@ -26,6 +26,9 @@ log = logging.getLogger("operator_k8s.ledger")
 DECISION_ATTEMPTS = 3
 """How often one decision re-decides after losing a compare-and-set race before leaving it to the next one."""
 
+RETIRED_FOR = 600.0
+"""Seconds a deleted cluster's tombstone is kept: longer than any check can wait for its lock (its deadline)."""
+
 Plan = Callable[[list[Ticket]], list[Transition]]
 """A pure decision: the cluster's tickets as Postgres holds them in, the transitions to write out."""
 
@@ -57,6 +60,8 @@ class Ledger:
         self._horizon = horizon
         self.memories: dict[str, ClusterMemory] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._retired: dict[str, float] = {}
+        """Clusters deleted (uid → when, monotonic): a check already waiting for the lock writes nothing for them."""
 
     def memory(self, uid: str) -> ClusterMemory:
         return self.memories.setdefault(uid, ClusterMemory())
@@ -72,11 +77,19 @@ class Ledger:
             if uid is None or key == uid:
                 memory.tickets = None
 
-    def forget(self, uid: str) -> None:
-        """Drop everything kept about a cluster that left the watch (queued writes too: the orphan sweep resolves
-        its tickets from Postgres)."""
+    def retire(self, uid: str, now: float) -> None:
+        """Drop everything kept about a cluster that is deleted or left the watch (queued writes too: the orphan
+        sweep resolves its tickets from Postgres), and remember for a while that it is gone, so that a check already
+        waiting for its lock does nothing (it would reopen what the deletion resolved). The lock itself is kept by
+        whoever waits on it. Tombstones older than ``RETIRED_FOR`` are pruned here, so they never pile up."""
         self.memories.pop(uid, None)
         self._locks.pop(uid, None)
+        self._retired[uid] = now
+        for old in [u for u, at in self._retired.items() if now - at > RETIRED_FOR]:
+            del self._retired[old]
+
+    def retired(self, uid: str) -> bool:
+        return uid in self._retired
 
     def cached_tickets(self) -> Iterator[Ticket]:
         for memory in list(self.memories.values()):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from operator_k8s.domain.ledger import (
     tracked_stores,
 )
 from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod, scope_result, select_pods
-from operator_k8s.domain.projections import ObservedTicket, plan_tickets, ticket_body, ticket_spec
+from operator_k8s.domain.projections import ObservedTicket, normal_intent, plan_tickets, ticket_body, ticket_spec
 from operator_k8s.domain.queries import cycle_queries
 from operator_k8s.domain.specs import MonitoredClusterSpec
 from operator_k8s.domain.status import (
@@ -44,11 +45,12 @@ from operator_k8s.domain.status import (
     StoreCounts,
     conditions_from_wire,
     merge_patch,
+    rebased,
     status_body,
     status_patch,
 )
 from operator_k8s.domain.tickets import HumanEdit, Ticket, TicketState, Transition, apply_human_intent
-from operator_k8s.domain.vocabulary import CLUSTER_STORE, Reason
+from operator_k8s.domain.vocabulary import CLUSTER_STORE, INTENT_ANNOTATION, Reason
 from operator_k8s.ledger import DECISION_ATTEMPTS, Ledger
 from operator_k8s.ports import (
     KubernetesConflict,
@@ -99,8 +101,9 @@ class Monitor:
         self.ledger.drop_caches(uid)
 
     def forget(self, uid: str) -> None:
-        """A cluster left the watch (deleted, or its finalizer stripped): drop what was kept about it."""
-        self.ledger.forget(uid)
+        """A cluster left the watch (deleted, or its finalizer stripped): drop what was kept about it, and let no
+        check still in flight write for it."""
+        self.ledger.retire(uid, time.monotonic())
 
     # -- the cycle -------------------------------------------------------------------------------------------------
 
@@ -146,6 +149,8 @@ class Monitor:
         stats = CycleStats()
         with self._in_flight_cycle():
             async with self.ledger.lock(ref.uid):
+                if self.ledger.retired(ref.uid):
+                    return stats  # deleted while this check waited for the lock: nothing of it is shown any more
                 try:
                     cycle = self._cycle(ref, raw_spec, pods, observed_status, now, stats, tickets_shown)
                     desired = await _within_deadline(deadline, cycle)
@@ -236,8 +241,10 @@ class Monitor:
             if applied:
                 self.settings.after_commit()
             # Shown only once Postgres holds it: a Ticket's spec edit stays visible (and is re-read after a crash)
-            # until its intent is stored.
-            await self._project(ref, tickets, shown, now, stats)
+            # until its intent is stored; a decision that lost every race shows nothing this cycle, or it would
+            # write back the intent the edit was meant to change.
+            if decision.settled:
+                await self._project(ref, tickets, shown, now, stats)
         await self._post_events(ref, applied, stats)
 
         outcome = cond.CycleOutcome(
@@ -343,6 +350,7 @@ class Monitor:
                 if current is None:
                     return
                 observed, resource_version = current
+                desired = rebased(desired, observed)
                 patch = status_patch(observed, desired, now)
                 if patch is None:
                     return
@@ -384,7 +392,7 @@ class Monitor:
                 ref, lambda current: retire_all(current, now, Reason.CLUSTER_DELETED), stats, now,
                 self.settings.postgres_timeout,
             )  # fmt: skip
-        self.ledger.forget(ref.uid)
+            self.ledger.retire(ref.uid, time.monotonic())
         if decision.error is not None:
             raise TicketStoreUnavailable(decision.error)
         return sum(1 for t in decision.applied if t.after is not None and t.after.state is TicketState.RESOLVED)
@@ -398,20 +406,18 @@ class Monitor:
         *,
         actor: str,
         now: datetime,
-    ) -> bool:
-        """Fold a human's edit of a Ticket resource's spec into Postgres, through the ledger.
+    ) -> Ticket | None:
+        """Fold a human's edit of a Ticket resource's spec into Postgres, through the ledger; return the ticket as
+        Postgres now holds it.
 
         ``old_spec`` is the intent the operator last showed on the resource (None: unknown, and then the edit is
-        what differs from the intent Postgres holds). False if Postgres has no such ticket for the cluster, or
+        what differs from the intent Postgres holds). None if Postgres has no such ticket for the cluster, or
         ``resource`` is not where the operator shows it (its namespace and name). Raises TicketStoreUnavailable if
         Postgres does not answer, or the edit lost every race (the caller retries it; the cycle finds it too)."""
         ref = ClusterRef(cluster_uid, "", "", 0)
-        known = True
 
         def plan(current: list[Ticket]) -> list[Transition]:
-            nonlocal known
             ticket = shown_ticket(current, resource)
-            known = ticket is not None
             if ticket is None:
                 return []
             edit = HumanEdit.between(ticket_spec(ticket) if old_spec is None else old_spec, new_spec)
@@ -426,7 +432,29 @@ class Monitor:
             raise TicketStoreUnavailable(
                 f"lost {DECISION_ATTEMPTS} write races in a row for ticket {resource.ticket_id}"
             )
-        return known
+        return shown_ticket(decision.tickets, resource)
+
+    async def show_intent(self, observed: ObservedTicket, ticket: Ticket) -> None:
+        """Show on a Ticket that its edit is in Postgres: the shown-intent annotation (and the spec, if Postgres'
+        intent differs) as Postgres holds them, locked on the resourceVersion the edit was read from. Until then a
+        second edit that undoes the first would equal the stale annotation and be lost; a conflict means the Ticket
+        changed again, and its own event (or the next cycle) takes it from there."""
+        body = ticket_body(ticket)
+        patch: dict[str, Any] = {}
+        annotation = body["metadata"]["annotations"][INTENT_ANNOTATION]
+        if observed.annotations.get(INTENT_ANNOTATION) != annotation:
+            patch["metadata"] = {"annotations": {INTENT_ANNOTATION: annotation}}
+        if normal_intent(observed.spec) != body["spec"]:
+            patch["spec"] = merge_patch(observed.spec, body["spec"])
+        if not patch:
+            return
+        try:
+            await self.mirror.patch(observed.namespace, observed.name, observed.resource_version, patch)
+        except (KubernetesConflict, KubernetesNotFound, KubernetesRejected, KubernetesUnavailable) as error:
+            log.info(
+                "Ticket changed before its edit could be shown as stored; the next check shows it",
+                extra={"ticket": observed.name, "namespace": observed.namespace, "error": str(error)},
+            )
 
     async def sweep_orphans(self, candidates: dict[str, str], existing: set[str], now: datetime) -> int:
         """Resolve the tickets of the ``candidates`` (clusters with unresolved tickets: uid → namespace) that are not
@@ -536,7 +564,10 @@ def _failed_status(
     conditions = cond.health_unknown_conditions(
         [] if only else before, Reason.CHECK_FAILED, message[:2000], ref.generation, now
     )
-    return status_body(conditions, ref.generation, None, None, now)
+    body = status_body(conditions, ref.generation, None, None, now)
+    if not only:
+        body.update({key: previous[key] for key in ("stores", "openTickets") if key in previous})
+    return body
 
 
 def _validation_message(error: ValidationError) -> str:

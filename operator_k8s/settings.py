@@ -43,7 +43,11 @@ class Settings(BaseModel):
     peering: str = Field(default="", description="kopf peering name; empty runs standalone")
     peering_lifetime_seconds: int = Field(default=60, ge=5, le=3600, description="How long a silent peer counts")
     peering_wait_seconds: float = Field(
-        default=60, ge=0, le=600, description="How long a replica waits at start for the peering object to exist"
+        default=30,
+        ge=0,
+        le=600,
+        description="How long a replica waits at start for the peering object (kopf's health endpoint starts after: "
+        "keep it inside the liveness probe's budget)",
     )
     prometheus_credentials_dir: str = Field(
         default="/etc/operator-k8s/prometheus",

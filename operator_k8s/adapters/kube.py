@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -126,6 +128,10 @@ def _spec_actor(meta: Mapping[str, Any]) -> str:
     return "kubernetes:unknown"
 
 
+TICKET_CRD = f"{TICKET_PLURAL}.{GROUP}"
+SUBRESOURCE_RECHECK = 300.0
+"""Seconds between checks of the Tickets CRD's shape (see ``KubeTicketMirror._legacy_crd``)."""
+
 REQUEST_TIMEOUT = 10.0
 """Seconds any one Kubernetes request may take: a cycle never waits longer on the API server."""
 
@@ -141,7 +147,43 @@ class KubeTicketMirror:
         # The generated clients are typed for model objects; we pass plain dicts, which they accept.
         self._custom: Any = client.CustomObjectsApi(api)
         self._core: Any = client.CoreV1Api(api)
+        self._extensions: Any = client.ApiextensionsV1Api(api)
         self._count = count or (lambda verb: None)
+        self._subresource_checked = -math.inf
+        self._status_subresource = False
+
+    async def _legacy_crd(self) -> bool:
+        """Whether the installed Tickets CRD still has the status subresource of releases before this one (Helm
+        never upgrades CRDs, and a server-side apply keeps fields another manager set): the API server then drops
+        a status sent with the object, so the status goes to the subresource in a second request, until the CRD is
+        replaced. Checked every few minutes, so a replaced CRD is noticed."""
+        now = time.monotonic()
+        if now - self._subresource_checked < SUBRESOURCE_RECHECK:
+            return self._status_subresource
+        self._subresource_checked = now
+        listed = await self._call(
+            "list", self._extensions.list_custom_resource_definition, field_selector=f"metadata.name={TICKET_CRD}"
+        )
+        items = [item.to_dict() if hasattr(item, "to_dict") else item for item in listed.items]
+        legacy = any(
+            (version.get("subresources") or {}).get("status") is not None
+            for item in items
+            for version in item["spec"]["versions"]
+        )
+        if legacy and not self._status_subresource:
+            log.error(
+                "The Tickets CRD has a status subresource: every Ticket change costs two writes until it is replaced "
+                f"(kubectl replace -f crds/{TICKET_CRD}.yaml)",
+                extra={"crd": TICKET_CRD},
+            )
+        self._status_subresource = legacy
+        return legacy
+
+    async def _status_write(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self._call(
+            "patch", self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, TICKET_PLURAL,
+            name, {"status": status}, _content_type=MERGE_PATCH, field_manager=MANAGER,
+        )  # fmt: skip
 
     async def _call(self, verb: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         """One request. 404 and 409 come back as ApiException (each caller knows what they mean to it); no answer,
@@ -171,8 +213,13 @@ class KubeTicketMirror:
                 raise KubernetesConflict(f"Ticket {name} already exists") from None
             raise KubernetesUnavailable(f"API server error {error.status}") from None
         log.info("Created Ticket", extra={"ticket": name, "namespace": namespace})
+        if await self._legacy_crd():
+            await self._status_write(namespace, name, body["status"])
 
     async def patch(self, namespace: str, name: str, resource_version: str, patch: dict[str, Any]) -> None:
+        status = patch.get("status") if await self._legacy_crd() else None
+        if status is not None:
+            patch = {k: v for k, v in patch.items() if k != "status"}
         locked = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version}}
         try:
             await self._call(
@@ -183,6 +230,8 @@ class KubeTicketMirror:
             if error.status == 409:
                 raise KubernetesConflict(f"Ticket {name} changed since it was observed") from None
             raise KubernetesNotFound(f"Ticket {name} does not exist") from None
+        if status is not None:
+            await self._status_write(namespace, name, status)
 
     async def delete(self, namespace: str, name: str) -> None:
         try:

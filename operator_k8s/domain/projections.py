@@ -105,6 +105,9 @@ def ticket_status(ticket: Ticket) -> dict[str, Any]:
 
 
 LAST_SEEN_RESOLUTION_SECONDS = 60
+VOLATILE_STATUS = ("lastSeen", "message")
+"""Status fields that move every cycle while a violation lasts (the time, the value in the message): refreshed on
+the Ticket once a minute, or with any other change; Postgres keeps them exact."""
 
 
 def _last_seen_moved(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
@@ -261,8 +264,10 @@ def ticket_patch(observed: ObservedTicket, desired: Mapping[str, Any]) -> dict[s
     if normal_intent(observed.spec) != desired["spec"]:
         patch["spec"] = merge_patch(observed.spec, desired["spec"])
     status_wanted = dict(desired["status"])
-    if not _last_seen_moved(observed.status, status_wanted) and "lastSeen" in observed.status:
-        status_wanted["lastSeen"] = observed.status["lastSeen"]
+    steady = all(observed.status.get(k) == v for k, v in status_wanted.items() if k not in VOLATILE_STATUS)
+    if steady and not _last_seen_moved(observed.status, status_wanted):
+        # Only the figures of a lasting violation moved: shown to the minute, not written every cycle.
+        status_wanted.update({k: observed.status[k] for k in VOLATILE_STATUS if k in observed.status})
     status = merge_patch(observed.status, status_wanted)
     if status:
         patch["status"] = status

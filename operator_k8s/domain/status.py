@@ -131,9 +131,24 @@ def heartbeat_due(observed: Mapping[str, Any], now: datetime) -> bool:
     """Whether the status should be rewritten to show the check loop is alive; a time that cannot be read (any
     value someone else wrote) counts as due, so it is replaced."""
     try:
-        return now - parse_time(observed.get("lastCheckTime")) >= HEARTBEAT
+        age = now - parse_time(observed.get("lastCheckTime"))
     except (ValueError, TypeError, OverflowError):
         return True
+    return age >= HEARTBEAT or age <= -HEARTBEAT  # a time a minute or more ahead is not a clock's skew: replace it
+
+
+def rebased(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dict[str, Any]:
+    """``desired`` with each condition's ``lastTransitionTime`` taken from ``observed`` where the condition's status
+    is the same there: a status read again after a conflict may already show a transition (a peer's write, or our
+    own not yet seen), which must keep its time."""
+    seen = {c.type: c for c in conditions_from_wire(observed.get("conditions"))}
+    conditions = []
+    for wanted in desired.get("conditions") or []:
+        old = seen.get(wanted["type"])
+        if old is not None and old.status == wanted["status"]:
+            wanted = {**wanted, "lastTransitionTime": format_time(old.last_transition_time)}  # noqa: PLW2901
+        conditions.append(wanted)
+    return {**desired, "conditions": conditions}
 
 
 def status_patch(observed: Mapping[str, Any], desired: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:

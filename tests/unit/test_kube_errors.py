@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,10 +32,54 @@ class Answers:
         raise client.ApiException(status=self.status, reason="Answer")
 
 
-def mirror(status: int) -> KubeTicketMirror:
+class Crds:
+    """ApiextensionsV1Api listing the Tickets CRD, with or without the status subresource of older releases."""
+
+    def __init__(self, legacy: bool = False) -> None:
+        self.legacy = legacy
+
+    async def list_custom_resource_definition(self, *_: Any, **__: Any) -> Any:
+        version: dict[str, Any] = {"name": "v1alpha1", **({"subresources": {"status": {}}} if self.legacy else {})}
+        return SimpleNamespace(items=[{"spec": {"versions": [version]}}])
+
+
+def mirror(status: int, *, legacy: bool = False) -> KubeTicketMirror:
     built = KubeTicketMirror(object())  # type: ignore[arg-type]
     built._custom = Answers(status)
+    built._extensions = Crds(legacy)
     return built
+
+
+class Recording:
+    """A CustomObjectsApi that accepts every write and records which endpoint got what."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    async def create_namespaced_custom_object(self, *args: Any, **__: Any) -> None:
+        self.calls.append(("create", args[-1]))
+
+    async def patch_namespaced_custom_object(self, *args: Any, **__: Any) -> None:
+        self.calls.append(("patch", args[-1]))
+
+    async def patch_namespaced_custom_object_status(self, *args: Any, **__: Any) -> None:
+        self.calls.append(("patch-status", args[-1]))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+async def test_a_ticket_change_is_one_request_unless_the_crd_still_has_a_status_subresource(legacy: bool) -> None:
+    """With the CRD of older releases the API server would drop the status sent with the object: it goes to the
+    subresource too, so the Ticket still shows it (two writes, and an error that says how to replace the CRD)."""
+    built = mirror(200, legacy=legacy)
+    recording = built._custom = Recording()
+    await built.patch(
+        "ns", "t-1", "7", {"metadata": {"labels": {"state": "resolved"}}, "status": {"state": "resolved"}}
+    )
+    await built.create({**BODY, "status": {"state": "open"}})
+    kinds = [kind for kind, _ in recording.calls]
+    assert kinds == (["patch", "patch-status", "create", "patch-status"] if legacy else ["patch", "create"])
+    assert recording.calls[0][1]["metadata"]["resourceVersion"] == "7"
+    assert ("status" in recording.calls[0][1]) is not legacy
 
 
 @pytest.mark.parametrize("status", [429, 500, 503, 504])

@@ -6,14 +6,17 @@ as the API server does (a key is removed only when the patch says null).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from operator_k8s.adapters.kube import observed_ticket
 from operator_k8s.domain.observations import QueryFailure, StorePod, samples_of
 from operator_k8s.domain.tickets import TicketState
 from operator_k8s.domain.vocabulary import INTENT_ANNOTATION, Label
+from operator_k8s.handlers import fold_ticket_edit
 from operator_k8s.service import Monitor
 from tests.unit.builders import at
 from tests.unit.cycles import PODS, REF, SPEC, TIKV, Parts, condition, conditions, cycle, run
@@ -191,14 +194,22 @@ async def test_a_foreign_status_never_stops_a_cycle(parts: Parts, last_check: An
     assert "unknownKey" not in mirror.status and isinstance(mirror.status["stores"], dict)
 
 
-async def test_a_status_conflict_rereads_and_writes_the_diff(parts: Parts) -> None:
-    monitor, _, _, mirror = parts
+async def test_a_status_conflict_rereads_and_writes_the_diff_keeping_transition_times(parts: Parts) -> None:
+    """A status written since the watch's copy (a peer, or our own write not yet seen): the write conflicts, the
+    status is read again, and the diff from it is written; a condition whose status did not flip keeps the time
+    the fresh status shows, and nothing is written when the fresh status already says it all."""
+    monitor, _, metrics, mirror = parts
     await run(parts, [0])
-    mirror.cluster_version += 5  # someone else wrote the cluster since the watch saw it
-    stats = await monitor.check_cluster(
-        REF, SPEC, PODS, {}, at(1), tickets_shown=mirror.observed(), resource_version="1"
-    )
-    assert stats.status_written and stats.conflicts == 1 and stats.errors == []
+    healthy_since = condition(mirror.status, "Healthy")["lastTransitionTime"]
+    stale = {"conditions": [{"type": "Healthy", "status": "True", "lastTransitionTime": "2026-01-01T11:00:00Z"}]}
+    stats = await monitor.check_cluster(REF, SPEC, PODS, stale, at(30), tickets_shown=mirror.observed(),
+                                        resource_version="1")  # fmt: skip
+    assert stats.conflicts == 1 and not stats.status_written, "the fresh status already shows this cycle's verdict"
+    metrics.latency["tikv-1"] = 900.0
+    stats = await monitor.check_cluster(REF, SPEC, PODS, stale, at(31), tickets_shown=mirror.observed(),
+                                        resource_version="1")  # fmt: skip
+    assert stats.conflicts == 1 and stats.status_written and stats.errors == []
+    assert condition(mirror.status, "StoresReady")["lastTransitionTime"] == healthy_since
 
 
 async def test_a_selection_of_zero_pods_is_not_healthy(parts: Parts) -> None:
@@ -261,3 +272,93 @@ async def test_drop_caches_at_every_await_point_changes_no_outcome() -> None:
     undisturbed = await scenario(False)
     assert undisturbed[0][0][1].active and undisturbed[0][0][2] == 2, "the scenario reopens"
     assert await scenario(True) == undisturbed
+
+
+async def test_a_lasting_violation_whose_value_drifts_is_written_once_a_minute(parts: Parts) -> None:
+    """Its message carries the value: shown to the minute, like lastSeen, not one write per cycle."""
+    _, _, metrics, mirror = parts
+    await open_ticket(parts)
+    before, opening = mirror.writes, mirror.resources[NAME]["message"]
+    for second in range(4, 124):
+        metrics.latency["tikv-1"] = 900.0 + second  # a new value, so a new message, every cycle
+        await cycle(parts[0], second, mirror.status)
+    assert 1 <= mirror.writes - before <= 2, "two minutes of a drifting value: a write a minute"
+    assert mirror.resources[NAME]["message"] != opening, "the figures are refreshed, a minute at a time"
+
+
+class GatedMetrics(FakeMetrics):
+    """Prometheus that holds every query until the test opens the gate (a check in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def query(self, *args: Any, **kwargs: Any) -> Any:
+        if self.gate is not None:
+            self.entered.set()
+            await self.gate.wait()
+        return await super().query(*args, **kwargs)
+
+
+async def test_a_check_in_flight_when_its_cluster_is_deleted_reopens_nothing() -> None:
+    """The deletion waits for the check's lock and then retires the cluster, so the check (or one still waiting
+    for the lock) writes nothing: found by review, where the deletion dropped the lock first."""
+    store, metrics, mirror = FakeStore(), GatedMetrics(), FakeMirror()
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror)
+    metrics.latency["tikv-0"] = 500.0
+    for second in range(3):
+        await cycle(monitor, second, mirror.status)
+    metrics.gate = asyncio.Event()
+    in_flight = asyncio.create_task(cycle(monitor, 10, mirror.status))
+    waiting = asyncio.create_task(cycle(monitor, 11, mirror.status))
+    await metrics.entered.wait()
+    deletion = asyncio.create_task(monitor.cluster_deleted(REF, at(12)))
+    metrics.gate.set()
+    assert await deletion == 1
+    await asyncio.gather(in_flight, waiting)
+    assert [r.state for r in store.rows] == [TicketState.RESOLVED]
+    assert [kind for _, kind, _ in store.history][-1] == "Resolved" and "TicketReopened" not in {
+        e.reason for e in mirror.posted
+    }
+    assert monitor.ledger.memories == {}
+
+
+async def test_an_edit_undone_before_the_next_check_is_not_lost(parts: Parts) -> None:
+    """The edit's event folds it and shows it as stored at once, so undoing it is an edit too (found by review:
+    the stale annotation equalled the undone spec, and the next check wrote the first edit back)."""
+    monitor, store, _, mirror = parts
+    await open_ticket(parts)
+    mirror.human_patch(NAME, {"spec": {"hold": True}})
+    await fold_ticket_edit(monitor, observed_ticket(mirror.objects[NAME]))
+    assert store.rows[0].hold
+    mirror.human_patch(NAME, {"spec": {"hold": False}})
+    await fold_ticket_edit(monitor, observed_ticket(mirror.objects[NAME]))
+    assert not store.rows[0].hold
+    await run(parts, [4])
+    assert mirror.specs[NAME]["hold"] is False and not store.rows[0].hold
+
+
+class ContendedStore(FakeStore):
+    """Another writer bumps every row just before each write lands: every compare-and-set loses."""
+
+    contend = False
+
+    async def sync(self, cluster_uid: str, writes: Any, horizon: Any, *, deadline: float) -> Any:
+        if self.contend and writes:
+            self.rows = [replace(r, version=r.version + 1) for r in self.rows]
+        return await super().sync(cluster_uid, writes, horizon, deadline=deadline)
+
+
+async def test_a_decision_that_loses_every_race_never_writes_an_edit_back() -> None:
+    store, metrics, mirror = ContendedStore(), FakeMetrics(), FakeMirror()
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror)
+    parts = (monitor, store, metrics, mirror)
+    await open_ticket(parts)
+    mirror.human_patch(NAME, {"spec": {"acknowledged": True}})
+    store.contend = True
+    stats = await cycle(monitor, 4, mirror.status)
+    assert stats.conflicts == 3 and mirror.specs[NAME]["acknowledged"] is True, "the edit stays on the Ticket"
+    store.contend = False
+    await run(parts, [5])
+    assert store.rows[0].acknowledged and mirror.specs[NAME]["acknowledged"] is True
