@@ -50,22 +50,34 @@ def shown(stack: Stack, namespace: str) -> dict[str, dict[str, Any]]:
     return {t["metadata"]["name"]: t for t in get_json(stack, "tickets", "-n", namespace)["items"]}
 
 
+def last_seen(stack: Stack, namespace: str) -> dict[str, str]:
+    return {name: t["status"]["lastSeen"] for name, t in shown(stack, namespace).items()}
+
+
+def ticket_of(stack: Stack, namespace: str, store: str) -> str:
+    return next(name for name, t in shown(stack, namespace).items() if t["status"]["store"] == store)
+
+
 @pytest.mark.level("low")  # 500 pods and Tickets: the full run
 def test_a_restart_with_500_open_tickets_writes_none_and_a_state_change_costs_one(stack: Stack, namespace: str) -> None:
     apply(stack, *(pending_store(f"big-{n}", namespace) for n in range(STORES)))
     spec = {"interval": "2s", "stores": {"selector": {"matchLabels": {"app": "big"}}},
             "invariants": ONLY_STORES_READY}  # fmt: skip
     cluster = monitored_cluster("big", namespace, stack, **spec)
-    del cluster["spec"]["stores"]["expected"]
     with run_operator(stack) as operator:
         apply(stack, cluster)
         eventually(lambda: sum(1 for t in shown(stack, namespace).values() if t["status"]["state"] == "open") == STORES,
                    timeout=180, what=f"{STORES} open Tickets")  # fmt: skip
         operator.checked_after(namespace, "big", 3)
-    before = ticket_writes(stack)
+    before, seen = ticket_writes(stack), last_seen(stack, namespace)
     with run_operator(stack) as restarted:
         restarted.checked_after(namespace, "big", 6)
-        assert ticket_writes(stack) == before, "a restart observes every Ticket as it should be: nothing is written"
+        # The only change a restart may meet is the clock: a lastSeen a minute old is refreshed, restart or not.
+        refreshed = sum(1 for name, at in last_seen(stack, namespace).items() if seen.get(name) != at)
+        print(f"[measured] restart with {STORES} open Tickets: {ticket_writes(stack) - before:g} Ticket writes, "
+              f"{refreshed} lastSeen refreshes")  # fmt: skip
+        assert ticket_writes(stack) - before == refreshed, "a restart observes every Ticket: nothing else is written"
+        before = ticket_writes(stack) - refreshed
         healed = {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
         stack.kubectl("patch", "pod", "big-7", "-n", namespace, "--subresource=status", "--type=merge",
                       "-p", json.dumps(healed))  # fmt: skip
@@ -74,7 +86,11 @@ def test_a_restart_with_500_open_tickets_writes_none_and_a_state_change_costs_on
             timeout=60, what="the healed store's ticket resolved",
         )  # fmt: skip
         restarted.checked_after(namespace, "big", 4)
-        assert ticket_writes(stack) == before + 1, "resolving one ticket: its state label and status in one write"
+        healed_ticket = ticket_of(stack, namespace, "big-7")
+        refreshed = sum(
+            1 for name, at in last_seen(stack, namespace).items() if seen.get(name) != at and name != healed_ticket
+        )
+        assert ticket_writes(stack) - refreshed == before + 1, "resolving one ticket: its label and status in one write"
         [ticket] = resolved
         assert ticket["status"]["store"] == "big-7" and ticket["metadata"]["labels"]["state"] == "resolved"
 
@@ -94,7 +110,6 @@ def test_a_tampered_ticket_is_restored_and_a_hold_set_on_it_is_honoured(
     spec = {"interval": "1s", "stores": {"selector": {"matchLabels": {"app": "big"}}},
             "invariants": ONLY_STORES_READY}  # fmt: skip
     cluster = monitored_cluster("big", namespace, stack, **spec)
-    del cluster["spec"]["stores"]["expected"]
     with run_operator(stack) as operator:
         apply(stack, cluster)
         [(name, wanted)] = eventually(lambda: list(shown(stack, namespace).items()), what="the Ticket")
@@ -125,7 +140,6 @@ def test_tickets_are_rebuilt_after_their_crd_is_deleted_and_recreated_a_held_one
     apply(stack, pending_store("tikv-0", namespace), pending_store("tikv-1", namespace))
     spec = {"interval": "1s", "stores": {"selector": {"matchLabels": {"app": "big"}}}, "invariants": ONLY_STORES_READY}
     cluster = monitored_cluster("big", namespace, stack, **spec)
-    del cluster["spec"]["stores"]["expected"]
     crd = REPO_ROOT / "crds" / "tickets.operator-k8s.io.yaml"
     with run_operator(stack) as operator:
         apply(stack, cluster)
