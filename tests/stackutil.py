@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from devstack.processes import Process
 from devstack.stack import REPO_ROOT, Stack
@@ -175,12 +177,26 @@ def scrape_metrics(process: Process) -> dict[str, float]:
     url = f"http://127.0.0.1:{process.env['OPERATOR_K8S_METRICS_PORT']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
+    return {
+        f"{sample.name}{{{','.join(f'{k}={json.dumps(v)}' for k, v in sample.labels.items())}}}"
+        if sample.labels
+        else sample.name: sample.value
+        for sample in metric_samples(text)
+    }
+
+
+def metric_samples(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text exposition, read by prometheus_client's own parser (the one parser here)."""
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def metric_sum(text: str, name: str, **labels: str | tuple[str, ...]) -> float:
+    """The sum of ``name``'s samples whose labels match (a value, or any of a tuple of values)."""
+
+    def matches(sample: Sample) -> bool:
+        return all(sample.labels.get(k) in (v if isinstance(v, tuple) else (v,)) for k, v in labels.items())
+
+    return sum(s.value for s in metric_samples(text) if s.name == name and matches(s))
 
 
 def metric_value(samples: dict[str, float], pattern: str) -> float:

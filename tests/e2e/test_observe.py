@@ -8,11 +8,10 @@ import time
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.stack import REPO_ROOT, Stack
 from tests.conftest import run_operator
-from tests.stackutil import apply, eventually, get_json, monitored_cluster, tickets_in_db
+from tests.stackutil import apply, eventually, get_json, metric_sum, monitored_cluster, tickets_in_db
 
 pytestmark = pytest.mark.stack
 STORES = 500
@@ -25,15 +24,7 @@ ONLY_STORES_READY = {"storesReady": {"for": "0s", "clearFor": "0s"}, "latency": 
 def ticket_writes(stack: Stack) -> float:
     """Every write request the API server has answered for Tickets, whoever sent it."""
     text = stack.kubectl("get", "--raw", "/metrics").stdout
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "apiserver_request"
-        for sample in family.samples
-        if sample.name == "apiserver_request_total"
-        and sample.labels.get("resource") == "tickets"
-        and sample.labels.get("verb") in WRITES
-    )
+    return metric_sum(text, "apiserver_request_total", resource="tickets", verb=WRITES)
 
 
 def pending_store(name: str, namespace: str) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import urllib.request
 
 import pytest
 
@@ -17,6 +16,8 @@ from tests.stackutil import (
     get_json,
     health_url,
     http_status,
+    metric_value,
+    scrape_metrics,
     start_cluster,
 )
 
@@ -24,11 +25,7 @@ pytestmark = pytest.mark.stack
 
 
 def cycles(operator: Process) -> float:
-    assert operator.env is not None
-    url = f"http://127.0.0.1:{operator.env['OPERATOR_K8S_METRICS_PORT']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("operator_k8s_check_cycles_total{"))
+    return metric_value(scrape_metrics(operator), r"operator_k8s_check_cycles_total\{.*\}")
 
 
 def resumed(operator: Process) -> bool:

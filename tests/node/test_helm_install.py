@@ -21,7 +21,15 @@ from devstack.demo import QUICK_START_VALUES
 from devstack.hoststate import GATEWAY, HostState
 from devstack.node import NODE_NAME, Node
 from devstack.stack import REPO_ROOT, Stack
-from tests.stackutil import apply_tikv_example, eventually, get_json, prometheus_query, simulator, store_fault
+from tests.stackutil import (
+    apply_tikv_example,
+    eventually,
+    get_json,
+    metric_samples,
+    prometheus_query,
+    simulator,
+    store_fault,
+)
 
 pytestmark = pytest.mark.stack
 CHART = str(REPO_ROOT / "charts" / "operator-k8s")
@@ -103,11 +111,11 @@ def kubelet_probes(stack: Stack, pod: str) -> dict[str, float]:
     assert stack.node is not None
     text = stack.kubectl("get", "--raw", f"/api/v1/nodes/{NODE_NAME}/proxy/metrics/probes").stdout
     counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("prober_probe_total{") and f'pod="{pod}"' in line and 'container="operator"' in line:
-            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
-            key = f"{labels['probe_type'].strip(chr(34))}/{labels['result'].strip(chr(34))}"
-            counts[key] = counts.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    for sample in metric_samples(text):
+        labels = sample.labels
+        if sample.name == "prober_probe_total" and (labels.get("pod"), labels.get("container")) == (pod, "operator"):
+            key = f"{labels['probe_type']}/{labels['result']}"
+            counts[key] = counts.get(key, 0) + sample.value
     return counts
 
 
