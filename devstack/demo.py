@@ -215,6 +215,11 @@ def up(*, hold: bool, node: bool = False) -> int:
         helm = stack.binaries.helm.parent if node else stack.binaries.helm_dir  # node mode installs with helm: build it
         print(f"  export PATH={stack.binaries.kubectl.parent}:{helm}:$PATH")
         print(f"  Prometheus {stack.prometheus_url}   simulator {stack.simulator_url}   Postgres {stack.postgres_dsn}")
+        say("Inject a fault into a store, and heal it (the simulator's API; see devstack/simulator.py):")
+        disk = f"{stack.simulator_url}{_fault_path(f'{CLUSTER}-tikv-0', 'disk')}"
+        print(f"  curl -X PUT -H 'Content-Type: application/json' -d '{{\"percent\": 96}}' {disk}")
+        print(f"  curl -X DELETE {disk}")
+        print("  Other faults (down, latency, hung, restart-loop, …) are listed in devstack/simulator.py's docstring")
         if node:
             say("Install the operator from the chart (its image and a Postgres stand-in are already on the node):")
             print(f"  kubectl create namespace {HELM_NAMESPACE}")
@@ -222,13 +227,6 @@ def up(*, hold: bool, node: bool = False) -> int:
             chart = CHART.relative_to(REPO_ROOT)
             print(f"  helm install operator-k8s {chart} -n {HELM_NAMESPACE} --wait {' '.join(QUICK_START_VALUES)}")
             print(f"  kubectl get mc,tickets -n {NAMESPACE}     # the example cluster, checked by the operator's pod")
-            say("Inject a fault into a store, and heal it (the simulator's API; see devstack/simulator.py):")
-            disk = f"{stack.simulator_url}{_fault_path(f'{CLUSTER}-tikv-0', 'disk')}"
-            print(f"  curl -X PUT -H 'Content-Type: application/json' -d '{{\"percent\": 96}}' {disk}")
-            print(f"  curl -X DELETE {disk}")
-            print(
-                "  Other faults (down, latency, hung, restart-loop, …) are listed in devstack/simulator.py's docstring"
-            )
             gateway_dsn = stack.postgres_dsn.replace("127.0.0.1", GATEWAY)
             print(f"  For kubectl apply -f deploy/ instead of helm, the DSN pods can reach: {gateway_dsn}")
         if hold or node:

@@ -37,7 +37,7 @@ from operator_k8s.domain.ledger import (
     tracked_stores,
 )
 from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod, scope_result, select_pods
-from operator_k8s.domain.projections import ObservedTicket, normal_intent, plan_tickets, ticket_body, ticket_spec
+from operator_k8s.domain.projections import ObservedTicket, plan_tickets, ticket_body, ticket_patch, ticket_spec
 from operator_k8s.domain.queries import cycle_queries
 from operator_k8s.domain.specs import MonitoredClusterSpec
 from operator_k8s.domain.status import (
@@ -50,7 +50,7 @@ from operator_k8s.domain.status import (
     status_patch,
 )
 from operator_k8s.domain.tickets import HumanEdit, Ticket, TicketState, Transition, apply_human_intent
-from operator_k8s.domain.vocabulary import CLUSTER_STORE, INTENT_ANNOTATION, Reason
+from operator_k8s.domain.vocabulary import CLUSTER_STORE, Reason
 from operator_k8s.ledger import DECISION_ATTEMPTS, Ledger
 from operator_k8s.ports import (
     KubernetesConflict,
@@ -435,17 +435,12 @@ class Monitor:
         return shown_ticket(decision.tickets, resource)
 
     async def show_intent(self, observed: ObservedTicket, ticket: Ticket) -> None:
-        """Show on a Ticket that its edit is in Postgres: the shown-intent annotation (and the spec, if Postgres'
-        intent differs) as Postgres holds them, locked on the resourceVersion the edit was read from. Until then a
-        second edit that undoes the first would equal the stale annotation and be lost; a conflict means the Ticket
-        changed again, and its own event (or the next cycle) takes it from there."""
-        body = ticket_body(ticket)
-        patch: dict[str, Any] = {}
-        annotation = body["metadata"]["annotations"][INTENT_ANNOTATION]
-        if observed.annotations.get(INTENT_ANNOTATION) != annotation:
-            patch["metadata"] = {"annotations": {INTENT_ANNOTATION: annotation}}
-        if normal_intent(observed.spec) != body["spec"]:
-            patch["spec"] = merge_patch(observed.spec, body["spec"])
+        """Show on a Ticket at once what its edit did, as Postgres holds it: the shown-intent annotation, and the
+        state, labels and status the edit changed (an acknowledgement), in one write locked on the resourceVersion
+        the edit was read from. Until the annotation follows, a second edit that undoes the first would equal it and
+        be lost; a conflict means the Ticket changed again, and its own event (or the next cycle) takes it from
+        there."""
+        patch = ticket_patch(observed, ticket_body(ticket))
         if not patch:
             return
         try:

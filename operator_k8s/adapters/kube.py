@@ -116,16 +116,17 @@ def _strings(value: object) -> dict[str, str]:
 
 
 def _spec_actor(meta: Mapping[str, Any]) -> str:
-    """Who last changed a Ticket's spec, as far as managedFields tells (the field manager's name, newest first)."""
-    entries = [
-        e for e in meta.get("managedFields") or [] if isinstance(e, dict) and "f:spec" in (e.get("fieldsV1") or {})
-    ]
+    """Who last changed a Ticket's spec other than the operator, as far as managedFields tells (the newest field
+    manager of ``spec`` that is not the operator's: an entry's time has a second's resolution, so a tie with the
+    operator's own write must not credit the operator); the operator's name if nobody else ever wrote the spec."""
+    fields = meta.get("managedFields") or []
+    entries = [e for e in fields if isinstance(e, dict) and "f:spec" in (e.get("fieldsV1") or {})]
     entries.sort(key=lambda e: str(e.get("time") or ""))
     for entry in reversed(entries):
         manager = str(entry.get("manager") or "")
-        if manager:
+        if manager and manager != MANAGER:
             return f"kubernetes:{manager}"
-    return "kubernetes:unknown"
+    return f"kubernetes:{MANAGER}"
 
 
 TICKET_CRD = f"{TICKET_PLURAL}.{GROUP}"

@@ -76,8 +76,10 @@ def _invariant_condition(
             Reason.ALL_STORES_READY,
             f"All {len([f for f in findings if f.store != 'cluster'])} store pods are Running and Ready",
         )
+    if not findings:  # absence is never health: no store is selected, so nothing was judged
+        return "Unknown", Reason.NO_STORES_SELECTED, "No store pod is selected: nothing to judge"
     known = len(findings) - len(unknown)
-    return "True", Reason.HOLDS, f"Holds for {known} of {len(findings)} stores" if findings else "Nothing to judge"
+    return "True", Reason.HOLDS, f"Holds for {known} of {len(findings)} stores"
 
 
 def _holds_now(store: str, findings: Sequence[Finding]) -> bool:

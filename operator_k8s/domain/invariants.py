@@ -159,15 +159,24 @@ def _stores_ready(spec: MonitoredClusterSpec, snapshot: Snapshot) -> list[Findin
                 Finding(name, pod.name, Verdict.VIOLATED, severity, f"Store pod {pod.name} is down ({state})")
             )
     expected = spec.stores.expected
-    if not snapshot.pods and expected is None:
+    tracked = snapshot.tracked_stores.get(name, frozenset())
+    if expected is None and CLUSTER_STORE in tracked:
+        # The count its ticket was about is no longer asked for: that ticket ends, with a reason that says so.
+        message = "No expected store count is set any more"
+        findings.append(Finding(name, CLUSTER_STORE, Verdict.HOLDS, severity, message))
+    elif not snapshot.pods and expected is None:
         # Absence is never health: a selector that matches nothing (a typo, a wrong namespace) is said, not passed.
         message = f"The store selector {_selector_text(spec)} matches no pod in the cluster's namespace"
         findings.append(Finding(name, CLUSTER_STORE, Verdict.UNKNOWN, severity, message))
     missing_count = 0 if expected is None else max(0, expected - len(snapshot.pods))
-    for store in sorted(snapshot.tracked_stores.get(name, frozenset()) - present - {CLUSTER_STORE}):
-        # A store with an active ticket whose pod vanished: still down while the cluster is short of pods.
+    for store in sorted(tracked - present - {CLUSTER_STORE}):
+        # A store with an active ticket that is no longer selected (its pod deleted, or relabelled out of the
+        # selector): still down while the cluster is short of pods.
         verdict = Verdict.VIOLATED if missing_count else Verdict.HOLDS
-        findings.append(Finding(name, store, verdict, severity, f"Store pod {store} does not exist"))
+        message = (
+            f"Store pod {store} is not among the selected store pods (deleted, or no longer matching the selector)"
+        )
+        findings.append(Finding(name, store, verdict, severity, message))
     if expected is not None:
         observed = len(snapshot.pods)
         verdict = Verdict.VIOLATED if missing_count else Verdict.HOLDS

@@ -136,8 +136,8 @@ class ObservedTicket:
     """The uids of its controlling MonitoredCluster ownerReferences."""
     spec: Mapping[str, Any] = field(default_factory=dict)
     status: Mapping[str, Any] = field(default_factory=dict)
-    spec_actor: str = "kubernetes:unknown"
-    """Who last changed its spec other than the operator, from managedFields."""
+    spec_actor: str = f"kubernetes:{MANAGER}"
+    """Who last changed its spec other than the operator, from managedFields (the operator: nobody else did)."""
 
     def belongs_to(self, cluster_uid: str) -> bool:
         """Shows a ticket of this cluster: by its cluster-uid label (restored if removed) or its ownerReference."""
@@ -231,7 +231,7 @@ def observed_edit(ticket: Ticket, observed: ObservedTicket) -> ObservedEdit | No
     spec = normal_intent(observed.spec)
     if shown is None:
         if observed.spec_actor == f"kubernetes:{MANAGER}":
-            return None
+            return None  # nobody else ever wrote the spec: a drift the projection corrects
         shown = ticket_spec(ticket)
     if spec == shown:
         return None

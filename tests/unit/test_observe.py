@@ -362,3 +362,42 @@ async def test_a_decision_that_loses_every_race_never_writes_an_edit_back() -> N
     store.contend = False
     await run(parts, [5])
     assert store.rows[0].acknowledged and mirror.specs[NAME]["acknowledged"] is True
+
+
+def test_an_edit_is_credited_to_its_human_even_in_the_operators_second() -> None:
+    """managedFields times have a second's resolution: a tie with the operator's write is the human's edit (found by
+    the stranger's review, where such edits were recorded as the operator's)."""
+    body = {"metadata": {"name": "t-1", "namespace": "ns", "managedFields": [
+        {"manager": "kubectl-patch", "time": "2026-12-06T21:00:00Z", "fieldsV1": {"f:spec": {"f:note": {}}}},
+        {"manager": "operator-k8s", "time": "2026-12-06T21:00:00Z", "fieldsV1": {"f:spec": {}, "f:status": {}}},
+    ]}}  # fmt: skip
+    assert observed_ticket(body).spec_actor == "kubernetes:kubectl-patch"
+    only_ours = {"metadata": {"name": "t-1", "managedFields": [body["metadata"]["managedFields"][1]]}}
+    assert observed_ticket(only_ours).spec_actor == "kubernetes:operator-k8s"
+
+
+async def test_an_acknowledgement_is_shown_in_one_write(parts: Parts) -> None:
+    monitor, store, _, mirror = parts
+    await open_ticket(parts)
+    mirror.human_patch(NAME, {"spec": {"acknowledged": True}})
+    before = mirror.writes
+    await fold_ticket_edit(monitor, observed_ticket(mirror.objects[NAME]))
+    await run(parts, [4])
+    assert store.rows[0].state is TicketState.ACKNOWLEDGED
+    assert mirror.resources[NAME]["state"] == "acknowledged" and mirror.writes == before + 1
+
+
+async def test_removing_the_expected_count_ends_its_ticket_and_zero_pods_are_unknown(parts: Parts) -> None:
+    monitor, store, _, mirror = parts
+    spec = {**SPEC, "stores": {"selector": {"matchLabels": {"app": "tivk"}}, "expected": 3}}
+    for second in range(3):
+        await observed_cycle(monitor, REF, spec, [], at(second))
+    assert [(r.key.store, r.state) for r in store.rows] == [("cluster", TicketState.OPEN)]
+    without = {**spec, "stores": {"selector": {"matchLabels": {"app": "tivk"}}}}
+    for second in range(3, 6):
+        await observed_cycle(monitor, REF, without, [], at(second))
+    assert store.rows[0].state is TicketState.RESOLVED
+    assert store.history[-1][1:] == ("Resolved", "No expected store count is set any more for 0s")
+    ready, latency = condition(mirror.status, "StoresReady"), condition(mirror.status, "LatencyWithinBudget")
+    assert (ready["status"], ready["reason"]) == ("Unknown", "NoStoresSelected")
+    assert (latency["status"], latency["reason"]) == ("Unknown", "NoStoresSelected"), "nothing judged is not health"
