@@ -18,7 +18,7 @@ from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.ledger import ClusterRef, TicketResource
 from operator_k8s.domain.projections import ObservedTicket, normal_intent, ticket_id_of
-from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION, Label
+from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
 
@@ -191,14 +191,6 @@ def _ref(meta: Any, namespace: str) -> ClusterRef:
     )
 
 
-def _ticket_owner(ticket: ObservedTicket) -> str | None:
-    """The uid of the MonitoredCluster a Ticket shows a ticket of: its ownerReference, else its cluster-uid label
-    (the human who removed one rarely removes both; the cycle restores them)."""
-    if ticket.owner_uids:
-        return ticket.owner_uids[0]
-    return ticket.labels.get(Label.CLUSTER_UID) if ticket.labels.get(Label.MANAGED_BY) == MANAGER else None
-
-
 async def _run_cycle(
     monitor: Monitor,
     telemetry: Telemetry,
@@ -243,7 +235,7 @@ async def _run_cycle(
 
 async def fold_ticket_edit(monitor: Monitor, observed: ObservedTicket) -> None:
     """Fold the human edit a Ticket shows (spec ≠ the intent the operator last showed there) into Postgres."""
-    owner = _ticket_owner(observed)
+    owner = observed.cluster_uid
     ticket_id = observed.status.get("ticketId")
     if not isinstance(ticket_id, int):
         ticket_id = ticket_id_of(observed.name)

@@ -137,6 +137,16 @@ def pg_rows(stack: Stack, sql: str, *args: Any) -> list[dict[str, Any]]:
     return asyncio.run(fetch())
 
 
+async def create_database(stack: Stack, name: str) -> str:
+    """A fresh, empty database on the stack's Postgres; its DSN."""
+    admin = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return stack.postgres_dsn.rsplit("/", 1)[0] + "/" + name
+
+
 def tickets_in_db(stack: Stack, namespace: str, invariant: str | None = None) -> list[dict[str, Any]]:
     rows = pg_rows(stack, "SELECT * FROM tickets WHERE namespace = $1 ORDER BY id", namespace)
     return [r for r in rows if invariant is None or r["invariant"] == invariant]

@@ -146,6 +146,14 @@ class ObservedTicket:
         return cluster_uid in self.owner_uids
 
     @property
+    def cluster_uid(self) -> str | None:
+        """The MonitoredCluster it shows a ticket of: its ownerReference, else its cluster-uid label if the operator
+        manages it (the human who removed one rarely removes both; the cycle restores them)."""
+        if self.owner_uids:
+            return self.owner_uids[0]
+        return self.labels.get(Label.CLUSTER_UID) if self.labels.get(Label.MANAGED_BY) == MANAGER else None
+
+    @property
     def shown_intent(self) -> dict[str, Any] | None:
         """The intent the operator last showed on it (None if the annotation is missing or not ours to read)."""
         try:

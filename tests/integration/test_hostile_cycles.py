@@ -13,7 +13,6 @@ import itertools
 import json
 from typing import Any
 
-import asyncpg
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -26,6 +25,7 @@ from operator_k8s.domain.ledger import ClusterRef
 from operator_k8s.domain.observations import QueryResult, Sample, StorePod
 from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, TICKET_PLURAL, VERSION
 from operator_k8s.service import Monitor
+from tests.stackutil import create_database, eventually
 from tests.unit.builders import at
 
 pytestmark = pytest.mark.stack
@@ -167,15 +167,12 @@ class ScriptedMetrics:
 
 @pytest.fixture(scope="module")
 def database(stack: Stack) -> str:
-    async def create() -> None:
-        admin = await asyncpg.connect(stack.postgres_dsn)
-        try:
-            await admin.execute("CREATE DATABASE hostile_cycles")
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
-    return stack.postgres_dsn.rsplit("/", 1)[0] + "/hostile_cycles"
+    # A stack just started may still answer 429 "storage is (re)initializing" for its CRDs: examples start once both
+    # kinds are served, so a refusal in an example is the cycle's, never the stack's warming up.
+    for plural in (CLUSTER_PLURAL, TICKET_PLURAL):
+        eventually(lambda p=plural: stack.kubectl("get", p, "-A", check=False).returncode == 0, timeout=60,
+                   what=f"the API server serving {plural}")  # fmt: skip
+    return asyncio.run(create_database(stack, "hostile_cycles"))
 
 
 async def _cycles(stack: Stack, database: str, namespace: str, spec: dict[str, Any], pods: list[StorePod],

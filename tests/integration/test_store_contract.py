@@ -8,7 +8,6 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import asyncpg
 import pytest
 
 from devstack.stack import Stack
@@ -16,6 +15,7 @@ from operator_k8s.adapters.ticket_store import PostgresTicketStore
 from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import Ticket, TicketState
 from operator_k8s.ports import TicketStore
+from tests.stackutil import create_database
 from tests.unit.builders import KEY, at, ticket
 from tests.unit.fakes import INT4_MAX, FakeStore
 
@@ -28,13 +28,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[TicketStore]:
         yield FakeStore()
         return
     stack: Stack = request.getfixturevalue("stack")
-    name = f"contract_{next(_databases)}"
-    admin = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    real = PostgresTicketStore(stack.postgres_dsn.rsplit("/", 1)[0] + "/" + name)
+    real = PostgresTicketStore(await create_database(stack, f"contract_{next(_databases)}"))
     try:
         yield real
     finally:

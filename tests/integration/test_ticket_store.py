@@ -18,7 +18,7 @@ from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketKey, TicketState
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
-from tests.stackutil import eventually_async
+from tests.stackutil import create_database, eventually_async
 from tests.unit.builders import at, shown, ticket
 from tests.unit.cycles import PODS, REF, SPEC
 from tests.unit.fakes import FakeMetrics, FakeMirror
@@ -30,13 +30,7 @@ _databases = itertools.count()
 @pytest.fixture
 async def database(stack: Stack) -> str:
     """A fresh, empty database per test; its DSN."""
-    name = f"tickets_{next(_databases)}"
-    admin = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    return stack.postgres_dsn.rsplit("/", 1)[0] + "/" + name
+    return await create_database(stack, f"tickets_{next(_databases)}")
 
 
 async def test_migrates_an_empty_database(database: str) -> None:

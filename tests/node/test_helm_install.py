@@ -22,10 +22,12 @@ from devstack.hoststate import GATEWAY, HostState
 from devstack.node import NODE_NAME, Node
 from devstack.stack import REPO_ROOT, Stack
 from tests.stackutil import (
+    apply,
     apply_tikv_example,
     eventually,
     get_json,
     metric_samples,
+    monitored_cluster,
     prometheus_query,
     simulator,
     store_fault,
@@ -85,6 +87,12 @@ def start_to_ready(pod: dict[str, Any]) -> float:
     ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
     created = datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
     return (datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00")) - created).total_seconds()
+
+
+def store_cluster(stack: Stack, namespace: str) -> None:
+    """Three simulator stores labelled ``app=tikv`` and a MonitoredCluster ``tikv`` of them, checked every 2 s."""
+    simulator(stack, "PUT", f"/clusters/{namespace}/tikv", {"stores": 3, "labels": {"app": "tikv"}})
+    apply(stack, monitored_cluster("tikv", namespace, stack, interval="2s"))
 
 
 def psql(stack: Stack, sql: str, dsn: str | None = None) -> list[list[str]]:
@@ -148,14 +156,7 @@ def test_helm_install_fault_upgrade_pod_loss_uninstall(node_stack: Stack) -> Non
 
     # A TiKV cluster's pods and a MonitoredCluster for them, applied with kubectl.
     stack.kubectl("create", "namespace", STORES)
-    simulator(stack, "PUT", f"/clusters/{STORES}/tikv", {"stores": 3, "labels": {"app": "tikv"}})
-    cluster = {
-        "apiVersion": "operator-k8s.io/v1alpha1", "kind": "MonitoredCluster",
-        "metadata": {"name": "tikv", "namespace": STORES},
-        "spec": {"interval": "2s", "stores": {"selector": {"matchLabels": {"app": "tikv"}}, "expected": 3},
-                 "prometheus": {"url": stack.prometheus_url, "timeout": "2s", "rateWindow": "5s"}},
-    }  # fmt: skip
-    stack.kubectl("apply", "-f", "-", input_text=json.dumps(cluster))
+    store_cluster(stack, STORES)
 
     def healthy() -> bool:
         status = get_json(stack, "mc", "tikv", "-n", STORES).get("status", {})
@@ -300,14 +301,7 @@ def test_a_fresh_two_replica_install_never_checks_on_two_replicas(node_stack: St
     stack, home, namespace, release = node_stack, "ok8s-peers", "tikv-peers", "peers"
     stack.kubectl("create", "namespace", home)
     stack.kubectl("create", "namespace", namespace)
-    simulator(stack, "PUT", f"/clusters/{namespace}/tikv", {"stores": 3, "labels": {"app": "tikv"}})
-    cluster = {
-        "apiVersion": "operator-k8s.io/v1alpha1", "kind": "MonitoredCluster",
-        "metadata": {"name": "tikv", "namespace": namespace},
-        "spec": {"interval": "2s", "stores": {"selector": {"matchLabels": {"app": "tikv"}}, "expected": 3},
-                 "prometheus": {"url": stack.prometheus_url, "timeout": "2s", "rateWindow": "5s"}},
-    }  # fmt: skip
-    stack.kubectl("apply", "-f", "-", input_text=json.dumps(cluster))  # there before the operator: checked at once
+    store_cluster(stack, namespace)  # there before the operator: checked at once
     started = time.monotonic()
     stack.helm("install", release, CHART, "-n", home, *QUICK_START_VALUES, "--set", "replicaCount=2",
                "--set", "peering.enabled=true", "--wait", "--timeout", "110s")  # fmt: skip
