@@ -33,6 +33,45 @@ UNAVAILABLE = (
 )
 
 
+DROPPABLE_SQLSTATE_CLASSES = ("22", "23")
+"""The closed list of refusals that drop a write: a data exception (a value out of range, a malformed time) or a
+constraint the data breaks can never succeed, however often it is sent. ``sync_cluster_cas`` catches exactly these
+per row (migration 0004); any other refusal is the server's state and aborts the call, so the writes stay queued."""
+
+SERVER_STATE_REFUSALS = {
+    "25006": "Postgres refuses writes as read-only (a standby behind the DSN, or a switchover in progress)",
+    "57P01": "Postgres is shutting down (an administrator's shutdown or a failover)",
+    "57P02": "Postgres is recovering from a crash",
+    "57P03": "Postgres is starting up or in recovery and accepts no connections yet",
+    "53300": "Postgres has no connection to spare (too many connections)",
+    "53100": "Postgres is out of disk space",
+    "53200": "Postgres is out of memory",
+}
+"""Refusals that say Postgres itself cannot take writes now: the breaker opens and the pool is rebuilt, so a DSN
+naming several hosts (``target_session_attrs=read-write``) finds the new primary on the next connection."""
+
+TRANSIENT_CLASSES = {"40": "Postgres aborted the transaction (a serialization failure or deadlock)"}
+"""Refusals of one transaction that the next attempt may pass: the writes stay queued, the breaker stays closed."""
+
+PROBE_SECONDS = 0.75
+"""How long a fresh connection may take to answer ``SELECT 1`` after a call missed its deadline: it tells a slow
+call (Postgres answers the probe) from an unreachable Postgres (it does not)."""
+
+
+def refusal(error: asyncpg.PostgresError) -> tuple[str, bool]:
+    """What a refused call means, said for a condition, and whether it is Postgres's own state (open the breaker)
+    rather than one transaction's bad luck. The message names the SQLSTATE, never the DSN."""
+    code = str(error.sqlstate or "")
+    name = f"{type(error).__name__} ({code})"
+    if code in SERVER_STATE_REFUSALS:
+        return f"{SERVER_STATE_REFUSALS[code]}: {name}; writes wait and are retried", True
+    if code.startswith("08"):
+        return f"Postgres dropped the connection: {name}; writes wait and are retried", True
+    if code[:2] in TRANSIENT_CLASSES:
+        return f"{TRANSIENT_CLASSES[code[:2]]}: {name}; writes wait and are retried", False
+    return f"Postgres refused the sync: {name}; writes wait and are retried", True
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -277,6 +316,26 @@ class PostgresTicketStore:
         task.add_done_callback(_consume)
         raise TimeoutError
 
+    async def _missed_deadline(self, deadline: float) -> TicketStoreUnavailable:
+        """One call missed its deadline: the breaker opens only if Postgres itself does not answer a probe on a
+        fresh connection. A slow call (a cluster with many writes, a lock wait) fails alone and its writes wait."""
+        message = f"Postgres did not answer within {deadline:g}s"
+        if self._down is not None:
+            return self._trip(message)
+
+        async def probe() -> None:
+            connection = await asyncpg.connect(self._dsn, timeout=PROBE_SECONDS, statement_cache_size=0)
+            try:
+                await connection.fetchval("SELECT 1")
+            finally:
+                await connection.close(timeout=PROBE_SECONDS)
+
+        try:
+            await self._within(PROBE_SECONDS, probe())
+        except (asyncpg.PostgresError, *UNAVAILABLE):
+            return self._trip(message)
+        return TicketStoreUnavailable(f"{message} (Postgres answers: this call was slow, the others go on)")
+
     async def start(self, deadline: float = 10.0) -> None:
         """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer or refuses: either way the
         operator starts, says why on every cluster and retries."""
@@ -302,11 +361,12 @@ class PostgresTicketStore:
         try:
             result = await self._within(deadline, round_trip())
         except TimeoutError:
-            raise self._trip(f"Postgres did not answer within {deadline:g}s") from None
+            raise await self._missed_deadline(deadline) from None
         except UNAVAILABLE as error:
             raise self._trip(f"Postgres unreachable: {type(error).__name__}") from None
         except asyncpg.PostgresError as error:
-            raise self._trip(f"Postgres refused the sync: {type(error).__name__} ({error.sqlstate})") from None
+            message, server_state = refusal(error)
+            raise (self._trip(message) if server_state else TicketStoreUnavailable(message)) from None
         finally:
             if self._observe is not None:
                 self._observe(time.monotonic() - started)
