@@ -235,13 +235,13 @@ class PostgresTicketStore:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | Callable[[], str],
         *,
         pool_size: int = 4,
         probe_every: float = 2.0,
         observe: Callable[[float], None] | None = None,
     ) -> None:
-        self._dsn = dsn
+        self._dsn = dsn if callable(dsn) else (lambda: dsn)
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
@@ -265,7 +265,7 @@ class PostgresTicketStore:
                 phase = "connection"
                 try:
                     pool = await asyncpg.create_pool(
-                        self._dsn,
+                        connect=self._connect,
                         min_size=1,
                         max_size=self._pool_size,
                         timeout=5,
@@ -284,6 +284,11 @@ class PostgresTicketStore:
                     raise
                 self._pool = pool
             return self._pool
+
+    async def _connect(self, *_: Any, **options: Any) -> asyncpg.Connection:
+        """A new pooled connection from the DSN as it is now: a password rotated in the mounted Secret is used by
+        the next connection, without a restart (the pool is rebuilt when Postgres refuses the old one)."""
+        return await asyncpg.connect(self._dsn(), **options)
 
     def _admit(self) -> None:
         """Fail at once while Postgres is down, except for one probe every ``probe_every`` seconds."""
@@ -324,7 +329,7 @@ class PostgresTicketStore:
             return self._trip(message)
 
         async def probe() -> None:
-            connection = await asyncpg.connect(self._dsn, timeout=PROBE_SECONDS, statement_cache_size=0)
+            connection = await asyncpg.connect(self._dsn(), timeout=PROBE_SECONDS, statement_cache_size=0)
             try:
                 await connection.fetchval("SELECT 1")
             finally:

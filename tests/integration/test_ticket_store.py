@@ -355,3 +355,35 @@ async def test_one_slow_call_fails_alone_while_postgres_answers(database: str) -
     finally:
         await blocker.close()
         await store.close()
+
+
+async def test_a_new_connection_reads_the_dsn_again(stack: Stack, database: str) -> None:
+    """The chart mounts the DSN from a Secret: a password (or host) rotated there is used by the next connection
+    without a restart. Here the DSN source moves to another database while the store's sessions are ended."""
+    current = [database]
+    store = PostgresTicketStore(lambda: current[0], probe_every=0.1)
+    try:
+        assert [
+            t.key.store
+            for t in (
+                await store.sync("uid-1", [TicketWrite(None, ticket(TicketState.OPEN, id=None))], at(0), deadline=5)
+            ).tickets
+        ] == ["tikv-0"]
+        current[0] = await create_database(stack, f"tickets_rotated_{next(_databases)}")
+        admin = await asyncpg.connect(stack.postgres_dsn)
+        try:
+            name = database.rsplit("/", 1)[1]
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        finally:
+            await admin.close()
+
+        async def reconnected_to_the_new_dsn() -> bool:
+            """The new database holds no ticket: an answer of [] comes from a session on the new DSN."""
+            try:
+                return (await store.sync("uid-1", [], at(1), deadline=5)).tickets == []
+            except TicketStoreUnavailable:
+                return False
+
+        await eventually_async(reconnected_to_the_new_dsn, timeout=10, interval=0.2, what="a session on the new DSN")
+    finally:
+        await store.close()
