@@ -29,6 +29,7 @@ UNAVAILABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,  # a session ended under a call (a switchover's terminated backends)
     TimeoutError,
 )
 
@@ -89,8 +90,19 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+async def applied_versions(connection: Any) -> set[int]:
+    """The migrations this database has, read without writing anything (a standby or a read-only server answers)."""
+    if not await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return set()
+    return {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+
+
 async def migrate(connection: Any, *, target: int | None = None) -> list[int]:
-    """Apply the migrations not yet applied (up to ``target``); return the versions applied now."""
+    """Apply the migrations not yet applied (up to ``target``); return the versions applied now. A database that
+    has them all is only read: a pool rebuilt while Postgres is read-only (a switchover) connects without a write."""
+    wanted = {m.version for m in migrations() if target is None or m.version <= target}
+    if wanted <= await applied_versions(connection):
+        return []
     await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         await connection.execute(
@@ -279,6 +291,8 @@ class PostgresTicketStore:
                     if pool is not None:
                         pool.terminate()
                     if isinstance(error, asyncpg.PostgresError) and not isinstance(error, UNAVAILABLE):
+                        if error.sqlstate in SERVER_STATE_REFUSALS:
+                            raise self._trip(refusal(error)[0]) from None
                         reason = f"{type(error).__name__} ({error.sqlstate}): {error}"
                         raise self._trip(f"Postgres refused the {phase}: {reason}") from None
                     raise

@@ -59,7 +59,7 @@ def test_a_read_only_postgres_drops_no_write_and_every_intent_lands_afterwards(
     operator = shared.running()
     namespace = scene.namespace("readonly")
     scene.stores(namespace, "tikv")
-    scene.cluster(namespace, "tikv", invariants={"diskUsage": {"clearFor": "2s"}})
+    scene.cluster(namespace, "tikv", invariants={"diskUsage": {"for": "0s", "clearFor": "2s"}})
     wait_healthy(stack, namespace, "tikv")
 
     def ticket_of(store: str) -> dict[str, Any] | None:

@@ -319,7 +319,11 @@ async def test_a_postgres_turned_read_only_keeps_every_write_queued_and_stores_i
         await eventually_async(refused_as_read_only, timeout=10, interval=0.2, what="the read-only refusal")
         assert not store.available, "TicketStoreAvailable goes False: Postgres cannot take writes"
         assert "25006" in refusals[-1] and "retried" in refusals[-1], refusals[-1]
-        [stored] = await admin.fetch("SELECT hold, version FROM tickets WHERE id = $1", row.id)
+        reader = await asyncpg.connect(database)
+        try:
+            [stored] = await reader.fetch("SELECT hold, version FROM tickets WHERE id = $1", row.id)
+        finally:
+            await reader.close()
         assert (stored["hold"], stored["version"]) == (False, row.version), "nothing was stored half"
         await switch(read_only=False)
 
