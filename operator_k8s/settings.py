@@ -103,11 +103,13 @@ class Settings(BaseSettings):
 
 class _Environment(EnvSettingsSource):
     """pydantic-settings' environment source over a given mapping (the process's, or a test's), so that tests and
-    the integration tiers pass their own environment without touching the process's."""
+    the integration tiers pass their own environment without touching the process's. Only upper-case names count
+    (``OPERATOR_K8S_TICK_SECONDS``, not ``operator_k8s_tick_seconds``): environment names are case-sensitive, and
+    pydantic-settings matches them case-insensitively once lower-cased."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
         super().__init__(settings_cls)
-        self.env_vars = {name.lower(): value for name, value in environ.items()}  # case_sensitive=False
+        self.env_vars = {name.lower(): value for name, value in environ.items() if name == name.upper()}
 
 
 class _DsnFile(PydanticBaseSettingsSource):

@@ -58,6 +58,11 @@ def test_variables_of_other_tools_under_the_prefix_are_ignored() -> None:
     )
 
 
+def test_only_the_upper_case_names_count() -> None:
+    env = {"OPERATOR_K8S_DATABASE_DSN": DSN, "operator_k8s_tick_seconds": "1", "Operator_K8s_Log_Format": "text"}
+    assert (load_settings(env).tick_seconds, load_settings(env).log_format) == (5.0, "json")
+
+
 @pytest.mark.parametrize("env", [{}, {"OPERATOR_K8S_DATABASE_DSN": ""}, {"OPERATOR_K8S_DATABASE_DSN_FILE": ""}])
 def test_without_a_dsn_the_message_names_both_variables(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError) as raised:
