@@ -190,10 +190,11 @@ INDEXES = ("store_pods", "tickets_shown")
 
 
 class PerObjectIndexing(logging.Filter):
-    """kopf logs ``Indexer 'store_pods' succeeded.`` at INFO for every object it indexes: at start-up that is one
-    line per pod of the whole cluster, which buries what the operator says. On the ``kopf.objects`` logger this
-    filter lowers those lines to DEBUG (kept where DEBUG is on, dropped elsewhere); ``index_summaries`` says the
-    same once per index."""
+    """kopf logs ``Indexer 'store_pods' succeeded.`` as an INFO line for every object it indexes once its logger is
+    at DEBUG (``OPERATOR_K8S_LOG_LEVEL=DEBUG``, ``kopf run --verbose``): at start-up, one INFO line per pod of the
+    whole cluster, which buries what the operator says. On the ``kopf.objects`` logger this filter makes those lines
+    DEBUG records (kept where DEBUG is on, dropped elsewhere); ``index_summaries`` says the same at INFO once per
+    index."""
 
     _SUCCEEDED = frozenset(f"Indexer {index!r} succeeded." for index in INDEXES)
 

@@ -4,6 +4,7 @@ DEBUG, and the operator logs a summary of each index once, when the indexes are 
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import kopf
 import pytest
@@ -94,3 +95,16 @@ def test_a_failed_indexer_is_still_a_warning(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.INFO, logger="kopf.objects"):
         logging.getLogger("kopf.objects").warning("Indexer 'store_pods' failed with an exception. Will ignore.")
     assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+def test_kopfs_own_indexing_logger_yields_debug_records(caplog: pytest.LogCaptureFixture) -> None:
+    """kopf's indexers log through its TerseObjectLogger, which speaks its INFO lines only at DEBUG."""
+    from kopf._core.actions.loggers import TerseObjectLogger  # noqa: PLC0415 - kopf's own, to test against it
+
+    IndexSummary()
+    pod = cast(kopf.RawBody, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tikv-0", "uid": "u"}})
+    terse = TerseObjectLogger(body=kopf.Body(pod), settings=kopf.OperatorSettings())
+    for level in (logging.INFO, logging.DEBUG):
+        with caplog.at_level(level, logger="kopf.objects"):
+            terse.info("Indexer 'store_pods' succeeded.")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("DEBUG", "Indexer 'store_pods' succeeded.")]
