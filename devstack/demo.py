@@ -234,5 +234,5 @@ def up(*, hold: bool, node: bool = False) -> int:
             stop_signals = {signal.SIGINT, signal.SIGTERM}
             signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
             signal.sigwait(stop_signals)
-            say("Stopping every process of the stack")
+            say("Stopping everything" + ("; the machine is restored when this command ends (9-18 s)" if node else ""))
     return 0

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -185,6 +185,69 @@ def _candidate_pods(index: kopf.Index[tuple[str, str, str], Any], namespace: str
     return list(found.values())
 
 
+INDEXES = ("store_pods", "tickets_shown")
+"""The ids of the operator's kopf indexes (registered in ``register``)."""
+
+
+class PerObjectIndexing(logging.Filter):
+    """kopf logs ``Indexer 'store_pods' succeeded.`` as an INFO line for every object it indexes once its logger is
+    at DEBUG (``OPERATOR_K8S_LOG_LEVEL=DEBUG``, ``kopf run --verbose``): at start-up, one INFO line per pod of the
+    whole cluster, which buries what the operator says. On the ``kopf.objects`` logger this filter makes those lines
+    DEBUG records (kept where DEBUG is on, dropped elsewhere); ``index_summaries`` says the same at INFO once per
+    index."""
+
+    _SUCCEEDED = frozenset(f"Indexer {index!r} succeeded." for index in INDEXES)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or record.getMessage() not in self._SUCCEEDED:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+PER_OBJECT_INDEXING = PerObjectIndexing()
+"""One instance, so that registering the handlers again (tests build several registries) adds it only once."""
+
+
+def index_summaries(
+    store_pods: Mapping[tuple[str, str, str], Iterable[Any]], tickets_shown: Mapping[str, Iterable[Any]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """One log line per index, as (message, fields): how many objects each holds and in how many namespaces.
+
+    A pod sits in the pod index once per label, so pods are counted by (namespace, name)."""
+    pods = {(namespace, pod.name) for (namespace, _, _), found in store_pods.items() for pod in found}
+    tickets = {namespace: sum(1 for _ in found) for namespace, found in tickets_shown.items()}
+    return [
+        ("Indexed Pods", {"index": "store_pods", "pods": len(pods), "namespaces": len({ns for ns, _ in pods})}),
+        (
+            "Indexed Tickets",
+            {
+                "index": "tickets_shown",
+                "tickets": sum(tickets.values()),
+                "namespaces": sum(1 for n in tickets.values() if n),
+            },
+        ),
+    ]
+
+
+class IndexSummary:
+    """Logs ``index_summaries`` once, from the first handler that is not an indexer: kopf runs none before every
+    index is fully listed, so by then they are complete. (With no MonitoredCluster there is no such handler, and no
+    summary: nothing reads the indexes either.) Made, it lowers kopf's per-object indexing lines to DEBUG."""
+
+    def __init__(self) -> None:
+        self.logged = False
+        logging.getLogger("kopf.objects").addFilter(PER_OBJECT_INDEXING)
+
+    def log_once(
+        self, store_pods: Mapping[tuple[str, str, str], Iterable[Any]], tickets_shown: Mapping[str, Iterable[Any]]
+    ) -> None:
+        if not self.logged:
+            self.logged = True
+            for message, fields in index_summaries(store_pods, tickets_shown):
+                log.info(message, extra=fields)
+
+
 def _ref(meta: Any, namespace: str) -> ClusterRef:
     return ClusterRef(
         uid=meta["uid"], name=meta["name"], namespace=namespace, generation=int(meta.get("generation", 0))
@@ -293,6 +356,7 @@ def register(
     telemetry.scheduled.set_function(lambda: heartbeats.running(time.monotonic()))
     telemetry.active.set_function(lambda: float(heartbeats.may_check(time.monotonic())))
     heartbeats.on_resume += [schedule.reset, monitor.drop_caches]  # the peer may have changed anything meanwhile
+    summary = IndexSummary()
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
     async def store_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[tuple[str, str, str], Any]:
@@ -309,6 +373,7 @@ def register(
     async def check(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, namespace: str | None, **kwargs: Any) -> None:
         """Never raises and never returns a patch: the cycle writes status itself, so kopf has nothing to retry and
         the timer cannot die of an outage."""
+        summary.log_once(kwargs["store_pods"], kwargs["tickets_shown"])
         now = time.monotonic()
         heartbeats.beat(meta["uid"], now)
         if not heartbeats.may_check(now):

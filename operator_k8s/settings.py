@@ -1,22 +1,43 @@
-"""Operator settings from the environment, validated once at start-up. Secrets never reach logs or reprs."""
+"""Operator settings from the environment, validated once at start-up. Secrets never reach logs or reprs.
+
+pydantic-settings maps ``OPERATOR_K8S_<FIELD>`` variables to fields, so a new setting is one field here and nothing
+else. Two conventions of ours sit on top of it as sources: the DSN may come from a file (``*_DSN_FILE``, as a mounted
+Secret gives it, and it wins over the variable), and ``NAMESPACES`` is a comma-separated list (what a Helm template
+writes), not JSON.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 PREFIX = "OPERATOR_K8S_"
+DSN_VARIABLE = f"{PREFIX}DATABASE_DSN"
+DSN_FILE_VARIABLE = f"{PREFIX}DATABASE_DSN_FILE"
 
 
 class SettingsError(Exception):
     """The environment does not describe a usable operator; the message says which variable and why."""
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Settings(BaseSettings):
+    """Every knob of the operator. ``load_settings`` is the way in: it turns validation errors into messages that
+    name the variable; constructing ``Settings`` directly (tests) reads the process's environment under the given
+    values, as pydantic-settings does."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, case_sensitive=False, frozen=True, extra="forbid")
 
     database_dsn: SecretStr
     tick_seconds: float = Field(default=5.0, gt=0, le=60, description="Base period of the per-cluster timers")
@@ -34,7 +55,9 @@ class Settings(BaseModel):
         default=60.0, gt=0, le=3600, description="Period of the sweep that resolves deleted clusters' tickets"
     )
     db_pool_size: int = Field(default=4, ge=1, le=64)
-    namespaces: list[str] = Field(default_factory=list, description="Empty: watch every namespace")
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Empty: watch every namespace; from the environment: comma-separated"
+    )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: str = Field(default="json", pattern="^(json|text)$")
     bind_address: str = Field(default="127.0.0.1", description="Address of the metrics and health endpoints")
@@ -56,32 +79,78 @@ class Settings(BaseModel):
         description="Absolute path of the directory spec.prometheus.auth's files are read from (and never outside it)",
     )
 
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """A Helm template writes ``a,b`` more easily than JSON; blanks and empty items mean nothing."""
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
-def _dsn(env: Mapping[str, str]) -> str:
-    path = env.get(f"{PREFIX}DATABASE_DSN_FILE")
-    if path:
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment only, as ``load_settings`` reads it: no ``.env`` file, no secrets directory, so a file
+        lying in the working directory never changes what the operator does."""
+        return (init_settings, *_sources(settings_cls, os.environ))
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (the process's, or a test's), so that tests and
+    the integration tiers pass their own environment without touching the process's. Only upper-case names count
+    (``OPERATOR_K8S_TICK_SECONDS``, not ``operator_k8s_tick_seconds``): environment names are case-sensitive, and
+    pydantic-settings matches them case-insensitively once lower-cased."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {name.lower(): value for name, value in environ.items() if name == name.upper()}
+
+
+class _DsnFile(PydanticBaseSettingsSource):
+    """``OPERATOR_K8S_DATABASE_DSN_FILE``: the DSN from a file (a mounted Secret's key), so the password never
+    sits in the pod's environment. It wins over ``OPERATOR_K8S_DATABASE_DSN``; an empty value counts as unset."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.path = environ.get(DSN_FILE_VARIABLE, "")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the one field this source knows
+
+    def __call__(self) -> dict[str, Any]:
+        if not self.path:
+            return {}
         try:
-            return Path(path).read_text().strip()
+            dsn = Path(self.path).read_text().strip()
         except OSError as error:
-            raise SettingsError(f"{PREFIX}DATABASE_DSN_FILE={path} cannot be read: {error.strerror}") from None
-    dsn = env.get(f"{PREFIX}DATABASE_DSN")
-    if not dsn:
-        raise SettingsError(
-            f"Set {PREFIX}DATABASE_DSN or {PREFIX}DATABASE_DSN_FILE (a Postgres DSN, e.g. from a Secret)"
-        )
-    return dsn
+            raise SettingsError(f"{DSN_FILE_VARIABLE}={self.path} cannot be read: {error.strerror}") from None
+        if not dsn:
+            raise SettingsError(f"{DSN_FILE_VARIABLE}={self.path} is empty (it should hold a Postgres DSN)")
+        return {"database_dsn": dsn}
+
+
+def _sources(settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> tuple[PydanticBaseSettingsSource, ...]:
+    """Highest priority first, as pydantic-settings orders them."""
+    return _DsnFile(settings_cls, environ), _Environment(settings_cls, environ)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
-    values: dict[str, object] = {"database_dsn": _dsn(env)}
-    for name in Settings.model_fields:
-        raw = env.get(PREFIX + name.upper())
-        if raw is None or name == "database_dsn":
-            continue
-        values[name] = [n.strip() for n in raw.split(",") if n.strip()] if name == "namespaces" else raw
+    """The settings of ``env`` (default: the process's environment), or a SettingsError naming each variable that
+    is wrong and why. Messages carry pydantic's reason, never the value: a value may be a secret."""
+    environ = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for source in reversed(_sources(Settings, environ)):
+        values.update(source())
+    if not values.get("database_dsn"):
+        raise SettingsError(f"Set {DSN_VARIABLE} or {DSN_FILE_VARIABLE} (a Postgres DSN, e.g. from a Secret)")
     try:
-        return Settings.model_validate(values)
+        return Settings.model_validate(values)  # validates these values only: the sources were read above
     except ValidationError as error:
         problems = "; ".join(f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors())
         raise SettingsError(problems) from None
