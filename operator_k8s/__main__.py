@@ -20,6 +20,7 @@ import kopf
 from operator_k8s import cli, handlers
 from operator_k8s.adapters.kube import KubeTicketMirror, api_client, cluster_uids, peering_object_exists
 from operator_k8s.adapters.prometheus import PrometheusMetrics
+from operator_k8s.adapters.prometheus_http import AnswerLimits
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
 from operator_k8s.domain.tickets import Ticket
@@ -85,6 +86,11 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger(PEERING_LOGGER).setLevel(min(logging.INFO, logging.getLevelName(settings.log_level)))
 
 
+def _superseded(settings: Settings, old: str, value: int) -> int:
+    """A setting's older name still wins when it is set, so an existing deployment keeps what it chose."""
+    return int(getattr(settings, old)) if old in settings.model_fields_set else value
+
+
 class Operator:
     """The running operator's parts, built lazily inside kopf's event loop."""
 
@@ -97,10 +103,16 @@ class Operator:
             observe=self.telemetry.postgres_seconds.observe,
         )
         self.metrics = PrometheusMetrics(
-            concurrency=settings.query_concurrency,
-            per_endpoint=settings.query_concurrency_per_prometheus,
+            concurrency=_superseded(settings, "query_concurrency", settings.prometheus_query_threads),
+            per_endpoint=_superseded(
+                settings, "query_concurrency_per_prometheus", settings.prometheus_slots_per_endpoint
+            ),
             observe=self.telemetry.query_seconds.observe,
             credentials_dir=settings.prometheus_credentials_dir,
+            limits=AnswerLimits(
+                max_bytes=settings.prometheus_max_answer_bytes, max_series=settings.prometheus_max_answer_series
+            ),
+            buffered_bytes=settings.prometheus_max_buffered_bytes,
         )
         self.kubeconfig = kubeconfig
         self.monitor: Monitor | None = None

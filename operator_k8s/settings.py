@@ -55,6 +55,27 @@ class Settings(BaseModel):
         pattern="^/",
         description="Absolute path of the directory spec.prometheus.auth's files are read from (and never outside it)",
     )
+    prometheus_max_answer_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1024 * 1024 * 1024,
+        description="Decoded bytes one Prometheus answer may bring into memory (refused while read past it)",
+    )
+    prometheus_max_answer_series: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="Series one Prometheus answer may hold (refused past it)"
+    )
+    prometheus_max_buffered_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=16 * 1024 * 1024 * 1024,
+        description="Bytes of answers all queries together may hold while reading (a query waits for room)",
+    )
+    prometheus_query_threads: int = Field(
+        default=256, ge=2, le=4096, description="Worker threads for Prometheus queries (started as needed)"
+    )
+    prometheus_slots_per_endpoint: int = Field(
+        default=16, ge=1, le=256, description="Queries in flight to one Prometheus once it answers in time"
+    )
 
 
 def _dsn(env: Mapping[str, str]) -> str:
