@@ -13,6 +13,7 @@ import json
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -74,6 +75,8 @@ class HostileServer:
     """A listening socket on 127.0.0.1 serving ``behaviour``; ``requests`` is every request it read."""
 
     behaviour: Behaviour
+    tls: ssl.SSLContext | None = None
+    """Serve https with this context (the handshake is done in the connection's thread)."""
     requests: list[Request] = field(default_factory=list)
     connections: int = 0
     closed_by_client: int = 0
@@ -84,7 +87,8 @@ class HostileServer:
 
     def __post_init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._listener.getsockname()[1]}"
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
@@ -109,6 +113,13 @@ class HostileServer:
             self._start(self._serve, connection)
 
     def _serve(self, connection: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                connection = self.tls.wrap_socket(connection, server_side=True)
+            except OSError:
+                return  # the client gave up during the handshake
+            with self._lock:
+                self._open.append(connection)  # the plain socket is detached now: close() ends this one
         pending = b""
         while not self._stopping.is_set():
             try:
@@ -151,8 +162,8 @@ class HostileServer:
 
 
 @contextmanager
-def serving(behaviour: Behaviour) -> Iterator[HostileServer]:
-    server = HostileServer(behaviour)
+def serving(behaviour: Behaviour, *, tls: ssl.SSLContext | None = None) -> Iterator[HostileServer]:
+    server = HostileServer(behaviour, tls)
     try:
         yield server
     finally:

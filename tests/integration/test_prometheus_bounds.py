@@ -5,6 +5,8 @@ another origin, and every answer shape is a reason. Needs no stack: every server
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from devstack.pki import Pki, make_pki
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.adapters.prometheus_http import MIB, AnswerLimits
 from operator_k8s.domain.observations import QueryFailure, QueryResult
@@ -83,9 +86,49 @@ async def test_no_byte_rate_holds_a_query_past_its_deadline(metrics: PrometheusM
         elapsed = time.monotonic() - started
         assert (result.failure, result.error) == (QueryFailure.UNREACHABLE, "Prometheus did not answer within 2s")
         assert 2 <= elapsed < 2 + EPSILON, f"ended {elapsed - 2:+.3f}s from its deadline"
-        print(f"{server.behaviour.__name__}: ended {(elapsed - 2) * 1000:+.1f} ms from its deadline")
+        print(f"{server.behaviour.__qualname__.split('.')[0]}: ended {(elapsed - 2) * 1000:+.1f} ms from its deadline")
         await released(metrics, server)
         assert len(server.requests) == 1
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def test_an_https_answer_dribbling_its_body_ends_at_the_deadline(pki: Pki, tmp_path: Path) -> None:
+    """Over TLS the socket in flight is wrapped; the abort ends it all the same."""
+    shutil.copy(pki.ca_cert, tmp_path / "ca.crt")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.serving_cert, pki.serving_key)
+    metrics = PrometheusMetrics(credentials_dir=str(tmp_path))
+    try:
+        with serving(answering(vector_json(1)), tls=context) as healthy:
+            answered = await ask(metrics, healthy.url, auth=PrometheusAuthSpec(ca_file="ca.crt"))
+            assert (answered.failure, len(answered.samples)) == (None, 1), answered.error
+        with serving(dribbling_body(), tls=context) as server:
+            started = time.monotonic()
+            result = await ask(metrics, server.url, timeout=2, auth=PrometheusAuthSpec(ca_file="ca.crt"))
+            elapsed = time.monotonic() - started
+            assert result.error == "Prometheus did not answer within 2s"
+            assert elapsed < 2 + EPSILON, f"ended {elapsed - 2:+.3f}s from its deadline"
+            await released(metrics, server)
+    finally:
+        metrics.close()
+
+
+async def test_a_tls_handshake_that_never_completes_ends_at_the_deadline(metrics: PrometheusMetrics) -> None:
+    with serving(silent) as server:
+        started = time.monotonic()
+        result = await ask(metrics, server.url.replace("http://", "https://"), timeout=2)
+        elapsed = time.monotonic() - started
+        assert result.error == "Prometheus did not answer within 2s"
+        assert elapsed < 2 + EPSILON, f"ended {elapsed - 2:+.3f}s from its deadline"
+
+        async def done() -> bool:
+            return server.closed_by_client == server.connections == 1
+
+        await eventually_async(done, timeout=1, interval=0.01, what="the handshake's connection to end")
 
 
 async def test_a_failing_endpoint_gets_one_probe_and_its_other_queries_fail_at_once(metrics: PrometheusMetrics) -> None:
@@ -184,6 +227,7 @@ async def test_the_memory_probe_sees_an_unbounded_answer() -> None:
         unbounded.close()
     assert result.failure is None, result.error
     assert growth > 100, f"peak RSS grew by only {growth:.1f} MiB"
+    print(f"gzip to 128 MiB, caps raised: peak RSS grew by {growth:.1f} MiB")
 
 
 SHAPES = {
