@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import logging
 import os
 import re
 import stat
@@ -40,10 +41,12 @@ from operator_k8s.adapters.prometheus_http import (
     DeadlineExceeded,
     QueryDeadline,
     bounded_by,
+    shown_origin,
 )
 from operator_k8s.domain.observations import QueryFailure, QueryResult, samples_of
 from operator_k8s.domain.specs import PrometheusAuthSpec
 
+log = logging.getLogger("operator_k8s.prometheus")
 CONNECT_TIMEOUT = 3.0
 DEFAULT_CREDENTIALS_DIR = "/etc/operator-k8s/prometheus"
 MAX_SECRET_BYTES = 16 * 1024
@@ -225,7 +228,8 @@ class EndpointSlots:
     only ever given up because of its own Prometheus.
     """
 
-    def __init__(self, opened: int) -> None:
+    def __init__(self, opened: int, name: str = "") -> None:
+        self.name = name
         self.opened = max(1, opened)
         self.limit = 1
         self.in_flight = 0
@@ -260,8 +264,15 @@ class EndpointSlots:
         """A slot back; ``failure`` is why the query did not reach it in time (None: it answered)."""
         self.in_flight -= 1
         if used and failure is None:
+            if self.failure is not None:
+                log.info("Prometheus answered again; its query slots reopened", extra={"prometheus": self.name})
             self.failure, self.limit = None, self.opened
         elif used:
+            if self.failure is None:
+                log.warning(
+                    "Prometheus stopped answering; one query at a time checks whether it is back",
+                    extra={"prometheus": self.name, "error": failure},
+                )
             self.failure, self.limit = failure, 1
         self._wake()
 
@@ -319,7 +330,10 @@ class PrometheusMetrics:
         self._memory = BufferBudget(max(buffered_bytes, self._limits.max_bytes))  # room for the largest answer
 
     def endpoint(self, url: str) -> EndpointSlots:
-        return self._endpoints.setdefault(url, EndpointSlots(self._per_endpoint))
+        slots = self._endpoints.get(url)
+        if slots is None:
+            slots = self._endpoints[url] = EndpointSlots(self._per_endpoint, shown_origin(url))
+        return slots
 
     def _client(self, url: str, auth: PrometheusAuthSpec | None) -> tuple[PrometheusConnect, PrometheusCredentials]:
         """One session per (URL, auth): its headers, CA bundle and Authorization are the spec's."""

@@ -5,6 +5,7 @@ answer shape reads as, which redirects stay in the origin, and how a Prometheus'
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import pytest
@@ -217,8 +218,9 @@ async def test_an_endpoint_opens_its_slots_once_it_answers() -> None:
     assert (slots.limit, slots.in_flight) == (3, 3)
 
 
-async def test_a_timed_out_endpoint_gets_one_probe_and_the_rest_fail_at_once() -> None:
-    slots = EndpointSlots(3)
+async def test_a_timed_out_endpoint_gets_one_probe_and_the_rest_fail_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="operator_k8s.prometheus")
+    slots = EndpointSlots(3, "http://p:9090")
     assert await slots.acquire(1) is None
     slots.release(None)
     for _ in range(3):
@@ -238,6 +240,10 @@ async def test_a_timed_out_endpoint_gets_one_probe_and_the_rest_fail_at_once() -
     assert (await slots.acquire(1) or "").startswith("Prometheus did not answer")
     slots.release(None)
     assert (slots.limit, slots.failure) == (3, None)
+    assert [(r.getMessage(), r.__dict__["prometheus"]) for r in caplog.records] == [
+        ("Prometheus stopped answering; one query at a time checks whether it is back", "http://p:9090"),
+        ("Prometheus answered again; its query slots reopened", "http://p:9090"),
+    ], "logged once per change, not per query"
 
 
 async def test_a_query_that_waited_out_its_deadline_leaves_the_endpoint_as_it_was() -> None:
