@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -20,6 +21,7 @@ import kopf
 from operator_k8s import cli, handlers
 from operator_k8s.adapters.kube import KubeTicketMirror, api_client, cluster_uids, peering_object_exists
 from operator_k8s.adapters.prometheus import PrometheusMetrics
+from operator_k8s.adapters.prometheus_http import AnswerLimits
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
 from operator_k8s.domain.tickets import Ticket
@@ -85,6 +87,13 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger(PEERING_LOGGER).setLevel(min(logging.INFO, logging.getLevelName(settings.log_level)))
 
 
+def dsn_source(settings: Settings) -> str | Callable[[], str]:
+    """The DSN, or where to read it: from a mounted Secret it is read again for each new connection, so a rotated
+    password is used without a restart (the kubelet updates the file in place)."""
+    path = settings.database_dsn_file
+    return (lambda: Path(path).read_text().strip()) if path else settings.database_dsn.get_secret_value()
+
+
 class Operator:
     """The running operator's parts, built lazily inside kopf's event loop."""
 
@@ -92,15 +101,19 @@ class Operator:
         self.settings = settings
         self.telemetry = Telemetry(self._all_tickets)
         self.store = PostgresTicketStore(
-            settings.database_dsn.get_secret_value(),
+            dsn_source(settings),
             pool_size=settings.db_pool_size,
             observe=self.telemetry.postgres_seconds.observe,
         )
         self.metrics = PrometheusMetrics(
-            concurrency=settings.query_concurrency,
-            per_endpoint=settings.query_concurrency_per_prometheus,
+            concurrency=settings.prometheus_query_threads,
+            per_endpoint=settings.prometheus_slots_per_endpoint,
             observe=self.telemetry.query_seconds.observe,
             credentials_dir=settings.prometheus_credentials_dir,
+            limits=AnswerLimits(
+                max_bytes=settings.prometheus_max_answer_bytes, max_series=settings.prometheus_max_answer_series
+            ),
+            buffered_bytes=settings.prometheus_max_buffered_bytes,
         )
         self.kubeconfig = kubeconfig
         self.monitor: Monitor | None = None

@@ -40,13 +40,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, case_sensitive=False, frozen=True, extra="forbid")
 
     database_dsn: SecretStr
+    database_dsn_file: str = Field(
+        default="", description="File holding the DSN (a mounted Secret): read again for each new connection"
+    )
     tick_seconds: float = Field(default=5.0, gt=0, le=60, description="Base period of the per-cluster timers")
     reopen_window_seconds: float = Field(default=600, ge=0)
     ticket_retention_seconds: float = Field(default=3600, ge=0)
-    query_concurrency: int = Field(default=16, ge=2, le=128, description="Worker threads for Prometheus queries")
-    query_concurrency_per_prometheus: int = Field(
-        default=4, ge=1, le=64, description="Queries in flight to any one Prometheus (one slow endpoint starves none)"
-    )
     postgres_timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="Deadline of one Postgres call")
     crash_after_commit: float = Field(
         default=0.0, ge=0, le=1, description="Test failpoint: chance of a SIGKILL right after a Postgres commit"
@@ -77,6 +76,27 @@ class Settings(BaseSettings):
         max_length=4096,
         pattern="^/",
         description="Absolute path of the directory spec.prometheus.auth's files are read from (and never outside it)",
+    )
+    prometheus_max_answer_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1024 * 1024 * 1024,
+        description="Decoded bytes one Prometheus answer may bring into memory (refused while read past it)",
+    )
+    prometheus_max_answer_series: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="Series one Prometheus answer may hold (refused past it)"
+    )
+    prometheus_max_buffered_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=16 * 1024 * 1024 * 1024,
+        description="Bytes of answers all queries together may hold while reading (a query waits for room)",
+    )
+    prometheus_query_threads: int = Field(
+        default=256, ge=2, le=4096, description="Worker threads for Prometheus queries (started as needed)"
+    )
+    prometheus_slots_per_endpoint: int = Field(
+        default=16, ge=1, le=256, description="Queries in flight to one Prometheus once it answers in time"
     )
 
     @field_validator("namespaces", mode="before")

@@ -1,7 +1,8 @@
 """Prometheus through prometheus-api-client, which is synchronous: queries run in worker threads.
 
-Every query has a deadline, and each Prometheus gets at most ``per_endpoint`` of the threads: one endpoint that
-accepts connections and never answers holds only its own share, never the other clusters' queries.
+Every query ends by its deadline whatever the byte rate, brings at most a capped answer into memory, and is never
+redirected to another origin (``prometheus_http``). Each Prometheus gets slots by what it last did
+(``EndpointSlots``): one that does not answer holds one thread, never the other clusters' queries.
 
 Authentication (``spec.prometheus.auth``) comes from files under one credentials directory, which the chart mounts
 from a Secret: the operator never reads Secrets through the API, and a MonitoredCluster can name no file outside that
@@ -15,10 +16,12 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import logging
 import os
 import re
 import stat
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +30,23 @@ import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from requests.auth import AuthBase
-from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
+from operator_k8s.adapters.prometheus_http import (
+    MIB,
+    AnswerLimits,
+    AnswerRefused,
+    BoundedSession,
+    BufferBudget,
+    DeadlineExceeded,
+    QueryDeadline,
+    bounded_by,
+    shown_origin,
+)
 from operator_k8s.domain.observations import QueryFailure, QueryResult, samples_of
 from operator_k8s.domain.specs import PrometheusAuthSpec
 
+log = logging.getLogger("operator_k8s.prometheus")
 CONNECT_TIMEOUT = 3.0
 DEFAULT_CREDENTIALS_DIR = "/etc/operator-k8s/prometheus"
 MAX_SECRET_BYTES = 16 * 1024
@@ -204,31 +218,122 @@ def _tls_message(error: requests.exceptions.SSLError) -> str:
     return f"Prometheus's TLS certificate was refused: {detail}{hint}"[:500]
 
 
-def _read_timed_out(error: requests.RequestException) -> bool:
-    """A connection that was accepted but never answered (with retries off, urllib3 reports a read timeout as a
-    ConnectionError wrapping MaxRetryError)."""
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    return isinstance(error, requests.ReadTimeout) or isinstance(reason, ReadTimeoutError)
+class EndpointSlots:
+    """How many queries may be in flight to one Prometheus, from what it last did.
+
+    A Prometheus starts with one slot; once a query to it answers in time it gets ``opened`` slots, and queries that
+    find them all taken wait (up to their own deadline) for one. A query to it that does not answer in time, or cannot
+    reach it, takes it back to one slot and marks it failing: while one query (the probe) is in flight, every other
+    query to it fails at once, naming the last failure, instead of holding a thread for its whole timeout. A query is
+    only ever given up because of its own Prometheus.
+    """
+
+    def __init__(self, opened: int, name: str = "") -> None:
+        self.name = name
+        self.opened = max(1, opened)
+        self.limit = 1
+        self.in_flight = 0
+        self.failure: str | None = None
+        self._waiters: deque[asyncio.Future[str | None]] = deque()
+
+    async def acquire(self, within: float) -> str | None:
+        """None when a slot is the caller's (release it with ``release``), else why the query fails now."""
+        if self.failure is not None and self.in_flight > 0:
+            return self._failing()
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return None
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(within):
+                return await waiter
+        except (TimeoutError, asyncio.CancelledError) as error:
+            if waiter.done() and not waiter.cancelled() and waiter.result() is None:
+                self.release(None, used=False)  # granted as the deadline passed: give the slot back untouched
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return (
+                f"Prometheus did not answer within {within:g}s: every one of its {self.limit} query slots stayed busy"
+            )
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release(self, failure: str | None, *, used: bool = True) -> None:
+        """A slot back; ``failure`` is why the query did not reach it in time (None: it answered)."""
+        self.in_flight -= 1
+        if used and failure is None:
+            if self.failure is not None:
+                log.info("Prometheus answered again; its query slots reopened", extra={"prometheus": self.name})
+            self.failure, self.limit = None, self.opened
+        elif used:
+            if self.failure is None:
+                log.warning(
+                    "Prometheus stopped answering; one query at a time checks whether it is back",
+                    extra={"prometheus": self.name, "error": failure},
+                )
+            self.failure, self.limit = failure, 1
+        self._wake()
+
+    def _failing(self) -> str:
+        return f"{self.failure} (its next query waits for the one checking whether it is back)"
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+            elif self.in_flight < self.limit:
+                self._waiters.popleft()
+                self.in_flight += 1
+                waiter.set_result(None)
+            elif self.failure is not None:
+                self._waiters.popleft()
+                waiter.set_result(self._failing())
+            else:
+                return
+
+
+def _failure_of(future: asyncio.Future[QueryResult]) -> str | None:
+    """What a finished query says about its Prometheus: None if it answered (even with an error), else why not."""
+    if future.cancelled():
+        return "Prometheus query cancelled"
+    error = future.exception()
+    if error is not None:
+        return f"Prometheus query failed: {type(error).__name__}"
+    result = future.result()
+    return result.error if result.failure is QueryFailure.UNREACHABLE else None
 
 
 class PrometheusMetrics:
-    """A MetricsSource with one client per (Prometheus URL, auth) and at most ``per_endpoint`` queries in flight to
-    each URL, whatever the credentials."""
+    """A MetricsSource with one client per (Prometheus URL, auth) and ``EndpointSlots`` per URL, whatever the
+    credentials. Every query ends by its deadline (``prometheus_http``), so a thread is held at most that long."""
 
     def __init__(
         self,
         *,
-        concurrency: int = 16,
-        per_endpoint: int = 4,
+        concurrency: int = 256,
+        per_endpoint: int = 16,
         observe: Any = None,
         credentials_dir: str = DEFAULT_CREDENTIALS_DIR,
+        limits: AnswerLimits | None = None,
+        buffered_bytes: int = 64 * MIB,
     ) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prometheus")
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prometheus")  # grown as needed
         self._clients: dict[tuple[str, str], tuple[PrometheusConnect, PrometheusCredentials]] = {}
-        self._gates: dict[str, asyncio.Semaphore] = {}
-        self._per_endpoint = max(1, min(per_endpoint, concurrency - 1)) if concurrency > 1 else 1
+        self._endpoints: dict[str, EndpointSlots] = {}
+        self._per_endpoint = max(1, per_endpoint)
         self._observe = observe
         self._files = CredentialFiles(credentials_dir)
+        self._limits = limits or AnswerLimits()
+        self._memory = BufferBudget(max(buffered_bytes, self._limits.max_bytes))  # room for the largest answer
+
+    def endpoint(self, url: str) -> EndpointSlots:
+        slots = self._endpoints.get(url)
+        if slots is None:
+            slots = self._endpoints[url] = EndpointSlots(self._per_endpoint, shown_origin(url))
+        return slots
 
     def _client(self, url: str, auth: PrometheusAuthSpec | None) -> tuple[PrometheusConnect, PrometheusCredentials]:
         """One session per (URL, auth): its headers, CA bundle and Authorization are the spec's."""
@@ -237,10 +342,9 @@ class PrometheusMetrics:
         if client is None:
             credentials = PrometheusCredentials(auth, self._files)
             verify = credentials.verify()
-            # No retries here: the next cycle is the retry, and a stalled query must not stall the cycle.
-            # trust_env off: requests would otherwise look up proxies and ~/.netrc on disk for every query.
-            session = requests.Session()
-            session.trust_env = False
+            session = BoundedSession(
+                limits=self._limits, memory=self._memory, pool_size=self._per_endpoint, connect_timeout=CONNECT_TIMEOUT
+            )
             session.verify = verify
             connect = PrometheusConnect(
                 url=url, headers=credentials.headers, retry=Retry(total=0), session=session, auth=credentials
@@ -254,39 +358,67 @@ class PrometheusMetrics:
         promql: str,
         store_label: str,
         namespace_label: str,
-        timeout: float,
+        deadline: QueryDeadline,
         auth: PrometheusAuthSpec | None = None,
     ) -> QueryResult:
         started = time.monotonic()
+        with bounded_by(deadline):
+            try:
+                return self._query_bounded(url, promql, store_label, namespace_label, deadline, auth)
+            finally:
+                if self._observe is not None:
+                    self._observe(time.monotonic() - started)
+
+    def _query_bounded(
+        self,
+        url: str,
+        promql: str,
+        store_label: str,
+        namespace_label: str,
+        deadline: QueryDeadline,
+        auth: PrometheusAuthSpec | None,
+    ) -> QueryResult:
+        """The query in this thread, under ``deadline``: every way it can end is a QueryResult."""
+        late = f"Prometheus did not answer within {deadline.seconds:g}s"
+        if deadline.over:  # waited for a thread past its deadline
+            return QueryResult.failed(promql, QueryFailure.UNREACHABLE, late)
         authorization = Authorization(None)
         try:
             client, credentials = self._client(url, auth)
             credentials.verify()  # a caFile removed since the session was made fails here, by name
             authorization = credentials.authorization()
+            left = deadline.remaining()
             data = client.custom_query(
                 promql,
-                params={"timeout": f"{max(1, round(timeout * 1000))}ms"},
-                timeout=(min(CONNECT_TIMEOUT, timeout), timeout),
+                params={"timeout": f"{max(1, int(left * 1000))}ms"},
+                timeout=(min(CONNECT_TIMEOUT, left), left),
             )
         except CredentialError as error:
             return QueryResult.failed(promql, QueryFailure.ERROR, str(error))
-        except requests.exceptions.SSLError as error:
-            return QueryResult.failed(promql, QueryFailure.ERROR, authorization.redact(_tls_message(error)))
-        except (requests.ConnectionError, requests.Timeout) as error:
-            if _read_timed_out(error):
-                message = f"Prometheus did not answer within {timeout:g}s"
-            else:
-                message = f"Prometheus unreachable: {type(error).__name__}"
-            return QueryResult.failed(promql, QueryFailure.UNREACHABLE, message)
-        except PrometheusApiClientException as error:
-            return QueryResult.failed(promql, QueryFailure.ERROR, authorization.redact(_status_message(error)))
-        except (requests.RequestException, ValueError, KeyError) as error:
-            return QueryResult.failed(promql, QueryFailure.ERROR, authorization.redact(str(error)[:500]))
-        finally:
-            if self._observe is not None:
-                self._observe(time.monotonic() - started)
+        except Exception as error:
+            timed_out = isinstance(error, requests.Timeout) and not isinstance(error, requests.ConnectTimeout)
+            if deadline.over or timed_out or isinstance(error, DeadlineExceeded):
+                detail = f" ({error})" if isinstance(error, DeadlineExceeded) and str(error) else ""
+                return QueryResult.failed(promql, QueryFailure.UNREACHABLE, late + detail)
+            return self._failed(promql, error, authorization)
         samples, malformed = samples_of(data, store_label, namespace_label)
         return QueryResult(query=promql, samples=samples, malformed=malformed)
+
+    @staticmethod
+    def _failed(promql: str, error: Exception, authorization: Authorization) -> QueryResult:
+        if isinstance(error, AnswerRefused):
+            return QueryResult.failed(promql, QueryFailure.ERROR, authorization.redact(str(error)))
+        if isinstance(error, requests.exceptions.SSLError):
+            return QueryResult.failed(promql, QueryFailure.ERROR, authorization.redact(_tls_message(error)))
+        if isinstance(error, requests.ConnectionError):
+            return QueryResult.failed(
+                promql, QueryFailure.UNREACHABLE, f"Prometheus unreachable: {type(error).__name__}"
+            )
+        if isinstance(error, PrometheusApiClientException):
+            return QueryResult.failed(promql, QueryFailure.ERROR, authorization.redact(_status_message(error)))
+        return QueryResult.failed(
+            promql, QueryFailure.ERROR, authorization.redact(f"{type(error).__name__}: {str(error)[:500]}")
+        )
 
     async def query(
         self,
@@ -298,24 +430,27 @@ class PrometheusMetrics:
         timeout: float,
         auth: PrometheusAuthSpec | None = None,
     ) -> QueryResult:
-        gate = self._gates.setdefault(url, asyncio.Semaphore(self._per_endpoint))
+        """One instant query, answered or failed within ``timeout`` (waiting for a slot and a thread included)."""
+        deadline = QueryDeadline(timeout)
+        slots = self.endpoint(url)
+        refused = await slots.acquire(timeout)
+        if refused is not None:
+            return QueryResult.failed(promql, QueryFailure.UNREACHABLE, refused)
         loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(gate.acquire(), timeout)
-        except TimeoutError:
-            return QueryResult.failed(
-                promql, QueryFailure.UNREACHABLE, f"Prometheus busy: {self._per_endpoint} queries still waiting on it"
-            )
         future = loop.run_in_executor(
-            self._pool, self._query_blocking, url, promql, store_label, namespace_label, timeout, auth
+            self._pool, self._query_blocking, url, promql, store_label, namespace_label, deadline, auth
         )
-        future.add_done_callback(lambda _: gate.release())  # the thread's slot is freed only when it really ends
+        future.add_done_callback(lambda done: slots.release(_failure_of(done)))  # freed when the thread really ends
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout + CONNECT_TIMEOUT)
+            return await asyncio.wait_for(asyncio.shield(future), deadline.remaining())
         except TimeoutError:
+            deadline.abort()
             return QueryResult.failed(
                 promql, QueryFailure.UNREACHABLE, f"Prometheus did not answer within {timeout:g}s"
             )
+        except asyncio.CancelledError:
+            deadline.abort()
+            raise
 
     def close(self) -> None:
         for client, _ in self._clients.values():

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -18,6 +15,7 @@ from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.domain.observations import QueryFailure
 from operator_k8s.domain.queries import builtin_query
 from operator_k8s.domain.vocabulary import Invariant
+from tests.hostile_http import serving, silent
 from tests.stackutil import eventually, eventually_async, prometheus_query, simulator
 from tests.unit.builders import spec
 
@@ -101,45 +99,10 @@ async def test_unreachable_prometheus_is_reported_as_such(metrics: PrometheusMet
     assert result.failure is QueryFailure.UNREACHABLE
 
 
-class SilentEndpoint:
-    """A TCP server that accepts connections and never answers (a hung Prometheus), counting what it accepted."""
-
-    def __init__(self) -> None:
-        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(64)
-        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                self.accepted.append(self._server.accept()[0])
-            except OSError:
-                return  # closed
-
-    def close(self) -> None:
-        self._server.close()
-        for connection in self.accepted:
-            connection.close()
-        self._thread.join(timeout=5)
-
-
-@contextmanager
-def silent_endpoint() -> Iterator[SilentEndpoint]:
-    endpoint = SilentEndpoint()
-    try:
-        yield endpoint
-    finally:
-        endpoint.close()
-
-
 async def test_a_hung_prometheus_starves_no_other_endpoint(stack: Stack) -> None:
     adapter = PrometheusMetrics(concurrency=4, per_endpoint=2)
     try:
-        with silent_endpoint() as hung:
+        with serving(silent) as hung:
             stuck = [
                 asyncio.create_task(
                     adapter.query(hung.url, "up", store_label="pod", namespace_label="namespace", timeout=3)
@@ -147,11 +110,11 @@ async def test_a_hung_prometheus_starves_no_other_endpoint(stack: Stack) -> None
                 for _ in range(6)
             ]
 
-            # The hung endpoint holds its whole share of the threads once it has accepted that many connections.
+            # An endpoint that has never answered gets one query at a time: the others wait for it.
             async def holding() -> bool:
-                return len(hung.accepted) >= 2
+                return len(hung.requests) >= 1
 
-            await eventually_async(holding, timeout=5, interval=0.05, what="two hung queries")
+            await eventually_async(holding, timeout=5, interval=0.05, what="the hung query")
             started = time.monotonic()
             healthy = await adapter.query(
                 stack.prometheus_url, "up", store_label="pod", namespace_label="namespace", timeout=2
@@ -160,7 +123,8 @@ async def test_a_hung_prometheus_starves_no_other_endpoint(stack: Stack) -> None
             failures = await asyncio.gather(*stuck)
         assert healthy.failure is None and elapsed < 2, f"the other Prometheus answered in {elapsed:.2f}s"
         assert {f.failure for f in failures} == {QueryFailure.UNREACHABLE}
-        assert all("within 3s" in f.error or "busy" in f.error for f in failures), [f.error for f in failures]
+        assert all("within 3s" in f.error for f in failures), [f.error for f in failures]
+        assert hung.most_busy == 1, "it held one thread, never the other endpoint's"
     finally:
         adapter.close()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from operator_k8s.__main__ import dsn_source
 from operator_k8s.settings import Settings, SettingsError, load_settings
 
 DSN = "postgresql://operator:pa55w0rd@db:5432/tickets"
@@ -26,7 +27,7 @@ def test_each_field_is_read_from_its_prefixed_variable() -> None:
     env = {
         "OPERATOR_K8S_DATABASE_DSN": DSN,
         "OPERATOR_K8S_TICK_SECONDS": "0.5",
-        "OPERATOR_K8S_QUERY_CONCURRENCY": "8",
+        "OPERATOR_K8S_PROMETHEUS_QUERY_THREADS": "8",
         "OPERATOR_K8S_LOG_FORMAT": "text",
         "OPERATOR_K8S_LOG_LEVEL": "DEBUG",
         "OPERATOR_K8S_METRICS_PORT": "0",
@@ -34,7 +35,7 @@ def test_each_field_is_read_from_its_prefixed_variable() -> None:
         "OPERATOR_K8S_PEERING_WAIT_SECONDS": "0",
     }
     settings = load_settings(env)
-    assert (settings.tick_seconds, settings.query_concurrency, settings.log_format, settings.log_level) == (
+    assert (settings.tick_seconds, settings.prometheus_query_threads, settings.log_format, settings.log_level) == (
         0.5,
         8,
         "text",
@@ -79,6 +80,17 @@ def test_the_dsn_file_wins_over_the_variable_and_is_stripped(tmp_path: Path) -> 
     assert load_settings(env).database_dsn.get_secret_value() == DSN
 
 
+def test_a_dsn_from_a_file_is_read_again_for_each_connection(tmp_path: Path) -> None:
+    """A password rotated in the mounted Secret reaches the next connection; a DSN from the variable is as it was."""
+    path = tmp_path / "dsn"
+    path.write_text(DSN + "\n")
+    source = dsn_source(load_settings({"OPERATOR_K8S_DATABASE_DSN_FILE": str(path)}))
+    assert callable(source) and source() == DSN
+    path.write_text("postgresql://operator:rotated@db/tickets\n")
+    assert source() == "postgresql://operator:rotated@db/tickets"
+    assert dsn_source(load_settings({"OPERATOR_K8S_DATABASE_DSN": DSN})) == DSN
+
+
 def test_an_unreadable_dsn_file_is_named_with_the_reason(tmp_path: Path) -> None:
     missing = tmp_path / "absent"
     with pytest.raises(SettingsError) as raised:
@@ -99,7 +111,7 @@ def test_an_empty_dsn_file_is_named(tmp_path: Path) -> None:
         ("OPERATOR_K8S_TICK_SECONDS", "0", "greater than 0"),
         ("OPERATOR_K8S_TICK_SECONDS", "", "valid number"),
         ("OPERATOR_K8S_TICK_SECONDS", "soon", "valid number"),
-        ("OPERATOR_K8S_QUERY_CONCURRENCY", "1", "greater than or equal to 2"),
+        ("OPERATOR_K8S_PROMETHEUS_QUERY_THREADS", "1", "greater than or equal to 2"),
         ("OPERATOR_K8S_METRICS_PORT", "70000", "less than or equal to 65535"),
         ("OPERATOR_K8S_LOG_LEVEL", "LOUD", "match pattern"),
         ("OPERATOR_K8S_LOG_FORMAT", "xml", "match pattern"),

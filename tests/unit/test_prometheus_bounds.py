@@ -1,0 +1,273 @@
+"""The pure parts of the bounded Prometheus client, as tables: series counted across chunk boundaries, what each
+answer shape reads as, which redirects stay in the origin, and how a Prometheus's slots open and close. No network
+(tests/integration/test_prometheus_bounds.py has the real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from operator_k8s.adapters.prometheus import EndpointSlots
+from operator_k8s.adapters.prometheus_http import (
+    MIB,
+    AnswerLimits,
+    AnswerRefused,
+    BufferBudget,
+    DeadlineExceeded,
+    QueryDeadline,
+    SeriesCounter,
+    answer_problem,
+    parse_answer,
+    same_origin,
+    shown_origin,
+)
+from operator_k8s.settings import SettingsError, load_settings
+
+ANSWER = b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{"pod":"a"},"value":[1,"1"]},{"metric":{"pod":"b"},"value":[1,"2"]},{"metric":{},"value":[1,"3"]}]}}'
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 8, 9, 13, 64, len(ANSWER)])
+def test_series_are_counted_across_chunk_boundaries(size: int) -> None:
+    counter = SeriesCounter()
+    for start in range(0, len(ANSWER), size):
+        counter.feed(ANSWER[start : start + size])
+    assert counter.count == 3
+
+
+@pytest.mark.parametrize(
+    ("chunks", "count"),
+    [
+        ([b'"metr', b'ic"'], 1),
+        ([b'"', b"metric", b'"'], 1),
+        ([b'"metric', b'"', b'"metric"'], 2),
+        ([b"metric", b'"metric'], 0),
+        ([b'\\"metric\\"'], 0),  # escaped inside a label value: not a key
+        ([b""], 0),
+    ],
+)
+def test_series_marks_split_anywhere_count_once(chunks: list[bytes], count: int) -> None:
+    counter = SeriesCounter()
+    for chunk in chunks:
+        counter.feed(chunk)
+    assert counter.count == count
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"status": "success", "data": {"resultType": "vector", "result": []}}, None),
+        ({"status": "success", "data": {"resultType": "vector", "result": []}, "warnings": ["w"]}, None),
+        ({"status": "success", "data": {"resultType": "scalar", "result": [1, "1"]}}, "a scalar where an instant"),
+        ({"status": "success", "data": {"resultType": "string", "result": [1, "x"]}}, "a string where an instant"),
+        ({"status": "success", "data": {"resultType": "matrix", "result": []}}, "a matrix (a range vector)"),
+        ({"status": "success", "data": {"resultType": "histogram"}}, "resultType 'histogram'"),
+        ({"status": "success", "data": {"resultType": "vector", "result": {}}}, "result is not a list"),
+        ({"status": "success", "data": None}, "without data.resultType"),
+        ({"status": "success"}, "without data.resultType"),
+        ({"status": "error", "error": "bad"}, "status 'error': bad"),
+        ({}, "status None: no error given"),
+        ([], "not an object (a list)"),
+        ("x", "not an object (a str)"),
+    ],
+)
+def test_every_answer_shape_reads_as_an_answer_or_a_reason(value: object, problem: str | None) -> None:
+    found = answer_problem(value)
+    assert found == problem if problem is None else problem in (found or ""), found
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "shown"),
+    [
+        (
+            b"<html>\n<body>Log   in</body></html>",
+            "text/html",
+            "(Content-Type 'text/html', 35 bytes): '<html> <body>Log in",
+        ),
+        (b'{"status":', "application/json", "(Content-Type 'application/json', 10 bytes): '{\"status\":'"),
+        (b"\xff\xfe", "", "(Content-Type 'none', 2 bytes)"),
+        (b"", "application/json", "(Content-Type 'application/json', 0 bytes): ''"),
+    ],
+)
+def test_what_is_not_json_is_shown_by_its_type_and_first_characters(body: bytes, content_type: str, shown: str) -> None:
+    with pytest.raises(AnswerRefused, match="Prometheus answered something that is not JSON") as caught:
+        parse_answer(body, content_type)
+    assert shown in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("http://p:9090/api/v1/query", "http://p:9090/prometheus/api/v1/query?query=up", True),
+        ("http://P:9090", "http://p:9090/x", True),
+        ("HTTP://p:9090", "http://p:9090", True),
+        ("http://p", "http://p:80/x", True),
+        ("https://p", "https://p:443/x", True),
+        ("http://p:9090", "https://p:9090", False),
+        ("http://p:9090", "http://p:9091", False),
+        ("http://p:9090", "http://q:9090", False),
+        ("http://127.0.0.1:9090", "http://localhost:9090", False),
+        ("http://p", "http://p:443", False),
+        ("http://user@p:9090", "http://p:9090", True),
+        ("http://p:9090", "//other:9090/x", False),
+        ("http://p:9090", "http://p.evil:9090", False),
+    ],
+)
+def test_only_the_same_scheme_host_and_port_are_the_same_origin(first: str, second: str, same: bool) -> None:
+    assert same_origin(first, second) is same
+    assert same_origin(second, first) is same
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://other:9090/api/v1/query?query=secret", "https://other:9090"),
+        ("http://Other/x", "http://other:80"),
+        ("https://user:pw@other/x", "https://other:443"),
+    ],
+)
+def test_a_redirect_target_is_shown_by_its_origin_only(url: str, shown: str) -> None:
+    assert shown_origin(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("limits", "read", "message"),
+    [
+        (AnswerLimits(), 4 * MIB + 1, "more than 4 MiB (4,194,305 bytes read, decoded)"),
+        (AnswerLimits(max_bytes=1000), 1500, "more than 1,000 bytes (1,500 bytes read, decoded)"),
+    ],
+)
+def test_a_too_large_answer_names_its_cap_and_setting(limits: AnswerLimits, read: int, message: str) -> None:
+    text = limits.too_large(read)
+    assert message in text and text.endswith("raise OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_BYTES")
+    assert limits.too_many_series(read).endswith("raise OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_SERIES")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_deadline_is_over_when_its_time_passed_or_it_was_aborted() -> None:
+    clock = Clock()
+    deadline = QueryDeadline(5, clock=clock)
+    assert (deadline.remaining(), deadline.over) == (5, False)
+    clock.now += 5
+    assert (deadline.remaining(), deadline.over) == (0, True)
+    aborted = QueryDeadline(5, clock=clock)
+    aborted.abort()
+    assert aborted.over
+
+
+def test_an_abort_shuts_the_recorded_socket_and_a_finished_query_is_left_alone() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        deadline = QueryDeadline(5)
+        deadline.attach(ours)
+        deadline.abort()
+        assert ours.recv(1) == b"", "shut down: a blocked recv returns at once"
+        later = QueryDeadline(5)
+        pooled, peer = socket.socketpair()
+        later.attach(pooled)
+        later.finish()
+        later.abort()  # a connection back in the pool is never touched
+        peer.sendall(b"x")
+        assert pooled.recv(1) == b"x"
+        pooled.close()
+        peer.close()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_connection_made_after_the_abort_is_ended_at_once() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        deadline = QueryDeadline(5)
+        deadline.abort()
+        deadline.attach(ours)
+        assert ours.recv(1) == b""
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_buffer_budget_waits_for_room_until_the_deadline() -> None:
+    budget = BufferBudget(100)
+    budget.reserve(80, QueryDeadline(5))
+    with pytest.raises(DeadlineExceeded, match="already hold 80 bytes of the 100 bytes"):
+        budget.reserve(30, QueryDeadline(0.01))
+    budget.release(80)
+    budget.reserve(100, QueryDeadline(5))
+    assert budget.used == 100
+
+
+async def test_an_endpoint_opens_its_slots_once_it_answers() -> None:
+    slots = EndpointSlots(3)
+    assert await slots.acquire(1) is None
+    waiting = [asyncio.create_task(slots.acquire(1)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiting), "one query at a time until it has answered"
+    slots.release(None)
+    assert await asyncio.gather(*waiting) == [None, None, None]
+    assert (slots.limit, slots.in_flight) == (3, 3)
+
+
+async def test_a_timed_out_endpoint_gets_one_probe_and_the_rest_fail_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="operator_k8s.prometheus")
+    slots = EndpointSlots(3, "http://p:9090")
+    assert await slots.acquire(1) is None
+    slots.release(None)
+    for _ in range(3):
+        assert await slots.acquire(1) is None
+    queued = asyncio.create_task(slots.acquire(1))
+    await asyncio.sleep(0)
+    slots.release("Prometheus did not answer within 5s")
+    assert (
+        await queued
+        == "Prometheus did not answer within 5s (its next query waits for the one checking whether it is back)"
+    )
+    assert (slots.limit, slots.in_flight) == (1, 2)
+    assert (await slots.acquire(1) or "").startswith("Prometheus did not answer within 5s")
+    slots.release("Prometheus did not answer within 5s")
+    slots.release("Prometheus did not answer within 5s")
+    assert await slots.acquire(1) is None, "with nothing in flight, the next query is the probe"
+    assert (await slots.acquire(1) or "").startswith("Prometheus did not answer")
+    slots.release(None)
+    assert (slots.limit, slots.failure) == (3, None)
+    assert [(r.getMessage(), r.__dict__["prometheus"]) for r in caplog.records] == [
+        ("Prometheus stopped answering; one query at a time checks whether it is back", "http://p:9090"),
+        ("Prometheus answered again; its query slots reopened", "http://p:9090"),
+    ], "logged once per change, not per query"
+
+
+async def test_a_query_that_waited_out_its_deadline_leaves_the_endpoint_as_it_was() -> None:
+    slots = EndpointSlots(1)
+    assert await slots.acquire(1) is None
+    assert (
+        await slots.acquire(0.01)
+        == "Prometheus did not answer within 0.01s: every one of its 1 query slots stayed busy"
+    )
+    assert (slots.in_flight, slots.failure) == (1, None)
+    slots.release(None)
+    assert slots.in_flight == 0
+
+
+def test_the_caps_are_settings() -> None:
+    defaults = load_settings({"OPERATOR_K8S_DATABASE_DSN": "x"})
+    assert (
+        defaults.prometheus_max_answer_bytes,
+        defaults.prometheus_max_answer_series,
+        defaults.prometheus_max_buffered_bytes,
+        defaults.prometheus_query_threads,
+        defaults.prometheus_slots_per_endpoint,
+    ) == (4 * MIB, 10_000, 64 * MIB, 256, 16)
+    raised = load_settings({"OPERATOR_K8S_DATABASE_DSN": "x", "OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_SERIES": "50000"})
+    assert raised.prometheus_max_answer_series == 50_000
+    with pytest.raises(SettingsError, match="PROMETHEUS_MAX_ANSWER_BYTES"):
+        load_settings({"OPERATOR_K8S_DATABASE_DSN": "x", "OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_BYTES": "10"})
