@@ -17,6 +17,7 @@ import ast
 import asyncio
 import base64
 import logging
+import math
 import os
 import re
 import stat
@@ -225,7 +226,8 @@ class EndpointSlots:
     find them all taken wait (up to their own deadline) for one. A query to it that does not answer in time, or cannot
     reach it, takes it back to one slot and marks it failing: while one query (the probe) is in flight, every other
     query to it fails at once, naming the last failure, instead of holding a thread for its whole timeout. A query is
-    only ever given up because of its own Prometheus.
+    only ever given up because of its own Prometheus, and one slow query is not that: a query that times out while
+    its Prometheus answered another one since it began (an expensive custom query) fails alone.
     """
 
     def __init__(self, opened: int, name: str = "") -> None:
@@ -234,6 +236,8 @@ class EndpointSlots:
         self.limit = 1
         self.in_flight = 0
         self.failure: str | None = None
+        self.answered_at = -math.inf
+        """When a query to it last answered in time (monotonic seconds)."""
         self._waiters: deque[asyncio.Future[str | None]] = deque()
 
     async def acquire(self, within: float) -> str | None:
@@ -260,10 +264,14 @@ class EndpointSlots:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    def release(self, failure: str | None, *, used: bool = True) -> None:
-        """A slot back; ``failure`` is why the query did not reach it in time (None: it answered)."""
+    def release(self, failure: str | None, *, used: bool = True, since: float = math.inf) -> None:
+        """A slot back; ``failure`` is why the query, sent at ``since``, did not reach it in time (None: it
+        answered)."""
         self.in_flight -= 1
+        if used and failure is not None and self.answered_at > since:
+            used = False  # it answered another query meanwhile: this one was slow, its Prometheus is not down
         if used and failure is None:
+            self.answered_at = time.monotonic()
             if self.failure is not None:
                 log.info("Prometheus answered again; its query slots reopened", extra={"prometheus": self.name})
             self.failure, self.limit = None, self.opened
@@ -440,7 +448,8 @@ class PrometheusMetrics:
         future = loop.run_in_executor(
             self._pool, self._query_blocking, url, promql, store_label, namespace_label, deadline, auth
         )
-        future.add_done_callback(lambda done: slots.release(_failure_of(done)))  # freed when the thread really ends
+        sent = time.monotonic()
+        future.add_done_callback(lambda done: slots.release(_failure_of(done), since=sent))  # when the thread ends
         try:
             return await asyncio.wait_for(asyncio.shield(future), deadline.remaining())
         except TimeoutError:

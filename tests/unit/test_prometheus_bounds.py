@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 
 import pytest
 
@@ -216,6 +217,19 @@ async def test_an_endpoint_opens_its_slots_once_it_answers() -> None:
     slots.release(None)
     assert await asyncio.gather(*waiting) == [None, None, None]
     assert (slots.limit, slots.in_flight) == (3, 3)
+
+
+async def test_one_slow_query_does_not_mark_an_answering_endpoint_failing() -> None:
+    """An expensive query times out while its Prometheus answers the others: it fails alone."""
+    slots = EndpointSlots(3)
+    assert await slots.acquire(1) is None
+    slots.release(None)
+    assert await slots.acquire(1) is None and await slots.acquire(1) is None
+    slow_sent = time.monotonic()
+    slots.release(None)  # another query, sent after the slow one, answered
+    slots.release("Prometheus did not answer within 5s", since=slow_sent)
+    assert (slots.limit, slots.failure) == (3, None)
+    assert await slots.acquire(1) is None, "other clusters' queries go on"
 
 
 async def test_a_timed_out_endpoint_gets_one_probe_and_the_rest_fail_at_once(caplog: pytest.LogCaptureFixture) -> None:
