@@ -88,10 +88,19 @@ def changed_status(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
     return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
 
 
-def writes_match_changes(stack: Stack, watch: TicketWatch, writes_before: float, mark: int) -> bool:
+def writes_seen_as_changes(stack: Stack, watch: TicketWatch, writes_before: float, mark: int, what: str) -> None:
     """Every write the API server answered made a change its watch reported (a write that changed nothing would
     leave the two apart for good); polled, because an event reaches the watch just after the write is counted."""
-    return ticket_writes(stack) - writes_before == watch.count() - mark
+    counted: list[tuple[float, int]] = []
+
+    def matched() -> bool:
+        counted.append((ticket_writes(stack) - writes_before, watch.count() - mark))
+        return counted[-1][0] == counted[-1][1]
+
+    try:
+        eventually(matched, timeout=10, what=what)
+    except AssertionError as error:
+        raise AssertionError(f"{error}: (writes, changes) last {counted[-1]}") from None
 
 
 @pytest.mark.level("low")  # 500 pods and Tickets: the full run
@@ -110,8 +119,7 @@ def test_a_restart_with_500_open_tickets_writes_none_and_a_state_change_costs_on
         before = ticket_writes(stack)
         with run_operator(stack) as restarted:
             restarted.checked_after(namespace, "big", 6)
-            eventually(lambda: writes_match_changes(stack, watch, before, 0), timeout=10,
-                       what="every Ticket write of the restart seen as a change")  # fmt: skip
+            writes_seen_as_changes(stack, watch, before, 0, "every Ticket write of the restart seen as a change")
             restart = watch.since(0)
             # The only change a restart may meet is the clock: a lastSeen a minute old is refreshed, restart or not.
             assert {kind for kind, _, _ in restart} <= {"MODIFIED"}, "a restart creates and deletes no Ticket"
@@ -124,8 +132,7 @@ def test_a_restart_with_500_open_tickets_writes_none_and_a_state_change_costs_on
             eventually(lambda: [t for t in shown(stack, namespace).values() if t["status"]["state"] == "resolved"],
                        timeout=60, what="the healed store's ticket resolved")  # fmt: skip
             restarted.checked_after(namespace, "big", 4)
-            eventually(lambda: writes_match_changes(stack, watch, before, mark), timeout=10,
-                       what="every Ticket write after the heal seen as a change")  # fmt: skip
+            writes_seen_as_changes(stack, watch, before, mark, "every Ticket write after the heal seen as a change")
         state_changes = [(old, new) for _, old, new in watch.since(mark) if "state" in changed_status(old, new)]
         assert len(state_changes) == 1, f"resolving one ticket is one write: {state_changes}"
         [(old, new)] = state_changes

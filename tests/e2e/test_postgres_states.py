@@ -4,10 +4,12 @@ acknowledge them. Nothing is dropped, the clusters say what is happening, and ev
 
 from __future__ import annotations
 
+import asyncio
 import time
 from functools import partial
 from typing import Any
 
+import asyncpg
 import pytest
 
 from devstack.stack import Stack
@@ -25,7 +27,6 @@ from tests.stackutil import (
     condition,
     eventually,
     metric_value,
-    pg_rows,
     scrape_metrics,
     shown_tickets,
     store_fault,
@@ -41,15 +42,23 @@ DROPPED = r'operator_k8s_check_errors_total\{kind="postgres_rejected"\}'
 
 def switch_read_only(stack: Stack, read_only: bool) -> None:
     """What a switchover looks like from the operator: its sessions end, and the server its reconnections reach
-    refuses every write (``default_transaction_read_only``, SQLSTATE 25006) until the new primary takes over."""
+    refuses every write (``default_transaction_read_only``, SQLSTATE 25006) until the new primary takes over. The
+    switch's own session writes whatever the database's default, so it can always switch back."""
     database = stack.postgres_dsn.rsplit("/", 1)[1].split("?")[0]
     setting = "SET default_transaction_read_only = on" if read_only else "RESET default_transaction_read_only"
-    pg_rows(stack, f"ALTER DATABASE {database} {setting}")
-    pg_rows(
-        stack,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-        database,
-    )
+
+    async def switch() -> None:
+        admin = await asyncpg.connect(stack.postgres_dsn, server_settings={"default_transaction_read_only": "off"})
+        try:
+            await admin.execute(f"ALTER DATABASE {database} {setting}")
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(switch())
 
 
 @pytest.mark.level("high")
