@@ -49,11 +49,12 @@ class TicketWatch:
     told apart from a state change, and a write that changed nothing shows as a write without an event."""
 
     def __init__(self, stack: Stack, namespace: str) -> None:
-        listed = get_json(stack, "tickets", "-n", namespace)
+        path = f"/apis/operator-k8s.io/v1alpha1/namespaces/{namespace}/tickets"
+        # The API's own list, not kubectl's (a client-side List has no resourceVersion to watch from).
+        listed = json.loads(stack.kubectl("get", "--raw", path).stdout)
         self.state = {t["metadata"]["name"]: t for t in listed["items"]}
         self.changes: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (event type, before, after)
         self._lock = threading.Lock()
-        path = f"/apis/operator-k8s.io/v1alpha1/namespaces/{namespace}/tickets"
         path += f"?watch=1&resourceVersion={listed['metadata']['resourceVersion']}"
         command = [str(stack.binaries.kubectl), "--kubeconfig", str(stack.kubeconfig), "get", "--raw", path]
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
