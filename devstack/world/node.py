@@ -2,12 +2,12 @@
 
 containerd 2 (runc, overlayfs, cgroupfs), the bridge CNI plugin, kubelet, kube-proxy (iptables), the controller
 manager, the scheduler and CoreDNS, all started by pid and stopped by pid. The pod and Service networks exist only on
-this machine (``devstack.hoststate``: a bridge in the benchmarking range 198.18.0.0/15, never routed anywhere, fenced
-by iptables rules of its own). Whatever pods must reach (the API server, CoreDNS, the kubelet, the stack's Postgres
-and Prometheus) listens on the bridge address, which exists only here; the rest stays on 127.0.0.1.
+this machine (``devstack.host.hoststate``: a bridge in the benchmarking range 198.18.0.0/15, never routed anywhere,
+fenced by iptables rules of its own). Whatever pods must reach (the API server, CoreDNS, the kubelet, the stack's
+Postgres and Prometheus) listens on the bridge address, which exists only here; the rest stays on 127.0.0.1.
 
 Every change to the machine is recorded before the node starts and undone at stop, or by the next run if this one
-was killed (``devstack.hoststate``). Host facts this relies on (measured, see the README's "Node mode"): root;
+was killed (``devstack.host.hoststate``). Host facts this relies on (measured, see the README's "Node mode"): root;
 cgroup v1 with ``failCgroupV1: false`` (cgroup v2 is detected but was never run here); without CAP_SYS_RESOURCE
 containerd must clamp oom_score_adj (``restrict_oom_score_adj``).
 """
@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devstack import hoststate
-from devstack.hoststate import BRIDGE, CGROUP_ROOT, GATEWAY, POD_SUBNET, SERVICE_RANGE, HostState, sh
-from devstack.images import Image, operator_image, pause_image, postgres_image
-from devstack.node_build import NodeBinaries, ensure_node
-from devstack.pki import signed_cert
-from devstack.processes import ComponentFailed, Process, free_port, log, stop_all
+from devstack.builds.images import Image, operator_image, pause_image, postgres_image
+from devstack.builds.node import NodeBinaries, ensure_node
+from devstack.host import hoststate
+from devstack.host.hoststate import BRIDGE, CGROUP_ROOT, GATEWAY, POD_SUBNET, SERVICE_RANGE, HostState, sh
+from devstack.host.paths import REPO_ROOT
+from devstack.host.pki import signed_cert
+from devstack.host.processes import ComponentFailed, Process, free_port, log, stop_all
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.world.stack import Stack
 
 KUBERNETES_SERVICE_IP = "198.19.0.1"
 NODE_NAME = "operator-k8s-node"
@@ -342,7 +343,7 @@ def _node_ready(stack: Stack) -> bool:
 
 
 def _chart_app_version() -> str:
-    chart = (Path(__file__).resolve().parent.parent / "charts" / "operator-k8s" / "Chart.yaml").read_text()
+    chart = (REPO_ROOT / "charts" / "operator-k8s" / "Chart.yaml").read_text()
     for line in chart.splitlines():
         if line.startswith("appVersion:"):
             return line.split(":", 1)[1].strip().strip('"')

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack.binaries import Binaries, ensure_all
-from devstack.hoststate import GATEWAY, POD_SUBNET, SERVICE_RANGE
-from devstack.node import KUBERNETES_SERVICE_IP, Node
-from devstack.pki import Pki, make_pki, signed_cert
-from devstack.processes import ComponentFailed, Process, free_port, log, stop_all
-from devstack.scrapeconfig import KUBE_STATE_METRICS_JOB, kubernetes_sd, operator_job, store_world_jobs
+from devstack.builds.binaries import Binaries, ensure_all
+from devstack.host.hoststate import GATEWAY, POD_SUBNET, SERVICE_RANGE
+from devstack.host.paths import REPO_ROOT
+from devstack.host.pki import Pki, make_pki, signed_cert
+from devstack.host.processes import ComponentFailed, Process, free_port, log, stop_all
+from devstack.storeworld.scrapeconfig import KUBE_STATE_METRICS_JOB, kubernetes_sd, operator_job, store_world_jobs
+from devstack.world.node import KUBERNETES_SERVICE_IP, Node
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO_ROOT / "crds"
 SCRAPE_INTERVAL = "1s"
 
@@ -61,7 +61,7 @@ class Stack:
     alertmanager_url: str = ""
     keep_workdir: bool = False
     scrape_interval: str = SCRAPE_INTERVAL
-    # Node mode (``devstack.node``): a kubelet runs pods, and what pods must reach listens on the bridge address too.
+    # Node mode (``devstack.world.node``): a kubelet runs pods, and what pods must reach listens on the bridge address.
     node: Node | None = None
     bind_host: str = "127.0.0.1"
 
@@ -400,7 +400,15 @@ class Stack:
         port = free_port()
         simulator = Process(
             "simulator",
-            [sys.executable, "-m", "devstack.simulator", "--port", str(port), "--kubeconfig", str(self.kubeconfig)],
+            [
+                sys.executable,
+                "-m",
+                "devstack.storeworld.simulator",
+                "--port",
+                str(port),
+                "--kubeconfig",
+                str(self.kubeconfig),
+            ],
             self.workdir / "logs" / "simulator.log",
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         ).start()
@@ -436,7 +444,8 @@ class Stack:
 
     def _start_prometheus(self, alert_rules: list[dict[str, Any]]) -> None:
         """Prometheus scraping the store world: every store and PD pod found through the API server and labelled as
-        prometheus-operator and TidbMonitor label them (``devstack.scrapeconfig``), every ``scrape_interval``."""
+        prometheus-operator and TidbMonitor label them (``devstack.storeworld.scrapeconfig``), every
+        ``scrape_interval``."""
         port = free_port(self.bind_host)
         config = self.workdir / "prometheus.yml"
         scrape = store_world_jobs(self._kubernetes_sd(), self.scrape_interval) if self.simulator_url else []
@@ -457,7 +466,7 @@ class Stack:
         prometheus = Process(
             "prometheus",
             [
-                str(self.binaries.prometheus),  # Debian's has no Kubernetes discovery (devstack.prometheus_build)
+                str(self.binaries.prometheus),  # Debian's has no Kubernetes discovery (devstack.builds.prometheus)
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.workdir / 'prometheus'}",
                 f"--web.listen-address={self.bind_host}:{port}",

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from devstack.processes import log
+from devstack.host.processes import log
 
 BRIDGE = "ok8s0"
 GATEWAY = "198.18.0.1"

@@ -42,9 +42,10 @@ from typing import Any, ClassVar
 
 import asyncpg
 
-from devstack.operator import operator_process
-from devstack.processes import Process, free_port
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.paths import REPO_ROOT
+from devstack.host.processes import Process, free_port
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 
 LATENCY_THRESHOLD_MS = 500
 DISK_THRESHOLD = 85

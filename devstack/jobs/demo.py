@@ -12,10 +12,11 @@ from typing import Any
 
 import yaml
 
-from devstack.hoststate import GATEWAY
-from devstack.images import POSTGRES_IMAGE
-from devstack.operator import operator_process
-from devstack.stack import REPO_ROOT, Stack
+from devstack.builds.images import POSTGRES_IMAGE
+from devstack.host.hoststate import GATEWAY
+from devstack.host.paths import REPO_ROOT
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 
 NAMESPACE = "demo"
 CLUSTER = "tikv-prod"
