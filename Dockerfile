@@ -1,7 +1,7 @@
 # The operator image: the wheel installed into a virtualenv on a slim Python, run as a non-root numeric user.
 #
 # BASE_IMAGE is any Debian-like image with python3 (3.11+) and its venv module: python:3.11-slim by default; the
-# project's test stack builds one from Debian packages (devstack/images.py) and builds this very file with buildah.
+# project's test stack builds one from Debian packages (devstack/builds/images.py) and builds this very file with buildah.
 # PIP_INDEX_URL and PIP_CERT reach pip in the build stage only, for builds behind a package mirror.
 ARG BASE_IMAGE=python:3.11-slim
 

@@ -32,8 +32,8 @@ up: system venv
 	@$(PY) -m devstack up --hold
 
 lint: venv
-	@$(PY) -m ruff check operator_k8s devstack tests
-	@$(PY) -m ruff format --check operator_k8s devstack tests
+	@$(PY) -m ruff check operator_k8s devstack tests scripts
+	@$(PY) -m ruff format --check operator_k8s devstack tests scripts
 
 typecheck: venv
 	@$(PY) -m mypy

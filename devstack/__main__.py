@@ -7,8 +7,8 @@ import argparse
 import os
 import sys
 
-from devstack import binaries
-from devstack.processes import ComponentFailed
+from devstack.builds import binaries
+from devstack.host.processes import ComponentFailed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,11 +41,11 @@ def _run(argv: list[str] | None) -> int:
                         add_help=False)  # fmt: skip
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        from devstack import bench  # noqa: PLC0415
+        from devstack.jobs import bench  # noqa: PLC0415
 
         return bench.main(rest)
     if args.command == "referee":
-        from devstack import referee  # noqa: PLC0415
+        from devstack.jobs import referee  # noqa: PLC0415
 
         return referee.main(rest)
     if rest:
@@ -53,7 +53,7 @@ def _run(argv: list[str] | None) -> int:
     if args.command == "build":
         binaries.ensure_all()
         binaries.build_helm()
-        from devstack.node import Node  # noqa: PLC0415
+        from devstack.world.node import Node  # noqa: PLC0415
 
         if os.geteuid() == 0:
             Node.prepare()
@@ -63,11 +63,11 @@ def _run(argv: list[str] | None) -> int:
             )
         return 0
     if args.command == "manifests":
-        from devstack import manifests  # noqa: PLC0415
+        from devstack.jobs import manifests  # noqa: PLC0415
 
         print(f"Wrote {manifests.write()}")
         return 0
-    from devstack import demo  # noqa: PLC0415 - the stack's imports are not needed to build
+    from devstack.jobs import demo  # noqa: PLC0415 - the stack's imports are not needed to build
 
     if args.command == "up":
         return demo.up(hold=args.hold, node=args.node)

@@ -12,7 +12,7 @@ import kopf
 import pytest
 from kopf.testing import KopfRunner
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from operator_k8s.__main__ import Operator
 from operator_k8s.settings import load_settings
 from tests.stackutil import InProcessOperator

@@ -22,8 +22,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from devstack.processes import Process
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.paths import REPO_ROOT
+from devstack.host.processes import Process
+from devstack.world.stack import Stack
 from operator_k8s.__main__ import Operator
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from tests.e2e.support import Scene, SharedOperator
 
 

@@ -15,9 +15,9 @@ import os
 from functools import partial
 from typing import Any
 
-from devstack.operator import operator_process
-from devstack.processes import Process
-from devstack.stack import Stack
+from devstack.host.processes import Process
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 from operator_k8s.domain.status import parse_time
 from tests.stackutil import (
     apply,

@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from operator_k8s.domain.status import HEARTBEAT
 from tests.e2e.support import (
     INTERVAL,

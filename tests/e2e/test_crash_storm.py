@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from devstack.operator import operator_process
-from devstack.processes import Process
-from devstack.stack import Stack
+from devstack.host.processes import Process
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 from tests.e2e.support import (
     MIN_KILLS,
     MIN_KILLS_OF_EACH,

@@ -10,7 +10,7 @@ from functools import partial
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from tests.e2e.support import (
     FREEZE_SECONDS,
     INTERVAL,

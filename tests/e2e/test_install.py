@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from devstack import manifests, versions
-from devstack.operator import operator_process
-from devstack.stack import REPO_ROOT, Stack
+from devstack.builds import versions
+from devstack.host.paths import REPO_ROOT
+from devstack.jobs import manifests
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 from operator_k8s.settings import Settings
 from tests.stackutil import (
     apply_tikv_example,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from devstack.operator import operator_process
-from devstack.stack import Stack
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 from tests.stackutil import (
     TICKET_COLUMNS,
     InProcessOperator,

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.paths import REPO_ROOT
+from devstack.world.stack import Stack
 from tests.conftest import run_operator
 from tests.stackutil import apply, eventually, get_json, metric_sum, monitored_cluster, tickets_in_db
 

@@ -10,9 +10,10 @@ from functools import partial
 
 import pytest
 
-from devstack.operator import operator_process
-from devstack.processes import free_port
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.paths import REPO_ROOT
+from devstack.host.processes import free_port
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 from tests.stackutil import (
     cycles_past,
     eventually,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from tests.e2e.support import (
     INTERVAL,
     Scene,

@@ -7,9 +7,10 @@ import signal
 
 import pytest
 
-from devstack.operator import operator_process
-from devstack.processes import Process
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.paths import REPO_ROOT
+from devstack.host.processes import Process
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 from tests.stackutil import (
     condition,
     eventually,

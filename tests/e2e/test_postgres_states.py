@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from tests.e2e.support import (
     INTERVAL,
     RECOVERY_TIMEOUT,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from devstack import referee
-from devstack.stack import Stack
+from devstack.jobs import referee
+from devstack.world.stack import Stack
 
 pytestmark = pytest.mark.stack
 

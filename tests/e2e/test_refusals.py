@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from tests.e2e.support import (
     INTERVAL,
     RECOVERY_TIMEOUT,

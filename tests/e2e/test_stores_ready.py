@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from tests.stackutil import InProcessOperator, condition_status, eventually, monitored_cluster, simulator
 
 pytestmark = pytest.mark.stack

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from devstack.operator import operator_process
-from devstack.stack import Stack
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 from tests.stackutil import (
     eventually,
     get_json,

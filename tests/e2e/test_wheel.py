@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from devstack.processes import Process, free_port
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.paths import REPO_ROOT
+from devstack.host.processes import Process, free_port
+from devstack.world.stack import Stack
 from tests.stackutil import condition_status, eventually, monitored_cluster, simulator
 
 pytestmark = pytest.mark.stack

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from devstack import versions
-from devstack.stack import Stack
+from devstack.builds import versions
+from devstack.world.stack import Stack
 from tests.stackutil import TICKET_COLUMNS, eventually, get_json
 
 pytestmark = pytest.mark.stack

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from operator_k8s.domain.specs import MonitoredClusterSpec
 from operator_k8s.domain.vocabulary import API_VERSION, CLUSTER_KIND, CLUSTER_PLURAL, GROUP, VERSION
 from tests.hostile_specs import ACCEPTED, HOSTILE, Accepted, Hostile

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from kubernetes_asyncio import client
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from operator_k8s.adapters.kube import KubeTicketMirror, api_client, observed_ticket
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
 from operator_k8s.domain.ledger import ClusterRef

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import pytest
 from kubernetes_asyncio import client
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from operator_k8s.adapters.kube import KubeTicketMirror, api_client, observed_ticket
 from operator_k8s.domain.ledger import ClusterRef
 from operator_k8s.domain.projections import ObservedTicket

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.processes import free_port
-from devstack.stack import Stack
+from devstack.host.processes import free_port
+from devstack.world.stack import Stack
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.domain.observations import QueryFailure
 from operator_k8s.domain.queries import builtin_query

@@ -1,4 +1,4 @@
-"""Authentication to Prometheus against the real thing (devstack/secured.py): a Prometheus behind its own TLS and
+"""Authentication to Prometheus against the real thing (devstack/world/secured.py): a Prometheus behind its own TLS and
 basic auth, and a Mimir-like gateway demanding a bearer token and a tenant in front of a plain Prometheus.
 
 The credentials directory is laid out as the kubelet lays out a Secret volume (``key -> ..data/key``), and a rotation
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from devstack.secured import SecuredWorld
+from devstack.world.secured import SecuredWorld
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.domain.observations import QueryFailure, QueryResult
 from operator_k8s.domain.specs import PrometheusAuthSpec

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from devstack.pki import Pki, make_pki
+from devstack.host.pki import Pki, make_pki
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.adapters.prometheus_http import MIB, AnswerLimits
 from operator_k8s.domain.observations import QueryFailure, QueryResult

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
 from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import Ticket, TicketState

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from tests.stackutil import eventually, get_json, metric_samples, prometheus_query, simulator
 
 pytestmark = pytest.mark.stack

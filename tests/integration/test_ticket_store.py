@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from devstack.stack import Stack
+from devstack.world.stack import Stack
 from operator_k8s.adapters.ticket_store import PROBE_SECONDS, PostgresTicketStore, migrate, migrations
 from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketKey, TicketState

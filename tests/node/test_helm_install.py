@@ -1,6 +1,6 @@
 """The install tier: the operator as users run it, a pod on a real node, driven only by helm, kubectl and Postgres.
 
-The stack runs in node mode (``devstack.node``): kubelet, containerd and runc run the image built from the
+The stack runs in node mode (``devstack.world.node``): kubelet, containerd and runc run the image built from the
 repository's Dockerfile; the chart's quick-start Postgres runs as a StatefulSet; the operator reaches the API server
 through the ``kubernetes`` Service and cluster DNS. ``pytest -s`` prints the ``[measured]`` timings the README quotes.
 """
@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from devstack import manifests
-from devstack.demo import QUICK_START_VALUES
-from devstack.hoststate import GATEWAY, HostState
-from devstack.node import NODE_NAME, Node
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.hoststate import GATEWAY, HostState
+from devstack.host.paths import REPO_ROOT
+from devstack.jobs import manifests
+from devstack.jobs.demo import QUICK_START_VALUES
+from devstack.world.node import NODE_NAME, Node
+from devstack.world.stack import Stack
 from tests.stackutil import (
     apply,
     apply_tikv_example,

@@ -17,10 +17,10 @@ from typing import IO
 
 import pytest
 
-from devstack import hoststate
-from devstack.hoststate import HostState
-from devstack.node import Node
-from devstack.stack import REPO_ROOT
+from devstack.host import hoststate
+from devstack.host.hoststate import HostState
+from devstack.host.paths import REPO_ROOT
+from devstack.world.node import Node
 
 pytestmark = pytest.mark.stack
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devstack.hoststate import RULE_COMMENT, is_node_rule
+from devstack.host.hoststate import RULE_COMMENT, is_node_rule
 
 
 @pytest.mark.parametrize(

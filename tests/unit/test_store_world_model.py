@@ -1,4 +1,4 @@
-"""The store world's model (devstack.storeworld): TiKV's and PD's series, their counters and every fault, no I/O.
+"""The store world's model (devstack.storeworld.model): TiKV's and PD's series, their counters and every fault, no I/O.
 
 Quantiles are computed from the exposition text the way Prometheus does (``histogram_quantile`` over the increase
 between two scrapes), so these tests read what a query would read.
@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from devstack.storeworld import (
+from devstack.storeworld.model import (
     BUCKETS,
     CAPACITY_BYTES,
     GIB,

@@ -6,8 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-from devstack.processes import Process, free_port
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.paths import REPO_ROOT
+from devstack.host.processes import Process, free_port
+from devstack.world.stack import Stack
 
 
 def operator_process(

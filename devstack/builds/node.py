@@ -1,7 +1,7 @@
 """Build the node's Go programs from Go modules, cached by version: kubelet, kube-proxy, kube-controller-manager,
 kube-scheduler, containerd 2 (with its runc shim and ``ctr``), CoreDNS and a minimal pause program.
 
-The Kubernetes commands come from the same generated module trick as kube-apiserver (``devstack.binaries``);
+The Kubernetes commands come from the same generated module trick as kube-apiserver (``devstack.builds.gomodules``);
 containerd and CoreDNS have no ``replace`` directives and are ``go install``-ed. runc and the CNI plugins need cgo
 and come from Debian packages instead (``scripts/setup-system.sh``).
 """
@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack import versions
-from devstack.binaries import (
+from devstack.builds import versions
+from devstack.builds.gomodules import (
     CACHE_ROOT,
-    _bin_dir,
-    _kubernetes_go_mod,
-    _kubernetes_ldflags,
-    _run_with_progress,
-    _write_module,
+    bin_dir,
+    kubernetes_go_mod,
+    kubernetes_ldflags,
+    run_with_progress,
+    write_module,
 )
 
 NODE_COMMANDS = ("kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler")
@@ -74,26 +74,26 @@ def _build_into(out: Path, what: str, cmd: list[str], workdir: Path) -> None:
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    _run_with_progress(what, [arg.replace("{partial}", str(partial)) for arg in cmd], workdir)
+    run_with_progress(what, [arg.replace("{partial}", str(partial)) for arg in cmd], workdir)
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
 
 
 def build_kubernetes_node(version: str = versions.KUBERNETES) -> Path:
     """kubelet, kube-proxy, kube-controller-manager and kube-scheduler of one release; a no-op when cached."""
-    out = _bin_dir("kubernetes-node", version)
+    out = bin_dir("kubernetes-node", version)
     if all((out / command).exists() for command in NODE_COMMANDS):
         return out
     workdir = CACHE_ROOT / "build" / f"kubernetes-node-{version}"
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     imports = "".join(f'\t_ "k8s.io/kubernetes/cmd/{command}"\n' for command in NODE_COMMANDS)
-    _write_module(
+    write_module(
         workdir,
-        _kubernetes_go_mod(version),
+        kubernetes_go_mod(version),
         {"tools.go": f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n"},
     )
-    _run_with_progress(f"go mod tidy for the kubernetes {version} node", ["go", "mod", "tidy"], workdir)
-    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", _kubernetes_ldflags(version), "-o", "{partial}/"]
+    run_with_progress(f"go mod tidy for the kubernetes {version} node", ["go", "mod", "tidy"], workdir)
+    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", kubernetes_ldflags(version), "-o", "{partial}/"]
     cmd += [f"k8s.io/kubernetes/cmd/{command}" for command in NODE_COMMANDS]
     _build_into(out, f"{', '.join(NODE_COMMANDS)} {version}", cmd, workdir)
     return out
@@ -101,7 +101,7 @@ def build_kubernetes_node(version: str = versions.KUBERNETES) -> Path:
 
 def _go_install(name: str, version: str, packages: list[str], flags: list[str]) -> Path:
     """``go install`` of modules without replace directives into the cache; a no-op when cached."""
-    out = _bin_dir(name, version)
+    out = bin_dir(name, version)
     if (out / name).exists():
         return out
     workdir = CACHE_ROOT / "build" / f"{name}-{version}"
@@ -126,11 +126,11 @@ def build_coredns(version: str = versions.COREDNS) -> Path:
 
 def build_pause() -> Path:
     """The sandbox container's program; a no-op when cached."""
-    out = _bin_dir("pause", versions.PAUSE)
+    out = bin_dir("pause", versions.PAUSE)
     if (out / "pause").exists():
         return out
     workdir = CACHE_ROOT / "build" / f"pause-{versions.PAUSE}"
-    _write_module(workdir, "module operator-k8s.local/pause\n\ngo 1.22\n", {"main.go": PAUSE_MAIN})
+    write_module(workdir, "module operator-k8s.local/pause\n\ngo 1.22\n", {"main.go": PAUSE_MAIN})
     _build_into(out, "pause", ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", "{partial}/pause", "."], workdir)
     return out
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from devstack import versions
-from devstack.binaries import build_helm
-from devstack.stack import REPO_ROOT
+from devstack.builds import versions
+from devstack.builds.binaries import build_helm
+from devstack.host.paths import REPO_ROOT
 
 CHART = REPO_ROOT / "charts" / "operator-k8s"
 OUTPUT = REPO_ROOT / "deploy" / "operator-k8s.yaml"

@@ -3,8 +3,9 @@
 Every TiKV and PD pod gets an endpoint of its own on a loopback address (``127.10.x.y``; Linux routes all of
 127.0.0.0/8 to ``lo``) and the real port (TiKV status 20180, PD client 2379), or ``127.0.0.1`` and a free port where
 such an address cannot be bound. The pod's ``status.podIP`` is that address and its container port is named as TiDB
-Operator names it, so Prometheus finds it through the API server (``devstack.scrapeconfig``). An endpoint serves what
-TiKV or PD serves (``devstack.storeworld``): real series, names, types and label sets, and no identity label.
+Operator names it, so Prometheus finds it through the API server (``devstack.storeworld.scrapeconfig``). An endpoint
+serves what TiKV or PD serves (``devstack.storeworld.model``): real series, names, types and label sets, and no
+identity label.
 
 Control API (JSON over HTTP on ``127.0.0.1:<port>``):
 
@@ -71,7 +72,7 @@ from typing import Any
 from aiohttp import web
 from kubernetes_asyncio import client, config
 
-from devstack.storeworld import (
+from devstack.storeworld.model import (
     CLUSTER_FAULTS,
     PD_CLIENT_PORT,
     PD_FAULTS,

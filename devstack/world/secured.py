@@ -7,8 +7,8 @@
   and ``X-Scope-OrgID: <tenant>``; the rest is proxied. It counts what it accepted and refused (``/gateway/stats``),
   so a test can prove what reached it and what never did.
 
-Every process is started on a free 127.0.0.1 port and stopped by pid. ``python -m devstack.secured gateway ...`` is
-the gateway's own entry point.
+Every process is started on a free 127.0.0.1 port and stopped by pid. ``python -m devstack.world.secured gateway ...``
+is the gateway's own entry point.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from typing import Any
 import bcrypt
 from aiohttp import ClientSession, ClientTimeout, web
 
-from devstack.pki import Pki, make_pki
-from devstack.processes import Process, free_port, log
-from devstack.stack import REPO_ROOT
+from devstack.host.paths import REPO_ROOT
+from devstack.host.pki import Pki, make_pki
+from devstack.host.processes import Process, free_port, log
 
 SCRAPE_INTERVAL = "1s"
 USERNAME = "operator"
@@ -163,7 +163,7 @@ class SecuredWorld:
         gateway_port = free_port()
         gateway = Process(
             "gateway",
-            [sys.executable, "-m", "devstack.secured", "gateway", "--port", str(gateway_port),
+            [sys.executable, "-m", "devstack.world.secured", "gateway", "--port", str(gateway_port),
              "--upstream", self.plain_url, "--token-file", str(self.gateway_token_file), "--tenant", self.tenant],
             self.workdir / "logs" / "gateway.log",
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
@@ -236,7 +236,7 @@ def gateway_app(upstream: str, token_file: Path, tenant: str) -> web.Application
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack.secured")
+    parser = argparse.ArgumentParser(prog="python -m devstack.world.secured")
     commands = parser.add_subparsers(dest="command", required=True)
     gateway = commands.add_parser("gateway", help="serve the bearer-token and tenant gateway")
     gateway.add_argument("--port", type=int, required=True)

@@ -5,7 +5,7 @@
   user builds with ``docker build`` is the file the install tier runs.
 * The quick-start Postgres of the chart (``postgres:16-alpine``) cannot be pulled here: a stand-in is made from
   Debian's postgresql with the official image's environment contract and uid (``images/postgres-entrypoint.sh``).
-* The sandbox image ``registry.k8s.io/pause`` is the pause program of ``devstack.node_build``.
+* The sandbox image ``registry.k8s.io/pause`` is the pause program of ``devstack.builds.node``.
 
 Every archive is named after a hash of its inputs, so a second run imports what the first built.
 """
@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack import versions
-from devstack.binaries import CACHE_ROOT
-from devstack.processes import log, run_checked
+from devstack.builds import versions
+from devstack.builds.gomodules import CACHE_ROOT
+from devstack.host.paths import REPO_ROOT
+from devstack.host.processes import log, run_checked
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_DIR = CACHE_ROOT / "images"
 BUILDAH_ROOT = CACHE_ROOT / "buildah"
 OPERATOR_REPOSITORY = "ghcr.io/operator-k8s/operator-k8s"

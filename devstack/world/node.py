@@ -1,13 +1,19 @@
-"""Node mode: a real single Kubernetes node next to the stack's API server, so that ``helm install`` starts real pods.
+"""Node mode: a real single Kubernetes node next to the control plane's API server, so that ``helm install`` starts
+real pods.
 
 containerd 2 (runc, overlayfs, cgroupfs), the bridge CNI plugin, kubelet, kube-proxy (iptables), the controller
 manager, the scheduler and CoreDNS, all started by pid and stopped by pid. The pod and Service networks exist only on
-this machine (``devstack.hoststate``: a bridge in the benchmarking range 198.18.0.0/15, never routed anywhere, fenced
-by iptables rules of its own). Whatever pods must reach (the API server, CoreDNS, the kubelet, the stack's Postgres
-and Prometheus) listens on the bridge address, which exists only here; the rest stays on 127.0.0.1.
+this machine (``devstack.host.hoststate``: a bridge in the benchmarking range 198.18.0.0/15, never routed anywhere,
+fenced by iptables rules of its own). Whatever pods must reach (the API server, CoreDNS, the kubelet, the stack's
+Postgres and Prometheus) listens on the bridge address, which exists only here; the rest stays on 127.0.0.1.
+
+Setup: ``Node.prepare`` (builds and images), ``Node.network_up`` (the machine recorded, the fenced bridge), then
+``Node.start(plane)`` against the control plane; teardown: ``Node.stop(plane)`` (pods, then processes by pid) and
+``Node.restore`` (the machine as it was); logs in the node's work directory (``logs/``). The node takes the control
+plane (``devstack.world.controlplane``), never the stack.
 
 Every change to the machine is recorded before the node starts and undone at stop, or by the next run if this one
-was killed (``devstack.hoststate``). Host facts this relies on (measured, see the README's "Node mode"): root;
+was killed (``devstack.host.hoststate``). Host facts this relies on (measured, see the README's "Node mode"): root;
 cgroup v1 with ``failCgroupV1: false`` (cgroup v2 is detected but was never run here); without CAP_SYS_RESOURCE
 containerd must clamp oom_score_adj (``restrict_oom_score_adj``).
 """
@@ -21,19 +27,16 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from devstack import hoststate
-from devstack.hoststate import BRIDGE, CGROUP_ROOT, GATEWAY, POD_SUBNET, SERVICE_RANGE, HostState, sh
-from devstack.images import Image, operator_image, pause_image, postgres_image
-from devstack.node_build import NodeBinaries, ensure_node
-from devstack.pki import signed_cert
-from devstack.processes import ComponentFailed, Process, free_port, log, stop_all
+from devstack.builds.images import Image, operator_image, pause_image, postgres_image
+from devstack.builds.node import NodeBinaries, ensure_node
+from devstack.host import hoststate
+from devstack.host.hoststate import BRIDGE, CGROUP_ROOT, GATEWAY, POD_SUBNET, SERVICE_RANGE, HostState, sh
+from devstack.host.paths import REPO_ROOT
+from devstack.host.pki import signed_cert
+from devstack.host.processes import ComponentFailed, Process, free_port, log, stop_all
+from devstack.world.controlplane import ControlPlane
 
-if TYPE_CHECKING:
-    from devstack.stack import Stack
-
-KUBERNETES_SERVICE_IP = "198.19.0.1"
 NODE_NAME = "operator-k8s-node"
 RUNC = "/usr/sbin/runc"
 CNI_PLUGINS = "/usr/lib/cni"
@@ -141,11 +144,10 @@ class Node:
         """Note a process of this node's stack, so that a later run can stop it if this run is killed."""
         hoststate.record_pid(self.workdir, process.pid)
 
-    def start(self, stack: Stack) -> None:
-        """Start the node's components against ``stack``'s API server, in dependency order; node Ready at return."""
-        assert stack.pki is not None
+    def start(self, plane: ControlPlane) -> None:
+        """Start the node's components against ``plane``'s API server, in dependency order; node Ready at return."""
         started = time.monotonic()
-        pki_dir = stack.workdir / "pki"
+        pki_dir = plane.pki_dir
         conf = self.workdir / "conf"
         conf.mkdir(parents=True, exist_ok=True)
         for name, subject in (
@@ -156,10 +158,10 @@ class Node:
         ):
             signed_cert(pki_dir, name, subject)
         signed_cert(pki_dir, "kubelet-serving", f"/CN={NODE_NAME}", server_ips=(GATEWAY, "127.0.0.1"))
-        ca = stack.pki.ca_cert
+        ca = plane.pki.ca_cert
 
         def kubeconfig(name: str) -> Path:
-            return _kubeconfig(conf / f"{name}.kubeconfig", stack.apiserver_url, ca, pki_dir / f"{name}.crt",
+            return _kubeconfig(conf / f"{name}.kubeconfig", plane.url, ca, pki_dir / f"{name}.crt",
                                pki_dir / f"{name}.key")  # fmt: skip
 
         self._start_containerd(conf)
@@ -170,9 +172,9 @@ class Node:
             f"--authorization-kubeconfig={kcm}", "--bind-address=127.0.0.1",
             f"--secure-port={free_port()}",
             "--leader-elect=false", "--use-service-account-credentials=true", f"--root-ca-file={ca}",
-            f"--service-account-private-key-file={stack.pki.service_account_key}",
+            f"--service-account-private-key-file={plane.pki.service_account_key}",
             f"--service-cluster-ip-range={SERVICE_RANGE}", f"--cluster-signing-cert-file={ca}",
-            f"--cluster-signing-key-file={stack.pki.ca_key}", f"--cert-dir={self.workdir / 'kcm-certs'}",
+            f"--cluster-signing-key-file={plane.pki.ca_key}", f"--cert-dir={self.workdir / 'kcm-certs'}",
         ])  # fmt: skip
         scheduler = kubeconfig("scheduler")
         self._spawn("kube-scheduler", [
@@ -183,11 +185,11 @@ class Node:
         corefile = conf / "Corefile"
         corefile.write_text(
             f".:53 {{\n  bind {GATEWAY}\n  errors\n  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
-            f"    kubeconfig {stack.kubeconfig}\n    pods insecure\n    fallthrough in-addr.arpa ip6.arpa\n  }}\n"
+            f"    kubeconfig {plane.kubeconfig}\n    pods insecure\n    fallthrough in-addr.arpa ip6.arpa\n  }}\n"
             "  cache 30\n}\n"
         )  # no forwarding: pods have no business outside this machine
         self._spawn("coredns", [str(self.binaries.coredns), "-conf", str(corefile)])
-        kubelet = self._start_kubelet(stack, conf, kubeconfig("kubelet"), pki_dir)
+        kubelet = self._start_kubelet(conf, kubeconfig("kubelet"), pki_dir)
         proxy_config = conf / "kube-proxy.yaml"
         proxy_config.write_text(json.dumps({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "iptables",
@@ -198,19 +200,19 @@ class Node:
             "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
         }))  # fmt: skip
         self._spawn("kube-proxy", [str(self.binaries.kube_proxy), f"--config={proxy_config}"])
-        kubelet.wait_until(lambda: _node_ready(stack), 120, f"registered Node {NODE_NAME} Ready")
+        kubelet.wait_until(lambda: _node_ready(plane), 120, f"registered Node {NODE_NAME} Ready")
         self.timings["node Ready"] = time.monotonic() - started
         kubelet.wait_until(
-            lambda: stack.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+            lambda: plane.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
             60,
             "seeing the default ServiceAccount (kube-controller-manager)",
         )
-        self._provide_volumes(stack)
+        self._provide_volumes(plane)
         self.timings["node usable"] = time.monotonic() - started
         log(f"Node {NODE_NAME} Ready in {self.timings['node Ready']:.1f}s (containerd and images "
              f"{self.timings['containerd and images']:.1f}s)")  # fmt: skip
 
-    def _provide_volumes(self, stack: Stack, count: int = 4) -> None:
+    def _provide_volumes(self, plane: ControlPlane, count: int = 4) -> None:
         """Statically provisioned hostPath PersistentVolumes in the work directory (no default StorageClass), as a
         single-node cluster's local storage: a claim without a class, like the chart's quick-start Postgres, binds."""
         volumes = []
@@ -224,7 +226,7 @@ class Node:
                          "persistentVolumeReclaimPolicy": "Retain",
                          "hostPath": {"path": str(path), "type": "Directory"}},
             })  # fmt: skip
-        stack.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": volumes}))
+        plane.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": volumes}))
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
         process = Process(name, argv, self.workdir / "logs" / f"{name}.log", env=env).start()
@@ -286,7 +288,7 @@ class Node:
                 raise ComponentFailed(f"Importing {image.archive} did not yield {image.name}: {result.stdout}")
             self.timings[f"import {image.name}"] = time.monotonic() - imported
 
-    def _start_kubelet(self, stack: Stack, conf: Path, kubeconfig: Path, pki_dir: Path) -> Process:
+    def _start_kubelet(self, conf: Path, kubeconfig: Path, pki_dir: Path) -> Process:
         port = free_port(GATEWAY)
         config = conf / "kubelet.yaml"
         config.write_text(json.dumps({
@@ -321,28 +323,28 @@ class Node:
         path.write_text("")
         return path
 
-    def stop(self, stack: Stack) -> None:
-        """Let kubelet tear the pods down (sandboxes, CNI DEL, volume unmounts) while the API server still runs, then
-        stop the node's processes by pid. ``restore`` undoes the rest."""
+    def stop(self, plane: ControlPlane | None) -> None:
+        """Let kubelet tear the pods down (sandboxes, CNI DEL, volume unmounts) while ``plane``'s API server still
+        runs, then stop the node's processes by pid. ``restore`` undoes the rest."""
         kubelet = next((p for p in self.processes if p.name == "kubelet"), None)
         try:
-            if kubelet is not None and kubelet.alive() and stack.kubeconfig.exists():
-                stack.kubectl("delete", "deployments,statefulsets,replicasets,daemonsets,jobs", "--all",
+            if kubelet is not None and kubelet.alive() and plane is not None and plane.kubeconfig.exists():
+                plane.kubectl("delete", "deployments,statefulsets,replicasets,daemonsets,jobs", "--all",
                               "--all-namespaces", "--wait=false", check=False)  # fmt: skip
-                stack.kubectl("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={NODE_NAME}",
+                plane.kubectl("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={NODE_NAME}",
                               "--wait=true", "--timeout=45s", check=False)  # fmt: skip
         finally:
             stop_all(self.processes)
 
 
-def _node_ready(stack: Stack) -> bool:
-    result = stack.kubectl("get", "node", NODE_NAME, "-o",
+def _node_ready(plane: ControlPlane) -> bool:
+    result = plane.kubectl("get", "node", NODE_NAME, "-o",
                            "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)  # fmt: skip
     return result.stdout.strip() == "True"
 
 
 def _chart_app_version() -> str:
-    chart = (Path(__file__).resolve().parent.parent / "charts" / "operator-k8s" / "Chart.yaml").read_text()
+    chart = (REPO_ROOT / "charts" / "operator-k8s" / "Chart.yaml").read_text()
     for line in chart.splitlines():
         if line.startswith("appVersion:"):
             return line.split(":", 1)[1].strip().strip('"')

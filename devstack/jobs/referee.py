@@ -39,7 +39,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.paths import REPO_ROOT
+from devstack.world.stack import Stack
 from operator_k8s.adapters.kube import store_pod
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.domain.invariants import Verdict

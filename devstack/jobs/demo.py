@@ -12,10 +12,11 @@ from typing import Any
 
 import yaml
 
-from devstack.hoststate import GATEWAY
-from devstack.images import POSTGRES_IMAGE
-from devstack.operator import operator_process
-from devstack.stack import REPO_ROOT, Stack
+from devstack.builds.images import POSTGRES_IMAGE
+from devstack.host.hoststate import GATEWAY
+from devstack.host.paths import REPO_ROOT
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 
 NAMESPACE = "demo"
 CLUSTER = "tikv-prod"
@@ -215,11 +216,14 @@ def up(*, hold: bool, node: bool = False) -> int:
         helm = stack.binaries.helm.parent if node else stack.binaries.helm_dir  # node mode installs with helm: build it
         print(f"  export PATH={stack.binaries.kubectl.parent}:{helm}:$PATH")
         print(f"  Prometheus {stack.prometheus_url}   simulator {stack.simulator_url}   Postgres {stack.postgres_dsn}")
-        say("Inject a fault into a store, and heal it (the simulator's API; see devstack/simulator.py):")
+        say("Inject a fault into a store, and heal it (the simulator's API; see devstack/storeworld/simulator.py):")
         disk = f"{stack.simulator_url}{_fault_path(f'{CLUSTER}-tikv-0', 'disk')}"
         print(f"  curl -X PUT -H 'Content-Type: application/json' -d '{{\"percent\": 96}}' {disk}")
         print(f"  curl -X DELETE {disk}")
-        print("  Other faults (down, latency, hung, restart-loop, …) are listed in devstack/simulator.py's docstring")
+        print(
+            "  Other faults (down, latency, hung, restart-loop, …) are listed in devstack/storeworld/simulator.py's "
+            "docstring"
+        )
         if node:
             say("Install the operator from the chart (its image and a Postgres stand-in are already on the node):")
             print(f"  kubectl create namespace {HELM_NAMESPACE}")

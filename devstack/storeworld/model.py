@@ -1,8 +1,8 @@
 """A faithful model of what a TiKV cluster exports: TiKV stores and PD members, their counters and faults.
 
-Pure: no I/O and no clock reads; every method takes ``now`` (unix seconds). ``devstack.simulator`` serves it, one
-endpoint per pod, and ``tests/unit/test_store_world_model.py`` checks it. The facts it follows, with their sources,
-are in ``../shared/notes/tikv-metrics.md``; the short version:
+Pure: no I/O and no clock reads; every method takes ``now`` (unix seconds). ``devstack.storeworld.simulator`` serves
+it, one endpoint per pod, and ``tests/unit/test_store_world_model.py`` checks it. The facts it follows, with their
+sources, are in ``../shared/notes/tikv-metrics.md``; the short version:
 
 - TiKV (``/metrics`` on the status port 20180) exports no identity label (no ``namespace``, ``pod``, ``instance``,
   ``job``): the scrape configuration adds them.

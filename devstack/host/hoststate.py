@@ -25,13 +25,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from devstack.processes import log
+from devstack.host.processes import log
 
 BRIDGE = "ok8s0"
 GATEWAY = "198.18.0.1"
 RESERVED_RANGE = "198.18.0.0/15"  # the benchmarking range (RFC 2544): bridge, pods and Services, never routed
 POD_SUBNET = "198.18.0.0/24"
 SERVICE_RANGE = "198.19.0.0/24"
+KUBERNETES_SERVICE_IP = "198.19.0.1"  # the kubernetes Service, first address of SERVICE_RANGE
 CGROUP_ROOT = "operator-k8s-devstack"  # kubelet's cgroupRoot: every pod's cgroup lives under it
 NODE_DIRS = "/var/tmp/operator-k8s-node-"
 RULE_COMMENT = "operator-k8s devstack node"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from devstack.binaries import CACHE_ROOT, _bin_dir, _run_with_progress, _write_module
+from devstack.builds.gomodules import CACHE_ROOT, bin_dir, run_with_progress, write_module
 
 PROMETHEUS_VERSION = "2.42.0"
 PROMETHEUS_MODULE_VERSION = "v0.42.0"
@@ -46,20 +46,20 @@ TOOLS = '//go:build tools\n\npackage tools\n\nimport _ "github.com/prometheus/pr
 
 def build_prometheus(version: str = PROMETHEUS_VERSION) -> Path:
     """The path of a Prometheus ``version`` with Kubernetes discovery; built when the cache does not have it."""
-    out = _bin_dir("prometheus", version)
+    out = bin_dir("prometheus", version)
     binary = out / "prometheus"
     if binary.exists():
         return binary
     workdir = CACHE_ROOT / "build" / f"prometheus-{version}"
-    _write_module(workdir, GO_MOD, {"tools.go": TOOLS})
-    _run_with_progress(f"go mod tidy for prometheus {version}", ["go", "mod", "tidy"], workdir)
+    write_module(workdir, GO_MOD, {"tools.go": TOOLS})
+    run_with_progress(f"go mod tidy for prometheus {version}", ["go", "mod", "tidy"], workdir)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     version_package = "github.com/prometheus/common/version"
     ldflags = f"-s -w -X {version_package}.Version={version} -X {version_package}.Branch=HEAD"
     cmd = ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(partial / "prometheus")]
-    _run_with_progress(f"prometheus {version}", [*cmd, "github.com/prometheus/prometheus/cmd/prometheus"], workdir)
+    run_with_progress(f"prometheus {version}", [*cmd, "github.com/prometheus/prometheus/cmd/prometheus"], workdir)
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return binary

@@ -42,9 +42,10 @@ from typing import Any, ClassVar
 
 import asyncpg
 
-from devstack.operator import operator_process
-from devstack.processes import Process, free_port
-from devstack.stack import REPO_ROOT, Stack
+from devstack.host.paths import REPO_ROOT
+from devstack.host.processes import Process, free_port
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
 
 LATENCY_THRESHOLD_MS = 500
 DISK_THRESHOLD = 85
@@ -220,7 +221,7 @@ class Bench:
         env = {
             "OPERATOR_K8S_TICK_SECONDS": str(tick or self.args.tick),
             "OPERATOR_K8S_LOG_LEVEL": "WARNING",
-            "OPERATOR_K8S_QUERY_CONCURRENCY": "8",
+            "OPERATOR_K8S_PROMETHEUS_QUERY_THREADS": "64",  # as the chart sets it
             "OPERATOR_K8S_DB_POOL_SIZE": "4",
         }
         process = operator_process(self.stack, f"{name}.log", kubeconfig=None, **env)
