@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# System packages the stack needs (Debian): Postgres, Prometheus, Alertmanager, openssl, and node mode's. Idempotent and quiet when done.
+# System packages the stack needs (Debian): Postgres, PgBouncer, Prometheus, Alertmanager, openssl, and node mode's. Idempotent and quiet when done.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)  # transaction pooling in front of Postgres, as production runs it
 command -v openssl >/dev/null || need+=(openssl)
 # Node mode (the install tier): runc and the CNI plugins run pods; buildah and mmdebstrap build images without Docker;
 # iptables serves kube-proxy and the kubelet.

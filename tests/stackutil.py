@@ -138,14 +138,21 @@ def pg_rows(stack: Stack, sql: str, *args: Any) -> list[dict[str, Any]]:
     return asyncio.run(fetch())
 
 
-async def create_database(stack: Stack, name: str) -> str:
-    """A fresh, empty database on the stack's Postgres; its DSN."""
+async def create_database(stack: Stack, name: str, *, pooled: bool = False) -> str:
+    """A fresh, empty database on the stack's Postgres; its DSN, direct or (``pooled``) through PgBouncer in
+    transaction pooling."""
     admin = await asyncpg.connect(stack.postgres_dsn)
     try:
         await admin.execute(f"CREATE DATABASE {name}")
     finally:
         await admin.close()
-    return stack.postgres_dsn.rsplit("/", 1)[0] + "/" + name
+    return stack.pooled_dsn(name) if pooled else stack.postgres_dsn.rsplit("/", 1)[0] + "/" + name
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """A test's own connection, with no prepared-statement cache: the DSN may lead through PgBouncer in transaction
+    pooling, where a named statement may be missing from the next transaction's server session."""
+    return await asyncpg.connect(dsn, statement_cache_size=0)
 
 
 def tickets_in_db(stack: Stack, namespace: str, invariant: str | None = None) -> list[dict[str, Any]]:

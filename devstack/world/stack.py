@@ -26,6 +26,7 @@ from devstack.storeworld.scrapeconfig import KUBE_STATE_METRICS_JOB, kubernetes_
 from devstack.world.alertmanager import Alertmanager
 from devstack.world.controlplane import ControlPlane
 from devstack.world.node import Node
+from devstack.world.pgbouncer import PgBouncer
 from devstack.world.postgres import Postgres
 from devstack.world.prometheus import Prometheus
 from devstack.world.simulator import Simulator
@@ -51,6 +52,7 @@ class Stack:
     scrape_interval: str = SCRAPE_INTERVAL
     control_plane: ControlPlane | None = None
     postgres: Postgres | None = None
+    pgbouncer: PgBouncer | None = None
     simulator: Simulator | None = None
     alertmanager: Alertmanager | None = None
     prometheus: Prometheus | None = None
@@ -94,6 +96,7 @@ class Stack:
             stack.postgres = Postgres.start(
                 workdir=workdir, bind_host=stack.bind_host, trust_subnet=POD_SUBNET if node else None, own=stack._own
             )  # in node mode the node's pods may connect (tests only)
+            stack.pgbouncer = PgBouncer.start(workdir=workdir, postgres_port=stack.postgres.port, own=stack._own)
             if simulator:
                 stack.simulator = Simulator.start(workdir=workdir, kubeconfig=plane.kubeconfig, own=stack._own)
             if alert_webhook:
@@ -199,6 +202,10 @@ class Stack:
     @property
     def postgres_dsn(self) -> str:
         return self.postgres.dsn if self.postgres else ""
+
+    def pooled_dsn(self, database: str = "postgres") -> str:
+        """``database`` through PgBouncer in transaction pooling, as many production set-ups reach Postgres."""
+        return _started(self.pgbouncer).dsn(database)
 
     @property
     def prometheus_url(self) -> str:

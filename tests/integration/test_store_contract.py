@@ -22,13 +22,14 @@ from tests.unit.fakes import INT4_MAX, FakeStore
 _databases = itertools.count()
 
 
-@pytest.fixture(params=["fake", "postgres"])
+@pytest.fixture(params=["fake", "postgres", "pgbouncer"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[TicketStore]:
     if request.param == "fake":
         yield FakeStore()
         return
     stack: Stack = request.getfixturevalue("stack")
-    real = PostgresTicketStore(await create_database(stack, f"contract_{next(_databases)}"))
+    name = f"contract_{next(_databases)}"
+    real = PostgresTicketStore(await create_database(stack, name, pooled=request.param == "pgbouncer"))
     try:
         yield real
     finally:

@@ -18,7 +18,7 @@ from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketKey, TicketState
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
-from tests.stackutil import create_database, eventually_async
+from tests.stackutil import connect, create_database, eventually_async
 from tests.unit.builders import at, shown, ticket
 from tests.unit.cycles import PODS, REF, SPEC
 from tests.unit.fakes import FakeMetrics, FakeMirror
@@ -27,14 +27,15 @@ pytestmark = pytest.mark.stack
 _databases = itertools.count()
 
 
-@pytest.fixture
-async def database(stack: Stack) -> str:
-    """A fresh, empty database per test; its DSN."""
-    return await create_database(stack, f"tickets_{next(_databases)}")
+@pytest.fixture(params=["postgres", "pgbouncer"])
+async def database(stack: Stack, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database per test; its DSN, direct or through PgBouncer in transaction pooling (every test
+    here holds for both)."""
+    return await create_database(stack, f"tickets_{next(_databases)}", pooled=request.param == "pgbouncer")
 
 
 async def test_migrates_an_empty_database(database: str) -> None:
-    connection = await asyncpg.connect(database)
+    connection = await connect(database)
     try:
         assert await migrate(connection) == [m.version for m in migrations()]
         assert await migrate(connection) == [], "migrations are applied once"
@@ -48,7 +49,7 @@ async def test_migrates_an_empty_database(database: str) -> None:
 
 
 async def test_migrates_from_the_previous_schema_keeping_data(database: str) -> None:
-    connection = await asyncpg.connect(database)
+    connection = await connect(database)
     try:
         assert await migrate(connection, target=1) == [1]
         await connection.execute(
@@ -89,7 +90,7 @@ async def test_two_concurrent_writers_never_duplicate_an_open_ticket(database: s
 
 async def fetch(database: str, sql: str, *args: object) -> list[asyncpg.Record]:
     """Rows from the test's database through a connection of its own."""
-    connection = await asyncpg.connect(database)
+    connection = await connect(database)
     try:
         return list(await connection.fetch(sql, *args))
     finally:
@@ -97,14 +98,17 @@ async def fetch(database: str, sql: str, *args: object) -> list[asyncpg.Record]:
 
 
 def _statements(log: Path, start: int) -> list[str]:
+    """The statements Postgres logged from ``start``, but PgBouncer's own: handing a server session to a client, it
+    sets the client's encoding there (``SET client_encoding``), which is not the operator's statement."""
     text = log.read_text(errors="replace")[start:]
-    return re.findall(r"LOG:  (?:statement|execute [^:]*): (.*)", text)
+    found = re.findall(r"LOG:  (?:statement|execute [^:]*): (.*)", text)
+    return [statement for statement in found if not statement.startswith("SET client_encoding=")]
 
 
 async def _statements_until_marker(database: str, log: Path, offset: int, marker: str) -> list[str]:
     """The statements logged from ``offset`` until a marker statement sent now: Postgres logs in the order it
     executes, so everything before the marker is what ran before it (no guess at how long logging takes)."""
-    connection = await asyncpg.connect(database)
+    connection = await connect(database)
     try:
         await connection.execute(f"SELECT '{marker}'")
     finally:
@@ -319,7 +323,7 @@ async def test_a_postgres_turned_read_only_keeps_every_write_queued_and_stores_i
         await eventually_async(refused_as_read_only, timeout=10, interval=0.2, what="the read-only refusal")
         assert not store.available, "TicketStoreAvailable goes False: Postgres cannot take writes"
         assert "25006" in refusals[-1] and "retried" in refusals[-1], refusals[-1]
-        reader = await asyncpg.connect(database)
+        reader = await connect(database)
         try:
             [stored] = await reader.fetch("SELECT hold, version FROM tickets WHERE id = $1", row.id)
         finally:
@@ -345,7 +349,7 @@ async def test_one_slow_call_fails_alone_while_postgres_answers(database: str) -
     """A call that misses its deadline while Postgres answers (a lock held by another writer here; a cluster with
     a slow sync in production) fails on its own: the breaker stays closed, so other clusters keep their store."""
     store = PostgresTicketStore(database)
-    blocker = await asyncpg.connect(database)
+    blocker = await connect(database)
     try:
         row = await _stored(store)
         transaction = blocker.transaction()
@@ -361,9 +365,11 @@ async def test_one_slow_call_fails_alone_while_postgres_answers(database: str) -
         await store.close()
 
 
-async def test_a_new_connection_reads_the_dsn_again(stack: Stack, database: str) -> None:
+async def test_a_new_connection_reads_the_dsn_again(stack: Stack) -> None:
     """The chart mounts the DSN from a Secret: a password (or host) rotated there is used by the next connection
-    without a restart. Here the DSN source moves to another database while the store's sessions are ended."""
+    without a restart. Here the DSN source moves to another database while the store's sessions are ended (a direct
+    DSN: behind PgBouncer, ending server sessions ends no client's connection)."""
+    database = await create_database(stack, f"tickets_{next(_databases)}")
     current = [database]
     store = PostgresTicketStore(lambda: current[0], probe_every=0.1)
     try:
