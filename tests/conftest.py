@@ -43,7 +43,7 @@ def namespace(stack: Stack) -> str:
 def run_operator(stack: Stack, **overrides: str) -> Iterator[InProcessOperator]:
     """Run the operator in this process with KopfRunner, as `python -m operator_k8s` would, against the stack."""
     env = {
-        "OPERATOR_K8S_DATABASE_DSN": stack.postgres_dsn,
+        "OPERATOR_K8S_DATABASE_DSN": stack.operator_dsn,
         "OPERATOR_K8S_TICK_SECONDS": "0.5",
         "OPERATOR_K8S_LOG_FORMAT": "text",
         "OPERATOR_K8S_METRICS_PORT": "0",

@@ -21,7 +21,7 @@ def operator_process(
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
         "KUBECONFIG": str(kubeconfig),
-        "OPERATOR_K8S_DATABASE_DSN": stack.postgres_dsn,
+        "OPERATOR_K8S_DATABASE_DSN": stack.operator_dsn,
         "OPERATOR_K8S_TICK_SECONDS": "0.5",
         "OPERATOR_K8S_METRICS_PORT": str(free_port()),
         "OPERATOR_K8S_HEALTH_PORT": str(free_port()),

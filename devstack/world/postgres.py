@@ -66,9 +66,11 @@ class Postgres:
         name: str = "postgres",
         standby_of: Postgres | None = None,
         port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> Postgres:
         """Listen on 127.0.0.1 and ``bind_host``; ``trust_subnet`` (the node's pods, tests only) may connect too.
-        ``standby_of``: a streaming hot standby of that server (a base backup of it, following its WAL)."""
+        ``standby_of``: a streaming hot standby of that server (a base backup of it, following its WAL). ``tls``: a
+        serving certificate and key (PEM): TLS offered to every client, as a managed Postgres does."""
         bindir = postgres_bindir()
         data = workdir / name
         sockets = workdir / f"{name}-sockets"
@@ -88,6 +90,13 @@ class Postgres:
         port = port or free_port()
         listen = ",".join(dict.fromkeys(["127.0.0.1", bind_host]))
         settings = {"listen_addresses": listen, **SERVER_SETTINGS}
+        if tls is not None:  # copied into the data directory: Postgres wants its key private to the server's user
+            for source, target in zip(tls, ("server.crt", "server.key"), strict=True):
+                shutil.copyfile(source, data / target)
+                os.chmod(data / target, 0o600)
+                if user:
+                    shutil.chown(data / target, user, user)
+            settings.update(ssl="on", ssl_cert_file="server.crt", ssl_key_file="server.key")
         argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets)]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]

@@ -203,6 +203,12 @@ class Stack:
     def postgres_dsn(self) -> str:
         return self.postgres.dsn if self.postgres else ""
 
+    @property
+    def operator_dsn(self) -> str:
+        """The DSN operators run on the host use: through PgBouncer in transaction pooling, as production often
+        reaches Postgres (assertions read Postgres directly, ``postgres_dsn``)."""
+        return self.pooled_dsn() if self.pgbouncer else self.postgres_dsn
+
     def pooled_dsn(self, database: str = "postgres") -> str:
         """``database`` through PgBouncer in transaction pooling, as many production set-ups reach Postgres."""
         return _started(self.pgbouncer).dsn(database)
@@ -223,7 +229,7 @@ class Stack:
         """Environment variables that point clients (kubectl, helm, the operator) at this stack."""
         return {
             "KUBECONFIG": str(self.kubeconfig),
-            "OPERATOR_K8S_DATABASE_DSN": self.postgres_dsn,
+            "OPERATOR_K8S_DATABASE_DSN": self.operator_dsn,
             "DEVSTACK_PROMETHEUS_URL": self.prometheus_url,
             "DEVSTACK_SIMULATOR_URL": self.simulator_url,
             "PATH": f"{self.binaries.kubectl.parent}:{self.binaries.helm_dir}:{os.environ.get('PATH', '')}",

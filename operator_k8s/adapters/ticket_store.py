@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,14 @@ TRANSIENT_CLASSES = {"40": "Postgres aborted the transaction (a serialization fa
 PROBE_SECONDS = 0.75
 """How long a fresh connection may take to answer ``SELECT 1`` after a call missed its deadline: it tells a slow
 call (Postgres answers the probe) from an unreachable Postgres (it does not)."""
+
+
+def unreachable(error: BaseException) -> str:
+    """Why Postgres could not be reached, for a condition: a refused TLS certificate says what to fix."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        detail = error.verify_message or str(error)
+        return f"Postgres's TLS certificate was refused: {detail} (the DSN's sslrootcert names the CA that signed it)"
+    return f"Postgres unreachable: {type(error).__name__}"
 
 
 def refusal(error: asyncpg.PostgresError) -> tuple[str, bool]:
@@ -371,7 +380,7 @@ class PostgresTicketStore:
         except TimeoutError:
             raise self._trip(f"Postgres did not answer within {deadline:g}s") from None
         except UNAVAILABLE as error:
-            raise self._trip(f"Postgres unreachable: {type(error).__name__}") from None
+            raise self._trip(unreachable(error)) from None
 
     async def sync(
         self, cluster_uid: str, writes: Sequence[TicketWrite], horizon: datetime, *, deadline: float
@@ -395,7 +404,7 @@ class PostgresTicketStore:
         except TimeoutError:
             raise await self._missed_deadline(deadline) from None
         except UNAVAILABLE as error:
-            raise self._trip(f"Postgres unreachable: {type(error).__name__}") from None
+            raise self._trip(unreachable(error)) from None
         except asyncpg.PostgresError as error:
             message, server_state = refusal(error)
             raise (self._trip(message) if server_state else TicketStoreUnavailable(message)) from None
@@ -433,7 +442,7 @@ class PostgresTicketStore:
         except TimeoutError:
             raise self._trip("Postgres did not answer within 10s") from None
         except UNAVAILABLE as error:
-            raise self._trip(f"Postgres unreachable: {type(error).__name__}") from None
+            raise self._trip(unreachable(error)) from None
         return {row["cluster_uid"]: row["namespace"] for row in rows}
 
     async def close(self) -> None:
