@@ -52,8 +52,18 @@ SERVER_STATE_REFUSALS = {
 """Refusals that say Postgres itself cannot take writes now: the breaker opens and the pool is rebuilt, so a DSN
 naming several hosts (``target_session_attrs=read-write``) finds the new primary on the next connection."""
 
-TRANSIENT_CLASSES = {"40": "Postgres aborted the transaction (a serialization failure or deadlock)"}
-"""Refusals of one transaction that the next attempt may pass: the writes stay queued, the breaker stays closed."""
+TRANSIENT_REFUSALS = {
+    "40": "Postgres aborted the transaction (a serialization failure or deadlock)",
+    "55P03": "a lock the sync needs is held elsewhere past the call's deadline (a long ALTER, VACUUM FULL, an open "
+    "transaction)",
+    "57014": "Postgres cancelled the statement (statement_timeout, or an administrator)",
+}
+"""Refusals of one call that a later attempt may pass (by SQLSTATE class or code): the writes stay queued and the
+breaker stays closed, so other clusters go on. A SQLSTATE in none of these lists fails its call alone too."""
+
+LOCK_TIMEOUT_SHARE = 0.8
+"""The part of a call's deadline the sync may wait for locks on the server (``sync_cluster_within``): it ends there
+before the operator gives up on it, so nothing it started stays behind."""
 
 PROBE_SECONDS = 0.75
 """How long a fresh connection may take to answer ``SELECT 1`` after a call missed its deadline: it tells a slow
@@ -77,9 +87,10 @@ def refusal(error: asyncpg.PostgresError) -> tuple[str, bool]:
         return f"{SERVER_STATE_REFUSALS[code]}: {name}; writes wait and are retried", True
     if code.startswith("08"):
         return f"Postgres dropped the connection: {name}; writes wait and are retried", True
-    if code[:2] in TRANSIENT_CLASSES:
-        return f"{TRANSIENT_CLASSES[code[:2]]}: {name}; writes wait and are retried", False
-    return f"Postgres refused the sync: {name}; writes wait and are retried", True
+    transient = TRANSIENT_REFUSALS.get(code) or TRANSIENT_REFUSALS.get(code[:2])
+    if transient is not None:
+        return f"{transient}: {name}; writes wait and are retried", False
+    return f"Postgres refused the sync: {name}; writes wait and are retried", False
 
 
 @dataclass(frozen=True)
@@ -269,6 +280,7 @@ class PostgresTicketStore:
         self._observe = observe
         self._probe_every = probe_every
         self._down: str | None = None
+        self._probe: asyncio.Future[str | None] | None = None
         self._next_probe = 0.0
         self.round_trips = 0
 
@@ -354,10 +366,21 @@ class PostgresTicketStore:
 
     async def _missed_deadline(self, deadline: float) -> TicketStoreUnavailable:
         """One call missed its deadline: the breaker opens only if Postgres itself does not answer a probe on a
-        fresh connection. A slow call (a cluster with many writes, a lock wait) fails alone and its writes wait."""
+        fresh connection. A slow call (a cluster with many writes) fails alone and its writes wait. Calls that miss
+        their deadlines together share one probe (a hundred timeouts must not open a hundred connections)."""
         message = f"Postgres did not answer within {deadline:g}s"
         if self._down is not None:
             return self._trip(message)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_once())
+        failure = await asyncio.shield(self._probe)
+        if failure is not None:
+            return self._trip(failure or message)
+        return TicketStoreUnavailable(f"{message} (Postgres answers: this call was slow, the others go on)")
+
+    async def _probe_once(self) -> str | None:
+        """None if Postgres answers ``SELECT 1`` on a fresh connection within ``PROBE_SECONDS``; else why not, in
+        Postgres's words when it refused (too many connections), or "" when it did not answer."""
 
         async def probe() -> None:
             connection = await asyncpg.connect(self._dsn(), timeout=PROBE_SECONDS, statement_cache_size=0)
@@ -368,9 +391,11 @@ class PostgresTicketStore:
 
         try:
             await self._within(PROBE_SECONDS, probe())
-        except (asyncpg.PostgresError, *UNAVAILABLE):
-            return self._trip(message)
-        return TicketStoreUnavailable(f"{message} (Postgres answers: this call was slow, the others go on)")
+        except asyncpg.PostgresError as error:
+            return refusal(error)[0]
+        except UNAVAILABLE:
+            return ""
+        return None
 
     async def start(self, deadline: float = 10.0) -> None:
         """Connect and migrate; raises TicketStoreUnavailable if Postgres does not answer or refuses: either way the
@@ -396,8 +421,9 @@ class PostgresTicketStore:
             self.round_trips += 1
             async with pool.acquire() as connection:
                 held.append(connection)
-                sql = "SELECT sync_cluster_cas($1, $2::jsonb, $3)"
-                return await connection.fetchval(sql, cluster_uid, payload, horizon)
+                sql = "SELECT sync_cluster_within($1, $2::jsonb, $3, $4)"
+                lock_timeout = int(deadline * LOCK_TIMEOUT_SHARE * 1000)
+                return await connection.fetchval(sql, cluster_uid, payload, horizon, lock_timeout)
 
         try:
             result = await self._within(deadline, round_trip(), held)

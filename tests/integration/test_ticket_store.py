@@ -142,7 +142,7 @@ async def test_one_postgres_round_trip_per_cycle(stack: Stack, database: str) ->
             stats = await monitor.check_cluster(REF, SPEC, PODS, {}, at(second))
             statements = await _statements_until_marker(database, log, offset, f"cycle {second} done")
             assert len(statements) == 1, statements
-            assert "sync_cluster_cas" in statements[0]
+            assert "sync_cluster_within" in statements[0]
             assert stats.postgres_round_trips == 1
         rows = (await store.sync(REF.uid, [], at(0), deadline=5)).tickets
         assert sorted((r.key.store, r.state) for r in rows) == [
@@ -345,20 +345,34 @@ async def test_a_postgres_turned_read_only_keeps_every_write_queued_and_stores_i
         await store.close()
 
 
-async def test_one_slow_call_fails_alone_while_postgres_answers(database: str) -> None:
-    """A call that misses its deadline while Postgres answers (a lock held by another writer here; a cluster with
-    a slow sync in production) fails on its own: the breaker stays closed, so other clusters keep their store."""
+async def test_a_call_waiting_on_a_lock_fails_alone_and_leaves_nothing_waiting(stack: Stack, database: str) -> None:
+    """A lock held elsewhere (a long ALTER, VACUUM FULL, an admin's open transaction): each call that needs it fails
+    on its own within its deadline, the breaker stays closed so other clusters keep their store, and no statement
+    the operator gave up on stays behind waiting (they piled up to the connection limit before 0005)."""
     store = PostgresTicketStore(database)
     blocker = await connect(database)
+    name = database.rsplit("/", 1)[1]
     try:
         row = await _stored(store)
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute("SELECT 1 FROM tickets WHERE id = $1 FOR UPDATE", row.id)
-        with pytest.raises(TicketStoreUnavailable, match="this call was slow"):
-            await store.sync("uid-1", [TicketWrite(row, replace(row, hold=True))], at(1), deadline=0.5)
-        assert store.available, "one slow call opens no breaker"
+        held = TicketWrite(row, replace(row, hold=True))
+        for _ in range(3):
+            outcomes = await asyncio.gather(
+                *(store.sync("uid-1", [held], at(1), deadline=0.5) for _ in range(4)), return_exceptions=True
+            )
+            assert all(isinstance(o, TicketStoreUnavailable) and "lock the sync needs" in str(o) for o in outcomes)
+        assert store.available, "calls that wait on a lock open no breaker"
         assert (await store.sync("uid-2", [], at(1), deadline=5)).tickets == [], "another cluster's call goes on"
+        admin = await asyncpg.connect(stack.postgres_dsn)
+        try:
+            waiting = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", name
+            )
+        finally:
+            await admin.close()
+        assert waiting == 0, f"{waiting} statements the operator gave up on still wait on the server"
         await transaction.rollback()
     finally:
         await blocker.close()

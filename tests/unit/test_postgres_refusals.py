@@ -21,7 +21,9 @@ from operator_k8s.adapters.ticket_store import DROPPABLE_SQLSTATE_CLASSES, migra
         (asyncpg.ConnectionFailureError, "dropped the connection", True),
         (asyncpg.SerializationError, "serialization failure", False),
         (asyncpg.DeadlockDetectedError, "deadlock", False),
-        (asyncpg.UndefinedFunctionError, "refused the sync", True),
+        (asyncpg.LockNotAvailableError, "lock the sync needs", False),
+        (asyncpg.QueryCanceledError, "cancelled the statement", False),
+        (asyncpg.UndefinedFunctionError, "refused the sync", False),
     ],
 )
 def test_every_refusal_keeps_the_writes_and_says_why(
