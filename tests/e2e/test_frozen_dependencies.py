@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import socket
-import threading
 import time
 from functools import partial
 
 import pytest
 
 from devstack.world.stack import Stack
+from tests import hostile_http
 from tests.e2e.support import (
     FREEZE_SECONDS,
     INTERVAL,
@@ -26,6 +25,7 @@ from tests.e2e.support import (
     unresolved_duplicates,
     wait_healthy,
 )
+from tests.hostile_http import serving
 from tests.stackutil import (
     LogFollower,
     condition,
@@ -39,39 +39,6 @@ pytestmark = pytest.mark.stack
 
 
 # -- 5. Postgres frozen and a Prometheus that never answers -----------------------------------------------------------
-
-
-class SilentServer:
-    """A TCP listener that accepts connections and never answers: a Prometheus that hangs."""
-
-    def __init__(self) -> None:
-        self.socket = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.socket.settimeout(0.2)
-        self.port = int(self.socket.getsockname()[1])
-        self.connections: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self.socket.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections.append(connection)
-
-    def __enter__(self) -> SilentServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for connection in self.connections:
-            connection.close()
-        self.socket.close()
 
 
 STORE_DOWN_MESSAGES = {"Could not store Ticket transitions", "Could not load Tickets"}
@@ -88,14 +55,15 @@ def test_frozen_postgres_and_a_silent_prometheus_slow_no_other_cluster(
         scene.stores(namespace, name)
         scene.cluster(namespace, name)
     wait_healthy(stack, namespace, "a", "b")
-    with SilentServer() as silent:
+    with serving(hostile_http.silent) as silent:
         scene.cluster(
             namespace,
             "silent",
             stores={"selector": {"matchLabels": {"app": "a"}}, "expected": 3},
-            prometheus={"url": f"http://127.0.0.1:{silent.port}", "timeout": LARGEST_TIMEOUT, "rateWindow": "5s"},
+            prometheus={"url": silent.url, "timeout": LARGEST_TIMEOUT, "rateWindow": "5s"},
         )
-        eventually(lambda: len(silent.connections) >= 2, what="the silent Prometheus holding queries", timeout=30)
+        # A Prometheus that never answered gets one query slot: it holds one connection, never the threads.
+        eventually(lambda: silent.connections >= 1, what="the silent Prometheus holding a query", timeout=30)
         assert condition_status(stack, namespace, "a", "TicketStoreAvailable") == "True"
 
         with LogFollower(operator.log_path) as log:
@@ -156,7 +124,7 @@ def test_frozen_postgres_and_a_silent_prometheus_slow_no_other_cluster(
         **{f"cycles_during_freeze_{k}": len(v) for k, v in cycles.items()},
         expected_cycles=expected_cycles,
         **{f"max_gap_between_cycle_ends_{k}_s": v for k, v in gaps.items()},
-        silent_connections=len(silent.connections),
+        silent_connections=silent.connections,
     )
     for name in ("a", "b"):
         assert marked[name] <= INTERVAL + SLACK

@@ -14,7 +14,7 @@ import pytest
 from devstack.host.paths import REPO_ROOT
 from devstack.world.stack import Stack
 from tests.conftest import run_operator
-from tests.stackutil import apply, eventually, get_json, metric_sum, monitored_cluster, tickets_in_db
+from tests.stackutil import apply, eventually, get_json, metric_samples, monitored_cluster, tickets_in_db
 
 pytestmark = pytest.mark.stack
 STORES = 500
@@ -26,8 +26,24 @@ ONLY_STORES_READY = {"storesReady": {"for": "0s", "clearFor": "0s"}, "latency": 
 
 def ticket_writes(stack: Stack) -> float:
     """Every write request the API server has answered for Tickets, whoever sent it."""
+    return sum(ticket_writes_by_answer(stack).values())
+
+
+def ticket_writes_by_answer(stack: Stack) -> dict[tuple[str, str], float]:
+    """The same, by verb and HTTP code: a write that changed nothing shows which it was (a refused create, a
+    conflict, a patch equal to what is there)."""
     text = stack.kubectl("get", "--raw", "/metrics").stdout
-    return metric_sum(text, "apiserver_request_total", resource="tickets", verb=WRITES)
+    counts: dict[tuple[str, str], float] = {}
+    for sample in metric_samples(text):
+        labels = sample.labels
+        if (
+            sample.name == "apiserver_request_total"
+            and labels.get("resource") == "tickets"
+            and labels.get("verb") in WRITES
+        ):
+            key = (labels["verb"], labels.get("code", ""))
+            counts[key] = counts.get(key, 0) + sample.value
+    return counts
 
 
 def pending_store(name: str, namespace: str) -> dict[str, Any]:
@@ -102,7 +118,10 @@ def writes_seen_as_changes(stack: Stack, watch: TicketWatch, writes_before: floa
     try:
         eventually(matched, timeout=10, what=what)
     except AssertionError as error:
-        raise AssertionError(f"{error}: (writes, changes) last {counted[-1]}") from None
+        answers = ticket_writes_by_answer(stack)
+        raise AssertionError(
+            f"{error}: (writes, changes) last {counted[-1]}; writes so far by answer {answers}"
+        ) from None
 
 
 @pytest.mark.level("low")  # 500 pods and Tickets: the full run
