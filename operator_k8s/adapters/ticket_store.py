@@ -422,7 +422,8 @@ class PostgresTicketStore:
             async with pool.acquire() as connection:
                 held.append(connection)
                 sql = "SELECT sync_cluster_within($1, $2::jsonb, $3, $4)"
-                lock_timeout = int(deadline * LOCK_TIMEOUT_SHARE * 1000)
+                left = deadline - (time.monotonic() - started)  # waiting for a pooled connection counts too
+                lock_timeout = int(max(left, 0.001) * LOCK_TIMEOUT_SHARE * 1000)
                 return await connection.fetchval(sql, cluster_uid, payload, horizon, lock_timeout)
 
         try:
