@@ -120,22 +120,28 @@ class QueryDeadline:
             _shut(duplicate)
 
     def abort(self) -> None:
-        """End the request in flight now (from any thread); the worker sees a closed connection at once."""
+        """End the request in flight now (from any thread); the worker sees a closed connection at once. Shut under
+        the lock: a ``detach`` racing with it waits, so a connection is never shut once it is back in the pool."""
         with self._lock:
             if self._finished:
                 return
             self._aborted = True
-            current = self._socket
-        if current is not None:
-            _shut(current)
+            if self._socket is not None:
+                _shut(self._socket)
+
+    def detach(self) -> None:
+        """The request no longer uses its socket (its body is read, its connection goes back to the pool, where
+        another query may take it): an abort from now on touches nothing until another socket is attached."""
+        with self._lock:
+            current, self._socket = self._socket, None
+            if current is not None:
+                current.close()
 
     def finish(self) -> None:
         """The worker is done with this query: an abort from now on must not touch a connection back in the pool."""
         with self._lock:
             self._finished = True
-            current, self._socket = self._socket, None
-        if current is not None:
-            current.close()
+        self.detach()
 
 
 def _shut(sock: socket.socket) -> None:
@@ -203,12 +209,31 @@ class _TrackedHTTPSConnection(HTTPSConnection):
         super().request(*args, **kwargs)
 
 
+def _untrack() -> None:
+    deadline = current_deadline()
+    if deadline is not None:
+        deadline.detach()
+
+
 class _TrackedHTTPPool(HTTPConnectionPool):
+    """Detaches the query's deadline from a connection as it comes back (in the worker thread that read the body to
+    its end), before another query can take it: a deadline passing later must not shut that query's socket."""
+
     ConnectionCls = _TrackedHTTPConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        _untrack()
+        super()._put_conn(conn)
 
 
 class _TrackedHTTPSPool(HTTPSConnectionPool):
+    """As ``_TrackedHTTPPool``, for https."""
+
     ConnectionCls = _TrackedHTTPSConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        _untrack()
+        super()._put_conn(conn)
 
 
 class DeadlineAdapter(HTTPAdapter):
@@ -395,6 +420,7 @@ class BoundedSession(requests.Session):
                 return response
             body, reserved = self._read(response, deadline)
         finally:
+            deadline.detach()  # the body is read: parsing it needs no socket, and the connection may be another's
             response.close()  # back to the pool if read to the end, closed otherwise
         try:
             value = self._parse(body, response.headers.get("content-type", ""), deadline)

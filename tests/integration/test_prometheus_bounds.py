@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from devstack.host.pki import Pki, make_pki
+from operator_k8s.adapters import prometheus_http
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.adapters.prometheus_http import MIB, AnswerLimits
 from operator_k8s.domain.observations import QueryFailure, QueryResult
@@ -22,11 +24,13 @@ from operator_k8s.domain.specs import PrometheusAuthSpec
 from operator_k8s.service import Monitor
 from tests.hostile_http import (
     Behaviour,
+    Exchange,
     HostileServer,
     answering,
     dribbling_body,
     dribbling_headers,
     gzip_bomb,
+    head,
     redirecting,
     reset_peak_memory,
     routed,
@@ -89,6 +93,56 @@ async def test_no_byte_rate_holds_a_query_past_its_deadline(metrics: PrometheusM
         print(f"{server.behaviour.__qualname__.split('.')[0]}: ended {(elapsed - 2) * 1000:+.1f} ms from its deadline")
         await released(metrics, server)
         assert len(server.requests) == 1
+
+
+async def test_a_deadline_passing_after_the_body_was_read_leaves_the_pooled_connection_alone(
+    metrics: PrometheusMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query reads its answer, its keep-alive connection goes back to the pool, and its parse outlasts its
+    deadline; meanwhile another query took that connection. The late query's abort must not end the other's
+    request."""
+    answer_held, parse_held = threading.Event(), threading.Event()
+
+    def behave(exchange: Exchange) -> None:
+        if "query=held" in exchange.request.target:
+            answer_held.wait(10)
+        body = vector_json(2 if "query=late" in exchange.request.target else 3)
+        exchange.send(head(200, {"Content-Type": "application/json"}, length=len(body)) + body)
+
+    parse = prometheus_http.parse_answer
+
+    def slow_parse(body: bytes | bytearray, content_type: str) -> object:
+        if len(body) == len(vector_json(2)):  # the late query's answer: parsed after its deadline
+            parse_held.wait(10)
+        return parse(body, content_type)
+
+    monkeypatch.setattr(prometheus_http, "parse_answer", slow_parse)
+
+    async def named(query: str, timeout: float) -> QueryResult:
+        return await metrics.query(server.url, query, store_label="pod", namespace_label="namespace", timeout=timeout)
+
+    with serving(behave) as server:
+        assert (await ask(metrics, server.url)).failure is None  # one keep-alive connection, now in the pool
+        session = metrics._client(server.url, None)[0]._session
+        pools = session.get_adapter(server.url).poolmanager.pools
+        (pool,) = [pools[key] for key in pools.keys()]  # noqa: SIM118 (a RecentlyUsedContainer cannot be iterated)
+
+        async def late_answer_read() -> bool:
+            return len(server.requests) == 2 and pool.pool is not None and pool.pool.qsize() == pool.pool.maxsize
+
+        async def held_sent() -> bool:
+            return len(server.requests) == 3
+
+        late = asyncio.create_task(named("late", 1))
+        await eventually_async(late_answer_read, timeout=1, interval=0.005, what="the late query's body read")
+        held = asyncio.create_task(named("held", 5))
+        await eventually_async(held_sent, timeout=1, interval=0.005, what="the other query on that connection")
+        assert (await late).error == "Prometheus did not answer within 1s"  # aborted while parsing
+        parse_held.set()
+        answer_held.set()
+        result = await held
+        assert server.connections == 1, "the other query used the late one's pooled connection"
+    assert (result.failure, len(result.samples)) == (None, 3), result.error
 
 
 @pytest.fixture(scope="module")

@@ -186,6 +186,44 @@ def test_an_abort_shuts_the_recorded_socket_and_a_finished_query_is_left_alone()
         theirs.close()
 
 
+@pytest.mark.parametrize("then_finish", [False, True], ids=["detached", "detached-then-finished"])
+def test_an_abort_after_the_body_was_read_touches_nothing(then_finish: bool) -> None:
+    """Detached when the body is read (its connection may be another query's by now): the abort leaves it alone,
+    and it is late all the same."""
+    pooled, peer = socket.socketpair()
+    try:
+        deadline = QueryDeadline(5)
+        deadline.attach(pooled)
+        deadline.detach()
+        if then_finish:
+            deadline.finish()
+        deadline.abort()
+        peer.sendall(b"x")
+        assert pooled.recv(1) == b"x", "still open: another query's request goes on"
+        assert deadline.over is not then_finish
+    finally:
+        pooled.close()
+        peer.close()
+
+
+def test_a_deadline_detached_then_attached_again_ends_the_new_socket() -> None:
+    """A redirect: the first hop's connection goes back to the pool, the next hop's is the one an abort ends."""
+    first, first_peer = socket.socketpair()
+    second, second_peer = socket.socketpair()
+    try:
+        deadline = QueryDeadline(5)
+        deadline.attach(first)
+        deadline.detach()
+        deadline.attach(second)
+        deadline.abort()
+        assert second.recv(1) == b""
+        first_peer.sendall(b"x")
+        assert first.recv(1) == b"x"
+    finally:
+        for sock in (first, first_peer, second, second_peer):
+            sock.close()
+
+
 def test_a_connection_made_after_the_abort_is_ended_at_once() -> None:
     ours, theirs = socket.socketpair()
     try:
