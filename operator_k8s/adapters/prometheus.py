@@ -220,14 +220,16 @@ def _tls_message(error: requests.exceptions.SSLError) -> str:
 
 
 class EndpointSlots:
-    """How many queries may be in flight to one Prometheus, from what it last did.
+    """How many queries may be in flight to one Prometheus, from what it did (additive increase, multiplicative
+    decrease).
 
-    A Prometheus starts with one slot; once a query to it answers in time it gets ``opened`` slots, and queries that
-    find them all taken wait (up to their own deadline) for one. A query to it that does not answer in time, or cannot
-    reach it, takes it back to one slot and marks it failing: while one query (the probe) is in flight, every other
-    query to it fails at once, naming the last failure, instead of holding a thread for its whole timeout. A query is
-    only ever given up because of its own Prometheus, and one slow query is not that: a query that times out while
-    its Prometheus answered another one since it began (an expensive custom query) fails alone.
+    A Prometheus starts with one slot; each query to it that answers in time adds one, up to ``opened``; queries
+    that find every slot taken wait (up to their own deadline) for one. Each query that does not answer in time
+    halves its slots (at least one), even while it answers others (an expensive query that never comes back): a
+    Prometheus that answers some queries and hangs the rest keeps few threads, not ``opened`` each. A query that
+    times out or cannot reach it while it answered nothing since that query was sent also marks it failing: while
+    one query (the probe) is in flight, every other query to it fails at once, naming the last failure, instead of
+    holding a thread for its whole timeout. A query is only ever given up because of its own Prometheus.
     """
 
     def __init__(self, opened: int, name: str = "") -> None:
@@ -266,16 +268,22 @@ class EndpointSlots:
 
     def release(self, failure: str | None, *, used: bool = True, since: float = math.inf) -> None:
         """A slot back; ``failure`` is why the query, sent at ``since``, did not reach it in time (None: it
-        answered)."""
+        answered). ``used=False``: the query says nothing about its Prometheus (it never asked, or it found no
+        buffer room for the answer)."""
         self.in_flight -= 1
-        if used and failure is not None and self.answered_at > since:
-            used = False  # it answered another query meanwhile: this one was slow, its Prometheus is not down
-        if used and failure is None:
+        if not used:
+            pass
+        elif failure is None:
             self.answered_at = time.monotonic()
             if self.failure is not None:
-                log.info("Prometheus answered again; its query slots reopened", extra={"prometheus": self.name})
-            self.failure, self.limit = None, self.opened
-        elif used:
+                log.info(
+                    "Prometheus answered again; its query slots grow by one per answer",
+                    extra={"prometheus": self.name},
+                )
+            self.failure, self.limit = None, min(self.opened, self.limit + 1)
+        elif self.answered_at > since:  # it answered another query meanwhile: slow, not down; fewer slots all the same
+            self.limit = max(1, self.limit // 2)
+        else:
             if self.failure is None:
                 log.warning(
                     "Prometheus stopped answering; one query at a time checks whether it is back",

@@ -256,7 +256,7 @@ async def test_a_huge_answer_is_refused_while_reading(metrics: PrometheusMetrics
     by far less than the chart's memory limit."""
     behaviour, message = HUGE[name]
     with serving(behaviour) as server:
-        await ask(metrics, server.url)  # the endpoint opens its slots once it has answered
+        await ask(metrics, server.url)  # the endpoint gains slots as it answers
         before = reset_peak_memory()
         for _ in range(2):
             results = await asyncio.gather(*(ask(metrics, server.url, timeout=10) for _ in range(4)))

@@ -246,35 +246,93 @@ def test_the_buffer_budget_waits_for_room_until_the_deadline() -> None:
     assert budget.used == 100
 
 
-async def test_an_endpoint_opens_its_slots_once_it_answers() -> None:
+async def test_an_endpoint_gains_a_slot_per_answer() -> None:
     slots = EndpointSlots(3)
     assert await slots.acquire(1) is None
     waiting = [asyncio.create_task(slots.acquire(1)) for _ in range(3)]
     await asyncio.sleep(0)
     assert not any(w.done() for w in waiting), "one query at a time until it has answered"
     slots.release(None)
+    await asyncio.sleep(0)
+    assert [w.done() for w in waiting] == [True, True, False], "two slots after one answer"
+    slots.release(None)
     assert await asyncio.gather(*waiting) == [None, None, None]
-    assert (slots.limit, slots.in_flight) == (3, 3)
+    assert (slots.limit, slots.in_flight) == (3, 2)
+    slots.release(None)
+    assert slots.limit == 3, "never past the configured number"
+
+
+TIMED_OUT = "Prometheus did not answer within 5s"
+
+
+@pytest.mark.parametrize(
+    ("limit", "events", "expected"),
+    [
+        (1, ["answer"] * 20, (16, None)),
+        (16, ["slow"], (8, None)),
+        (16, ["slow"] * 3, (2, None)),
+        (16, ["slow"] * 6, (1, None)),
+        (16, ["slow", "answer", "answer"], (10, None)),
+        (16, ["down"], (1, TIMED_OUT)),
+        (16, ["down", "answer"], (2, None)),
+        (8, ["unused"], (8, None)),
+        (4, ["down", "unused"], (1, TIMED_OUT)),
+    ],
+    ids=[
+        "answers-add-one-up-to-the-max",
+        "a-slow-query-halves",
+        "three-slow-queries",
+        "never-below-one",
+        "then-answers-add-one-each",
+        "nothing-answered-since-it-was-sent-fails",
+        "the-probe-answered",
+        "a-query-that-never-asked-changes-nothing",
+        "nor-while-failing",
+    ],
+)
+def test_slots_grow_by_one_per_answer_and_halve_per_timeout(
+    limit: int, events: list[str], expected: tuple[int, str | None]
+) -> None:
+    """ "slow": timed out while the endpoint answered another query since it was sent; "down": it answered
+    nothing since."""
+    slots = EndpointSlots(16)
+    slots.limit = limit
+    slots.answered_at = time.monotonic()
+    for event in events:
+        slots.in_flight += 1
+        if event == "answer":
+            slots.release(None)
+        elif event == "slow":
+            slots.release(TIMED_OUT, since=slots.answered_at - 1)
+        elif event == "down":
+            slots.release(TIMED_OUT, since=slots.answered_at + 1)
+        else:
+            slots.release(TIMED_OUT, used=False)
+    assert (slots.limit, slots.failure) == expected
+    assert slots.in_flight == 0
 
 
 async def test_one_slow_query_does_not_mark_an_answering_endpoint_failing() -> None:
-    """An expensive query times out while its Prometheus answers the others: it fails alone."""
+    """An expensive query times out while its Prometheus answers the others: it fails alone, and its Prometheus
+    keeps half its slots."""
     slots = EndpointSlots(3)
-    assert await slots.acquire(1) is None
-    slots.release(None)
+    for _ in range(3):
+        assert await slots.acquire(1) is None
+        slots.release(None)
     assert await slots.acquire(1) is None and await slots.acquire(1) is None
     slow_sent = time.monotonic()
     slots.release(None)  # another query, sent after the slow one, answered
     slots.release("Prometheus did not answer within 5s", since=slow_sent)
-    assert (slots.limit, slots.failure) == (3, None)
+    assert (slots.limit, slots.failure) == (1, None)
     assert await slots.acquire(1) is None, "other clusters' queries go on"
 
 
 async def test_a_timed_out_endpoint_gets_one_probe_and_the_rest_fail_at_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="operator_k8s.prometheus")
     slots = EndpointSlots(3, "http://p:9090")
-    assert await slots.acquire(1) is None
-    slots.release(None)
+    for _ in range(2):
+        assert await slots.acquire(1) is None
+        slots.release(None)
     for _ in range(3):
         assert await slots.acquire(1) is None
     queued = asyncio.create_task(slots.acquire(1))
@@ -291,10 +349,10 @@ async def test_a_timed_out_endpoint_gets_one_probe_and_the_rest_fail_at_once(cap
     assert await slots.acquire(1) is None, "with nothing in flight, the next query is the probe"
     assert (await slots.acquire(1) or "").startswith("Prometheus did not answer")
     slots.release(None)
-    assert (slots.limit, slots.failure) == (3, None)
+    assert (slots.limit, slots.failure) == (2, None), "one more slot per answer from there"
     assert [(r.getMessage(), r.__dict__["prometheus"]) for r in caplog.records] == [
         ("Prometheus stopped answering; one query at a time checks whether it is back", "http://p:9090"),
-        ("Prometheus answered again; its query slots reopened", "http://p:9090"),
+        ("Prometheus answered again; its query slots grow by one per answer", "http://p:9090"),
     ], "logged once per change, not per query"
 
 
