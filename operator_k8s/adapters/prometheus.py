@@ -40,8 +40,10 @@ from operator_k8s.adapters.prometheus_http import (
     BoundedSession,
     BufferBudget,
     DeadlineExceeded,
+    NoBufferRoom,
     QueryDeadline,
     bounded_by,
+    no_room_message,
     shown_origin,
 )
 from operator_k8s.domain.observations import QueryFailure, QueryResult, samples_of
@@ -343,7 +345,8 @@ class PrometheusMetrics:
         self._observe = observe
         self._files = CredentialFiles(credentials_dir)
         self._limits = limits or AnswerLimits()
-        self._memory = BufferBudget(max(buffered_bytes, self._limits.max_bytes))  # room for the largest answer
+        total = max(buffered_bytes, self._limits.max_bytes)  # room for the largest answer
+        self._memory = BufferBudget(total, share=max(total // 4, self._limits.max_bytes))  # a quarter per endpoint
 
     def endpoint(self, url: str) -> EndpointSlots:
         slots = self._endpoints.get(url)
@@ -359,7 +362,11 @@ class PrometheusMetrics:
             credentials = PrometheusCredentials(auth, self._files)
             verify = credentials.verify()
             session = BoundedSession(
-                limits=self._limits, memory=self._memory, pool_size=self._per_endpoint, connect_timeout=CONNECT_TIMEOUT
+                limits=self._limits,
+                memory=self._memory,
+                pool_size=self._per_endpoint,
+                connect_timeout=CONNECT_TIMEOUT,
+                endpoint=url,
             )
             session.verify = verify
             connect = PrometheusConnect(
@@ -411,6 +418,8 @@ class PrometheusMetrics:
             )
         except CredentialError as error:
             return QueryResult.failed(promql, QueryFailure.ERROR, str(error))
+        except NoBufferRoom as error:
+            return QueryResult.failed(promql, QueryFailure.ERROR, no_room_message(str(error)))
         except Exception as error:
             timed_out = isinstance(error, requests.Timeout) and not isinstance(error, requests.ConnectTimeout)
             if deadline.over or timed_out or isinstance(error, DeadlineExceeded):
@@ -457,11 +466,18 @@ class PrometheusMetrics:
             self._pool, self._query_blocking, url, promql, store_label, namespace_label, deadline, auth
         )
         sent = time.monotonic()
-        future.add_done_callback(lambda done: slots.release(_failure_of(done), since=sent))  # when the thread ends
+
+        def done(finished: asyncio.Future[QueryResult]) -> None:  # when the thread ends
+            # a query that found no buffer room says nothing about its Prometheus: neither answered nor failing
+            slots.release(_failure_of(finished), used=deadline.room_wanted is None, since=sent)
+
+        future.add_done_callback(done)
         try:
             return await asyncio.wait_for(asyncio.shield(future), deadline.remaining())
         except TimeoutError:
             deadline.abort()
+            if deadline.room_wanted is not None:
+                return QueryResult.failed(promql, QueryFailure.ERROR, no_room_message(deadline.room_wanted))
             return QueryResult.failed(
                 promql, QueryFailure.UNREACHABLE, f"Prometheus did not answer within {timeout:g}s"
             )

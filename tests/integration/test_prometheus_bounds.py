@@ -145,6 +145,73 @@ async def test_a_deadline_passing_after_the_body_was_read_leaves_the_pooled_conn
     assert (result.failure, len(result.samples)) == (None, 3), result.error
 
 
+CAP = 256 * 1024
+"""The answer cap of the buffer tests: 16 answers stalled at it fill a budget of 16 caps (as 16 slots of 4 MiB
+filled the old 64 MiB)."""
+
+
+def stalling(exchange: Exchange) -> None:
+    """Answers a query named warm; to any other, sends the start of a vector as long as the cap allows, and holds."""
+    if "query=warm" in exchange.request.target:
+        body = vector_json(1)
+        exchange.send(head(200, {"Content-Type": "application/json"}, length=len(body)) + body)
+        return
+    start = b'{"status":"success","data":{"resultType":"vector","result":['
+    exchange.send(head(200, {"Content-Type": "application/json"}) + start + b" " * (CAP - len(start)))
+    exchange.gone_within(60)
+
+
+@pytest.mark.parametrize("greedy", [1, 4])
+async def test_stalled_answers_of_other_endpoints_never_fail_a_healthy_one(greedy: int) -> None:
+    """Prometheus servers that each fill all their 16 slots with answers stalled at the cap. One holds at
+    most its share (a quarter of the budget): the healthy endpoint's queries answer. Four fill the budget: the
+    healthy endpoint's queries fail for want of room, say so, and do not mark it failing."""
+    metrics = PrometheusMetrics(limits=AnswerLimits(max_bytes=CAP), buffered_bytes=16 * CAP)
+    memory = metrics._memory
+    stalls: list[asyncio.Task[QueryResult]] = []
+
+    async def named(url: str, query: str, timeout: float) -> QueryResult:
+        return await metrics.query(url, query, store_label="pod", namespace_label="namespace", timeout=timeout)
+
+    try:
+        with serving_many(stalling, greedy) as hostile, serving(answering(vector_json(3))) as healthy:
+            for _ in range(3):  # four slots for its four queries
+                assert (await named(healthy.url, "warm", 2)).failure is None
+            for server in hostile:
+                for _ in range(16):  # its slots open one per answer
+                    assert (await named(server.url, "warm", 2)).failure is None
+                assert metrics.endpoint(server.url).limit == 16
+                stalls += [asyncio.create_task(named(server.url, f"stall{i}", 10)) for i in range(16)]
+
+            async def filled() -> bool:
+                return memory.used == min(memory.limit, greedy * memory.share)  # each read all its share lets it
+
+            await eventually_async(filled, timeout=5, interval=0.01, what="the stalled answers to fill their shares")
+            before = metrics.endpoint(healthy.url).limit
+            results = await asyncio.gather(*(named(healthy.url, f"b{i}", 1) for i in range(4)))
+            slots = metrics.endpoint(healthy.url)
+
+            async def settled() -> bool:
+                return slots.in_flight == 0
+
+            await eventually_async(settled, timeout=2, interval=0.01, what="the healthy queries' threads to end")
+            if greedy == 1:
+                assert [(r.failure, len(r.samples)) for r in results] == [(None, 3)] * 4, [r.error for r in results]
+            else:
+                for result in results:
+                    assert result.failure is QueryFailure.ERROR, result.error
+                    assert result.error.startswith("Prometheus answer not read: no buffer room"), result.error
+                    assert "did not answer" not in result.error
+                assert (slots.failure, slots.limit) == (None, before), "not its Prometheus's failure"
+            assert max(memory.held.values()) <= memory.share == 4 * CAP
+            for stall in stalls:
+                stall.cancel()
+            await asyncio.gather(*stalls, return_exceptions=True)
+            assert (await named(healthy.url, "after", 2)).failure is None
+    finally:
+        metrics.close()
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))

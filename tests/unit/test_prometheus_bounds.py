@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from operator_k8s.adapters.prometheus import EndpointSlots
+from operator_k8s.adapters.prometheus import EndpointSlots, PrometheusMetrics
 from operator_k8s.adapters.prometheus_http import (
     MIB,
     AnswerLimits,
     AnswerRefused,
     BufferBudget,
-    DeadlineExceeded,
+    NoBufferRoom,
     QueryDeadline,
     SeriesCounter,
     answer_problem,
@@ -239,11 +239,69 @@ def test_a_connection_made_after_the_abort_is_ended_at_once() -> None:
 def test_the_buffer_budget_waits_for_room_until_the_deadline() -> None:
     budget = BufferBudget(100)
     budget.reserve(80, QueryDeadline(5))
-    with pytest.raises(DeadlineExceeded, match="already hold 80 bytes of the 100 bytes"):
-        budget.reserve(30, QueryDeadline(0.01))
+    starved = QueryDeadline(0.01)
+    with pytest.raises(NoBufferRoom, match="already hold 80 bytes of the 100 bytes"):
+        budget.reserve(30, starved)
+    assert starved.room_wanted is not None and "80 bytes of the 100 bytes" in starved.room_wanted
     budget.release(80)
-    budget.reserve(100, QueryDeadline(5))
-    assert budget.used == 100
+    roomy = QueryDeadline(5)
+    budget.reserve(100, roomy)
+    assert (budget.used, roomy.room_wanted) == (100, None)
+
+
+@pytest.mark.parametrize(
+    ("held", "endpoint", "count", "lacking"),
+    [
+        ({}, "a", 40, None),
+        ({"a": 40}, "a", 1, "from this Prometheus already hold 40 bytes, its share of"),
+        ({"a": 40}, "b", 40, None),
+        ({"a": 40, "b": 40}, "c", 20, None),
+        ({"a": 40, "b": 40, "c": 20}, "d", 1, "already hold 100 bytes of the 100 bytes"),
+        ({"a": 40, "b": 40, "c": 20}, "c", 1, "already hold 100 bytes of the 100 bytes"),
+        ({"a": 30, "b": 40, "c": 20}, "a", 10, None),
+    ],
+    ids=["first", "past-its-share", "another-endpoint", "the-rest", "all-taken", "all-taken-within-share", "fits"],
+)
+def test_one_endpoint_holds_at_most_its_share_of_the_buffer_budget(
+    held: dict[str, int], endpoint: str, count: int, lacking: str | None
+) -> None:
+    budget = BufferBudget(100, share=40)
+    for name, amount in held.items():
+        budget.reserve(amount, QueryDeadline(5), name)
+    deadline = QueryDeadline(0.01)
+    if lacking is None:
+        budget.reserve(count, deadline, endpoint)
+        assert budget.held[endpoint] == held.get(endpoint, 0) + count
+    else:
+        with pytest.raises(NoBufferRoom, match=lacking):
+            budget.reserve(count, deadline, endpoint)
+        assert budget.held.get(endpoint, 0) == held.get(endpoint, 0)
+    for name, amount in held.items():
+        budget.release(amount, name)
+    assert (budget.used, budget.held) == (
+        (count if lacking is None else 0),
+        ({endpoint: count} if lacking is None else {}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "buffered", "total", "share"),
+    [
+        (AnswerLimits(), 16 * MIB, 16 * MIB, 4 * MIB),
+        (AnswerLimits(max_bytes=4 * MIB), 64 * MIB, 64 * MIB, 16 * MIB),
+        (AnswerLimits(max_bytes=4 * MIB), 8 * MIB, 8 * MIB, 4 * MIB),
+        (AnswerLimits(max_bytes=4 * MIB), 2 * MIB, 4 * MIB, 4 * MIB),
+    ],
+    ids=["defaults", "a-quarter", "at-least-one-answer", "never-below-one-answer"],
+)
+def test_an_endpoint_share_is_a_quarter_but_at_least_one_answer(
+    limits: AnswerLimits, buffered: int, total: int, share: int
+) -> None:
+    metrics = PrometheusMetrics(limits=limits, buffered_bytes=buffered)
+    try:
+        assert (metrics._memory.limit, metrics._memory.share) == (total, share)
+    finally:
+        metrics.close()
 
 
 async def test_an_endpoint_gains_a_slot_per_answer() -> None:
