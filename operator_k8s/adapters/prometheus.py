@@ -336,7 +336,7 @@ class PrometheusMetrics:
         observe: Any = None,
         credentials_dir: str = DEFAULT_CREDENTIALS_DIR,
         limits: AnswerLimits | None = None,
-        buffered_bytes: int = 64 * MIB,
+        buffered_bytes: int = 16 * MIB,
     ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prometheus")  # grown as needed
         self._clients: dict[tuple[str, str], tuple[PrometheusConnect, PrometheusCredentials]] = {}

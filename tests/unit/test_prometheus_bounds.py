@@ -26,6 +26,7 @@ from operator_k8s.adapters.prometheus_http import (
     shown_origin,
 )
 from operator_k8s.settings import SettingsError, load_settings
+from tests.hostile_http import vector_json
 
 ANSWER = b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{"pod":"a"},"value":[1,"1"]},{"metric":{"pod":"b"},"value":[1,"2"]},{"metric":{},"value":[1,"3"]}]}}'
 
@@ -136,7 +137,7 @@ def test_a_redirect_target_is_shown_by_its_origin_only(url: str, shown: str) -> 
 @pytest.mark.parametrize(
     ("limits", "read", "message"),
     [
-        (AnswerLimits(), 4 * MIB + 1, "more than 4 MiB (4,194,305 bytes read, decoded)"),
+        (AnswerLimits(), 1 * MIB + 1, "more than 1 MiB (1,048,577 bytes read, decoded)"),
         (AnswerLimits(max_bytes=1000), 1500, "more than 1,000 bytes (1,500 bytes read, decoded)"),
     ],
 )
@@ -144,6 +145,16 @@ def test_a_too_large_answer_names_its_cap_and_setting(limits: AnswerLimits, read
     text = limits.too_large(read)
     assert message in text and text.endswith("raise OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_BYTES")
     assert limits.too_many_series(read).endswith("raise OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_SERIES")
+
+
+@pytest.mark.parametrize(
+    ("series", "fits"),
+    [(AnswerLimits().max_series, True), (10_000, False)],
+    ids=["the-default-series-cap", "ten-thousand"],
+)
+def test_an_answer_of_the_default_series_cap_fits_the_default_byte_cap(series: int, fits: bool) -> None:
+    """Series as Prometheus writes them (about 130 bytes each): the series cap, not the byte cap, refuses first."""
+    assert (len(vector_json(series)) <= AnswerLimits().max_bytes) is fits
 
 
 class Clock:
@@ -434,7 +445,7 @@ def test_the_caps_are_settings() -> None:
         defaults.prometheus_max_buffered_bytes,
         defaults.prometheus_query_threads,
         defaults.prometheus_slots_per_endpoint,
-    ) == (4 * MIB, 10_000, 64 * MIB, 256, 16)
+    ) == (1 * MIB, 5_000, 16 * MIB, 256, 16)
     raised = load_settings({"OPERATOR_K8S_DATABASE_DSN": "x", "OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_SERIES": "50000"})
     assert raised.prometheus_max_answer_series == 50_000
     with pytest.raises(SettingsError, match="PROMETHEUS_MAX_ANSWER_BYTES"):
