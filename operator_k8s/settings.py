@@ -78,16 +78,16 @@ class Settings(BaseSettings):
         description="Absolute path of the directory spec.prometheus.auth's files are read from (and never outside it)",
     )
     prometheus_max_answer_bytes: int = Field(
-        default=4 * 1024 * 1024,
+        default=1024 * 1024,
         ge=64 * 1024,
         le=1024 * 1024 * 1024,
         description="Decoded bytes one Prometheus answer may bring into memory (refused while read past it)",
     )
     prometheus_max_answer_series: int = Field(
-        default=10_000, ge=1, le=10_000_000, description="Series one Prometheus answer may hold (refused past it)"
+        default=5_000, ge=1, le=10_000_000, description="Series one Prometheus answer may hold (refused past it)"
     )
     prometheus_max_buffered_bytes: int = Field(
-        default=64 * 1024 * 1024,
+        default=16 * 1024 * 1024,
         ge=1024 * 1024,
         le=16 * 1024 * 1024 * 1024,
         description="Bytes of answers all queries together may hold while reading (a query waits for room)",

@@ -40,8 +40,10 @@ from operator_k8s.adapters.prometheus_http import (
     BoundedSession,
     BufferBudget,
     DeadlineExceeded,
+    NoBufferRoom,
     QueryDeadline,
     bounded_by,
+    no_room_message,
     shown_origin,
 )
 from operator_k8s.domain.observations import QueryFailure, QueryResult, samples_of
@@ -220,14 +222,16 @@ def _tls_message(error: requests.exceptions.SSLError) -> str:
 
 
 class EndpointSlots:
-    """How many queries may be in flight to one Prometheus, from what it last did.
+    """How many queries may be in flight to one Prometheus, from what it did (additive increase, multiplicative
+    decrease).
 
-    A Prometheus starts with one slot; once a query to it answers in time it gets ``opened`` slots, and queries that
-    find them all taken wait (up to their own deadline) for one. A query to it that does not answer in time, or cannot
-    reach it, takes it back to one slot and marks it failing: while one query (the probe) is in flight, every other
-    query to it fails at once, naming the last failure, instead of holding a thread for its whole timeout. A query is
-    only ever given up because of its own Prometheus, and one slow query is not that: a query that times out while
-    its Prometheus answered another one since it began (an expensive custom query) fails alone.
+    A Prometheus starts with one slot; each query to it that answers in time adds one, up to ``opened``; queries
+    that find every slot taken wait (up to their own deadline) for one. Each query that does not answer in time
+    halves its slots (at least one), even while it answers others (an expensive query that never comes back): a
+    Prometheus that answers some queries and hangs the rest keeps few threads, not ``opened`` each. A query that
+    times out or cannot reach it while it answered nothing since that query was sent also marks it failing: while
+    one query (the probe) is in flight, every other query to it fails at once, naming the last failure, instead of
+    holding a thread for its whole timeout. A query is only ever given up because of its own Prometheus.
     """
 
     def __init__(self, opened: int, name: str = "") -> None:
@@ -266,16 +270,22 @@ class EndpointSlots:
 
     def release(self, failure: str | None, *, used: bool = True, since: float = math.inf) -> None:
         """A slot back; ``failure`` is why the query, sent at ``since``, did not reach it in time (None: it
-        answered)."""
+        answered). ``used=False``: the query says nothing about its Prometheus (it never asked, or it found no
+        buffer room for the answer)."""
         self.in_flight -= 1
-        if used and failure is not None and self.answered_at > since:
-            used = False  # it answered another query meanwhile: this one was slow, its Prometheus is not down
-        if used and failure is None:
+        if not used:
+            pass
+        elif failure is None:
             self.answered_at = time.monotonic()
             if self.failure is not None:
-                log.info("Prometheus answered again; its query slots reopened", extra={"prometheus": self.name})
-            self.failure, self.limit = None, self.opened
-        elif used:
+                log.info(
+                    "Prometheus answered again; its query slots grow by one per answer",
+                    extra={"prometheus": self.name},
+                )
+            self.failure, self.limit = None, min(self.opened, self.limit + 1)
+        elif self.answered_at > since:  # it answered another query meanwhile: slow, not down; fewer slots all the same
+            self.limit = max(1, self.limit // 2)
+        else:
             if self.failure is None:
                 log.warning(
                     "Prometheus stopped answering; one query at a time checks whether it is back",
@@ -326,7 +336,7 @@ class PrometheusMetrics:
         observe: Any = None,
         credentials_dir: str = DEFAULT_CREDENTIALS_DIR,
         limits: AnswerLimits | None = None,
-        buffered_bytes: int = 64 * MIB,
+        buffered_bytes: int = 16 * MIB,
     ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prometheus")  # grown as needed
         self._clients: dict[tuple[str, str], tuple[PrometheusConnect, PrometheusCredentials]] = {}
@@ -335,7 +345,8 @@ class PrometheusMetrics:
         self._observe = observe
         self._files = CredentialFiles(credentials_dir)
         self._limits = limits or AnswerLimits()
-        self._memory = BufferBudget(max(buffered_bytes, self._limits.max_bytes))  # room for the largest answer
+        total = max(buffered_bytes, self._limits.max_bytes)  # room for the largest answer
+        self._memory = BufferBudget(total, share=max(total // 4, self._limits.max_bytes))  # a quarter per endpoint
 
     def endpoint(self, url: str) -> EndpointSlots:
         slots = self._endpoints.get(url)
@@ -351,7 +362,11 @@ class PrometheusMetrics:
             credentials = PrometheusCredentials(auth, self._files)
             verify = credentials.verify()
             session = BoundedSession(
-                limits=self._limits, memory=self._memory, pool_size=self._per_endpoint, connect_timeout=CONNECT_TIMEOUT
+                limits=self._limits,
+                memory=self._memory,
+                pool_size=self._per_endpoint,
+                connect_timeout=CONNECT_TIMEOUT,
+                endpoint=url,
             )
             session.verify = verify
             connect = PrometheusConnect(
@@ -403,6 +418,8 @@ class PrometheusMetrics:
             )
         except CredentialError as error:
             return QueryResult.failed(promql, QueryFailure.ERROR, str(error))
+        except NoBufferRoom as error:
+            return QueryResult.failed(promql, QueryFailure.ERROR, no_room_message(str(error)))
         except Exception as error:
             timed_out = isinstance(error, requests.Timeout) and not isinstance(error, requests.ConnectTimeout)
             if deadline.over or timed_out or isinstance(error, DeadlineExceeded):
@@ -449,11 +466,18 @@ class PrometheusMetrics:
             self._pool, self._query_blocking, url, promql, store_label, namespace_label, deadline, auth
         )
         sent = time.monotonic()
-        future.add_done_callback(lambda done: slots.release(_failure_of(done), since=sent))  # when the thread ends
+
+        def done(finished: asyncio.Future[QueryResult]) -> None:  # when the thread ends
+            # a query that found no buffer room says nothing about its Prometheus: neither answered nor failing
+            slots.release(_failure_of(finished), used=deadline.room_wanted is None, since=sent)
+
+        future.add_done_callback(done)
         try:
             return await asyncio.wait_for(asyncio.shield(future), deadline.remaining())
         except TimeoutError:
             deadline.abort()
+            if deadline.room_wanted is not None:
+                return QueryResult.failed(promql, QueryFailure.ERROR, no_room_message(deadline.room_wanted))
             return QueryResult.failed(
                 promql, QueryFailure.UNREACHABLE, f"Prometheus did not answer within {timeout:g}s"
             )

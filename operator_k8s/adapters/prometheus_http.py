@@ -9,9 +9,10 @@ timeout, and one answer may bring any number of bytes (or a small gzip that infl
   read timeout handed to requests is the time left, as a second guard.
 - **Size.** The body is read as a stream, decoded (urllib3 ≥ 2.6 inflates at most the amount asked for per read),
   counting bytes and series as they arrive; past a cap the response is closed and the query fails with a reason. The
-  bytes being buffered by all queries together are bounded too, and JSON is parsed under one process-wide lock held
-  until the caller has taken its samples out of the tree (parsing is GIL-bound, so this costs no throughput), so at
-  most one parsed answer exists at a time.
+  bytes being buffered by all queries together are bounded too, those of one Prometheus to a share of them (a query
+  that finds no room by its deadline fails without blaming its Prometheus), and JSON is parsed under one
+  process-wide lock held until the caller has taken its samples out of the tree (parsing is GIL-bound, so this costs
+  no throughput), so at most one parsed answer exists at a time.
 - **Trust.** Redirects are followed only within the origin (scheme, host, port) of the configured URL, at most
   ``MAX_REDIRECTS`` hops: nothing, neither the Authorization header nor a configured header such as ``X-Scope-OrgID``,
   is ever sent to another origin.
@@ -51,6 +52,11 @@ class AnswerRefused(Exception):
     message is the reason shown on the cluster."""
 
 
+class NoBufferRoom(Exception):
+    """The answer could not be read for want of buffer room before the query's deadline: other answers (of this
+    Prometheus, past its share, or of all of them) held the room. Says nothing about the Prometheus asked."""
+
+
 class DeadlineExceeded(Exception):
     """The query's deadline passed while it was being sent, answered or read; a message, if any, says what held it
     (the deadline itself needs no words: the query "did not answer within" its timeout)."""
@@ -64,8 +70,10 @@ def _describe_bytes(count: int) -> str:
 class AnswerLimits:
     """What one answer may bring into memory: decoded bytes and series, each named by the setting that raises it."""
 
-    max_bytes: int = 4 * MIB
-    max_series: int = 10_000
+    max_bytes: int = 1 * MIB
+    max_series: int = 5_000
+    """A series as Prometheus writes it is about 130 bytes (tests/hostile_http.py): 5,000 of them, about 650 KB,
+    fit the 1 MiB byte cap, 10,000 (1.3 MB) would not."""
 
     def too_large(self, read: int) -> str:
         return (
@@ -97,6 +105,9 @@ class QueryDeadline:
         self._aborted = False
         self._finished = False
         self.holds_parse_lock = False
+        self.room_wanted: str | None = None
+        """Why the query waits, or gave up waiting, for buffer room (None once it has room): a query that ends
+        this way is not its Prometheus's failure."""
 
     def remaining(self) -> float:
         return max(0.0, self.expires - self._clock())
@@ -120,22 +131,28 @@ class QueryDeadline:
             _shut(duplicate)
 
     def abort(self) -> None:
-        """End the request in flight now (from any thread); the worker sees a closed connection at once."""
+        """End the request in flight now (from any thread); the worker sees a closed connection at once. Shut under
+        the lock: a ``detach`` racing with it waits, so a connection is never shut once it is back in the pool."""
         with self._lock:
             if self._finished:
                 return
             self._aborted = True
-            current = self._socket
-        if current is not None:
-            _shut(current)
+            if self._socket is not None:
+                _shut(self._socket)
+
+    def detach(self) -> None:
+        """The request no longer uses its socket (its body is read, its connection goes back to the pool, where
+        another query may take it): an abort from now on touches nothing until another socket is attached."""
+        with self._lock:
+            current, self._socket = self._socket, None
+            if current is not None:
+                current.close()
 
     def finish(self) -> None:
         """The worker is done with this query: an abort from now on must not touch a connection back in the pool."""
         with self._lock:
             self._finished = True
-            current, self._socket = self._socket, None
-        if current is not None:
-            current.close()
+        self.detach()
 
 
 def _shut(sock: socket.socket) -> None:
@@ -203,12 +220,31 @@ class _TrackedHTTPSConnection(HTTPSConnection):
         super().request(*args, **kwargs)
 
 
+def _untrack() -> None:
+    deadline = current_deadline()
+    if deadline is not None:
+        deadline.detach()
+
+
 class _TrackedHTTPPool(HTTPConnectionPool):
+    """Detaches the query's deadline from a connection as it comes back (in the worker thread that read the body to
+    its end), before another query can take it: a deadline passing later must not shut that query's socket."""
+
     ConnectionCls = _TrackedHTTPConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        _untrack()
+        super()._put_conn(conn)
 
 
 class _TrackedHTTPSPool(HTTPSConnectionPool):
+    """As ``_TrackedHTTPPool``, for https."""
+
     ConnectionCls = _TrackedHTTPSConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        _untrack()
+        super()._put_conn(conn)
 
 
 class DeadlineAdapter(HTTPAdapter):
@@ -221,29 +257,57 @@ class DeadlineAdapter(HTTPAdapter):
 
 
 class BufferBudget:
-    """The bytes all queries together may hold while reading answers: a query waits (until its deadline) for room
-    rather than take the process past the limit."""
+    """The bytes all queries together may hold while reading answers, and each Prometheus at most ``share`` of them:
+    a query waits (until its deadline) for room rather than take the process past the limit, and one Prometheus
+    stalling its answers cannot take the room every other one needs."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, share: int | None = None) -> None:
         self.limit = limit
+        self.share = limit if share is None else min(share, limit)
         self.used = 0
+        self.held: dict[str, int] = {}
+        """Bytes held per endpoint (its URL); an endpoint holding none is not kept."""
         self._changed = threading.Condition()
 
-    def reserve(self, count: int, deadline: QueryDeadline) -> None:
-        with self._changed:
-            while self.used + count > self.limit:
-                if deadline.over or not self._changed.wait(deadline.remaining()):
-                    raise DeadlineExceeded(
-                        f"answers being read already hold {_describe_bytes(self.used)} of the"
-                        f" {_describe_bytes(self.limit)} OPERATOR_K8S_PROMETHEUS_MAX_BUFFERED_BYTES allows"
-                    )
-            self.used += count
+    def _lacking(self, count: int, endpoint: str) -> str | None:
+        if self.used + count > self.limit:
+            return (
+                f"answers being read already hold {_describe_bytes(self.used)} of the"
+                f" {_describe_bytes(self.limit)} OPERATOR_K8S_PROMETHEUS_MAX_BUFFERED_BYTES allows"
+            )
+        mine = self.held.get(endpoint, 0)
+        if mine + count > self.share:
+            return (
+                f"answers being read from this Prometheus already hold {_describe_bytes(mine)}, its share of"
+                f" OPERATOR_K8S_PROMETHEUS_MAX_BUFFERED_BYTES ({_describe_bytes(self.share)})"
+            )
+        return None
 
-    def release(self, count: int) -> None:
+    def reserve(self, count: int, deadline: QueryDeadline, endpoint: str = "") -> None:
+        with self._changed:
+            while (lacking := self._lacking(count, endpoint)) is not None:
+                deadline.room_wanted = lacking
+                if deadline.over or not self._changed.wait(deadline.remaining()):
+                    raise NoBufferRoom(lacking)
+            deadline.room_wanted = None
+            self.used += count
+            self.held[endpoint] = self.held.get(endpoint, 0) + count
+
+    def release(self, count: int, endpoint: str = "") -> None:
         if count:
             with self._changed:
                 self.used -= count
+                left = self.held.get(endpoint, 0) - count
+                if left > 0:
+                    self.held[endpoint] = left
+                else:
+                    self.held.pop(endpoint, None)
                 self._changed.notify_all()
+
+
+def no_room_message(reason: str) -> str:
+    """A query that found no buffer room by its deadline: its Prometheus is not blamed (it may well have answered)."""
+    return f"Prometheus answer not read: no buffer room by the query's deadline ({reason})"
 
 
 class SeriesCounter:
@@ -345,8 +409,18 @@ class BoundedSession(requests.Session):
     """A requests Session for one Prometheus: each request bounded by the calling thread's ``QueryDeadline``, its
     answer by ``limits`` and the process-wide ``memory``, its redirects by the origin of the first URL."""
 
-    def __init__(self, *, limits: AnswerLimits, memory: BufferBudget, pool_size: int, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        limits: AnswerLimits,
+        memory: BufferBudget,
+        pool_size: int,
+        connect_timeout: float,
+        endpoint: str = "",
+    ) -> None:
         super().__init__()
+        self.endpoint = endpoint
+        """Whose share of ``memory`` this session's answers are counted in (the Prometheus URL)."""
         self.trust_env = False  # requests would otherwise look up proxies and ~/.netrc on disk for every query
         self.limits = limits
         self.memory = memory
@@ -395,12 +469,13 @@ class BoundedSession(requests.Session):
                 return response
             body, reserved = self._read(response, deadline)
         finally:
+            deadline.detach()  # the body is read: parsing it needs no socket, and the connection may be another's
             response.close()  # back to the pool if read to the end, closed otherwise
         try:
             value = self._parse(body, response.headers.get("content-type", ""), deadline)
         finally:
             del body
-            self.memory.release(reserved)
+            self.memory.release(reserved, self.endpoint)
         answer = ParsedAnswer(value)
         answer.status_code, answer.headers, answer.url = response.status_code, response.headers, response.url
         return answer
@@ -415,13 +490,13 @@ class BoundedSession(requests.Session):
             for chunk in response.iter_content(CHUNK_BYTES):
                 if len(body) + len(chunk) > limits.max_bytes:
                     raise AnswerRefused(limits.too_large(len(body) + len(chunk)))
-                self.memory.reserve(len(chunk), deadline)
+                self.memory.reserve(len(chunk), deadline, self.endpoint)
                 reserved += len(chunk)
                 body += chunk
                 if series.feed(chunk) > limits.max_series:
                     raise AnswerRefused(limits.too_many_series(len(body)))
         except BaseException:
-            self.memory.release(reserved)
+            self.memory.release(reserved, self.endpoint)
             raise
         return body, reserved
 

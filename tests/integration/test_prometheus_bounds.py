@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from devstack.host.pki import Pki, make_pki
+from operator_k8s.adapters import prometheus_http
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.adapters.prometheus_http import MIB, AnswerLimits
 from operator_k8s.domain.observations import QueryFailure, QueryResult
@@ -22,11 +24,13 @@ from operator_k8s.domain.specs import PrometheusAuthSpec
 from operator_k8s.service import Monitor
 from tests.hostile_http import (
     Behaviour,
+    Exchange,
     HostileServer,
     answering,
     dribbling_body,
     dribbling_headers,
     gzip_bomb,
+    head,
     redirecting,
     reset_peak_memory,
     routed,
@@ -89,6 +93,123 @@ async def test_no_byte_rate_holds_a_query_past_its_deadline(metrics: PrometheusM
         print(f"{server.behaviour.__qualname__.split('.')[0]}: ended {(elapsed - 2) * 1000:+.1f} ms from its deadline")
         await released(metrics, server)
         assert len(server.requests) == 1
+
+
+async def test_a_deadline_passing_after_the_body_was_read_leaves_the_pooled_connection_alone(
+    metrics: PrometheusMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query reads its answer, its keep-alive connection goes back to the pool, and its parse outlasts its
+    deadline; meanwhile another query took that connection. The late query's abort must not end the other's
+    request."""
+    answer_held, parse_held = threading.Event(), threading.Event()
+
+    def behave(exchange: Exchange) -> None:
+        if "query=held" in exchange.request.target:
+            answer_held.wait(10)
+        body = vector_json(2 if "query=late" in exchange.request.target else 3)
+        exchange.send(head(200, {"Content-Type": "application/json"}, length=len(body)) + body)
+
+    parse = prometheus_http.parse_answer
+
+    def slow_parse(body: bytes | bytearray, content_type: str) -> object:
+        if len(body) == len(vector_json(2)):  # the late query's answer: parsed after its deadline
+            parse_held.wait(10)
+        return parse(body, content_type)
+
+    monkeypatch.setattr(prometheus_http, "parse_answer", slow_parse)
+
+    async def named(query: str, timeout: float) -> QueryResult:
+        return await metrics.query(server.url, query, store_label="pod", namespace_label="namespace", timeout=timeout)
+
+    with serving(behave) as server:
+        assert (await ask(metrics, server.url)).failure is None  # one keep-alive connection, now in the pool
+        session = metrics._client(server.url, None)[0]._session
+        pools = session.get_adapter(server.url).poolmanager.pools
+        (pool,) = [pools[key] for key in pools.keys()]  # noqa: SIM118 (a RecentlyUsedContainer cannot be iterated)
+
+        async def late_answer_read() -> bool:
+            return len(server.requests) == 2 and pool.pool is not None and pool.pool.qsize() == pool.pool.maxsize
+
+        async def held_sent() -> bool:
+            return len(server.requests) == 3
+
+        late = asyncio.create_task(named("late", 1))
+        await eventually_async(late_answer_read, timeout=1, interval=0.005, what="the late query's body read")
+        held = asyncio.create_task(named("held", 5))
+        await eventually_async(held_sent, timeout=1, interval=0.005, what="the other query on that connection")
+        assert (await late).error == "Prometheus did not answer within 1s"  # aborted while parsing
+        parse_held.set()
+        answer_held.set()
+        result = await held
+        assert server.connections == 1, "the other query used the late one's pooled connection"
+    assert (result.failure, len(result.samples)) == (None, 3), result.error
+
+
+CAP = 256 * 1024
+"""The answer cap of the buffer tests: 16 answers stalled at it fill a budget of 16 caps (as 16 slots of 4 MiB
+filled the old 64 MiB)."""
+
+
+def stalling(exchange: Exchange) -> None:
+    """Answers a query named warm; to any other, sends the start of a vector as long as the cap allows, and holds."""
+    if "query=warm" in exchange.request.target:
+        body = vector_json(1)
+        exchange.send(head(200, {"Content-Type": "application/json"}, length=len(body)) + body)
+        return
+    start = b'{"status":"success","data":{"resultType":"vector","result":['
+    exchange.send(head(200, {"Content-Type": "application/json"}) + start + b" " * (CAP - len(start)))
+    exchange.gone_within(60)
+
+
+@pytest.mark.parametrize("greedy", [1, 4])
+async def test_stalled_answers_of_other_endpoints_never_fail_a_healthy_one(greedy: int) -> None:
+    """Prometheus servers that each fill all their 16 slots with answers stalled at the cap. One holds at
+    most its share (a quarter of the budget): the healthy endpoint's queries answer. Four fill the budget: the
+    healthy endpoint's queries fail for want of room, say so, and do not mark it failing."""
+    metrics = PrometheusMetrics(limits=AnswerLimits(max_bytes=CAP), buffered_bytes=16 * CAP)
+    memory = metrics._memory
+    stalls: list[asyncio.Task[QueryResult]] = []
+
+    async def named(url: str, query: str, timeout: float) -> QueryResult:
+        return await metrics.query(url, query, store_label="pod", namespace_label="namespace", timeout=timeout)
+
+    try:
+        with serving_many(stalling, greedy) as hostile, serving(answering(vector_json(3))) as healthy:
+            for _ in range(3):  # four slots for its four queries
+                assert (await named(healthy.url, "warm", 2)).failure is None
+            for server in hostile:
+                for _ in range(16):  # its slots open one per answer
+                    assert (await named(server.url, "warm", 2)).failure is None
+                assert metrics.endpoint(server.url).limit == 16
+                stalls += [asyncio.create_task(named(server.url, f"stall{i}", 10)) for i in range(16)]
+
+            async def filled() -> bool:
+                return memory.used == min(memory.limit, greedy * memory.share)  # each read all its share lets it
+
+            await eventually_async(filled, timeout=5, interval=0.01, what="the stalled answers to fill their shares")
+            before = metrics.endpoint(healthy.url).limit
+            results = await asyncio.gather(*(named(healthy.url, f"b{i}", 1) for i in range(4)))
+            slots = metrics.endpoint(healthy.url)
+
+            async def settled() -> bool:
+                return slots.in_flight == 0
+
+            await eventually_async(settled, timeout=2, interval=0.01, what="the healthy queries' threads to end")
+            if greedy == 1:
+                assert [(r.failure, len(r.samples)) for r in results] == [(None, 3)] * 4, [r.error for r in results]
+            else:
+                for result in results:
+                    assert result.failure is QueryFailure.ERROR, result.error
+                    assert result.error.startswith("Prometheus answer not read: no buffer room"), result.error
+                    assert "did not answer" not in result.error
+                assert (slots.failure, slots.limit) == (None, before), "not its Prometheus's failure"
+            assert max(memory.held.values()) <= memory.share == 4 * CAP
+            for stall in stalls:
+                stall.cancel()
+            await asyncio.gather(*stalls, return_exceptions=True)
+            assert (await named(healthy.url, "after", 2)).failure is None
+    finally:
+        metrics.close()
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +309,10 @@ async def test_hostile_endpoints_cost_a_healthy_one_nothing(metrics: PrometheusM
 
 
 HUGE = {
-    "150,000 series": (answering(lambda: vector_chunks(150_000)), "more than 10,000 series"),
+    "150,000 series": (answering(lambda: vector_chunks(150_000)), "more than 5,000 series"),
     "gzip to 128 MiB": (
         answering(gzip_bomb(128 * MIB), headers={"Content-Encoding": "gzip"}),
-        "more than 4 MiB",
+        "more than 1 MiB",
     ),
 }
 
@@ -202,7 +323,7 @@ async def test_a_huge_answer_is_refused_while_reading(metrics: PrometheusMetrics
     by far less than the chart's memory limit."""
     behaviour, message = HUGE[name]
     with serving(behaviour) as server:
-        await ask(metrics, server.url)  # the endpoint opens its slots once it has answered
+        await ask(metrics, server.url)  # the endpoint gains slots as it answers
         before = reset_peak_memory()
         for _ in range(2):
             results = await asyncio.gather(*(ask(metrics, server.url, timeout=10) for _ in range(4)))

@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from operator_k8s.adapters.prometheus import EndpointSlots
+from operator_k8s.adapters.prometheus import EndpointSlots, PrometheusMetrics
 from operator_k8s.adapters.prometheus_http import (
     MIB,
     AnswerLimits,
     AnswerRefused,
     BufferBudget,
-    DeadlineExceeded,
+    NoBufferRoom,
     QueryDeadline,
     SeriesCounter,
     answer_problem,
@@ -26,6 +26,7 @@ from operator_k8s.adapters.prometheus_http import (
     shown_origin,
 )
 from operator_k8s.settings import SettingsError, load_settings
+from tests.hostile_http import vector_json
 
 ANSWER = b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{"pod":"a"},"value":[1,"1"]},{"metric":{"pod":"b"},"value":[1,"2"]},{"metric":{},"value":[1,"3"]}]}}'
 
@@ -136,7 +137,7 @@ def test_a_redirect_target_is_shown_by_its_origin_only(url: str, shown: str) -> 
 @pytest.mark.parametrize(
     ("limits", "read", "message"),
     [
-        (AnswerLimits(), 4 * MIB + 1, "more than 4 MiB (4,194,305 bytes read, decoded)"),
+        (AnswerLimits(), 1 * MIB + 1, "more than 1 MiB (1,048,577 bytes read, decoded)"),
         (AnswerLimits(max_bytes=1000), 1500, "more than 1,000 bytes (1,500 bytes read, decoded)"),
     ],
 )
@@ -144,6 +145,16 @@ def test_a_too_large_answer_names_its_cap_and_setting(limits: AnswerLimits, read
     text = limits.too_large(read)
     assert message in text and text.endswith("raise OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_BYTES")
     assert limits.too_many_series(read).endswith("raise OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_SERIES")
+
+
+@pytest.mark.parametrize(
+    ("series", "fits"),
+    [(AnswerLimits().max_series, True), (10_000, False)],
+    ids=["the-default-series-cap", "ten-thousand"],
+)
+def test_an_answer_of_the_default_series_cap_fits_the_default_byte_cap(series: int, fits: bool) -> None:
+    """Series as Prometheus writes them (about 130 bytes each): the series cap, not the byte cap, refuses first."""
+    assert (len(vector_json(series)) <= AnswerLimits().max_bytes) is fits
 
 
 class Clock:
@@ -186,6 +197,44 @@ def test_an_abort_shuts_the_recorded_socket_and_a_finished_query_is_left_alone()
         theirs.close()
 
 
+@pytest.mark.parametrize("then_finish", [False, True], ids=["detached", "detached-then-finished"])
+def test_an_abort_after_the_body_was_read_touches_nothing(then_finish: bool) -> None:
+    """Detached when the body is read (its connection may be another query's by now): the abort leaves it alone,
+    and it is late all the same."""
+    pooled, peer = socket.socketpair()
+    try:
+        deadline = QueryDeadline(5)
+        deadline.attach(pooled)
+        deadline.detach()
+        if then_finish:
+            deadline.finish()
+        deadline.abort()
+        peer.sendall(b"x")
+        assert pooled.recv(1) == b"x", "still open: another query's request goes on"
+        assert deadline.over is not then_finish
+    finally:
+        pooled.close()
+        peer.close()
+
+
+def test_a_deadline_detached_then_attached_again_ends_the_new_socket() -> None:
+    """A redirect: the first hop's connection goes back to the pool, the next hop's is the one an abort ends."""
+    first, first_peer = socket.socketpair()
+    second, second_peer = socket.socketpair()
+    try:
+        deadline = QueryDeadline(5)
+        deadline.attach(first)
+        deadline.detach()
+        deadline.attach(second)
+        deadline.abort()
+        assert second.recv(1) == b""
+        first_peer.sendall(b"x")
+        assert first.recv(1) == b"x"
+    finally:
+        for sock in (first, first_peer, second, second_peer):
+            sock.close()
+
+
 def test_a_connection_made_after_the_abort_is_ended_at_once() -> None:
     ours, theirs = socket.socketpair()
     try:
@@ -201,42 +250,158 @@ def test_a_connection_made_after_the_abort_is_ended_at_once() -> None:
 def test_the_buffer_budget_waits_for_room_until_the_deadline() -> None:
     budget = BufferBudget(100)
     budget.reserve(80, QueryDeadline(5))
-    with pytest.raises(DeadlineExceeded, match="already hold 80 bytes of the 100 bytes"):
-        budget.reserve(30, QueryDeadline(0.01))
+    starved = QueryDeadline(0.01)
+    with pytest.raises(NoBufferRoom, match="already hold 80 bytes of the 100 bytes"):
+        budget.reserve(30, starved)
+    assert starved.room_wanted is not None and "80 bytes of the 100 bytes" in starved.room_wanted
     budget.release(80)
-    budget.reserve(100, QueryDeadline(5))
-    assert budget.used == 100
+    roomy = QueryDeadline(5)
+    budget.reserve(100, roomy)
+    assert (budget.used, roomy.room_wanted) == (100, None)
 
 
-async def test_an_endpoint_opens_its_slots_once_it_answers() -> None:
+@pytest.mark.parametrize(
+    ("held", "endpoint", "count", "lacking"),
+    [
+        ({}, "a", 40, None),
+        ({"a": 40}, "a", 1, "from this Prometheus already hold 40 bytes, its share of"),
+        ({"a": 40}, "b", 40, None),
+        ({"a": 40, "b": 40}, "c", 20, None),
+        ({"a": 40, "b": 40, "c": 20}, "d", 1, "already hold 100 bytes of the 100 bytes"),
+        ({"a": 40, "b": 40, "c": 20}, "c", 1, "already hold 100 bytes of the 100 bytes"),
+        ({"a": 30, "b": 40, "c": 20}, "a", 10, None),
+    ],
+    ids=["first", "past-its-share", "another-endpoint", "the-rest", "all-taken", "all-taken-within-share", "fits"],
+)
+def test_one_endpoint_holds_at_most_its_share_of_the_buffer_budget(
+    held: dict[str, int], endpoint: str, count: int, lacking: str | None
+) -> None:
+    budget = BufferBudget(100, share=40)
+    for name, amount in held.items():
+        budget.reserve(amount, QueryDeadline(5), name)
+    deadline = QueryDeadline(0.01)
+    if lacking is None:
+        budget.reserve(count, deadline, endpoint)
+        assert budget.held[endpoint] == held.get(endpoint, 0) + count
+    else:
+        with pytest.raises(NoBufferRoom, match=lacking):
+            budget.reserve(count, deadline, endpoint)
+        assert budget.held.get(endpoint, 0) == held.get(endpoint, 0)
+    for name, amount in held.items():
+        budget.release(amount, name)
+    assert (budget.used, budget.held) == (
+        (count if lacking is None else 0),
+        ({endpoint: count} if lacking is None else {}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "buffered", "total", "share"),
+    [
+        (AnswerLimits(), 16 * MIB, 16 * MIB, 4 * MIB),
+        (AnswerLimits(max_bytes=4 * MIB), 64 * MIB, 64 * MIB, 16 * MIB),
+        (AnswerLimits(max_bytes=4 * MIB), 8 * MIB, 8 * MIB, 4 * MIB),
+        (AnswerLimits(max_bytes=4 * MIB), 2 * MIB, 4 * MIB, 4 * MIB),
+    ],
+    ids=["defaults", "a-quarter", "at-least-one-answer", "never-below-one-answer"],
+)
+def test_an_endpoint_share_is_a_quarter_but_at_least_one_answer(
+    limits: AnswerLimits, buffered: int, total: int, share: int
+) -> None:
+    metrics = PrometheusMetrics(limits=limits, buffered_bytes=buffered)
+    try:
+        assert (metrics._memory.limit, metrics._memory.share) == (total, share)
+    finally:
+        metrics.close()
+
+
+async def test_an_endpoint_gains_a_slot_per_answer() -> None:
     slots = EndpointSlots(3)
     assert await slots.acquire(1) is None
     waiting = [asyncio.create_task(slots.acquire(1)) for _ in range(3)]
     await asyncio.sleep(0)
     assert not any(w.done() for w in waiting), "one query at a time until it has answered"
     slots.release(None)
+    await asyncio.sleep(0)
+    assert [w.done() for w in waiting] == [True, True, False], "two slots after one answer"
+    slots.release(None)
     assert await asyncio.gather(*waiting) == [None, None, None]
-    assert (slots.limit, slots.in_flight) == (3, 3)
+    assert (slots.limit, slots.in_flight) == (3, 2)
+    slots.release(None)
+    assert slots.limit == 3, "never past the configured number"
+
+
+TIMED_OUT = "Prometheus did not answer within 5s"
+
+
+@pytest.mark.parametrize(
+    ("limit", "events", "expected"),
+    [
+        (1, ["answer"] * 20, (16, None)),
+        (16, ["slow"], (8, None)),
+        (16, ["slow"] * 3, (2, None)),
+        (16, ["slow"] * 6, (1, None)),
+        (16, ["slow", "answer", "answer"], (10, None)),
+        (16, ["down"], (1, TIMED_OUT)),
+        (16, ["down", "answer"], (2, None)),
+        (8, ["unused"], (8, None)),
+        (4, ["down", "unused"], (1, TIMED_OUT)),
+    ],
+    ids=[
+        "answers-add-one-up-to-the-max",
+        "a-slow-query-halves",
+        "three-slow-queries",
+        "never-below-one",
+        "then-answers-add-one-each",
+        "nothing-answered-since-it-was-sent-fails",
+        "the-probe-answered",
+        "a-query-that-never-asked-changes-nothing",
+        "nor-while-failing",
+    ],
+)
+def test_slots_grow_by_one_per_answer_and_halve_per_timeout(
+    limit: int, events: list[str], expected: tuple[int, str | None]
+) -> None:
+    """ "slow": timed out while the endpoint answered another query since it was sent; "down": it answered
+    nothing since."""
+    slots = EndpointSlots(16)
+    slots.limit = limit
+    slots.answered_at = time.monotonic()
+    for event in events:
+        slots.in_flight += 1
+        if event == "answer":
+            slots.release(None)
+        elif event == "slow":
+            slots.release(TIMED_OUT, since=slots.answered_at - 1)
+        elif event == "down":
+            slots.release(TIMED_OUT, since=slots.answered_at + 1)
+        else:
+            slots.release(TIMED_OUT, used=False)
+    assert (slots.limit, slots.failure) == expected
+    assert slots.in_flight == 0
 
 
 async def test_one_slow_query_does_not_mark_an_answering_endpoint_failing() -> None:
-    """An expensive query times out while its Prometheus answers the others: it fails alone."""
+    """An expensive query times out while its Prometheus answers the others: it fails alone, and its Prometheus
+    keeps half its slots."""
     slots = EndpointSlots(3)
-    assert await slots.acquire(1) is None
-    slots.release(None)
+    for _ in range(3):
+        assert await slots.acquire(1) is None
+        slots.release(None)
     assert await slots.acquire(1) is None and await slots.acquire(1) is None
     slow_sent = time.monotonic()
     slots.release(None)  # another query, sent after the slow one, answered
     slots.release("Prometheus did not answer within 5s", since=slow_sent)
-    assert (slots.limit, slots.failure) == (3, None)
+    assert (slots.limit, slots.failure) == (1, None)
     assert await slots.acquire(1) is None, "other clusters' queries go on"
 
 
 async def test_a_timed_out_endpoint_gets_one_probe_and_the_rest_fail_at_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="operator_k8s.prometheus")
     slots = EndpointSlots(3, "http://p:9090")
-    assert await slots.acquire(1) is None
-    slots.release(None)
+    for _ in range(2):
+        assert await slots.acquire(1) is None
+        slots.release(None)
     for _ in range(3):
         assert await slots.acquire(1) is None
     queued = asyncio.create_task(slots.acquire(1))
@@ -253,10 +418,10 @@ async def test_a_timed_out_endpoint_gets_one_probe_and_the_rest_fail_at_once(cap
     assert await slots.acquire(1) is None, "with nothing in flight, the next query is the probe"
     assert (await slots.acquire(1) or "").startswith("Prometheus did not answer")
     slots.release(None)
-    assert (slots.limit, slots.failure) == (3, None)
+    assert (slots.limit, slots.failure) == (2, None), "one more slot per answer from there"
     assert [(r.getMessage(), r.__dict__["prometheus"]) for r in caplog.records] == [
         ("Prometheus stopped answering; one query at a time checks whether it is back", "http://p:9090"),
-        ("Prometheus answered again; its query slots reopened", "http://p:9090"),
+        ("Prometheus answered again; its query slots grow by one per answer", "http://p:9090"),
     ], "logged once per change, not per query"
 
 
@@ -280,7 +445,7 @@ def test_the_caps_are_settings() -> None:
         defaults.prometheus_max_buffered_bytes,
         defaults.prometheus_query_threads,
         defaults.prometheus_slots_per_endpoint,
-    ) == (4 * MIB, 10_000, 64 * MIB, 256, 16)
+    ) == (1 * MIB, 5_000, 16 * MIB, 256, 16)
     raised = load_settings({"OPERATOR_K8S_DATABASE_DSN": "x", "OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_SERIES": "50000"})
     assert raised.prometheus_max_answer_series == 50_000
     with pytest.raises(SettingsError, match="PROMETHEUS_MAX_ANSWER_BYTES"):
