@@ -48,6 +48,8 @@ SERVER_STATE_REFUSALS = {
     "53300": "Postgres has no connection to spare (too many connections)",
     "53100": "Postgres is out of disk space",
     "53200": "Postgres is out of memory",
+    "42883": "Postgres lacks the operator's schema (a new or restored database): the next connection migrates it",
+    "42P01": "Postgres lacks the operator's schema (a new or restored database): the next connection migrates it",
 }
 """Refusals that say Postgres itself cannot take writes now: the breaker opens and the pool is rebuilt, so a DSN
 naming several hosts (``target_session_attrs=read-write``) finds the new primary on the next connection."""

@@ -23,7 +23,8 @@ from operator_k8s.adapters.ticket_store import DROPPABLE_SQLSTATE_CLASSES, migra
         (asyncpg.DeadlockDetectedError, "deadlock", False),
         (asyncpg.LockNotAvailableError, "lock the sync needs", False),
         (asyncpg.QueryCanceledError, "cancelled the statement", False),
-        (asyncpg.UndefinedFunctionError, "refused the sync", False),
+        (asyncpg.UndefinedFunctionError, "lacks the operator's schema", True),
+        (asyncpg.InsufficientPrivilegeError, "refused the sync", False),
     ],
 )
 def test_every_refusal_keeps_the_writes_and_says_why(
