@@ -193,31 +193,28 @@ def _track(sock: socket.socket | None) -> None:
         deadline.attach(sock)
 
 
-class _TrackedHTTPConnection(HTTPConnection):
-    """Records its socket in the query's deadline: on a new connection as soon as TCP connects (so a TLS handshake
-    is covered too), and on a reused one when a request starts."""
+class _Tracking:
+    """Records a connection's socket in the query's deadline: on a new connection as soon as TCP connects (so a TLS
+    handshake is covered too), and on a reused one when a request starts. Mixed into urllib3's connection classes."""
+
+    sock: Any
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
         _track(sock)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _track(self.sock)
-        super().request(*args, **kwargs)
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _TrackedHTTPSConnection(HTTPSConnection):
-    """As ``_TrackedHTTPConnection``, for https."""
+class _TrackedHTTPConnection(_Tracking, HTTPConnection):
+    """urllib3's HTTP connection, tracked."""
 
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _track(sock)
-        return sock
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _track(self.sock)
-        super().request(*args, **kwargs)
+class _TrackedHTTPSConnection(_Tracking, HTTPSConnection):
+    """urllib3's HTTPS connection, tracked."""
 
 
 def _untrack() -> None:
