@@ -51,8 +51,9 @@ def run_operator(stack: Stack, **overrides: str) -> Iterator[InProcessOperator]:
     }
     settings = load_settings(env)
     operator = Operator(settings, str(stack.kubeconfig))
+    scope = [arg for name in settings.namespaces for arg in ("--namespace", name)] or ["--all-namespaces"]
     runner = KopfRunner(
-        ["run", "--standalone", "--all-namespaces", "--verbose"],
+        ["run", "--standalone", *scope, "--verbose"],
         registry=operator.registry(),
         settings=kopf.OperatorSettings(),
         timeout=60,

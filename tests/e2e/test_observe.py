@@ -60,16 +60,21 @@ def shown(stack: Stack, namespace: str) -> dict[str, dict[str, Any]]:
     return {t["metadata"]["name"]: t for t in get_json(stack, "tickets", "-n", namespace)["items"]}
 
 
-class TicketWatch:
-    """Every change the API server makes to a namespace's Tickets, as its watch reports them, from a listed
-    version on: what a write changed is read off the change itself, so a lastSeen refresh landing at any moment is
-    told apart from a state change, and a write that changed nothing shows as a write without an event."""
+def _key(ticket: dict[str, Any]) -> tuple[str, str]:
+    return ticket["metadata"]["namespace"], ticket["metadata"]["name"]
 
-    def __init__(self, stack: Stack, namespace: str) -> None:
-        path = f"/apis/operator-k8s.io/v1alpha1/namespaces/{namespace}/tickets"
+
+class TicketWatch:
+    """Every change the API server makes to Tickets, in every namespace (the API server counts writes for all of
+    them: other tests' clusters may still be checked), as its watch reports them from a listed version on: what a
+    write changed is read off the change itself, so a lastSeen refresh landing at any moment is told apart from a
+    state change, and a write that changed nothing shows as a write without an event."""
+
+    def __init__(self, stack: Stack) -> None:
+        path = "/apis/operator-k8s.io/v1alpha1/tickets"
         # The API's own list, not kubectl's (a client-side List has no resourceVersion to watch from).
         listed = json.loads(stack.kubectl("get", "--raw", path).stdout)
-        self.state = {t["metadata"]["name"]: t for t in listed["items"]}
+        self.state = {_key(t): t for t in listed["items"]}
         self.changes: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (event type, before, after)
         self._lock = threading.Lock()
         path += f"?watch=1&resourceVersion={listed['metadata']['resourceVersion']}"
@@ -84,13 +89,14 @@ class TicketWatch:
             event = json.loads(line)
             ticket = event["object"]
             with self._lock:
-                before = self.state.get(ticket["metadata"]["name"], {})
+                before = self.state.get(_key(ticket), {})
                 self.changes.append((event["type"], before, ticket))
-                self.state[ticket["metadata"]["name"]] = ticket
+                self.state[_key(ticket)] = ticket
 
-    def since(self, mark: int) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    def since(self, mark: int, namespace: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """The changes from ``mark`` on to ``namespace``'s Tickets."""
         with self._lock:
-            return self.changes[mark:]
+            return [c for c in self.changes[mark:] if c[2]["metadata"]["namespace"] == namespace]
 
     def count(self) -> int:
         with self._lock:
@@ -142,18 +148,19 @@ def test_a_restart_with_500_open_tickets_writes_none_and_a_state_change_costs_on
     spec = {"interval": "2s", "stores": {"selector": {"matchLabels": {"app": "big"}}},
             "invariants": ONLY_STORES_READY}  # fmt: skip
     cluster = monitored_cluster("big", namespace, stack, **spec)
-    with run_operator(stack) as operator:
+    own = {"OPERATOR_K8S_NAMESPACES": namespace}  # other tests' clusters are not this count's business
+    with run_operator(stack, **own) as operator:
         apply(stack, cluster)
         eventually(lambda: sum(1 for t in shown(stack, namespace).values() if t["status"]["state"] == "open") == STORES,
                    timeout=180, what=f"{STORES} open Tickets")  # fmt: skip
         operator.checked_after(namespace, "big", 3)
-    watch = TicketWatch(stack, namespace)
+    watch = TicketWatch(stack)
     try:
         before = settled_writes(stack)  # the stopped operator's last requests answered, whatever they were
-        with run_operator(stack) as restarted:
+        with run_operator(stack, **own) as restarted:
             restarted.checked_after(namespace, "big", 6)
             writes_seen_as_changes(stack, watch, before, 0, "every Ticket write of the restart seen as a change")
-            restart = watch.since(0)
+            restart = watch.since(0, namespace)
             # The only change a restart may meet is the clock: a lastSeen a minute old is refreshed, restart or not.
             assert {kind for kind, _, _ in restart} <= {"MODIFIED"}, "a restart creates and deletes no Ticket"
             assert all(changed_status(old, new) <= {"lastSeen", "message"} for _, old, new in restart), restart
@@ -166,12 +173,14 @@ def test_a_restart_with_500_open_tickets_writes_none_and_a_state_change_costs_on
                        timeout=60, what="the healed store's ticket resolved")  # fmt: skip
             restarted.checked_after(namespace, "big", 4)
             writes_seen_as_changes(stack, watch, before, mark, "every Ticket write after the heal seen as a change")
-        state_changes = [(old, new) for _, old, new in watch.since(mark) if "state" in changed_status(old, new)]
+        state_changes = [
+            (old, new) for _, old, new in watch.since(mark, namespace) if "state" in changed_status(old, new)
+        ]
         assert len(state_changes) == 1, f"resolving one ticket is one write: {state_changes}"
         [(old, new)] = state_changes
         assert new["status"]["store"] == "big-7" and new["status"]["state"] == "resolved"
         assert new["metadata"]["labels"]["state"] == "resolved", "its label and status in the same write"
-        others = [changed_status(o, n) for _, o, n in watch.since(mark) if (o, n) != (old, new)]
+        others = [changed_status(o, n) for _, o, n in watch.since(mark, namespace) if (o, n) != (old, new)]
         assert all(changed <= {"lastSeen", "message"} for changed in others), others
     finally:
         watch.close()
