@@ -149,12 +149,6 @@ async def create_database(stack: Stack, name: str, *, pooled: bool = False) -> s
     return stack.pooled_dsn(name) if pooled else stack.postgres_dsn.rsplit("/", 1)[0] + "/" + name
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    """A test's own connection, with no prepared-statement cache: the DSN may lead through PgBouncer in transaction
-    pooling, where a named statement may be missing from the next transaction's server session."""
-    return await asyncpg.connect(dsn, statement_cache_size=0)
-
-
 def tickets_in_db(stack: Stack, namespace: str, invariant: str | None = None) -> list[dict[str, Any]]:
     rows = pg_rows(stack, "SELECT * FROM tickets WHERE namespace = $1 ORDER BY id", namespace)
     return [r for r in rows if invariant is None or r["invariant"] == invariant]

@@ -13,9 +13,8 @@ import pytest
 from devstack.host.pki import Pki, make_pki
 from devstack.host.processes import Process, stop_all
 from devstack.world.postgres import Postgres
-from operator_k8s.adapters.ticket_store import PostgresTicketStore
+from operator_k8s.adapters.ticket_store import PostgresTicketStore, connect
 from operator_k8s.ports import TicketStoreUnavailable
-from tests.stackutil import connect
 from tests.unit.builders import at
 
 pytestmark = pytest.mark.stack

@@ -13,12 +13,12 @@ import asyncpg
 import pytest
 
 from devstack.world.stack import Stack
-from operator_k8s.adapters.ticket_store import PROBE_SECONDS, PostgresTicketStore, migrate, migrations
+from operator_k8s.adapters.ticket_store import PROBE_SECONDS, PostgresTicketStore, connect, migrate, migrations
 from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketKey, TicketState
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
-from tests.stackutil import connect, create_database, eventually_async
+from tests.stackutil import create_database, eventually_async
 from tests.unit.builders import at, shown, ticket
 from tests.unit.cycles import PODS, REF, SPEC
 from tests.unit.fakes import FakeMetrics, FakeMirror
