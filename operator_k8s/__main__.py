@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -19,15 +20,19 @@ from typing import Any
 import kopf
 
 from operator_k8s import cli, handlers
+from operator_k8s.adapters.delivery_queue import PostgresDeliveryQueue
 from operator_k8s.adapters.kube import KubeTicketMirror, api_client, cluster_uids, peering_object_exists
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.adapters.prometheus_http import AnswerLimits
+from operator_k8s.adapters.receivers_http import ReceiversHttp
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
+from operator_k8s.domain.receivers import NotificationsConfig
 from operator_k8s.domain.tickets import Ticket
+from operator_k8s.notifier import Notifier
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor, ServiceSettings
-from operator_k8s.settings import Settings, SettingsError, load_settings
+from operator_k8s.settings import Settings, SettingsError, load_notifications, load_settings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 PEERING_LOGGER = "kopf._core.engines.peering"
@@ -97,9 +102,22 @@ def dsn_source(settings: Settings) -> str | Callable[[], str]:
 class Operator:
     """The running operator's parts, built lazily inside kopf's event loop."""
 
-    def __init__(self, settings: Settings, kubeconfig: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, kubeconfig: str | None = None, notifications: NotificationsConfig | None = None
+    ) -> None:
         self.settings = settings
         self.telemetry = Telemetry(self._all_tickets)
+        self.notifier = Notifier(
+            notifications or NotificationsConfig(),
+            PostgresDeliveryQueue(_as_callable(dsn_source(settings))),
+            ReceiversHttp(),
+            owner=f"{socket.gethostname()}-{os.getpid()}",
+            record=self._record_delivery,
+            record_post=lambda receiver, ok: self.telemetry.alertmanager_posts.labels(
+                receiver, "ok" if ok else "error"
+            ).inc(),
+            record_pending=self._record_pending,
+        )
         self.store = PostgresTicketStore(
             dsn_source(settings),
             pool_size=settings.db_pool_size,
@@ -136,7 +154,7 @@ class Operator:
                 reopen_window=timedelta(seconds=self.settings.reopen_window_seconds),
                 ticket_retention=timedelta(seconds=self.settings.ticket_retention_seconds),
                 postgres_timeout=self.settings.postgres_timeout_seconds,
-                after_commit=_crash_with_probability(self.settings.crash_after_commit),
+                after_commit=_then(_crash_with_probability(self.settings.crash_after_commit), self.notifier.wake),
             ),
         )
         self.monitor = monitor
@@ -175,6 +193,7 @@ class Operator:
                     "Could not use Postgres at start-up; will retry each cycle", extra={"error": str(error)}
                 )
             sweeper.append(asyncio.create_task(self._sweep_orphans(monitor)))
+            self.notifier.start()
 
         @kopf.on.login(registry=registry)
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -185,6 +204,7 @@ class Operator:
         async def cleanup(**_: Any) -> None:
             for task in sweeper:
                 task.cancel()
+            await self.notifier.stop()
             self.metrics.close()
 
         return registry
@@ -234,10 +254,31 @@ class Operator:
             except Exception as error:  # the sweep must outlive any outage; it runs again next period
                 log.warning("Could not sweep orphaned Tickets", extra={"error": f"{type(error).__name__}: {error}"})
 
+    def _record_delivery(self, receiver: str, result: str, delay: float | None) -> None:
+        self.telemetry.deliveries.labels(receiver, result).inc()
+        if delay is not None:
+            self.telemetry.delivery_seconds.labels(receiver).observe(delay)
+
+    def _record_pending(self, counts: dict[str, int]) -> None:
+        for receiver in self.notifier.config.receivers:
+            self.telemetry.pending_deliveries.labels(receiver.name).set(counts.get(receiver.name, 0))
+
     async def _api(self) -> Any:
         if self._api_client is None:
             self._api_client = await api_client(self.kubeconfig)
         return self._api_client
+
+
+def _as_callable(dsn: str | Callable[[], str]) -> Callable[[], str]:
+    return dsn if callable(dsn) else (lambda: dsn)
+
+
+def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        second()
+
+    return both
 
 
 def _crash_with_probability(chance: float) -> Callable[[], None]:
@@ -321,13 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        notifications = load_notifications(settings.notifications_file)
     except SettingsError as error:
         print(f"operator-k8s: {error}", file=sys.stderr)
         return 2
     configure_logging(settings)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    operator = Operator(settings, args.kubeconfig)
+    operator = Operator(settings, args.kubeconfig, notifications)
     kopf.run(
         registry=operator.registry(),
         standalone=not settings.peering,

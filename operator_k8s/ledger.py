@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from operator_k8s.domain.ledger import ClusterRef, CycleStats, SyncResult, apply_locally
+from operator_k8s.domain.notices import with_notices
 from operator_k8s.domain.outbox import Outbox
 from operator_k8s.domain.tickets import Ticket, Transition
 from operator_k8s.ports import TicketStore, TicketStoreUnavailable
@@ -114,7 +115,7 @@ class Ledger:
             stats.errors.append("postgres_unavailable")
             return Decision(applied, [], str(error))
         for _ in range(DECISION_ATTEMPTS):
-            transitions = plan(tickets)
+            transitions = [with_notices(t, now) for t in plan(tickets)]
             memory.outbox = memory.outbox.add(transitions, now)
             writes = memory.outbox.writes
             tickets = memory.tickets = apply_locally(tickets, transitions)

@@ -3,14 +3,16 @@ fakes (held to the real ones by the contract suite). The values they carry live 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from operator_k8s.domain.ledger import ClusterRef, SyncResult, TicketEvent
+from operator_k8s.domain.notices import ClaimedDelivery, PlannedDelivery, QueuedNotice, SendOutcome, Settled
 from operator_k8s.domain.observations import QueryResult
 from operator_k8s.domain.outbox import TicketWrite
 from operator_k8s.domain.specs import PrometheusAuthSpec
+from operator_k8s.domain.tickets import Ticket
 
 
 class TicketStoreUnavailable(Exception):
@@ -78,3 +80,39 @@ class TicketMirror(Protocol):
 
     async def read_status(self, ref: ClusterRef) -> tuple[dict[str, Any], str] | None:
         """The MonitoredCluster's current status and resourceVersion (None if it is gone)."""
+
+
+class DeliveryQueue(Protocol):
+    """The Postgres delivery queue (``adapters.delivery_queue``): notices routed, deliveries claimed with a lease."""
+
+    async def route(self, plan: Callable[[QueuedNotice], list[PlannedDelivery]], *, limit: int = 200) -> int: ...
+
+    async def claim(self, receiver: str, owner: str, lease: timedelta, *, limit: int) -> list[ClaimedDelivery]: ...
+
+    async def settle(self, delivery_id: int, owner: str, settled: Settled) -> bool: ...
+
+    async def disabled(self) -> dict[str, str]: ...
+
+    async def disable(self, receiver: str, digest: str, reason: str) -> int: ...
+
+    async def open_tickets(self) -> list[Ticket]: ...
+
+    async def recent_endings(self, receiver: str, since: datetime) -> list[QueuedNotice]: ...
+
+    async def prune(self, older_than: timedelta) -> int: ...
+
+    async def pending(self) -> dict[str, int]: ...
+
+    async def reset(self) -> None: ...
+
+
+class ReceiverClient(Protocol):
+    """HTTP to the receivers; every failure comes back as a SendOutcome, never as an exception."""
+
+    async def webhook(
+        self, url: str, key_files: Sequence[str], message_id: str, payload: dict[str, Any], timeout: float
+    ) -> SendOutcome: ...
+
+    async def alerts(
+        self, url: str, alerts: Sequence[dict[str, Any]], timeout: float, token_file: str = ""
+    ) -> SendOutcome: ...

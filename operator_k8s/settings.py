@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -22,6 +23,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from operator_k8s.domain.receivers import NotificationsConfig
 
 PREFIX = "OPERATOR_K8S_"
 DSN_VARIABLE = f"{PREFIX}DATABASE_DSN"
@@ -70,6 +73,11 @@ class Settings(BaseSettings):
         le=600,
         description="How long a replica waits at start for the peering object (kopf's health endpoint starts after: "
         "keep it inside the liveness probe's budget)",
+    )
+    notifications_file: str = Field(
+        default="",
+        description="Where notifications go (receivers, routes; the chart's notifications value, mounted): empty sends"
+        " none",
     )
     prometheus_credentials_dir: str = Field(
         default="/etc/operator-k8s/prometheus",
@@ -174,3 +182,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as error:
         problems = "; ".join(f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors())
         raise SettingsError(problems) from None
+
+
+def load_notifications(path: str) -> NotificationsConfig:
+    """The notifications file (``OPERATOR_K8S_NOTIFICATIONS_FILE``), or a SettingsError naming the file and each
+    field that is wrong; no file configured sends nothing."""
+    if not path:
+        return NotificationsConfig()
+    variable = f"{PREFIX}NOTIFICATIONS_FILE={path}"
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as error:
+        raise SettingsError(f"{variable} cannot be read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise SettingsError(f"{variable} is not YAML: {error}") from None
+    try:
+        return NotificationsConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
+        )
+        raise SettingsError(f"{variable}: {problems}") from None

@@ -77,6 +77,20 @@ class Telemetry:
         self.conflicts = Counter(f"{PREFIX}_ticket_write_conflicts_total",
                                  "Ticket writes that lost a compare-and-set race and were re-decided",
                                  registry=self.registry)  # fmt: skip
+        self.deliveries = Counter(f"{PREFIX}_notification_deliveries_total",
+                                  "Notification delivery attempts by receiver and result"
+                                  " (delivered, retry, dead, suppressed)",
+                                  ["receiver", "result"], registry=self.registry)  # fmt: skip
+        self.delivery_seconds = Histogram(f"{PREFIX}_notification_delay_seconds",
+                                          "From a ticket's transition to its receiver's acceptance", ["receiver"],
+                                          buckets=(0.5, 1, 2, 5, 10, 15, 30, 60, 300, 1800, 7200),
+                                          registry=self.registry)  # fmt: skip
+        self.pending_deliveries = Gauge(f"{PREFIX}_notification_queue_pending",
+                                        "Deliveries waiting in the Postgres queue, by receiver", ["receiver"],
+                                        registry=self.registry)  # fmt: skip
+        self.alertmanager_posts = Counter(f"{PREFIX}_alertmanager_posts_total",
+                                          "POSTs of alerts to Alertmanager by receiver and outcome (ok, error)",
+                                          ["receiver", "outcome"], registry=self.registry)  # fmt: skip
         self.registry.register(_OpenTickets(tickets))
         # Known label values are exported at zero from the start, so rates and alerts work before the first event.
         for outcome in ("ok", "degraded", "error"):

@@ -202,6 +202,7 @@ def _write_json(write: TicketWrite) -> dict[str, Any]:
                     "to_state": effect.to_state.value if effect.to_state else None,
                     "actor": effect.actor,
                     "reason": effect.reason,
+                    "notice": effect.notice.to_json() if effect.notice is not None else None,
                 }
                 for at, effect in write.history
             ],

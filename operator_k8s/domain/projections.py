@@ -28,8 +28,13 @@ def _dns_part(text: str) -> str:
 def ticket_name(ticket: Ticket) -> str:
     """``<cluster>-<invariant>-<store>-<id>``: deterministic, so a crash or restart never makes a second one."""
     assert ticket.id is not None, "only stored tickets have names"
-    base = "-".join(_dns_part(p) for p in (ticket.cluster_name, ticket.key.invariant, ticket.key.store))
-    suffix = f"-{ticket.id}"
+    return resource_name(ticket.cluster_name, ticket.key.invariant, ticket.key.store, ticket.id)
+
+
+def resource_name(cluster: str, invariant: str, store: str, ticket_id: int) -> str:
+    """The Ticket resource's name of a stored ticket (see ``ticket_name``)."""
+    base = "-".join(_dns_part(p) for p in (cluster, invariant, store))
+    suffix = f"-{ticket_id}"
     if len(base) + len(suffix) > MAX_NAME:
         digest = hashlib.sha256(base.encode()).hexdigest()[:8]
         base = base[: MAX_NAME - len(suffix) - 9].rstrip("-") + "-" + digest

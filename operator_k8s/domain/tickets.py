@@ -20,10 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from operator_k8s.domain.invariants import Finding, Verdict
 from operator_k8s.domain.vocabulary import Reason, Severity
+
+if TYPE_CHECKING:
+    from operator_k8s.domain.notices import Notice
 
 
 class TicketState(StrEnum):
@@ -94,6 +97,8 @@ class EffectKind(StrEnum):
     HELD = "Held"
     RELEASED = "Released"
     NOTED = "Noted"
+    FLAPPING_STARTED = "FlappingStarted"
+    FLAPPING_STOPPED = "FlappingStopped"
     TRUNCATED = "HistoryTruncated"
 
 
@@ -114,6 +119,9 @@ class Effect:
     to_state: TicketState | None
     reason: str
     actor: str = "operator"
+    notice: Notice | None = field(default=None, compare=False)
+    """What the people on call are told of it (``domain.notices``), stored in the same transaction; derived from the
+    transition itself, so it takes no part in comparing effects."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,325 @@
+"""The dispatcher: routes the notices the check cycles queued in Postgres, and delivers them, each receiver in a
+loop of its own, so a dead or slow receiver slows neither a check cycle nor another receiver.
+
+Webhooks are edge-triggered: one signed POST per (ticket, transition), retried under the same ``webhook-id``.
+Alertmanager is level-triggered, as its client contract wants: every ``resend`` interval (and at once when a
+transition is due) one POST per Alertmanager carries every open ticket's alert, the resolutions and severity
+changes of the last five minutes, and the watchdog. A transition's delivery to Alertmanager counts as made when a
+POST that carried it was accepted. All of it is read from Postgres, so a restart, a crash or another replica loses
+nothing: at worst an alert is sent once more, which Alertmanager deduplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from operator_k8s.domain.notices import (
+    RESOLVED_RESEND,
+    AlertLinks,
+    ClaimedDelivery,
+    Notice,
+    PlannedDelivery,
+    QueuedNotice,
+    RetryPolicy,
+    SendOutcome,
+    Settled,
+    firing_alert,
+    notice_of_ticket,
+    plan_deliveries,
+    resolved_alerts,
+    settle,
+    watchdog_alert,
+    webhook_payload,
+    worth_sending,
+)
+from operator_k8s.domain.projections import resource_name
+from operator_k8s.domain.receivers import NotificationsConfig, Receiver, receivers_for
+from operator_k8s.ports import DeliveryQueue, ReceiverClient
+
+log = logging.getLogger("operator_k8s.notifier")
+
+Covering = Callable[[Notice, datetime], tuple[str, datetime] | None]
+"""Which maintenance window covers a notice's ticket at a time, and until when (None: none)."""
+
+POLL_SECONDS = 1.0
+"""How often the queue is read when nothing woke the dispatcher (a cycle that queued a notice wakes it at once)."""
+LEASE_MARGIN = timedelta(seconds=15)
+"""A claim's lease beyond the send's own deadline: a lease never runs out while its send may still be going."""
+ENDS_AFTER_RESENDS = 4
+"""An alert's ``endsAt`` is this many resend intervals ahead (Prometheus uses four times its resend delay)."""
+PRUNE_SECONDS = 600.0
+
+
+def _name(queued: QueuedNotice) -> str:
+    notice = queued.notice
+    return resource_name(notice.cluster, notice.invariant, notice.store, queued.ticket_id)
+
+
+class Notifier:
+    def __init__(
+        self,
+        config: NotificationsConfig,
+        queue: DeliveryQueue,
+        client: ReceiverClient,
+        *,
+        owner: str,
+        covering: Covering | None = None,
+        policy: RetryPolicy | None = None,
+        record: Callable[[str, str, float | None], None] | None = None,
+        record_post: Callable[[str, bool], None] | None = None,
+        record_pending: Callable[[dict[str, int]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.client = client
+        self.owner = owner
+        self.covering = covering or (lambda notice, at: None)
+        self.policy = policy or RetryPolicy()
+        self.links = AlertLinks(config.prometheus_url, config.runbook_url)
+        self._record = record or (lambda receiver, result, delay: None)
+        self._record_post = record_post or (lambda receiver, ok: None)
+        self._record_pending = record_pending or (lambda counts: None)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        """A cycle committed notices: route and deliver them now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._tasks:
+            return
+        loops = [self._forever("route", self.route_once), self._forever("prune", self._prune, PRUNE_SECONDS)]
+        for receiver in self.config.receivers:
+            if receiver.alertmanager is not None:
+                loops.append(self._alertmanager_loop(receiver))
+            else:
+                loops.append(self._forever(receiver.name, functools.partial(self.deliver_webhooks, receiver)))
+        self._tasks = [asyncio.create_task(loop) for loop in loops]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _forever(self, what: str, step: Callable[[], Any], every: float = POLL_SECONDS) -> None:
+        """Run ``step`` again and again; a step that fails (Postgres away) is logged and retried, never fatal."""
+        while True:
+            busy = False
+            try:
+                busy = bool(await step())
+            except Exception as error:
+                log.warning(
+                    "Notification step failed; retrying",
+                    extra={"step": what, "error": f"{type(error).__name__}: {error}"},
+                )
+                await self.queue.reset()
+            if not busy:
+                await self._sleep(every)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+        else:
+            await asyncio.sleep(0.05)  # let the router run first, so deliveries woken with it find their rows
+            self._wake.clear()
+
+    # -- routing ----------------------------------------------------------------------------------------------------
+
+    async def route_once(self) -> int:
+        now = datetime.now(UTC)
+        disabled_now = await self.queue.disabled()
+        disabled = frozenset(r.name for r in self.config.receivers if disabled_now.get(r.name) == r.endpoint_digest)
+
+        def plan(queued: QueuedNotice) -> list[PlannedDelivery]:
+            notice = queued.notice
+            names = receivers_for(
+                self.config.routes, namespace=notice.namespace, cluster=notice.cluster,
+                invariant=notice.invariant, severity=notice.severity,
+            )  # fmt: skip
+            return plan_deliveries(names, covered=self.covering(notice, notice.at), disabled=disabled, now=now)
+
+        routed = await self.queue.route(plan)
+        if routed:
+            self._wake.set()
+        return routed
+
+    async def _prune(self) -> bool:
+        removed = await self.queue.prune(timedelta(hours=self.config.retention_hours))
+        if removed:
+            log.info("Pruned finished notification deliveries", extra={"deliveries": removed})
+        self._record_pending(await self.queue.pending())
+        return False
+
+    # -- webhooks ---------------------------------------------------------------------------------------------------
+
+    async def deliver_webhooks(self, receiver: Receiver) -> int:
+        target = receiver.webhook
+        assert target is not None
+        lease = timedelta(seconds=target.timeout_seconds) + LEASE_MARGIN
+        claimed = await self.queue.claim(receiver.name, self.owner, lease, limit=target.concurrency * 4)
+        limit = asyncio.Semaphore(target.concurrency)
+
+        async def one(item: ClaimedDelivery) -> None:
+            async with limit:
+                await self._deliver_webhook(receiver, item)
+
+        await asyncio.gather(*(one(item) for item in claimed))
+        return len(claimed)
+
+    async def _deliver_webhook(self, receiver: Receiver, item: ClaimedDelivery) -> None:
+        target = receiver.webhook
+        assert target is not None
+        if await self._suppressed(item):
+            return
+        payload = webhook_payload(
+            item.queued.notice, ticket_id=item.queued.ticket_id, ticket_name=_name(item.queued),
+            sequence=item.queued.id, idempotency_key=item.queued.idempotency_key, links=self.links,
+        )  # fmt: skip
+        outcome = await self.client.webhook(
+            target.url, target.key_files, item.queued.idempotency_key, payload, target.timeout_seconds
+        )
+        await self._settle(receiver, item, outcome)
+
+    async def _suppressed(self, item: ClaimedDelivery) -> bool:
+        """A delivery deferred by a maintenance window that no longer says anything is suppressed, with why."""
+        reason = worth_sending(
+            item.queued.notice.kind, deferred=item.deferred_by is not None, ticket_active=item.ticket_active,
+            told_firing=item.told_firing,
+        )  # fmt: skip
+        if reason is None:
+            return False
+        await self.queue.settle(item.id, self.owner, Settled("suppressed", f"{reason} ({item.deferred_by})"))
+        self._record(item.receiver, "suppressed", None)
+        return True
+
+    async def _settle(self, receiver: Receiver, item: ClaimedDelivery, outcome: SendOutcome) -> None:
+        now = datetime.now(UTC)
+        settled = settle(item, outcome, self.policy, now)
+        if not await self.queue.settle(item.id, self.owner, settled):
+            log.warning(
+                "Lost the lease of a notification delivery before settling it; it is sent again",
+                extra={"receiver": receiver.name, "delivery": item.id},
+            )
+            return
+        result = {"pending": "retry"}.get(settled.state, settled.state)
+        delay = (now - item.queued.notice.at).total_seconds() if settled.state == "delivered" else None
+        self._record(receiver.name, result, delay)
+        if settled.state != "delivered":
+            log.info(
+                "Notification not delivered",
+                extra={"receiver": receiver.name, "notification": item.queued.idempotency_key,
+                       "state": settled.state, "result": settled.result},
+            )  # fmt: skip
+        if outcome.gone:
+            ended = await self.queue.disable(receiver.name, receiver.endpoint_digest, outcome.detail)
+            log.warning(
+                "Disabled a notification receiver: it answered 410 Gone",
+                extra={"receiver": receiver.name, "dropped_pending": ended},
+            )
+
+    # -- Alertmanager -----------------------------------------------------------------------------------------------
+
+    async def _alertmanager_loop(self, receiver: Receiver) -> None:
+        target = receiver.alertmanager
+        assert target is not None
+        last_sent = 0.0
+
+        async def step() -> bool:
+            nonlocal last_sent
+            resend_due = time.monotonic() - last_sent >= target.resend_seconds
+            claimed = await self.queue.claim(
+                receiver.name, self.owner, timedelta(seconds=target.timeout_seconds) + LEASE_MARGIN, limit=500
+            )
+            if not claimed and not resend_due:
+                return False
+            if await self.send_alerts(receiver, claimed):
+                last_sent = time.monotonic()
+            return False
+
+        await self._forever(receiver.name, step)
+
+    async def alerts_for(
+        self, receiver: Receiver, claimed: Sequence[ClaimedDelivery], now: datetime
+    ) -> tuple[list[dict[str, Any]], dict[int, int]]:
+        """The POST for one Alertmanager: every open ticket routed to it and not in a maintenance window, the
+        endings of the last five minutes (and of the claimed deliveries, a window's deferred ones included), and the
+        watchdog. Returns the alerts and, per claimed delivery id, the index of its alert."""
+        target = receiver.alertmanager
+        assert target is not None
+        ends_in = timedelta(seconds=target.resend_seconds * ENDS_AFTER_RESENDS)
+        alerts: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+
+        def add(alert: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+            key = tuple(sorted(alert["labels"].items()))
+            alerts.setdefault(key, alert)
+            return key
+
+        for ending in await self.queue.recent_endings(receiver.name, now - RESOLVED_RESEND):
+            for alert in resolved_alerts(ending.notice, ending.ticket_id, _name(ending), self.links):
+                add(alert)
+        index: dict[int, tuple[tuple[str, str], ...]] = {}
+        for item in claimed:
+            for alert in resolved_alerts(item.queued.notice, item.queued.ticket_id, _name(item.queued), self.links):
+                index[item.id] = add(alert)
+        for ticket in await self.queue.open_tickets():
+            assert ticket.id is not None
+            notice = notice_of_ticket(ticket)
+            names = receivers_for(
+                self.config.routes, namespace=notice.namespace, cluster=notice.cluster,
+                invariant=notice.invariant, severity=notice.severity,
+            )  # fmt: skip
+            if receiver.name not in names or self.covering(notice, now) is not None:
+                continue
+            queued = QueuedNotice(0, ticket.id, "", notice)
+            key = add(firing_alert(notice, ticket.id, _name(queued), now, ends_in, self.links))
+            for item in claimed:
+                if item.queued.ticket_id == ticket.id and item.id not in index:
+                    index[item.id] = key
+        if receiver.name in self.config.watchdog:
+            add(watchdog_alert(self.owner, now, ends_in))
+        keys = list(alerts)
+        return [alerts[k] for k in keys], {delivery: keys.index(key) for delivery, key in index.items()}
+
+    async def send_alerts(self, receiver: Receiver, claimed: Sequence[ClaimedDelivery]) -> bool:
+        """One POST per Alertmanager of the receiver; True if one accepted it. A 400 names invalid alerts, and
+        Alertmanager keeps the valid ones of the POST: each claimed delivery's alert is then sent alone, so only the
+        deliveries whose alert it refuses are dead."""
+        target = receiver.alertmanager
+        assert target is not None
+        now = datetime.now(UTC)
+        live = [item for item in claimed if not await self._suppressed(item)]
+        alerts, index = await self.alerts_for(receiver, live, now)
+        outcomes = [
+            await self.client.alerts(url, alerts, target.timeout_seconds, target.bearer_token_file)
+            for url in target.urls
+        ]
+        accepted = next((o for o in outcomes if o.ok), None)
+        self._record_post(receiver.name, accepted is not None)
+        for item in live:
+            if accepted is not None:
+                outcome = accepted
+            elif item.id in index and any(o.permanent for o in outcomes):
+                alone = [alerts[index[item.id]]]
+                outcome = await self.client.alerts(target.urls[0], alone, target.timeout_seconds,
+                                                   target.bearer_token_file)  # fmt: skip
+            elif item.id not in index:
+                outcome = SendOutcome(True, "nothing to send: the ticket is neither open nor recently ended")
+            else:
+                outcome = outcomes[0]
+            await self._settle(receiver, item, outcome)
+        if accepted is None:
+            log.warning(
+                "Alertmanager did not accept the alerts",
+                extra={"receiver": receiver.name, "alerts": len(alerts), "error": outcomes[0].detail},
+            )
+        return accepted is not None
