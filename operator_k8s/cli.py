@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from operator_k8s.adapters.ticket_store import TicketFilter, TicketHistory, TicketHistoryEntry
+from operator_k8s.adapters.ticket_store import TicketFilter, TicketHistory, TicketRecord
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.tickets import Ticket
 from operator_k8s.ports import TicketStoreUnavailable
@@ -79,7 +79,8 @@ def render_list(tickets: Sequence[Ticket]) -> str:
     return table(headers, rows)
 
 
-def render_show(ticket: Ticket, events: Sequence[TicketHistoryEntry]) -> str:
+def render_show(record: TicketRecord) -> str:
+    ticket, events = record.ticket, record.events
     fields = [
         ("Ticket", str(ticket.id)), ("Cluster", f"{ticket.namespace}/{ticket.cluster_name}"),
         ("Invariant", ticket.key.invariant), ("Store", ticket.key.store), ("State", ticket.state.value),
@@ -92,6 +93,11 @@ def render_show(ticket: Ticket, events: Sequence[TicketHistoryEntry]) -> str:
     out += ["", "History:"]
     rows = [[_time(e.at), e.kind, f"{e.from_state or '-'} -> {e.to_state or '-'}", e.actor, e.reason] for e in events]
     out += ["  " + line for line in table(["AT", "EVENT", "STATE", "ACTOR", "REASON"], rows).splitlines()]
+    out += ["", "Notifications:"]
+    told = [[_time(d.created_at), d.receiver, d.kind, d.state, str(d.attempts), _time(d.finished_at), d.result or ""]
+            for d in record.deliveries]  # fmt: skip
+    headers = ["QUEUED", "RECEIVER", "NOTICE", "DELIVERY", "ATTEMPTS", "FINISHED", "RESULT"]
+    out += ["  " + line for line in table(headers, told).splitlines()] if told else ["  none"]
     return "\n".join(out)
 
 
@@ -126,12 +132,15 @@ async def _run(args: argparse.Namespace, dsn: str) -> tuple[int, str]:
     found = await history.show(args.id)
     if found is None:
         return 1, f"operator-k8s: no ticket with id {args.id}"
-    ticket, events = found
     if args.output == "json":
         entries = [{"at": e.at.isoformat(), "kind": e.kind, "from": e.from_state, "to": e.to_state, "actor": e.actor,
-                    "reason": e.reason} for e in events]  # fmt: skip
-        return 0, json.dumps({**ticket_json(ticket), "history": entries}, indent=2)
-    return 0, render_show(ticket, events)
+                    "reason": e.reason} for e in found.events]  # fmt: skip
+        told = [{"receiver": d.receiver, "notice": d.kind, "id": d.idempotency_key, "state": d.state,
+                 "attempts": d.attempts, "queued": d.created_at.isoformat(),
+                 "finished": d.finished_at.isoformat() if d.finished_at else None, "result": d.result}
+                for d in found.deliveries]  # fmt: skip
+        return 0, json.dumps({**ticket_json(found.ticket), "history": entries, "notifications": told}, indent=2)
+    return 0, render_show(found)
 
 
 def main(argv: Sequence[str]) -> int:

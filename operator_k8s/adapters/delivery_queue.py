@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,20 +38,6 @@ def _queued(row: Any) -> QueuedNotice:
         idempotency_key=row["idempotency_key"],
         notice=Notice.from_json(json.loads(body) if isinstance(body, str) else body),
     )
-
-
-@dataclass(frozen=True)
-class DeliveryRecord:
-    """One line of "who was told what, when, with which result", for the CLI."""
-
-    receiver: str
-    kind: str
-    idempotency_key: str
-    state: str
-    attempts: int
-    created_at: datetime
-    finished_at: datetime | None
-    result: str | None
 
 
 class PostgresDeliveryQueue:
@@ -232,13 +217,3 @@ class PostgresDeliveryQueue:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-
-
-async def delivery_history(connection: Any, ticket_id: int) -> list[DeliveryRecord]:
-    """Who was told what of a ticket, when, with which result (oldest first)."""
-    rows = await connection.fetch(
-        "SELECT d.receiver, n.kind, n.idempotency_key, d.state, d.attempts, d.created_at, d.finished_at, d.result"
-        " FROM deliveries d JOIN notices n ON n.id = d.notice_id WHERE n.ticket_id = $1 ORDER BY n.id, d.receiver",
-        ticket_id,
-    )
-    return [DeliveryRecord(**dict(row)) for row in rows]

@@ -509,6 +509,27 @@ class TicketHistoryEntry:
     reason: str
 
 
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One line of "who was told what, when, with which result"."""
+
+    receiver: str
+    kind: str
+    idempotency_key: str
+    state: str
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+    result: str | None
+
+
+@dataclass(frozen=True)
+class TicketRecord:
+    ticket: Ticket
+    events: list[TicketHistoryEntry]
+    deliveries: list[DeliveryRecord]
+
+
 class TicketHistory:
     """The read side for humans: every ticket ever recorded, with its events (resolved ones included)."""
 
@@ -540,7 +561,8 @@ class TicketHistory:
             await connection.close()
         return [ticket_from_row(dict(row)) for row in rows]
 
-    async def show(self, ticket_id: int) -> tuple[Ticket, list[TicketHistoryEntry]] | None:
+    async def show(self, ticket_id: int) -> TicketRecord | None:
+        """The ticket, its history, and who was told of it (each delivery of each notice, oldest first)."""
         connection = await self._connect()
         try:
             row = await connection.fetchrow("SELECT * FROM tickets WHERE id = $1", ticket_id)
@@ -551,6 +573,16 @@ class TicketHistory:
                 " ORDER BY at, id",
                 ticket_id,
             )
+            deliveries = await connection.fetch(
+                "SELECT d.receiver, n.kind, n.idempotency_key, d.state, d.attempts, d.created_at, d.finished_at,"
+                " d.result FROM deliveries d JOIN notices n ON n.id = d.notice_id WHERE n.ticket_id = $1"
+                " ORDER BY n.id, d.receiver",
+                ticket_id,
+            )
         finally:
             await connection.close()
-        return ticket_from_row(dict(row)), [TicketHistoryEntry(**dict(e)) for e in events]
+        return TicketRecord(
+            ticket_from_row(dict(row)),
+            [TicketHistoryEntry(**dict(e)) for e in events],
+            [DeliveryRecord(**dict(d)) for d in deliveries],
+        )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from operator_k8s.adapters.ticket_store import TicketHistoryEntry
+from operator_k8s.adapters.ticket_store import DeliveryRecord, TicketHistoryEntry, TicketRecord
 from operator_k8s.cli import _moment, parser, render_list, render_show, table, ticket_json
 from operator_k8s.domain.tickets import TicketState
 from tests.unit.builders import T0, at, ticket
@@ -26,13 +26,16 @@ def test_render_list_and_empty() -> None:
     assert "2026-01-01 12:01:30" in lines[1]
 
 
-def test_render_show_has_snapshot_and_history() -> None:
+def test_render_show_has_snapshot_history_and_who_was_told() -> None:
     current = ticket(TicketState.OPEN, snapshot={"value": 812.5, "threshold": 500})
     events = [TicketHistoryEntry(T0, "Opened", "pending", "open", "operator", "latency 812ms")]
-    text = render_show(current, events)
+    told = [DeliveryRecord("pager", "opened", "tkt_7_1_1", "delivered", 2, T0, at(3), "HTTP 204")]
+    text = render_show(TicketRecord(current, events, told))
     assert "  value: 812.5" in text
     assert "Opened" in text
     assert "pending -> open" in text
+    assert "pager" in text and "HTTP 204" in text
+    assert "Notifications:\n  none" in render_show(TicketRecord(current, events, []))
 
 
 def test_ticket_json_is_plain_data() -> None:

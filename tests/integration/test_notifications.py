@@ -1,0 +1,329 @@
+"""Notifications on the real dependencies: the Postgres delivery queue, Debian's Alertmanager 0.25 routing to a
+local receiver, and a webhook receiver that verifies every signature.
+
+Transitions are decided through the ledger (as the check cycle decides them), so their notices are queued in the
+same transaction; the dispatcher then runs as the operator runs it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from devstack.host.processes import Process
+from devstack.world.alertmanager import Alertmanager
+from devstack.world.stack import Stack
+from operator_k8s.adapters.delivery_queue import PostgresDeliveryQueue
+from operator_k8s.adapters.receivers_http import ReceiversHttp
+from operator_k8s.adapters.ticket_store import PostgresTicketStore, TicketHistory, connect
+from operator_k8s.domain.invariants import Finding, Verdict
+from operator_k8s.domain.ledger import ClusterRef, CycleStats
+from operator_k8s.domain.notices import RetryPolicy
+from operator_k8s.domain.receivers import NotificationsConfig
+from operator_k8s.domain.tickets import Ticket, TicketKey, transition
+from operator_k8s.domain.vocabulary import Severity
+from operator_k8s.ledger import Ledger
+from operator_k8s.notifier import Notifier
+from tests.receivers import KEY, Answer, Receiver, start_receiver
+from tests.stackutil import create_database, eventually_async
+from tests.unit.builders import policy
+
+pytestmark = pytest.mark.stack
+_databases = itertools.count()
+FAST_RETRIES = RetryPolicy(first=timedelta(milliseconds=200), cap=timedelta(seconds=1), attempts=1000)
+
+
+@pytest.fixture
+async def database(stack: Stack) -> str:
+    return await create_database(stack, f"notices_{next(_databases)}")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    started = await start_receiver()
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> str:
+    path = tmp_path / "signing-key"
+    path.write_text(KEY)
+    return str(path)
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[Alertmanager]:
+    """Alertmanager 0.25 grouping per ticket with a one-second wait, notifying the local receiver."""
+    owned: list[Process] = []
+    started = Alertmanager.start(
+        workdir=tmp_path, webhook=receiver.alertmanager_url, own=owned.append,
+        route={"group_by": ["ticket"], "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+    )  # fmt: skip
+    yield started
+    for process in owned:
+        process.stop()
+
+
+def config(receiver: Receiver, key_file: str, alertmanager: Alertmanager | None = None) -> NotificationsConfig:
+    receivers: list[dict[str, Any]] = [{"name": "hook", "webhook": {"url": receiver.hook_url, "keyFiles": [key_file],
+                                                                      "timeoutSeconds": 2}}]  # fmt: skip
+    if alertmanager is not None:
+        receivers.append({"name": "am", "alertmanager": {"urls": [alertmanager.url], "resendSeconds": 2}})
+    return NotificationsConfig.model_validate({
+        "receivers": receivers,
+        "routes": [{"receivers": [r["name"] for r in receivers]}],
+        "watchdog": ["am"] if alertmanager is not None else [],
+        "prometheusUrl": "http://prometheus.example",
+    })  # fmt: skip
+
+
+def notifier(database: str, settings: NotificationsConfig, owner: str = "test") -> Notifier:
+    return Notifier(
+        settings, PostgresDeliveryQueue(lambda: database), ReceiversHttp(), owner=owner, policy=FAST_RETRIES
+    )
+
+
+class Cluster:
+    """Decides one cluster's tickets through the ledger, as the check cycle does."""
+
+    def __init__(self, database: str, uid: str = "uid-1") -> None:
+        self.store = PostgresTicketStore(database)
+        self.ledger = Ledger(self.store, lambda now: now - timedelta(hours=1))
+        self.ref = ClusterRef(uid, "tikv-a", "prod", 1)
+
+    async def judge(self, store: str, verdict: Verdict, severity: Severity = Severity.WARNING) -> list[Ticket]:
+        now = datetime.now(UTC)
+        finding = Finding("latency", store, verdict, severity, f"latency of {store}: {verdict}", 1.2, 0.5, "q")
+        key = TicketKey(self.ref.uid, "latency", store)
+
+        def plan(current: list[Ticket]) -> list[Any]:
+            mine = next((t for t in current if t.key == key and t.state != "resolved"), None)
+            decided = transition(mine, finding, now, policy(), key=key, namespace="prod", cluster_name="tikv-a")
+            return [decided] if decided.changed else []
+
+        async with self.ledger.lock(self.ref.uid):
+            decision = await self.ledger.decide(self.ref, plan, CycleStats(), now, 5)
+        assert decision.error is None, decision.error
+        return decision.tickets
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+async def test_a_fault_and_its_heal_reach_the_receiver_through_alertmanager_and_a_signed_webhook(
+    database: str, receiver: Receiver, key_file: str, alertmanager: Alertmanager
+) -> None:
+    cluster = Cluster(database)
+    dispatcher = notifier(database, config(receiver, key_file, alertmanager))
+    dispatcher.start()
+    try:
+        (opened,) = await cluster.judge("tikv-0", Verdict.VIOLATED)
+        dispatcher.wake()
+        ticket_label = f"prod/ticket-{opened.id}"
+        await eventually_async(
+            lambda: _true([h for h in receiver.hooks if h["payload"]["transition"] == "opened"]),
+            timeout=20, what="the signed opened webhook",
+        )  # fmt: skip
+        await eventually_async(
+            lambda: _true("firing" in receiver.alert_statuses(ticket=ticket_label)),
+            timeout=30, what="Alertmanager's firing notification",
+        )  # fmt: skip
+        assert receiver.alert_statuses(alertname="OperatorK8sWatchdog"), "the watchdog fires through Alertmanager"
+
+        await cluster.judge("tikv-0", Verdict.HOLDS)
+        dispatcher.wake()
+        await eventually_async(
+            lambda: _true([h for h in receiver.hooks if h["payload"]["status"] == "resolved"]),
+            timeout=20, what="the signed resolved webhook",
+        )  # fmt: skip
+        await eventually_async(
+            lambda: _true("resolved" in receiver.alert_statuses(ticket=ticket_label)),
+            timeout=30, what="Alertmanager's resolved notification",
+        )  # fmt: skip
+        opened_hook, resolved_hook = receiver.hooks
+        assert opened_hook["payload"]["dedup_key"] == resolved_hook["payload"]["dedup_key"] == ticket_label
+        assert opened_hook["payload"]["sequence"] < resolved_hook["payload"]["sequence"]
+        assert not receiver.refused, "every signature verified"
+        history = await _history(database, opened.id)
+        assert {(r.receiver, r.kind, r.state) for r in history} == {
+            ("hook", "opened", "delivered"), ("hook", "resolved", "delivered"),
+            ("am", "opened", "delivered"), ("am", "resolved", "delivered"),
+        }  # fmt: skip
+    finally:
+        await dispatcher.stop()
+        await cluster.close()
+
+
+async def test_a_receiver_down_loses_nothing_and_duplicates_nothing_after_dedup(
+    database: str, receiver: Receiver, key_file: str
+) -> None:
+    cluster = Cluster(database)
+    dispatcher = notifier(database, config(receiver, key_file))
+    await receiver.go_down()
+    dispatcher.start()
+    try:
+        for store in ("tikv-0", "tikv-1", "tikv-2"):
+            await cluster.judge(store, Verdict.VIOLATED)
+        for store in ("tikv-0", "tikv-1"):
+            await cluster.judge(store, Verdict.HOLDS)
+        dispatcher.wake()
+        await _attempts_made(database, at_least=10)
+        assert receiver.hooks == []
+        await receiver.come_back()
+        hooks = await eventually_async(
+            lambda: _true(len(receiver.unique_hooks()) == 5 and receiver.unique_hooks()), timeout=30,
+            what="all five transitions after the receiver came back",
+        )  # fmt: skip
+        transitions = sorted((h["payload"]["ticket"]["store"], h["payload"]["transition"]) for h in hooks.values())
+        assert transitions == [("tikv-0", "opened"), ("tikv-0", "resolved"), ("tikv-1", "opened"),
+                               ("tikv-1", "resolved"), ("tikv-2", "opened")]  # fmt: skip
+        assert receiver.duplicates() == 0
+    finally:
+        await dispatcher.stop()
+        await cluster.close()
+
+
+async def test_transitions_committed_while_no_dispatcher_runs_are_delivered_when_one_starts(
+    database: str, receiver: Receiver, key_file: str
+) -> None:
+    """The crash between a transition's commit and its delivery: the notice waits in Postgres."""
+    cluster = Cluster(database)
+    await cluster.judge("tikv-0", Verdict.VIOLATED)
+    await cluster.close()
+    dispatcher = notifier(database, config(receiver, key_file))
+    dispatcher.start()
+    try:
+        await eventually_async(lambda: _true(receiver.hooks), timeout=20, what="the notice committed before")
+    finally:
+        await dispatcher.stop()
+
+
+async def test_two_replicas_side_by_side_deliver_each_row_once(
+    database: str, receiver: Receiver, key_file: str
+) -> None:
+    cluster = Cluster(database)
+    settings = config(receiver, key_file)
+    replicas = [notifier(database, settings, owner="replica-a"), notifier(database, settings, owner="replica-b")]
+    for replica in replicas:
+        replica.start()
+    try:
+        for round_ in range(3):
+            for store in range(10):
+                await cluster.judge(f"tikv-{store}", Verdict.VIOLATED if round_ % 2 == 0 else Verdict.HOLDS)
+            for replica in replicas:
+                replica.wake()
+        await eventually_async(
+            lambda: _true(len(receiver.unique_hooks()) == 30), timeout=60, what="30 transitions delivered"
+        )
+        assert receiver.duplicates() == 0, "a row was delivered twice"
+    finally:
+        for replica in replicas:
+            await replica.stop()
+        await cluster.close()
+
+
+async def test_a_410_disables_the_receiver_and_says_so(database: str, receiver: Receiver, key_file: str) -> None:
+    cluster = Cluster(database)
+    dispatcher = notifier(database, config(receiver, key_file))
+    receiver.answer = Answer(410)
+    dispatcher.start()
+    try:
+        await cluster.judge("tikv-0", Verdict.VIOLATED)
+        dispatcher.wake()
+        await eventually_async(
+            lambda: _rows(database, "SELECT 1 FROM disabled_receivers WHERE receiver = 'hook'"), timeout=20,
+            what="the receiver disabled",
+        )  # fmt: skip
+        await cluster.judge("tikv-1", Verdict.VIOLATED)
+        dispatcher.wake()
+        rows = await eventually_async(
+            lambda: _at_least(_rows(database, "SELECT state, result FROM deliveries ORDER BY id"), 2), timeout=20,
+            what="the second notice routed",
+        )  # fmt: skip
+        assert [r["state"] for r in rows] == ["dead", "dead"]
+        assert "410" in rows[0]["result"]
+        assert "disabled" in rows[1]["result"]
+        assert receiver.refused["410"] == 1, "nothing is sent to a receiver that said it is gone"
+    finally:
+        await dispatcher.stop()
+        await cluster.close()
+
+
+async def test_a_429_is_retried_no_sooner_than_it_asks(database: str, receiver: Receiver, key_file: str) -> None:
+    cluster = Cluster(database)
+    dispatcher = notifier(database, config(receiver, key_file))
+    receiver.answer = Answer(429, {"Retry-After": "3"})
+    dispatcher.start()
+    try:
+        await cluster.judge("tikv-0", Verdict.VIOLATED)
+        dispatcher.wake()
+        await eventually_async(lambda: _true(receiver.refused["429"] >= 1), timeout=20, what="the first 429")
+        refused_at = time.monotonic()
+        receiver.answer = Answer(200)
+        await eventually_async(lambda: _true(receiver.hooks), timeout=20, what="the retry")
+        assert time.monotonic() - refused_at >= 2.5, "the retry came before Retry-After"
+    finally:
+        await dispatcher.stop()
+        await cluster.close()
+
+
+async def test_a_redirect_to_another_origin_is_not_followed(database: str, receiver: Receiver, key_file: str) -> None:
+    elsewhere = await start_receiver()
+    cluster = Cluster(database)
+    dispatcher = notifier(database, config(receiver, key_file))
+    receiver.answer = Answer(307, {"Location": elsewhere.hook_url})
+    dispatcher.start()
+    try:
+        await cluster.judge("tikv-0", Verdict.VIOLATED)
+        dispatcher.wake()
+        await eventually_async(lambda: _true(receiver.refused["307"] >= 2), timeout=20, what="two attempts")
+        assert elsewhere.hooks == [] and not elsewhere.refused, "nothing, signed or not, reached the other origin"
+        (row,) = await _rows(database, "SELECT state, result FROM deliveries")
+        assert "not followed" in row["result"]
+    finally:
+        await dispatcher.stop()
+        await cluster.close()
+        await elsewhere.stop()
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+
+async def _true(value: Any) -> Any:
+    return value
+
+
+async def _at_least(rows: Any, count: int) -> Any:
+    found = await rows
+    return found if len(found) >= count else None
+
+
+async def _rows(database: str, sql: str) -> list[asyncpg.Record]:
+    connection = await connect(database)
+    try:
+        return list(await connection.fetch(sql))
+    finally:
+        await connection.close()
+
+
+async def _attempts_made(database: str, at_least: int) -> None:
+    async def attempts() -> bool:
+        rows = await _rows(database, "SELECT coalesce(sum(attempts), 0) AS n FROM deliveries")
+        return bool(rows[0]["n"] >= at_least)
+
+    await eventually_async(attempts, timeout=30, what=f"{at_least} failed attempts")
+
+
+async def _history(database: str, ticket_id: int | None) -> list[Any]:
+    assert ticket_id is not None
+    record = await TicketHistory(database).show(ticket_id)
+    assert record is not None
+    return record.deliveries

@@ -1,0 +1,369 @@
+"""What the people on call are told, and how each receiver hears it: pure decisions, table-driven."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from operator_k8s.adapters.receivers_http import outcome_of, signed_headers
+from operator_k8s.domain.invariants import Verdict
+from operator_k8s.domain.notices import (
+    AlertLinks,
+    ClaimedDelivery,
+    Notice,
+    QueuedNotice,
+    RetryPolicy,
+    SendOutcome,
+    firing_alert,
+    next_attempt,
+    notice_of,
+    parse_retry_after,
+    plan_deliveries,
+    resolved_alerts,
+    settle,
+    watchdog_alert,
+    webhook_payload,
+    with_notices,
+    worth_sending,
+)
+from operator_k8s.domain.receivers import NotificationsConfig, receivers_for
+from operator_k8s.domain.tickets import Effect, EffectKind, TicketState, Transition, transition
+from operator_k8s.domain.vocabulary import Severity
+from tests.unit.builders import KEY, T0, at, finding, policy, ticket
+
+LINKS = AlertLinks("https://prometheus.example", "https://runbooks.example/tikv")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def opened_notice(**fields: Any) -> Notice:
+    base = Notice(
+        kind="opened", status="firing", at=at(10), namespace="prod", cluster="tikv-a", invariant="latency",
+        store="tikv-0", severity=Severity.WARNING, summary="p99 is 1019 ms", occurrences=1, opened_at=at(10),
+        value=1.019, threshold=0.5, query="histogram_quantile(0.99, ...)",
+    )  # fmt: skip
+    return replace(base, **fields)
+
+
+@pytest.mark.parametrize(
+    ("kind", "to_state", "expected"),
+    [
+        (EffectKind.OPENED, TicketState.OPEN, "opened"),
+        (EffectKind.REOPENED, TicketState.OPEN, "reopened"),
+        (EffectKind.ESCALATED, TicketState.OPEN, "escalated"),
+        (EffectKind.RESOLVED, TicketState.RESOLVED, "resolved"),
+        (EffectKind.ACKNOWLEDGED, TicketState.ACKNOWLEDGED, "acknowledged"),
+        (EffectKind.ACKNOWLEDGED, TicketState.OPEN, "unacknowledged"),
+        (EffectKind.FLAPPING_STARTED, TicketState.OPEN, "flapping_started"),
+        (EffectKind.PENDING, TicketState.PENDING, None),
+        (EffectKind.RECURRED, TicketState.OPEN, None),
+        (EffectKind.NOTED, TicketState.OPEN, None),
+        (EffectKind.HELD, TicketState.OPEN, None),
+    ],
+)
+def test_only_transitions_someone_must_hear_of_make_a_notice(
+    kind: EffectKind, to_state: TicketState, expected: str | None
+) -> None:
+    after = ticket(to_state, opened_at=T0, resolved_at=T0 if to_state is TicketState.RESOLVED else None)
+    notice = notice_of(None, after, Effect(kind, TicketState.OPEN, to_state, "why"), at(5))
+    assert (notice.kind if notice else None) == expected
+    if notice is not None:
+        assert notice.status == ("resolved" if to_state is TicketState.RESOLVED else "firing")
+        assert notice.at == at(5)
+
+
+def test_an_escalation_remembers_the_severity_it_left() -> None:
+    before = ticket(TicketState.OPEN, severity=Severity.WARNING, opened_at=T0)
+    decided = transition(before, finding(Verdict.VIOLATED, Severity.CRITICAL), at(30), policy(), key=KEY,
+                         namespace="default", cluster_name="c")  # fmt: skip
+    noticed = with_notices(decided, at(30))
+    (escalation,) = [e for e in noticed.effects if e.kind is EffectKind.ESCALATED]
+    assert escalation.notice is not None
+    assert (escalation.notice.severity, escalation.notice.previous_severity) == (Severity.CRITICAL, Severity.WARNING)
+
+
+def test_a_transition_that_deletes_carries_no_notice() -> None:
+    item = Transition(
+        ticket(TicketState.PENDING), None, (Effect(EffectKind.CANCELLED, TicketState.PENDING, None, "x"),)
+    )
+    assert with_notices(item, T0) == item
+    assert item.effects[0].notice is None
+
+
+def test_a_notice_survives_its_round_trip_through_json() -> None:
+    notice = opened_notice(previous_severity=Severity.INFO, value="+Inf")
+    assert Notice.from_json(notice.to_json()) == notice
+
+
+# -- Alertmanager's contract -------------------------------------------------------------------------------------
+
+
+def assert_valid_alert(alert: dict[str, Any]) -> None:
+    """What Alertmanager 0.25's ``Alert.Validate`` and its v2 schema refuse."""
+    assert alert["labels"], "an alert needs labels"
+    for name, value in alert["labels"].items():
+        assert LABEL_NAME.match(name), name
+        assert value, f"label {name} is empty (Alertmanager drops it, and the identity changes)"
+    assert alert["startsAt"] <= alert["endsAt"]
+
+
+def test_the_alert_of_a_ticket_is_identified_by_labels_that_never_carry_values() -> None:
+    alert = firing_alert(opened_notice(), 42, "tikv-a-latency-tikv-0-42", at(60), timedelta(minutes=2), LINKS)
+    assert_valid_alert(alert)
+    assert alert["labels"] == {
+        "alertname": "OperatorK8sTicket", "namespace": "prod", "cluster": "tikv-a", "invariant": "latency",
+        "store": "tikv-0", "severity": "warning", "ticket": "prod/ticket-42",
+    }  # fmt: skip
+    assert alert["annotations"]["value"] == "1.019"
+    assert alert["annotations"]["runbook_url"] == "https://runbooks.example/tikv/latency"
+    assert "get ticket tikv-a-latency-tikv-0-42" in alert["annotations"]["ticket"]
+    assert alert["generatorURL"].startswith("https://prometheus.example/graph?g0.expr=histogram_quantile")
+
+
+def test_every_send_keeps_starts_at_and_moves_ends_at_a_few_resends_ahead() -> None:
+    first = firing_alert(opened_notice(), 42, "n", at(60), timedelta(minutes=2), LINKS)
+    later = firing_alert(
+        opened_notice(summary="p99 is 2000 ms", value=2.0), 42, "n", at(90), timedelta(minutes=2), LINKS
+    )
+    assert first["startsAt"] == later["startsAt"] == "2026-01-01T12:00:10Z"
+    assert first["labels"] == later["labels"]
+    assert later["endsAt"] == "2026-01-01T12:03:30Z"
+
+
+def test_a_resolution_ends_the_alert_at_the_resolution() -> None:
+    (alert,) = resolved_alerts(opened_notice(kind="resolved", status="resolved", at=at(300)), 42, "n", LINKS)
+    assert_valid_alert(alert)
+    assert alert["endsAt"] == "2026-01-01T12:05:00Z"
+    assert alert["labels"]["severity"] == "warning"
+
+
+def test_an_escalation_ends_the_alert_of_the_old_severity() -> None:
+    notice = opened_notice(kind="escalated", severity=Severity.CRITICAL, previous_severity=Severity.WARNING, at=at(70))
+    (ended,) = resolved_alerts(notice, 42, "n", LINKS)
+    fired = firing_alert(notice, 42, "n", at(70), timedelta(minutes=2), LINKS)
+    assert ended["labels"]["severity"] == "warning"
+    assert fired["labels"]["severity"] == "critical"
+    assert ended["endsAt"] == "2026-01-01T12:01:10Z"
+
+
+def test_an_opening_ends_nothing() -> None:
+    assert resolved_alerts(opened_notice(), 42, "n", LINKS) == []
+
+
+def test_the_watchdog_always_fires_and_ends_on_its_own() -> None:
+    alert = watchdog_alert("op-1", at(0), timedelta(minutes=2))
+    assert_valid_alert(alert)
+    assert alert["labels"]["alertname"] == "OperatorK8sWatchdog"
+    assert alert["endsAt"] == "2026-01-01T12:02:00Z"
+
+
+# -- Webhooks ----------------------------------------------------------------------------------------------------
+
+
+def test_the_webhook_payload_groups_and_deduplicates_by_ticket() -> None:
+    payload = webhook_payload(
+        opened_notice(kind="resolved", status="resolved"), ticket_id=42, ticket_name="n", sequence=7,
+        idempotency_key="tkt_42_3_1", links=LINKS,
+    )  # fmt: skip
+    assert payload["version"] == "1"
+    assert payload["group_id"] == payload["dedup_key"] == "prod/ticket-42"
+    assert (payload["status"], payload["transition"], payload["sequence"]) == ("resolved", "resolved", 7)
+    assert payload["id"] == "tkt_42_3_1"
+    assert payload["ticket"]["invariant"] == "latency"
+
+
+def test_a_signature_verifies_with_either_key_during_a_rotation() -> None:
+    old, new = Webhook("whsec_" + "b2xkLWtleS0xMjM0NTY3ODkw"), Webhook("whsec_" + "bmV3LWtleS0xMjM0NTY3ODkw")
+    body = b'{"a":1}'
+    now = at(0).replace(year=2026)
+    headers = signed_headers([old, new], "tkt_1_1_1", body, now)
+    assert headers["webhook-id"] == "tkt_1_1_1"
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for key in (old, new):
+        key._Webhook__verify_timestamp = lambda stamp: now  # type: ignore[attr-defined]  # a fixed clock
+        assert key.verify(body, headers) == {"a": 1}
+    stranger = Webhook("whsec_" + "c3RyYW5nZXIta2V5LTEyMzQ1Ng==")
+    stranger._Webhook__verify_timestamp = lambda stamp: now  # type: ignore[attr-defined]
+    with pytest.raises(WebhookVerificationError):
+        stranger.verify(body, headers)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "ok", "gone", "permanent", "wait"),
+    [
+        (200, None, True, False, False, 0),
+        (204, None, True, False, False, 0),
+        (410, None, False, True, False, 0),
+        (429, "120", False, False, False, 120),
+        (429, None, False, False, False, 0),
+        (503, None, False, False, False, 0),
+        (408, None, False, False, False, 0),
+        (302, None, False, False, False, 0),
+        (400, None, False, False, True, 0),
+        (401, None, False, False, True, 0),
+    ],
+)
+def test_an_answer_becomes_an_outcome(
+    status: int, retry_after: str | None, ok: bool, gone: bool, permanent: bool, wait: int
+) -> None:
+    outcome = outcome_of(status, "body", retry_after, T0)
+    assert (outcome.ok, outcome.gone, outcome.permanent) == (ok, gone, permanent)
+    assert outcome.retry_after == timedelta(seconds=wait)
+    if 300 <= status < 400:
+        assert "not followed" in outcome.detail
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("30", 30), ("", 0), (None, 0), ("soon", 0), ("Thu, 01 Jan 2026 12:01:00 GMT", 60), ("999999", 3600)],
+)
+def test_retry_after_is_read_as_seconds_or_a_date_and_bounded(value: str | None, expected: int) -> None:
+    assert parse_retry_after(value, T0) == timedelta(seconds=expected)
+
+
+# -- Retries and settling ----------------------------------------------------------------------------------------
+
+
+def test_retries_back_off_with_jitter_up_to_a_cap() -> None:
+    rules = RetryPolicy(first=timedelta(seconds=2), cap=timedelta(minutes=5), attempts=30, max_age=timedelta(hours=6))
+    rand = random.Random(1)
+    waits = [(next_attempt(rules, n, T0, T0, rand=rand) - T0).total_seconds() for n in range(12)]  # type: ignore[operator]
+    for n, wait in enumerate(waits):
+        ceiling = min(300, 2 * 2**n)
+        assert ceiling / 2 <= wait <= ceiling
+    assert next_attempt(rules, 1, T0, T0, at_least=timedelta(seconds=90), rand=rand) == at(90)
+
+
+@pytest.mark.parametrize(("attempts", "age_hours"), [(30, 0), (3, 6)])
+def test_retries_end_at_the_bound_of_attempts_or_age(attempts: int, age_hours: int) -> None:
+    assert next_attempt(RetryPolicy(), attempts, T0, T0 + timedelta(hours=age_hours)) is None
+
+
+def claimed(attempts: int = 1, **fields: Any) -> ClaimedDelivery:
+    queued = QueuedNotice(9, 42, "tkt_42_1_1", opened_notice())
+    base = ClaimedDelivery(9, "pager", attempts, T0, None, queued, ticket_active=True, told_firing=False)
+    return replace(base, **fields)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "attempts", "state"),
+    [
+        (SendOutcome(True, "HTTP 200"), 1, "delivered"),
+        (SendOutcome(False, "HTTP 410", gone=True), 1, "dead"),
+        (SendOutcome(False, "HTTP 400", permanent=True), 1, "dead"),
+        (SendOutcome(False, "HTTP 503"), 1, "pending"),
+        (SendOutcome(False, "HTTP 503"), 30, "dead"),
+    ],
+)
+def test_an_attempt_settles_the_delivery(outcome: SendOutcome, attempts: int, state: str) -> None:
+    settled = settle(claimed(attempts), outcome, RetryPolicy(), at(5))
+    assert settled.state == state
+    assert outcome.detail in settled.result
+    assert (settled.due_at is not None) == (state == "pending")
+
+
+# -- Maintenance windows and routing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "active", "told", "sent"),
+    [
+        ("opened", True, False, True),
+        ("opened", False, False, False),
+        ("resolved", False, True, True),
+        ("resolved", False, False, False),
+        ("acknowledged", True, False, False),
+        ("escalated", True, True, True),
+    ],
+)
+def test_a_delivery_deferred_by_a_window_is_sent_only_if_it_still_says_something(
+    kind: str, active: bool, told: bool, sent: bool
+) -> None:
+    assert worth_sending(kind, deferred=False, ticket_active=active, told_firing=told) is None
+    assert (worth_sending(kind, deferred=True, ticket_active=active, told_firing=told) is None) is sent
+
+
+def test_deliveries_are_planned_per_receiver() -> None:
+    until = at(3600)
+    now_plan = plan_deliveries(["am", "pager"], covered=None, disabled=frozenset({"pager"}), now=T0)
+    assert [(p.receiver, p.state, p.due_at) for p in now_plan] == [("am", "pending", T0), ("pager", "dead", T0)]
+    deferred = plan_deliveries(["am"], covered=("upgrade", until), disabled=frozenset(), now=T0)
+    assert [(p.state, p.due_at, p.deferred_by) for p in deferred] == [("pending", until, "upgrade")]
+
+
+CONFIG = {
+    "receivers": [
+        {"name": "am", "alertmanager": {"urls": ["http://alertmanager:9093"]}},
+        {"name": "pager", "webhook": {"url": "https://pager.example/hook", "keyFiles": ["/keys/pager"]}},
+    ],
+    "routes": [
+        {"receivers": ["am"]},
+        {"receivers": ["pager"], "namespaces": ["prod"], "severities": ["critical"]},
+    ],
+    "watchdog": ["am"],
+}
+
+
+@pytest.mark.parametrize(
+    ("namespace", "severity", "expected"),
+    [
+        ("prod", Severity.CRITICAL, ["am", "pager"]),
+        ("prod", Severity.WARNING, ["am"]),
+        ("dev", Severity.CRITICAL, ["am"]),
+    ],
+)
+def test_routes_send_a_notice_to_every_matching_receiver_once(
+    namespace: str, severity: Severity, expected: list[str]
+) -> None:
+    config = NotificationsConfig.model_validate(CONFIG)
+    names = receivers_for(config.routes, namespace=namespace, cluster="c", invariant="latency", severity=severity)
+    assert names == expected
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"routes": [{"receivers": ["nobody"]}]}, "not defined: nobody"),
+        ({"receivers": CONFIG["receivers"] * 2}, "unique: am, pager"),
+        ({"watchdog": ["pager"]}, "watchdog must name alertmanager receivers"),
+        (
+            {
+                "receivers": [
+                    {
+                        "name": "both",
+                        "webhook": {"url": "http://x", "keyFiles": ["k"]},
+                        "alertmanager": {"urls": ["http://y"]},
+                    }
+                ],
+                "routes": [],
+                "watchdog": [],
+            },
+            "exactly one",
+        ),
+        (
+            {
+                "receivers": [{"name": "x", "webhook": {"url": "http://x", "keyFiles": []}}],
+                "routes": [],
+                "watchdog": [],
+            },
+            "at least 1 item",
+        ),
+        (
+            {
+                "receivers": [{"name": "x", "alertmanager": {"urls": ["http://y"], "resendSeconds": 120}}],
+                "routes": [],
+                "watchdog": [],
+            },
+            "less than or equal to 60",
+        ),
+    ],
+)
+def test_a_wrong_notifications_file_says_what_is_wrong(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        NotificationsConfig.model_validate({**CONFIG, **change})
