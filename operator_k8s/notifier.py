@@ -53,7 +53,8 @@ LEASE_MARGIN = timedelta(seconds=15)
 """A claim's lease beyond the send's own deadline: a lease never runs out while its send may still be going."""
 ENDS_AFTER_RESENDS = 4
 """An alert's ``endsAt`` is this many resend intervals ahead (Prometheus uses four times its resend delay)."""
-PRUNE_SECONDS = 600.0
+PRUNE_SECONDS = 60.0
+"""How often finished deliveries past retention are deleted and the queue-depth gauge is refreshed."""
 
 
 def _name(queued: QueuedNotice) -> str:

@@ -14,7 +14,7 @@ from kopf.testing import KopfRunner
 
 from devstack.world.stack import Stack
 from operator_k8s.__main__ import Operator
-from operator_k8s.settings import load_settings
+from operator_k8s.settings import load_notifications, load_settings
 from tests.stackutil import InProcessOperator
 
 _names = itertools.count()
@@ -50,7 +50,7 @@ def run_operator(stack: Stack, **overrides: str) -> Iterator[InProcessOperator]:
         **overrides,
     }
     settings = load_settings(env)
-    operator = Operator(settings, str(stack.kubeconfig))
+    operator = Operator(settings, str(stack.kubeconfig), load_notifications(settings.notifications_file))
     scope = [arg for name in settings.namespaces for arg in ("--namespace", name)] or ["--all-namespaces"]
     runner = KopfRunner(
         ["run", "--standalone", *scope, "--verbose"],

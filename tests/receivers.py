@@ -4,9 +4,14 @@ can be made to fail the ways receivers fail (down, 410, 429 with Retry-After, a 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -103,3 +108,32 @@ async def start_receiver() -> Receiver:
     await receiver.runner.setup()
     await web.TCPSite(receiver.runner, "127.0.0.1", port).start()
     return receiver
+
+
+@contextmanager
+def receiver_in_thread() -> Iterator[Receiver]:
+    """The receiver for synchronous tests: its own event loop in a thread, stopped on exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    receiver = asyncio.run_coroutine_threadsafe(start_receiver(), loop).result(10)
+    try:
+        yield receiver
+    finally:
+        asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def notifications_file(directory: Path, receiver: Receiver, namespace: str) -> Path:
+    """A notifications file that sends every notice of ``namespace`` to the receiver's signed webhook."""
+    key = directory / "webhook-key"
+    key.write_text(KEY)
+    path = directory / "notifications.yaml"
+    path.write_text(json.dumps({
+        "receivers": [{"name": "hook", "webhook": {"url": receiver.hook_url, "keyFiles": [str(key)],
+                                                   "timeoutSeconds": 2}}],
+        "routes": [{"receivers": ["hook"], "namespaces": [namespace]}],
+    }))  # fmt: skip
+    return path

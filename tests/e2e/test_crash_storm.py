@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +28,10 @@ from tests.e2e.support import (
     resources_by_id,
     unresolved_duplicates,
 )
+from tests.receivers import Receiver, notifications_file, receiver_in_thread
 from tests.stackutil import (
     eventually,
+    pg_rows,
     store_fault,
     ticket_resources,
     tickets_in_db,
@@ -74,24 +77,34 @@ class FaultFlipper:
         self.active.clear()
 
 
-def storm_operator(stack: Stack, namespace: str, *, crash_after_commit: float = 0.0) -> Process:
-    """An operator for the storm's namespace only; resolved tickets reopen within 3 s, later ones are new tickets."""
+def storm_operator(stack: Stack, namespace: str, notifications: Path, *, crash_after_commit: float = 0.0) -> Process:
+    """An operator for the storm's namespace only; resolved tickets reopen within 3 s, later ones are new tickets;
+    every notice goes to the test's signed webhook receiver."""
     return operator_process(
         stack,
         STORM_LOG,
         OPERATOR_K8S_NAMESPACES=namespace,
         OPERATOR_K8S_REOPEN_WINDOW_SECONDS="3",
         OPERATOR_K8S_CRASH_AFTER_COMMIT=str(crash_after_commit),
+        OPERATOR_K8S_NOTIFICATIONS_FILE=str(notifications),
     )
 
 
 @pytest.mark.level("low")  # minutes long: the full run
 @pytest.mark.timeout(600)
-def test_crash_storm_leaves_exactly_one_truth(stack: Stack, shared: SharedOperator, scene: Scene) -> None:
-    """At least 30 SIGKILLs (the test's, at random moments, and the operator's own right after a Postgres commit and
-    before the Ticket write) while faults come and go; then the operator runs undisturbed and converges."""
+def test_crash_storm_leaves_exactly_one_truth(
+    stack: Stack, shared: SharedOperator, scene: Scene, tmp_path: Path
+) -> None:
+    """At least 30 SIGKILLs (the test's, at random moments, and the operator's own right after a Postgres commit,
+    before the Ticket write and before its notices are sent) while faults come and go; then the operator runs
+    undisturbed and converges, and the webhook receiver has heard of every transition exactly once after dedup."""
     shared.stop()
     namespace = scene.namespace("storm")
+    with receiver_in_thread() as receiver:
+        _storm(stack, scene, namespace, notifications_file(tmp_path, receiver, namespace), receiver)
+
+
+def _storm(stack: Stack, scene: Scene, namespace: str, notifications: Path, receiver: Receiver) -> None:
     stores = scene.stores(namespace, "storm")
     scene.cluster(
         namespace,
@@ -109,7 +122,7 @@ def test_crash_storm_leaves_exactly_one_truth(stack: Stack, shared: SharedOperat
         # Until both kinds are there: how often the failpoint fires first depends on the machine's load.
         while sum(kills.values()) < MIN_KILLS or min(kills["test"], kills["failpoint"]) < MIN_KILLS_OF_EACH:
             assert time.monotonic() - started < 400, f"only {dict(kills)} kills in 400s"
-            process = storm_operator(stack, namespace, crash_after_commit=0.3)
+            process = storm_operator(stack, namespace, notifications, crash_after_commit=0.3)
             born = time.monotonic()
             assert process.popen is not None
             try:
@@ -126,7 +139,7 @@ def test_crash_storm_leaves_exactly_one_truth(stack: Stack, shared: SharedOperat
         flips = flipper.flips
     storm_seconds = time.monotonic() - started
 
-    final = storm_operator(stack, namespace)
+    final = storm_operator(stack, namespace, notifications)
     try:
 
         def converged() -> bool:
@@ -140,6 +153,14 @@ def test_crash_storm_leaves_exactly_one_truth(stack: Stack, shared: SharedOperat
             }
 
         eventually(converged, what="Postgres and Ticket resources to agree, everything resolved", timeout=120)
+        notices = {
+            r["idempotency_key"]
+            for r in pg_rows(
+                stack, "SELECT n.idempotency_key FROM notices n JOIN tickets t ON t.id = n.ticket_id"
+                " WHERE t.namespace = $1", namespace,
+            )
+        }  # fmt: skip
+        eventually(lambda: set(receiver.unique_hooks()) >= notices, what="every notice delivered", timeout=60)
         rows = tickets_in_db(stack, namespace)
         resources = ticket_resources(stack, namespace)
         histories = {r["id"]: events_of(stack, r["id"]) for r in rows}
@@ -156,7 +177,13 @@ def test_crash_storm_leaves_exactly_one_truth(stack: Stack, shared: SharedOperat
             ticket_resources=len(resources),
             events=sum(len(h) for h in histories.values()),
             worst_duplicate_unresolved_keys=worst_duplicates,
+            notices=len(notices),
+            webhooks_received=len(receiver.hooks),
+            webhook_duplicates_before_dedup=receiver.duplicates(),
         )
+        assert notices, "the storm notified nothing"
+        assert set(receiver.unique_hooks()) == notices, "a notice lost, or a webhook that is no notice"
+        assert not receiver.refused, f"signatures that did not verify: {dict(receiver.refused)}"
         assert sum(kills.values()) >= MIN_KILLS
         assert min(kills["test"], kills["failpoint"]) >= MIN_KILLS_OF_EACH, f"not a mix of kills: {dict(kills)}"
         assert worst_duplicates == 0
