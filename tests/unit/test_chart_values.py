@@ -17,6 +17,8 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
+from operator_k8s.domain.receivers import NotificationsConfig
+
 CHART = Path(__file__).resolve().parents[2] / "charts" / "operator-k8s"
 SCHEMA: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
 DEFAULTS: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -113,3 +115,31 @@ def test_two_broken_rules_are_two_errors_each_at_its_value() -> None:
         ("/database/existingSecret", "'' should be non-empty"),
         ("/peering/enabled", "True was expected"),
     ]
+
+
+README_NOTIFICATIONS = {
+    "receivers": [
+        {"name": "alertmanager", "alertmanager": {"urls": ["http://alertmanager-operated.monitoring:9093"],
+                                                  "resendSeconds": 30}},
+        {"name": "oncall", "webhook": {"url": "https://oncall.example/integrations/v1/webhook/abc/",
+                                       "keyFiles": ["/etc/operator-k8s/webhook-keys/current"]}},
+    ],
+    "routes": [{"receivers": ["alertmanager"]},
+               {"receivers": ["oncall"], "namespaces": ["tikv-prod"], "severities": ["critical"]}],
+    "watchdog": ["alertmanager"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "notifications", [DEFAULTS["notifications"], {**DEFAULTS["notifications"], **README_NOTIFICATIONS}]
+)
+def test_the_notifications_value_is_what_the_operator_reads(notifications: dict[str, Any]) -> None:
+    """The chart mounts the value as the operator's notifications file: what the schema lets through, it accepts."""
+    assert errors(values(database__existingSecret="db", notifications=notifications)) == []
+    NotificationsConfig.model_validate(notifications)
+
+
+def test_a_bad_receiver_is_refused_at_that_value() -> None:
+    bad = {**DEFAULTS["notifications"], "receivers": [{"name": "x", "webhook": {"url": "ftp://x", "keyFiles": ["k"]}}]}
+    found = errors(values(database__existingSecret="db", notifications=bad))
+    assert [where for where, _, _ in found] == ["/notifications/receivers/0/webhook/url"]
