@@ -167,11 +167,13 @@ class PostgresDeliveryQueue:
         return int(status.rsplit(" ", 1)[-1])
 
     async def open_tickets(self) -> list[Ticket]:
-        """Every open ticket (Alertmanager is told each one again every resend interval)."""
+        """Every open ticket, and every flapping one (it fires until it stops flapping): Alertmanager is told each
+        one again every resend interval."""
         pool = await self._get_pool()
         async with pool.acquire() as connection:
             rows = await connection.fetch(
-                "SELECT * FROM tickets WHERE state <> 'resolved' AND state <> 'pending' AND opened_at IS NOT NULL"
+                "SELECT * FROM tickets WHERE (state <> 'resolved' AND state <> 'pending' AND opened_at IS NOT NULL)"
+                " OR flapping"
             )
         return [ticket_from_row(dict(row)) for row in rows]
 
@@ -183,7 +185,7 @@ class PostgresDeliveryQueue:
             rows = await connection.fetch(
                 "SELECT n.id AS notice_id, n.ticket_id, n.idempotency_key, n.body FROM notices n"
                 " JOIN deliveries d ON d.notice_id = n.id"
-                " WHERE d.receiver = $1 AND n.at >= $2 AND n.kind IN ('resolved', 'escalated')"
+                " WHERE d.receiver = $1 AND n.at >= $2 AND n.kind IN ('resolved', 'escalated', 'flapping_stopped')"
                 " AND d.state IN ('pending', 'delivered') AND d.deferred_by IS NULL ORDER BY n.id",
                 receiver, since,
             )  # fmt: skip

@@ -193,6 +193,8 @@ def _write_json(write: TicketWrite) -> dict[str, Any]:
                 "acknowledged": ticket.acknowledged,
                 "note": ticket.note,
                 "snapshot": ticket.snapshot,
+                "flapping": ticket.flapping,
+                "flap_changes": [_time(at) for at in ticket.flap_changes],
             },
             "events": [
                 {
@@ -246,6 +248,10 @@ def ticket_from_row(row: dict[str, Any]) -> Ticket:
         snapshot=json.loads(snapshot) if isinstance(snapshot, str) else dict(snapshot),
         id=row["id"],
         version=row.get("version", 1),
+        flapping=row.get("flapping", False),
+        flap_changes=tuple(
+            datetime.fromisoformat(at) if isinstance(at, str) else at for at in row.get("flap_changes") or ()
+        ),
     )
 
 

@@ -134,6 +134,7 @@ def policy_of(spec: MonitoredClusterSpec, invariant: str, reopen_window: timedel
         onset_grace=timedelta(seconds=settings.for_seconds),
         clear_grace=timedelta(seconds=settings.clear_for_seconds),
         reopen_window=reopen_window,
+        interval=timedelta(seconds=spec.interval_seconds),
     )
 
 

@@ -37,6 +37,9 @@ NOTICE_KINDS = {
 """The transitions someone is told about; the others (pending, a recurrence within an open ticket, a note) are
 history only."""
 
+FLAP_QUIETED = frozenset({EffectKind.OPENED, EffectKind.REOPENED, EffectKind.RESOLVED})
+"""While a ticket flaps, its openings and resolutions are history only: "flapping started" and "flapping stopped"
+(with the state it stopped in) are what its receivers hear, instead of a pair per flap."""
 FIRING_KINDS = frozenset({"opened", "reopened", "escalated", "flapping_started"})
 WATCHDOG = "OperatorK8sWatchdog"
 ALERT_NAME = "OperatorK8sTicket"
@@ -90,22 +93,12 @@ def notice_of(before: Ticket | None, after: Ticket, effect: Effect, at: datetime
         return None
     if kind == "acknowledged" and effect.to_state is not TicketState.ACKNOWLEDGED:
         kind = "unacknowledged"
-    snapshot = after.snapshot
-    return Notice(
+    return replace(
+        notice_of_ticket(after),
         kind=kind,
         status="resolved" if after.state is TicketState.RESOLVED else "firing",
         at=at,
-        namespace=after.namespace,
-        cluster=after.cluster_name,
-        invariant=after.key.invariant,
-        store=after.key.store,
-        severity=after.severity,
         summary=effect.reason,
-        occurrences=after.occurrences,
-        opened_at=after.opened_at,
-        value=snapshot.get("value"),
-        threshold=snapshot.get("threshold"),
-        query=snapshot.get("query"),
         previous_severity=before.severity if kind == "escalated" and before is not None else None,
         actor=effect.actor,
     )
@@ -116,7 +109,11 @@ def with_notices(item: Transition, at: datetime) -> Transition:
     transaction)."""
     if item.after is None or not item.effects:
         return item
-    effects = tuple(replace(e, notice=notice_of(item.before, item.after, e, at)) for e in item.effects)
+    quiet = item.after.flapping or any(e.kind is EffectKind.FLAPPING_STOPPED for e in item.effects)
+    effects = tuple(
+        e if quiet and e.kind in FLAP_QUIETED else replace(e, notice=notice_of(item.before, item.after, e, at))
+        for e in item.effects
+    )
     return replace(item, effects=effects)
 
 
@@ -208,7 +205,7 @@ def firing_alert(
 def resolved_alerts(notice: Notice, ticket_id: int, ticket_name: str, links: AlertLinks) -> list[dict[str, Any]]:
     """The alerts a notice ends: a resolution ends the ticket's alert, an escalation the alert of the old severity
     (the new one fires in the same POST)."""
-    if notice.kind == "resolved":
+    if notice.kind == "resolved" or (notice.kind == "flapping_stopped" and notice.status == "resolved"):
         ended = notice
     elif notice.kind == "escalated" and notice.previous_severity is not None:
         ended = replace(notice, severity=notice.previous_severity)

@@ -106,6 +106,8 @@ def ticket_status(ticket: Ticket) -> dict[str, Any]:
     }
     if ticket.resolved_at is not None:
         status["resolvedAt"] = format_time(ticket.resolved_at)
+    if ticket.flapping:
+        status["flapping"] = True
     return status
 
 

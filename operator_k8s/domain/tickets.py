@@ -74,15 +74,27 @@ class Ticket:
     version: int = 0
     """The row's version in Postgres (0: not stored yet). Every write names the version it was decided from and
     applies only if the row still has it (compare-and-set)."""
+    flapping: bool = False
+    flap_changes: tuple[datetime, ...] = ()
+    """When the invariant last changed state (violated ↔ holding), newest last, at most ``FLAP_CHECKS``."""
+
+
+FLAP_CHECKS = 21
+"""Flap detection looks at the last 21 checks (20 possible state changes), as Nagios does."""
 
 
 @dataclass(frozen=True)
 class Policy:
-    """Timing of one invariant's lifecycle."""
+    """Timing of one invariant's lifecycle, and its flap detection: the percent of state changes over the last
+    ``FLAP_CHECKS`` checks (newer ones weigh more) starts flapping at ``flap_start`` and stops below ``flap_stop``
+    (Nagios's default start; four changes in twenty checks flap, at most one in twenty is quiet)."""
 
     onset_grace: timedelta
     clear_grace: timedelta
     reopen_window: timedelta
+    interval: timedelta = timedelta(seconds=30)
+    flap_start: float = 20.0
+    flap_stop: float = 10.0
 
 
 class EffectKind(StrEnum):
@@ -181,7 +193,65 @@ def transition(
     namespace: str,
     cluster_name: str,
 ) -> Transition:
-    """Decide the next state of the ticket for ``key`` given this cycle's finding."""
+    """Decide the next state of the ticket for ``key`` given this cycle's finding, and whether it flaps."""
+    decided = _lifecycle(ticket, finding, now, policy, key=key, namespace=namespace, cluster_name=cluster_name)
+    return _with_flapping(decided, now, policy)
+
+
+def violating(ticket: Ticket) -> bool:
+    """Whether the ticket last saw its invariant violated (pending, open and not clearing, or resolved with a new
+    violation counting down)."""
+    if ticket.state is TicketState.PENDING:
+        return True
+    if ticket.state is TicketState.RESOLVED:
+        return ticket.violating_since is not None
+    return ticket.clearing_since is None
+
+
+def flap_percent(changes: tuple[datetime, ...], now: datetime, interval: timedelta) -> float:
+    """Nagios's percent state change over the last ``FLAP_CHECKS`` checks: each change weighs from 0.8 (the oldest
+    check) to 1.2 (the newest), over the 20 changes those checks could hold."""
+    span = FLAP_CHECKS - 1
+    total = 0.0
+    for at in changes:
+        age = int((now - at) / interval) if interval > timedelta(0) else 0
+        if 0 <= age < span:
+            total += 0.8 + 0.4 * (span - 1 - age) / (span - 1)
+    return 100.0 * total / span
+
+
+def _with_flapping(decided: Transition, now: datetime, policy: Policy) -> Transition:
+    """Record a state change of the invariant, and start or stop flapping when its percent crosses a threshold
+    (one effect each, instead of a pair of notices per flap)."""
+    before, after = decided.before, decided.after
+    if after is None:
+        return decided
+    changed = violating(after) != (violating(before) if before is not None else False)
+    changes = (*after.flap_changes, now)[-FLAP_CHECKS:] if changed else after.flap_changes
+    percent = flap_percent(changes, now, policy.interval)
+    flapping = percent >= policy.flap_start or (after.flapping and percent >= policy.flap_stop)
+    if changes == after.flap_changes and flapping == after.flapping:
+        return decided
+    updated = replace(after, flap_changes=changes, flapping=flapping)
+    effects = decided.effects
+    if flapping != after.flapping:
+        kind = EffectKind.FLAPPING_STARTED if flapping else EffectKind.FLAPPING_STOPPED
+        word = "started" if flapping else "stopped"
+        reason = f"flapping {word}: {percent:.0f}% state changes over the last {FLAP_CHECKS} checks"
+        effects = (*effects, Effect(kind, after.state, after.state, reason))
+    return Transition(before, updated, effects)
+
+
+def _lifecycle(
+    ticket: Ticket | None,
+    finding: Finding,
+    now: datetime,
+    policy: Policy,
+    *,
+    key: TicketKey,
+    namespace: str,
+    cluster_name: str,
+) -> Transition:
     if ticket is None or (ticket.state is TicketState.RESOLVED and not _reopenable(ticket, now, policy)):
         if finding.verdict is not Verdict.VIOLATED:
             return Transition(ticket, ticket)

@@ -7,6 +7,7 @@ same transaction; the dispatcher then runs as the operator runs it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -91,6 +92,22 @@ def notifier(database: str, settings: NotificationsConfig, owner: str = "test") 
     )
 
 
+@contextlib.asynccontextmanager
+async def running(dispatcher: Notifier) -> AsyncIterator[Notifier]:
+    dispatcher.start()
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.stop()
+
+
+@pytest.fixture
+async def cluster(database: str) -> AsyncIterator[Cluster]:
+    decided = Cluster(database)
+    yield decided
+    await decided.close()
+
+
 class Cluster:
     """Decides one cluster's tickets through the ledger, as the check cycle does."""
 
@@ -119,12 +136,9 @@ class Cluster:
 
 
 async def test_a_fault_and_its_heal_reach_the_receiver_through_alertmanager_and_a_signed_webhook(
-    database: str, receiver: Receiver, key_file: str, alertmanager: Alertmanager
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str, alertmanager: Alertmanager
 ) -> None:
-    cluster = Cluster(database)
-    dispatcher = notifier(database, config(receiver, key_file, alertmanager))
-    dispatcher.start()
-    try:
+    async with running(notifier(database, config(receiver, key_file, alertmanager))) as dispatcher:
         (opened,) = await cluster.judge("tikv-0", Verdict.VIOLATED)
         dispatcher.wake()
         ticket_label = f"prod/ticket-{opened.id}"
@@ -157,19 +171,13 @@ async def test_a_fault_and_its_heal_reach_the_receiver_through_alertmanager_and_
             ("hook", "opened", "delivered"), ("hook", "resolved", "delivered"),
             ("am", "opened", "delivered"), ("am", "resolved", "delivered"),
         }  # fmt: skip
-    finally:
-        await dispatcher.stop()
-        await cluster.close()
 
 
 async def test_a_receiver_down_loses_nothing_and_duplicates_nothing_after_dedup(
-    database: str, receiver: Receiver, key_file: str
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str
 ) -> None:
-    cluster = Cluster(database)
-    dispatcher = notifier(database, config(receiver, key_file))
     await receiver.go_down()
-    dispatcher.start()
-    try:
+    async with running(notifier(database, config(receiver, key_file))) as dispatcher:
         for store in ("tikv-0", "tikv-1", "tikv-2"):
             await cluster.judge(store, Verdict.VIOLATED)
         for store in ("tikv-0", "tikv-1"):
@@ -186,56 +194,40 @@ async def test_a_receiver_down_loses_nothing_and_duplicates_nothing_after_dedup(
         assert transitions == [("tikv-0", "opened"), ("tikv-0", "resolved"), ("tikv-1", "opened"),
                                ("tikv-1", "resolved"), ("tikv-2", "opened")]  # fmt: skip
         assert receiver.duplicates() == 0
-    finally:
-        await dispatcher.stop()
-        await cluster.close()
 
 
 async def test_transitions_committed_while_no_dispatcher_runs_are_delivered_when_one_starts(
-    database: str, receiver: Receiver, key_file: str
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str
 ) -> None:
     """The crash between a transition's commit and its delivery: the notice waits in Postgres."""
-    cluster = Cluster(database)
     await cluster.judge("tikv-0", Verdict.VIOLATED)
     await cluster.close()
-    dispatcher = notifier(database, config(receiver, key_file))
-    dispatcher.start()
-    try:
+    async with running(notifier(database, config(receiver, key_file))):
         await eventually_async(lambda: _true(receiver.hooks), timeout=20, what="the notice committed before")
-    finally:
-        await dispatcher.stop()
 
 
 async def test_two_replicas_side_by_side_deliver_each_row_once(
-    database: str, receiver: Receiver, key_file: str
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str
 ) -> None:
-    cluster = Cluster(database)
     settings = config(receiver, key_file)
-    replicas = [notifier(database, settings, owner="replica-a"), notifier(database, settings, owner="replica-b")]
-    for replica in replicas:
-        replica.start()
-    try:
+    replica_a, replica_b = notifier(database, settings, owner="replica-a"), notifier(database, settings, owner="b")
+    async with running(replica_a), running(replica_b):
         for round_ in range(3):
             for store in range(10):
                 await cluster.judge(f"tikv-{store}", Verdict.VIOLATED if round_ % 2 == 0 else Verdict.HOLDS)
-            for replica in replicas:
-                replica.wake()
+            replica_a.wake()
+            replica_b.wake()
         await eventually_async(
             lambda: _true(len(receiver.unique_hooks()) == 30), timeout=60, what="30 transitions delivered"
         )
         assert receiver.duplicates() == 0, "a row was delivered twice"
-    finally:
-        for replica in replicas:
-            await replica.stop()
-        await cluster.close()
 
 
-async def test_a_410_disables_the_receiver_and_says_so(database: str, receiver: Receiver, key_file: str) -> None:
-    cluster = Cluster(database)
-    dispatcher = notifier(database, config(receiver, key_file))
+async def test_a_410_disables_the_receiver_and_says_so(
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str
+) -> None:
     receiver.answer = Answer(410)
-    dispatcher.start()
-    try:
+    async with running(notifier(database, config(receiver, key_file))) as dispatcher:
         await cluster.judge("tikv-0", Verdict.VIOLATED)
         dispatcher.wake()
         await eventually_async(
@@ -252,17 +244,13 @@ async def test_a_410_disables_the_receiver_and_says_so(database: str, receiver: 
         assert "410" in rows[0]["result"]
         assert "disabled" in rows[1]["result"]
         assert receiver.refused["410"] == 1, "nothing is sent to a receiver that said it is gone"
-    finally:
-        await dispatcher.stop()
-        await cluster.close()
 
 
-async def test_a_429_is_retried_no_sooner_than_it_asks(database: str, receiver: Receiver, key_file: str) -> None:
-    cluster = Cluster(database)
-    dispatcher = notifier(database, config(receiver, key_file))
+async def test_a_429_is_retried_no_sooner_than_it_asks(
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str
+) -> None:
     receiver.answer = Answer(429, {"Retry-After": "3"})
-    dispatcher.start()
-    try:
+    async with running(notifier(database, config(receiver, key_file))) as dispatcher:
         await cluster.judge("tikv-0", Verdict.VIOLATED)
         dispatcher.wake()
         await eventually_async(lambda: _true(receiver.refused["429"] >= 1), timeout=20, what="the first 429")
@@ -270,28 +258,22 @@ async def test_a_429_is_retried_no_sooner_than_it_asks(database: str, receiver: 
         receiver.answer = Answer(200)
         await eventually_async(lambda: _true(receiver.hooks), timeout=20, what="the retry")
         assert time.monotonic() - refused_at >= 2.5, "the retry came before Retry-After"
-    finally:
-        await dispatcher.stop()
-        await cluster.close()
 
 
-async def test_a_redirect_to_another_origin_is_not_followed(database: str, receiver: Receiver, key_file: str) -> None:
+async def test_a_redirect_to_another_origin_is_not_followed(
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str
+) -> None:
     elsewhere = await start_receiver()
-    cluster = Cluster(database)
-    dispatcher = notifier(database, config(receiver, key_file))
     receiver.answer = Answer(307, {"Location": elsewhere.hook_url})
-    dispatcher.start()
-    try:
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(elsewhere.stop)
+        dispatcher = await cleanup.enter_async_context(running(notifier(database, config(receiver, key_file))))
         await cluster.judge("tikv-0", Verdict.VIOLATED)
         dispatcher.wake()
         await eventually_async(lambda: _true(receiver.refused["307"] >= 2), timeout=20, what="two attempts")
         assert elsewhere.hooks == [] and not elsewhere.refused, "nothing, signed or not, reached the other origin"
         (row,) = await _rows(database, "SELECT state, result FROM deliveries")
         assert "not followed" in row["result"]
-    finally:
-        await dispatcher.stop()
-        await cluster.close()
-        await elsewhere.stop()
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------

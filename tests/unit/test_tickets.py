@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
 from operator_k8s.domain.invariants import Verdict
+from operator_k8s.domain.notices import with_notices
 from operator_k8s.domain.tickets import (
     EffectKind,
     HumanEdit,
+    Ticket,
     TicketState,
+    Transition,
     apply_human_intent,
+    flap_percent,
     retire,
     transition,
 )
@@ -234,3 +239,62 @@ def test_retire(state: TicketState, after_state: TicketState | None) -> None:
     result = retire(ticket(state), at(5), "ClusterDeleted")
     assert (result.after.state if result.after else None) is after_state
     assert all(e.reason == "ClusterDeleted" for e in result.effects)
+
+
+# -- Flapping ------------------------------------------------------------------------------------------------------
+
+
+def _flap(verdicts: str, *, clear: float = 0, interval: float = 5) -> list[Transition]:
+    """Run a ticket through one verdict per check (``V`` violated, ``H`` holds), ``interval`` seconds apart."""
+    rules = replace(policy(clear=clear), interval=timedelta(seconds=interval))
+    current: Ticket | None = None
+    decided = []
+    for i, letter in enumerate(verdicts):
+        verdict = Verdict.VIOLATED if letter == "V" else Verdict.HOLDS
+        result = transition(current, finding(verdict), at(i * interval), rules, key=KEY, namespace="ns",
+                            cluster_name="tikv")  # fmt: skip
+        decided.append(result)
+        current = result.after if result.after is not None else current
+    return decided
+
+
+def _kinds(decided: list[Transition]) -> list[str]:
+    return [effect.kind.value for item in decided for effect in item.effects]
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "started", "stopped"),
+    [
+        ("V" + "H" * 20, 0, 0),  # one fault and its heal: two changes, no flapping
+        ("VHVHVHVH" + "H" * 30, 1, 1),  # four flaps, then quiet for 30 checks
+        ("VVVHHHVVVHHH" + "V" * 30, 1, 1),  # slower flaps, then a steady violation: stops, still open
+        ("VHVHVHVHVHVHVHVHVHVHVHVH", 1, 0),  # flapping throughout
+    ],
+)
+def test_flapping_starts_and_stops_once(verdicts: str, started: int, stopped: int) -> None:
+    kinds = _kinds(_flap(verdicts))
+    assert (kinds.count("FlappingStarted"), kinds.count("FlappingStopped")) == (started, stopped)
+
+
+def test_a_flapping_ticket_tells_receivers_once_instead_of_a_pair_per_flap() -> None:
+    decided = [with_notices(item, at(0)) for item in _flap("VHVHVHVHVHVH" + "H" * 30)]
+    told = [e.notice.kind for item in decided for e in item.effects if e.notice is not None]
+    assert told[0] == "opened"
+    assert told.count("flapping_started") == told.count("flapping_stopped") == 1
+    assert len(told) <= 5, f"a pair of notices per flap: {told}"
+    (stopped,) = [
+        e.notice for item in decided for e in item.effects if e.notice and e.notice.kind == "flapping_stopped"
+    ]
+    assert stopped.status == "resolved", "it stopped flapping resolved, and receivers resolve with it"
+    occurrences = [item.after.occurrences for item in decided if item.after is not None]
+    assert max(occurrences) == 6, "occurrences keep counting while it flaps"
+
+
+@pytest.mark.parametrize(
+    ("ages", "percent"),
+    [((), 0.0), ((0,), 6.0), ((19,), 4.0), ((20,), 0.0), (tuple(range(20)), 100.0)],
+)
+def test_flap_percent_weighs_recent_changes_more(ages: tuple[int, ...], percent: float) -> None:
+    now = at(1000)
+    changes = tuple(now - timedelta(seconds=5 * age) for age in ages)
+    assert flap_percent(changes, now, timedelta(seconds=5)) == pytest.approx(percent)

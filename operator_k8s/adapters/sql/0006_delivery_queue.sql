@@ -1,4 +1,9 @@
--- The delivery queue: what the people on call are told of a ticket's transitions, written in the same transaction as
+-- Flapping: a ticket whose invariant changed state too often over its recent checks (domain.tickets, ``flapping``).
+-- The moments of its last state changes are kept with it, so every replica and a restart judge alike.
+ALTER TABLE tickets ADD COLUMN flapping boolean NOT NULL DEFAULT false;
+ALTER TABLE tickets ADD COLUMN flap_changes timestamptz[] NOT NULL DEFAULT '{}';
+
+-- Notifications. The delivery queue: what the people on call are told of a ticket's transitions, written in the same transaction as
 -- the transition (a notice per event that carries one), so a crash between the commit and the send loses nothing.
 -- A notice is routed to receivers later (one delivery row per receiver); a delivery is claimed with a lease (two
 -- replicas never send one row at once), retried with backoff, and ends delivered, dead (with the reason) or
@@ -72,13 +77,16 @@ BEGIN
                 END IF;
                 INSERT INTO tickets (cluster_uid, namespace, cluster_name, invariant, store, state, severity, message,
                                      occurrences, first_seen, last_seen, violating_since, clearing_since, opened_at,
-                                     resolved_at, hold, acknowledged, note, snapshot, version)
+                                     resolved_at, hold, acknowledged, note, snapshot, version, flapping,
+                                     flap_changes)
                 VALUES (p_cluster_uid, t ->> 'namespace', t ->> 'cluster_name', t ->> 'invariant', t ->> 'store',
                         t ->> 'state', t ->> 'severity', t ->> 'message', (t ->> 'occurrences')::int,
                         (t ->> 'first_seen')::timestamptz, (t ->> 'last_seen')::timestamptz,
                         (t ->> 'violating_since')::timestamptz, (t ->> 'clearing_since')::timestamptz,
                         (t ->> 'opened_at')::timestamptz, (t ->> 'resolved_at')::timestamptz,
-                        (t ->> 'hold')::boolean, (t ->> 'acknowledged')::boolean, t ->> 'note', t -> 'snapshot', 1)
+                        (t ->> 'hold')::boolean, (t ->> 'acknowledged')::boolean, t ->> 'note', t -> 'snapshot', 1,
+                        COALESCE((t ->> 'flapping')::boolean, false),
+                        ARRAY(SELECT jsonb_array_elements_text(COALESCE(t -> 'flap_changes', '[]'::jsonb)))::timestamptz[])
                 ON CONFLICT (cluster_uid, invariant, store) WHERE state <> 'resolved' DO NOTHING
                 RETURNING id, version INTO v_id, v_version;
             ELSIF (w ->> 'delete')::boolean THEN
@@ -98,6 +106,9 @@ BEGIN
                     clearing_since = (t ->> 'clearing_since')::timestamptz,
                     opened_at = (t ->> 'opened_at')::timestamptz, resolved_at = (t ->> 'resolved_at')::timestamptz,
                     hold = (t ->> 'hold')::boolean, acknowledged = (t ->> 'acknowledged')::boolean,
+                    flapping = COALESCE((t ->> 'flapping')::boolean, false),
+                    flap_changes = ARRAY(SELECT jsonb_array_elements_text(
+                        COALESCE(t -> 'flap_changes', '[]'::jsonb)))::timestamptz[],
                     note = t ->> 'note', snapshot = t -> 'snapshot', version = version + 1, updated_at = now()
                 WHERE id = (t ->> 'id')::bigint AND cluster_uid = p_cluster_uid AND version = v_expected
                 RETURNING id, version INTO v_id, v_version;
