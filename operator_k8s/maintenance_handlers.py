@@ -35,10 +35,12 @@ def register_maintenance(registry: kopf.OperatorRegistry, *, interval: float = S
         """kopf hands its indexes (empty at first, then kept current) to start-up handlers too."""
         windows.attach(kwargs[MAINTENANCE_INDEX])
 
-    @kopf.timer(GROUP, VERSION, MAINTENANCE_WINDOW_PLURAL, id="maintenance_status", interval=interval,
-                registry=registry)  # fmt: skip
-    async def maintenance_status(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
-                                 **_: Any) -> None:  # fmt: skip
+    @kopf.timer(
+        GROUP, VERSION, MAINTENANCE_WINDOW_PLURAL, id="maintenance_status", interval=interval, registry=registry
+    )
+    async def maintenance_status(
+        spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch, **_: Any
+    ) -> None:
         """Writes only what differs from the status the object shows now (observed, never remembered), and returns
         None: kopf writes nothing of its own."""
         changes = status_changes(status, spec, int(meta.get("generation") or 0), datetime.now(UTC))

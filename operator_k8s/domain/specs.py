@@ -86,10 +86,11 @@ def is_label_key(key: str) -> bool:
     return bool(_LABEL_KEY.match(key)) and key.find("/") <= 253
 
 
-def validation_message(error: ValidationError, *, limit: int = 5) -> str:
-    """A refused spec in one line, each error at its field as the API server writes it: ``spec.a.b[0]: why``."""
+def validation_message(error: ValidationError) -> str:
+    """A refused spec in one line (its first five errors), each at its field as the API server writes it:
+    ``spec.a.b[0]: why``."""
     parts = []
-    for item in error.errors()[:limit]:
+    for item in error.errors()[:5]:
         where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
         parts.append(f"spec{where}: {item['msg']}")
     return "; ".join(parts)
@@ -472,7 +473,7 @@ LABEL_KEY_MESSAGE = "key must be a Kubernetes label key"
 SELECTOR_VALUES_MESSAGE = "values must be given for In and NotIn, and only for them"
 TIMESTAMP_MESSAGE = "{field} must be an RFC 3339 time"
 SCHEDULE_MESSAGE = "schedule must be a cron expression (minute hour day-of-month month day-of-week): {detail}"
-SCHEDULE_NEVER_MESSAGE = "schedule never matches a time (a day that no month has?)"
+SCHEDULE_NEVER_MESSAGE = "schedule never matches a time (as 0 0 30 2 *: no February has a 30th)"
 OCCURRENCE_MESSAGE = "duration must be more than 0s and at most 744h (31 days)"
 TIME_ZONE_MESSAGE = "timeZone must name an IANA time zone, such as UTC or Europe/Berlin"
 FIXED_PAIR_MESSAGE = "start and end must be given together (a fixed window)"
