@@ -424,6 +424,23 @@ def test_models_accept_what_windows_can_use(spec: dict[str, Any]) -> None:
     assert next_start(parsed, t("2025-01-01T00:00:00Z")) is not None
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "maintenance-windows.yaml"
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [
+        ("weekly-upgrades", {"active": False, "nextStart": "2026-06-06T00:00:00Z"}),
+        ("patch-tuesday", {"active": False, "nextStart": "2026-06-08T23:00:00Z"}),  # 2026-06-09 01:00 CEST
+        ("tikv-3-disk-swap", {"active": True, "activeUntil": "2026-06-02T02:00:00Z"}),
+    ],
+)
+def test_the_examples_are_windows_the_operator_uses(name: str, status: dict[str, Any]) -> None:
+    examples = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(EXAMPLES.read_text()) if doc}
+    shown = window_status(MaintenanceWindowSpec.model_validate(examples[name]["spec"]), t("2026-06-02T00:00:00Z"))
+    assert {key: shown[key] for key in status} == status
+
+
 def _cel_messages(node: Any) -> list[str]:
     if isinstance(node, dict):
         rules = [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
