@@ -1,4 +1,4 @@
-"""Pydantic models of the MonitoredCluster and Ticket specs, mirroring the CRD schemas in ``crds/``.
+"""Pydantic models of the MonitoredCluster, Ticket and MaintenanceWindow specs, mirroring the CRD schemas in ``crds/``.
 
 The API server has already validated what reaches us; these models turn it into typed values and repeat every bound
 the CRD's CEL rules set, with the same messages, so that anything that slips past the API server (a CRD installed
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from croniter import CroniterBadDateError, CroniterError, croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from operator_k8s.domain.durations import parse_duration
@@ -78,6 +81,21 @@ def _promql_safe_label(name: str) -> bool:
     return not name.startswith("__") and name.lower() not in PROMQL_MISREAD_LABELS
 
 
+def is_label_key(key: str) -> bool:
+    """A Kubernetes label key: an optional DNS-subdomain prefix and ``/``, then a name of at most 63 characters."""
+    return bool(_LABEL_KEY.match(key)) and key.find("/") <= 253
+
+
+def validation_message(error: ValidationError) -> str:
+    """A refused spec in one line (its first five errors), each at its field as the API server writes it:
+    ``spec.a.b[0]: why``."""
+    parts = []
+    for item in error.errors()[:5]:
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
+        parts.append(f"spec{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
 def normalised_name(name: str) -> str:
     """A custom name as compared with the built-ins and the other custom names: hyphens dropped (its condition type
     drops them too), lower case."""
@@ -101,7 +119,7 @@ class LabelSelector(ApiModel):
     @classmethod
     def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
         """Keys that cannot be labels would select no pod, silently."""
-        if not all(_LABEL_KEY.match(key) and key.find("/") <= 253 for key in value):
+        if not all(is_label_key(key) for key in value):
             raise ValueError(MATCH_LABELS_KEY_MESSAGE)
         return value
 
@@ -434,3 +452,193 @@ class TicketSpec(ApiModel):
     hold: bool = False
     acknowledged: bool = False
     note: str | None = Field(default=None, max_length=1024)
+
+
+# -- MaintenanceWindow ----------------------------------------------------------------------------------------------
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+RFC3339_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"
+Timestamp = Annotated[str, Field(max_length=64, pattern=RFC3339_PATTERN)]
+"""An RFC 3339 time with its offset (``2025-06-01T02:00:00Z``, ``2025-06-01T04:00:00+02:00``): never a local time
+whose meaning would depend on the operator's clock."""
+CRON_PATTERN = r"^\S+( +\S+){4}$"
+"""Five fields: minute, hour, day of month, month, day of week (no seconds, no year, no ``@weekly``)."""
+TIME_ZONE_PATTERN = r"^[A-Za-z][-+_A-Za-z0-9]*(/[-+_A-Za-z0-9]+)*$"
+INVARIANT_NAME_PATTERN = r"^[a-zA-Z]([a-zA-Z0-9-]*[a-zA-Z0-9])?$"
+"""A built-in invariant's name (``diskUsage``) or a custom one's (``replica-lag``)."""
+MAX_OCCURRENCE = "744h"
+MAX_OCCURRENCE_SECONDS = parse_duration(MAX_OCCURRENCE)
+
+LABEL_KEY_MESSAGE = "key must be a Kubernetes label key"
+SELECTOR_VALUES_MESSAGE = "values must be given for In and NotIn, and only for them"
+TIMESTAMP_MESSAGE = "{field} must be an RFC 3339 time"
+SCHEDULE_MESSAGE = "schedule must be a cron expression (minute hour day-of-month month day-of-week): {detail}"
+SCHEDULE_NEVER_MESSAGE = "schedule never matches a time (as 0 0 30 2 *: no February has a 30th)"
+OCCURRENCE_MESSAGE = "duration must be more than 0s and at most 744h (31 days)"
+TIME_ZONE_MESSAGE = "timeZone must name an IANA time zone, such as UTC or Europe/Berlin"
+FIXED_PAIR_MESSAGE = "start and end must be given together (a fixed window)"
+RECURRING_PAIR_MESSAGE = "schedule and duration must be given together (a recurring window)"
+NO_WHEN_MESSAGE = "give start and end (a fixed window) or schedule and duration (a recurring one)"
+BOTH_WHENS_MESSAGE = "give either start and end (a fixed window) or schedule and duration (a recurring one), not both"
+END_MESSAGE = "end must be after start"
+BOUNDS_MESSAGE = "from and until bound a recurring window (schedule); a fixed window has start and end"
+UNTIL_MESSAGE = "until must be after from"
+
+
+def parse_timestamp(value: str) -> datetime:
+    """An RFC 3339 time the pattern admitted, as an aware datetime; ValueError for a date no calendar has."""
+    return datetime.fromisoformat(value)
+
+
+class SelectorRequirement(ApiModel):
+    """One ``matchExpressions`` entry, as in any Kubernetes label selector."""
+
+    key: str = Field(max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[LabelValue] = Field(default_factory=list, max_length=64)
+
+    @field_validator("key")
+    @classmethod
+    def _label_key(cls, value: str) -> str:
+        if not is_label_key(value):
+            raise ValueError(LABEL_KEY_MESSAGE)
+        return value
+
+    @model_validator(mode="after")
+    def _values_for_set_operators(self) -> SelectorRequirement:
+        """Kubernetes refuses both mistakes; silently, one would match nothing and the other ignore the values."""
+        if (self.operator in ("In", "NotIn")) != bool(self.values):
+            raise ValueError(SELECTOR_VALUES_MESSAGE)
+        return self
+
+
+class ClusterSelector(ApiModel):
+    """Which MonitoredClusters of the window's namespace it covers, by their labels: every pair and every
+    expression must hold; an empty selector covers them all."""
+
+    match_labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=16)
+    match_expressions: list[SelectorRequirement] = Field(default_factory=list, max_length=16)
+
+    @field_validator("match_labels")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        if not all(is_label_key(key) for key in value):
+            raise ValueError(MATCH_LABELS_KEY_MESSAGE)
+        return value
+
+
+class MaintenanceWindowSpec(ApiModel):
+    """When tickets of the selected clusters are recorded but nobody is told: either one fixed interval (``start``,
+    ``end``) or a recurring one (``schedule``, ``duration``, read in ``timeZone``, optionally between ``from`` and
+    ``until``). Cron syntax and zone names are beyond CEL, so the API server admits any five fields and any
+    well-formed name; these models refuse what croniter or zoneinfo cannot read, and the window's status says why."""
+
+    cluster_selector: ClusterSelector
+    invariants: list[Annotated[str, Field(max_length=40, pattern=INVARIANT_NAME_PATTERN)]] = Field(
+        default_factory=list, max_length=32
+    )
+    stores: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list, max_length=128)
+    start: Timestamp | None = None
+    end: Timestamp | None = None
+    schedule: str | None = Field(default=None, max_length=128, pattern=CRON_PATTERN)
+    duration: Duration | None = None
+    time_zone: str = Field(default="UTC", max_length=64, pattern=TIME_ZONE_PATTERN)
+    from_: Timestamp | None = Field(default=None, alias="from")
+    until: Timestamp | None = None
+
+    @field_validator("start", "end", "from_", "until")
+    @classmethod
+    def _calendar_time(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            try:
+                parse_timestamp(value)
+            except ValueError:
+                raise ValueError(TIMESTAMP_MESSAGE.format(field=(info.field_name or "").rstrip("_"))) from None
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, value: str | None, info: ValidationInfo) -> str | None:
+        start = info.data.get("start")
+        if value is not None and start is not None and parse_timestamp(value) <= parse_timestamp(start):
+            raise ValueError(END_MESSAGE)
+        return value
+
+    @field_validator("until")
+    @classmethod
+    def _after_from(cls, value: str | None, info: ValidationInfo) -> str | None:
+        lower = info.data.get("from_")
+        if value is not None and lower is not None and parse_timestamp(value) <= parse_timestamp(lower):
+            raise ValueError(UNTIL_MESSAGE)
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        """Parsed as the windows will read it, and run once: a schedule that never matches is refused too."""
+        if value is None:
+            return value
+        try:
+            croniter(value, datetime(2000, 1, 1)).get_next(datetime)
+        except CroniterBadDateError:
+            raise ValueError(SCHEDULE_NEVER_MESSAGE) from None
+        except (CroniterError, ValueError, KeyError, IndexError) as error:  # croniter's parser raises all of these
+            raise ValueError(SCHEDULE_MESSAGE.format(detail=error)) from None
+        return value
+
+    @field_validator("duration")
+    @classmethod
+    def _occurrence_bounds(cls, value: str | None) -> str | None:
+        if value is not None and not 0 < _seconds(value) <= MAX_OCCURRENCE_SECONDS:
+            raise ValueError(OCCURRENCE_MESSAGE)
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError, OSError):  # not found; not a TZif file (zone.tab); a directory (Europe)
+            raise ValueError(TIME_ZONE_MESSAGE) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_window(self) -> MaintenanceWindowSpec:
+        """The CRD's CEL rules on the whole spec, in the same words (end and until are checked at their fields, as
+        the CRD reports them)."""
+        fixed, recurring = self.start is not None, self.schedule is not None
+        if fixed != (self.end is not None):
+            raise ValueError(FIXED_PAIR_MESSAGE)
+        if recurring != (self.duration is not None):
+            raise ValueError(RECURRING_PAIR_MESSAGE)
+        if not (fixed or recurring):
+            raise ValueError(NO_WHEN_MESSAGE)
+        if fixed and recurring:
+            raise ValueError(BOTH_WHENS_MESSAGE)
+        if not recurring and (self.from_ is not None or self.until is not None):
+            raise ValueError(BOUNDS_MESSAGE)
+        return self
+
+    @property
+    def start_at(self) -> datetime | None:
+        return None if self.start is None else parse_timestamp(self.start)
+
+    @property
+    def end_at(self) -> datetime | None:
+        return None if self.end is None else parse_timestamp(self.end)
+
+    @property
+    def from_at(self) -> datetime | None:
+        return None if self.from_ is None else parse_timestamp(self.from_)
+
+    @property
+    def until_at(self) -> datetime | None:
+        return None if self.until is None else parse_timestamp(self.until)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        return None if self.duration is None else parse_duration(self.duration)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)

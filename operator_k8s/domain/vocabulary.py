@@ -12,6 +12,8 @@ CLUSTER_KIND = "MonitoredCluster"
 CLUSTER_PLURAL = "monitoredclusters"
 TICKET_KIND = "Ticket"
 TICKET_PLURAL = "tickets"
+MAINTENANCE_WINDOW_KIND = "MaintenanceWindow"
+MAINTENANCE_WINDOW_PLURAL = "maintenancewindows"
 
 CLUSTER_STORE = "cluster"
 """The store name of findings and tickets about the whole cluster rather than one store."""

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from operator_k8s.domain.specs import MonitoredClusterSpec, TicketSpec
+from operator_k8s.domain.specs import MaintenanceWindowSpec, MonitoredClusterSpec, TicketSpec
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -86,7 +86,11 @@ def compare(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], pa
 
 @pytest.mark.parametrize(
     ("filename", "model"),
-    [("monitoredclusters.operator-k8s.io.yaml", MonitoredClusterSpec), ("tickets.operator-k8s.io.yaml", TicketSpec)],
+    [
+        ("monitoredclusters.operator-k8s.io.yaml", MonitoredClusterSpec),
+        ("tickets.operator-k8s.io.yaml", TicketSpec),
+        ("maintenancewindows.operator-k8s.io.yaml", MaintenanceWindowSpec),
+    ],
 )
 def test_models_mirror_the_crd_schema(filename: str, model: type[BaseModel]) -> None:
     schema = model.model_json_schema(by_alias=True)
@@ -108,7 +112,14 @@ def _all_nodes(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-@pytest.mark.parametrize("filename", ["monitoredclusters.operator-k8s.io.yaml", "tickets.operator-k8s.io.yaml"])
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "monitoredclusters.operator-k8s.io.yaml",
+        "tickets.operator-k8s.io.yaml",
+        "maintenancewindows.operator-k8s.io.yaml",
+    ],
+)
 def test_every_string_and_array_is_bounded(filename: str) -> None:
     unbounded = [
         path
@@ -166,3 +177,16 @@ def test_comparison_catches_a_drift() -> None:
     compare(drifted, schema, schema["$defs"], "spec", problems)
     assert any("preset" in p for p in problems)
     assert any("spec.interval" in p and "99" in p for p in problems)
+
+
+def test_comparison_catches_a_drift_in_a_nested_list() -> None:
+    """The same for the MaintenanceWindow: a bound inside the selector's expressions, and a field the CRD lacks."""
+    drifted = crd_schema("maintenancewindows.operator-k8s.io.yaml")["properties"]["spec"]
+    selector = drifted["properties"]["clusterSelector"]["properties"]
+    selector["matchExpressions"]["items"]["properties"]["values"]["items"]["maxLength"] = 64
+    del drifted["properties"]["until"]
+    schema = MaintenanceWindowSpec.model_json_schema(by_alias=True)
+    problems: list[str] = []
+    compare(drifted, schema, schema["$defs"], "spec", problems)
+    assert any("until" in p for p in problems)
+    assert any("spec.clusterSelector.matchExpressions[].values[]" in p and "64" in p for p in problems)

@@ -62,6 +62,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [operator-k8s.io]
   resources: [tickets]
   verbs: [list, watch, create, patch, delete]
+# MaintenanceWindows: observed through the watch (kopf's index of them, which the notification code reads); patched
+# for the finalizer kopf puts on every object it runs a timer on.
+- apiGroups: [operator-k8s.io]
+  resources: [maintenancewindows]
+  verbs: [list, watch, patch]
+# Their status: active, until when, next start (written only where it differs from what the object shows).
+- apiGroups: [operator-k8s.io]
+  resources: [maintenancewindows/status]
+  verbs: [patch]
 {{- if .Values.peering.enabled }}
 # Peering between replicas (only with watchNamespaces: kopf uses a KopfPeering per namespace); get: a replica waits
 # at start until the chart's peering object exists.

@@ -1,0 +1,313 @@
+"""Maintenance windows: when one is active, which ones cover a ticket, and the status a window shows. Pure: the
+time is passed in, every datetime is timezone-aware, and what is returned is in UTC.
+
+A recurring window's occurrences are found on the wall clock of its time zone: croniter only ever sees local times
+without an offset (``0 2 * * 6`` is 02:00 on the clock on the wall, in winter and in summer), and each start is then
+placed on the time line by ``wall_to_instant``. ``duration`` is elapsed time, as Go durations are: an occurrence
+that spans a change of the clocks ends ``duration`` after it started, so its local end moves by the change (01:30
+plus 2h is 04:30 on the night the clocks skip 02:00-03:00).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from croniter import CroniterBadDateError, croniter
+from pydantic import ValidationError
+
+from operator_k8s.domain.specs import ClusterSelector, MaintenanceWindowSpec, normalised_name, validation_message
+from operator_k8s.domain.status import FOREIGN_STATUS_KEYS, format_time, merge_patch
+
+MESSAGE_LIMIT = 1024
+"""The CRD's maxLength of ``status.message``."""
+
+
+# -- Label selectors ------------------------------------------------------------------------------------------------
+
+
+def selector_matches(selector: ClusterSelector, labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics: every ``matchLabels`` pair and every expression holds (``NotIn`` and
+    ``DoesNotExist`` hold for an object without the key); an empty selector matches everything."""
+    if any(labels.get(key) != value for key, value in selector.match_labels.items()):
+        return False
+    for requirement in selector.match_expressions:
+        present = requirement.key in labels
+        holds = {
+            "In": present and labels.get(requirement.key) in requirement.values,
+            "NotIn": not present or labels.get(requirement.key) not in requirement.values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[requirement.operator]
+        if not holds:
+            return False
+    return True
+
+
+# -- Occurrences ----------------------------------------------------------------------------------------------------
+
+
+def wall_to_instant(wall: datetime, zone: ZoneInfo) -> datetime:
+    """A local time without offset, placed on the time line (UTC) so that later local times are never earlier
+    instants: in the hour repeated when the clocks go back, its first instance; in the hour skipped when they go
+    forward, the moment of the jump (a 02:30 start on a 02:00 → 03:00 night starts at 03:00, as cron runs a job whose
+    time was skipped)."""
+    first, second = wall.replace(tzinfo=zone, fold=0), wall.replace(tzinfo=zone, fold=1)
+    before, after = first.utcoffset(), second.utcoffset()
+    if before is None or after is None or before >= after:  # the same instant, or the first of a repeated hour
+        return first.astimezone(UTC)
+    # Skipped: the jump is in (second, first] on the time line; found to the second (jumps are on whole seconds).
+    low, high = second.astimezone(UTC), first.astimezone(UTC)
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        middle -= timedelta(microseconds=middle.microsecond)
+        if middle.astimezone(zone).utcoffset() == after:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _repeat_slack(local: datetime) -> timedelta:
+    """How far past ``local`` (an aware local time) wall times still map at or before it: the rest of a repeated
+    hour when ``local`` is in its second instance, else nothing."""
+    first = local.replace(fold=0).utcoffset()
+    current = local.utcoffset()
+    if local.fold and first is not None and current is not None and first > current:
+        return first - current
+    return timedelta(0)
+
+
+def _last_start(spec: MaintenanceWindowSpec, now: datetime) -> datetime | None:
+    """The latest start of the schedule at or before ``now``, ignoring ``from`` and ``until``."""
+    assert spec.schedule is not None
+    zone = spec.zone
+    local = now.astimezone(zone)
+    # croniter's get_prev is strictly before its start: a minute past the last wall time that may map to ``now``
+    # includes a start at exactly ``now``; the starts after ``now`` this lets in are skipped one by one.
+    ceiling = local.replace(tzinfo=None) + _repeat_slack(local) + timedelta(minutes=1)
+    walls = croniter(spec.schedule, ceiling)
+    try:
+        while True:
+            start = wall_to_instant(walls.get_prev(datetime), zone)
+            if start <= now:
+                return start
+    except CroniterBadDateError:
+        return None
+
+
+def _first_start_after(spec: MaintenanceWindowSpec, moment: datetime) -> datetime | None:
+    """The earliest start of the schedule strictly after ``moment``, ignoring ``from`` and ``until``."""
+    assert spec.schedule is not None
+    zone = spec.zone
+    walls = croniter(spec.schedule, moment.astimezone(zone).replace(tzinfo=None))
+    try:
+        while True:
+            start = wall_to_instant(walls.get_next(datetime), zone)
+            if start > moment:  # walls of a repeated hour's second instance map before it: skipped
+                return start
+    except CroniterBadDateError:
+        return None
+
+
+def _aware(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    return now.astimezone(UTC)
+
+
+def active_interval(spec: MaintenanceWindowSpec, now: datetime) -> tuple[datetime, datetime] | None:
+    """The occurrence in progress at ``now`` (start ≤ now < end), or None.
+
+    A recurring window is active only between ``from`` and ``until``: an occurrence in progress at ``from`` is
+    active from then on, one in progress at ``until`` ends there. When occurrences overlap (a duration longer than
+    the schedule's period), the one that started last is returned: it ends last."""
+    now = _aware(now)
+    if spec.start_at is not None and spec.end_at is not None:
+        start, end = spec.start_at.astimezone(UTC), spec.end_at.astimezone(UTC)
+        return (start, end) if start <= now < end else None
+    lower, upper = spec.from_at, spec.until_at
+    if (lower is not None and now < lower) or (upper is not None and now >= upper):
+        return None
+    begun = _last_start(spec, now)
+    if begun is None or spec.duration_seconds is None:
+        return None
+    end = begun + timedelta(seconds=spec.duration_seconds)
+    if now >= end:
+        return None
+    start = begun if lower is None else max(begun, lower.astimezone(UTC))
+    return start, end if upper is None else min(end, upper.astimezone(UTC))
+
+
+def next_start(spec: MaintenanceWindowSpec, now: datetime) -> datetime | None:
+    """When the window next becomes active, strictly after ``now``: the next occurrence's start, or ``from`` when an
+    occurrence is in progress then; None when the fixed window has begun or no occurrence starts before ``until``."""
+    now = _aware(now)
+    if spec.start_at is not None:
+        start = spec.start_at.astimezone(UTC)
+        return start if now < start else None
+    lower, upper = spec.from_at, spec.until_at
+    if lower is not None and now < lower:
+        if active_interval(spec, lower) is not None:
+            return lower.astimezone(UTC)
+        now = lower.astimezone(UTC)  # no occurrence contains ``from``, so none starts at it either
+    following = _first_start_after(spec, now)
+    if following is None or (upper is not None and following >= upper):
+        return None
+    return following
+
+
+# -- Which windows cover a ticket -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """A MaintenanceWindow as the notification code reads it: where it is, and its (valid) spec."""
+
+    name: str
+    namespace: str
+    spec: MaintenanceWindowSpec
+
+    @property
+    def selector(self) -> ClusterSelector:
+        return self.spec.cluster_selector
+
+    @property
+    def invariants(self) -> frozenset[str]:
+        """The invariants it covers, by normalised name (``disk-usage`` is ``diskUsage``); empty: all of them."""
+        return frozenset(normalised_name(name) for name in self.spec.invariants)
+
+    @property
+    def stores(self) -> frozenset[str]:
+        """The stores it covers (``cluster``: the tickets about the whole cluster); empty: all of them."""
+        return frozenset(self.spec.stores)
+
+    def applies_to(self, invariant: str, store: str) -> bool:
+        """Whether the window is about this invariant and this store (whenever it is active)."""
+        invariants, stores = self.invariants, self.stores
+        return (not invariants or normalised_name(invariant) in invariants) and (not stores or store in stores)
+
+
+@dataclass(frozen=True)
+class Covered:
+    """The windows that cover a ticket now (by name, sorted), and when the last of their occurrences ends: the
+    notification is held until then. ``by`` is the window whose occurrence ends then."""
+
+    windows: tuple[str, ...]
+    until: datetime
+    by: str
+
+
+def covering(
+    windows: Iterable[Window],
+    *,
+    namespace: str,
+    cluster_labels: Mapping[str, str],
+    invariant: str,
+    store: str,
+    now: datetime,
+) -> Covered | None:
+    """The windows of ``namespace`` that cover a ticket of (``invariant``, ``store``) on a cluster labelled
+    ``cluster_labels`` at ``now``, or None: then notify as usual."""
+    found: list[tuple[str, datetime]] = []
+    for window in sorted(windows, key=lambda w: w.name):
+        if window.namespace != namespace or not window.applies_to(invariant, store):
+            continue
+        if not selector_matches(window.selector, cluster_labels):
+            continue
+        interval = active_interval(window.spec, now)
+        if interval is not None:
+            found.append((window.name, interval[1]))
+    if not found:
+        return None
+    by, until = max(found, key=lambda item: item[1])  # the first by name among equal ends
+    return Covered(windows=tuple(name for name, _ in found), until=until, by=by)
+
+
+def window_of(name: str, namespace: str, raw_spec: Mapping[str, Any]) -> Window | None:
+    """The window an object shows, or None when its spec is invalid: such a window holds no notification back
+    (its status says why)."""
+    try:
+        return Window(name, namespace, MaintenanceWindowSpec.model_validate(dict(raw_spec)))
+    except ValidationError:
+        return None
+
+
+def index_entry(name: str, namespace: str, raw_spec: Mapping[str, Any]) -> dict[str, Window]:
+    """What kopf's index of windows holds for one object: its window under its namespace, or nothing for an invalid
+    spec. Never None: kopf keeps an object's previous value when its indexer returns None, so a window whose spec
+    turned invalid would stay in force."""
+    window = window_of(name, namespace, raw_spec)
+    return {namespace: window} if window is not None else {}
+
+
+class WindowIndex:
+    """The current windows by namespace, read through to a live mapping (kopf's index of them, attached when the
+    operator starts; empty before). A view, never a copy: what it returns is what the watch shows now."""
+
+    def __init__(self, by_namespace: Mapping[str, Iterable[Window]] | None = None) -> None:
+        self._by_namespace: Mapping[str, Iterable[Window]] = by_namespace if by_namespace is not None else {}
+
+    def attach(self, by_namespace: Mapping[str, Iterable[Window]]) -> None:
+        self._by_namespace = by_namespace
+
+    def in_namespace(self, namespace: str) -> list[Window]:
+        return list(self._by_namespace.get(namespace, ()))
+
+    def covering(
+        self, *, namespace: str, cluster_labels: Mapping[str, str], invariant: str, store: str, now: datetime
+    ) -> Covered | None:
+        """``covering`` over the windows of ``namespace``."""
+        return covering(
+            self.in_namespace(namespace), namespace=namespace, cluster_labels=cluster_labels, invariant=invariant,
+            store=store, now=now,
+        )  # fmt: skip
+
+
+# -- Status ---------------------------------------------------------------------------------------------------------
+
+
+def window_status(spec: MaintenanceWindowSpec, now: datetime) -> dict[str, Any]:
+    """What the window shows: whether it is active, until when, when it next starts, and a sentence saying so.
+    Times have second precision, so the status changes only when an occurrence starts or ends."""
+    interval = active_interval(spec, now)
+    upcoming = next_start(spec, now)
+    status: dict[str, Any] = {"active": interval is not None}
+    if interval is not None:
+        status["activeUntil"] = format_time(interval[1])
+    if upcoming is not None:
+        status["nextStart"] = format_time(upcoming)
+    if interval is not None:
+        message = f"Active until {status['activeUntil']}: tickets are recorded, notifications held"
+    elif upcoming is not None:
+        message = f"Inactive; next starts {status['nextStart']}"
+    elif spec.end_at is not None:
+        message = f"Over: ended {format_time(spec.end_at)}"
+    else:
+        message = "Over: no occurrence starts before until" if spec.until_at is not None else "Inactive"
+    status["message"] = message
+    return status
+
+
+def desired_status(raw_spec: Mapping[str, Any], generation: int, now: datetime) -> dict[str, Any]:
+    """The status a MaintenanceWindow object should show for the spec it has: ``window_status``, or for a spec the
+    operator cannot read, inactive with the reason."""
+    try:
+        spec = MaintenanceWindowSpec.model_validate(dict(raw_spec))
+    except ValidationError as error:
+        status: dict[str, Any] = {"active": False, "message": f"Invalid spec: {validation_message(error)}"}
+    else:
+        status = window_status(spec, now)
+    status["message"] = status["message"][:MESSAGE_LIMIT]
+    return {**status, "observedGeneration": generation}
+
+
+def status_changes(
+    observed: Mapping[str, Any], raw_spec: Mapping[str, Any], generation: int, now: datetime
+) -> dict[str, Any]:
+    """The merge patch from the status a window shows to the one it should show (empty: nothing to write), removed
+    keys as null; keys that are not the operator's (kopf's) left alone."""
+    return merge_patch(observed, desired_status(raw_spec, generation, now), keep=FOREIGN_STATUS_KEYS)
