@@ -29,6 +29,7 @@ from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
 from operator_k8s.domain.receivers import NotificationsConfig
 from operator_k8s.domain.tickets import Ticket
+from operator_k8s.maintenance_handlers import register_maintenance
 from operator_k8s.notifier import Notifier
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor, ServiceSettings
@@ -158,6 +159,10 @@ class Operator:
             ),
         )
         self.monitor = monitor
+        windows = register_maintenance(registry)
+        self.notifier.covering = lambda notice, at: windows.covered(
+            notice.namespace, notice.cluster, notice.invariant, notice.store, at
+        )
         heartbeats = self.heartbeats = handlers.register(
             registry,
             monitor,

@@ -18,7 +18,15 @@ from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.ledger import ClusterRef, TicketResource
 from operator_k8s.domain.projections import ObservedTicket, normal_intent, ticket_id_of
-from operator_k8s.domain.vocabulary import CLUSTER_PLURAL, GROUP, MANAGER, TICKET_PLURAL, VERSION
+from operator_k8s.domain.vocabulary import (
+    CLUSTER_PLURAL,
+    GROUP,
+    MAINTAINED_CLUSTERS_INDEX,
+    MAINTENANCE_WINDOWS_INDEX,
+    MANAGER,
+    TICKET_PLURAL,
+    VERSION,
+)
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
 
@@ -185,8 +193,8 @@ def _candidate_pods(index: kopf.Index[tuple[str, str, str], Any], namespace: str
     return list(found.values())
 
 
-INDEXES = ("store_pods", "tickets_shown")
-"""The ids of the operator's kopf indexes (registered in ``register``)."""
+INDEXES = ("store_pods", "tickets_shown", MAINTENANCE_WINDOWS_INDEX, MAINTAINED_CLUSTERS_INDEX)
+"""The ids of the operator's kopf indexes (registered in ``register`` and in ``maintenance_handlers``)."""
 
 
 class PerObjectIndexing(logging.Filter):

@@ -12,10 +12,18 @@ from typing import Any
 import kopf
 
 from operator_k8s.domain.maintenance import Window, WindowIndex, index_entry, status_changes
-from operator_k8s.domain.vocabulary import GROUP, MAINTENANCE_WINDOW_PLURAL, VERSION
+from operator_k8s.domain.vocabulary import (
+    CLUSTER_PLURAL,
+    GROUP,
+    MAINTAINED_CLUSTERS_INDEX,
+    MAINTENANCE_WINDOW_PLURAL,
+    MAINTENANCE_WINDOWS_INDEX,
+    VERSION,
+)
 
-MAINTENANCE_INDEX = "maintenance_windows"
+MAINTENANCE_INDEX = MAINTENANCE_WINDOWS_INDEX
 """The id of kopf's index of valid windows by namespace; kopf passes it to every handler as this keyword argument."""
+CLUSTER_LABELS_INDEX = MAINTAINED_CLUSTERS_INDEX
 STATUS_SECONDS = 30.0
 """How often each window's status is recomputed: it shows ``active`` within this long of an occurrence's edge (the
 notification code asks the windows themselves when it decides, never this status)."""
@@ -30,10 +38,16 @@ def register_maintenance(registry: kopf.OperatorRegistry, *, interval: float = S
     async def maintenance_windows(name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[str, Window]:
         return index_entry(name, namespace or "", spec)
 
+    @kopf.index(GROUP, VERSION, CLUSTER_PLURAL, id=CLUSTER_LABELS_INDEX, registry=registry)
+    async def maintained_clusters(
+        name: str, namespace: str | None, labels: kopf.Labels, **_: Any
+    ) -> dict[tuple[str, str], dict[str, str]]:
+        return {(namespace or "", name): dict(labels)}
+
     @kopf.on.startup(id="maintenance_windows_view", registry=registry)
     async def attach_view(**kwargs: Any) -> None:
         """kopf hands its indexes (empty at first, then kept current) to start-up handlers too."""
-        windows.attach(kwargs[MAINTENANCE_INDEX])
+        windows.attach(kwargs[MAINTENANCE_INDEX], kwargs.get(CLUSTER_LABELS_INDEX))
 
     @kopf.timer(
         GROUP, VERSION, MAINTENANCE_WINDOW_PLURAL, id="maintenance_status", interval=interval, registry=registry

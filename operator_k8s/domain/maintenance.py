@@ -250,9 +250,27 @@ class WindowIndex:
 
     def __init__(self, by_namespace: Mapping[str, Iterable[Window]] | None = None) -> None:
         self._by_namespace: Mapping[str, Iterable[Window]] = by_namespace if by_namespace is not None else {}
+        self._cluster_labels: Mapping[tuple[str, str], Iterable[Mapping[str, str]]] = {}
 
-    def attach(self, by_namespace: Mapping[str, Iterable[Window]]) -> None:
+    def attach(
+        self,
+        by_namespace: Mapping[str, Iterable[Window]],
+        cluster_labels: Mapping[tuple[str, str], Iterable[Mapping[str, str]]] | None = None,
+    ) -> None:
+        """Read through to kopf's live indexes: the windows by namespace, and each MonitoredCluster's labels by
+        (namespace, name), which the windows' selectors match."""
         self._by_namespace = by_namespace
+        if cluster_labels is not None:
+            self._cluster_labels = cluster_labels
+
+    def covered(
+        self, namespace: str, cluster: str, invariant: str, store: str, at: datetime
+    ) -> tuple[str, datetime] | None:
+        """The window that holds back a notice of this ticket at ``at`` and until when, or None: ``covering`` with
+        the cluster's labels as the watch shows them now (a cluster no longer there has none)."""
+        labels = next(iter(self._cluster_labels.get((namespace, cluster), ())), {})
+        found = self.covering(namespace=namespace, cluster_labels=labels, invariant=invariant, store=store, now=at)
+        return (found.by, found.until) if found is not None else None
 
     def in_namespace(self, namespace: str) -> list[Window]:
         return list(self._by_namespace.get(namespace, ()))

@@ -120,3 +120,8 @@ MANAGER = "operator-k8s"
 INTENT_ANNOTATION = "operator-k8s.io/shown-intent"
 """The human intent (spec) the operator last showed on a Ticket, as JSON: a spec that differs from it was edited
 since, by someone else (kept on the object, so a restart or another replica reads it, never a memory)."""
+
+MAINTENANCE_WINDOWS_INDEX = "maintenance_windows"
+"""kopf's index of valid MaintenanceWindows by namespace (``maintenance_handlers``)."""
+MAINTAINED_CLUSTERS_INDEX = "maintained_clusters"
+"""kopf's index of MonitoredClusters' labels by (namespace, name): what maintenance windows' selectors match."""

@@ -28,7 +28,7 @@ from operator_k8s.domain.maintenance import (
 )
 from operator_k8s.domain.specs import ClusterSelector, MaintenanceWindowSpec
 from operator_k8s.domain.vocabulary import MAINTENANCE_WINDOW_PLURAL
-from operator_k8s.maintenance_handlers import MAINTENANCE_INDEX, register_maintenance
+from operator_k8s.maintenance_handlers import CLUSTER_LABELS_INDEX, MAINTENANCE_INDEX, register_maintenance
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "maintenancewindows.operator-k8s.io.yaml"
 
@@ -283,6 +283,15 @@ def test_the_index_view_reads_through_to_the_live_mapping() -> None:
     assert view.covering(namespace="db", cluster_labels=PROD, invariant="latency", store="t", now=NOW) is None
 
 
+def test_a_notice_is_covered_by_the_windows_that_select_its_cluster_as_the_watch_shows_it() -> None:
+    labels: dict[tuple[str, str], list[dict[str, str]]] = {("db", "tikv-a"): [dict(PROD)]}
+    view = WindowIndex()
+    view.attach({"db": [WINDOWS[0]]}, labels)
+    covered = view.covered("db", "tikv-a", "latency", "t", NOW)
+    assert covered is not None and covered[0] == WINDOWS[0].name
+    assert view.covered("db", "gone", "latency", "t", NOW) is None, "a cluster the watch does not show has no labels"
+
+
 @pytest.mark.parametrize(
     ("spec", "entry"),
     [
@@ -472,7 +481,7 @@ async def test_registration_indexes_windows_and_writes_only_a_changed_status() -
     registry = kopf.OperatorRegistry()
     view = register_maintenance(registry)
     handlers = handlers_of(registry)
-    assert set(handlers) == {MAINTENANCE_INDEX, "maintenance_status", "maintenance_windows_view"}
+    assert set(handlers) == {MAINTENANCE_INDEX, CLUSTER_LABELS_INDEX, "maintenance_status", "maintenance_windows_view"}
     assert handlers["maintenance_status"].selector.any_name == MAINTENANCE_WINDOW_PLURAL
 
     index = {"db": [WINDOWS[0]]}
