@@ -12,6 +12,7 @@ import pytest
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.observations import StorePod
 from operator_k8s.handlers import INDEXES, IndexSummary, index_summaries, register
+from operator_k8s.maintenance_handlers import register_maintenance
 from operator_k8s.service import Monitor
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
 
@@ -57,6 +58,7 @@ def registered_indexes() -> set[str]:
     monitor = Monitor(store=FakeStore(), metrics=FakeMetrics(), mirror=FakeMirror())
     registry = kopf.OperatorRegistry()
     register(registry, monitor, telemetry, tick_seconds=5)
+    register_maintenance(registry)
     return {str(handler) for handler in registry._indexing.get_all_handlers()}
 
 
