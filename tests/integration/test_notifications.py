@@ -26,8 +26,10 @@ from operator_k8s.adapters.receivers_http import ReceiversHttp
 from operator_k8s.adapters.ticket_store import PostgresTicketStore, TicketHistory, connect
 from operator_k8s.domain.invariants import Finding, Verdict
 from operator_k8s.domain.ledger import ClusterRef, CycleStats
+from operator_k8s.domain.maintenance import Window, WindowIndex
 from operator_k8s.domain.notices import RetryPolicy
 from operator_k8s.domain.receivers import NotificationsConfig
+from operator_k8s.domain.specs import MaintenanceWindowSpec
 from operator_k8s.domain.tickets import Ticket, TicketKey, transition
 from operator_k8s.domain.vocabulary import Severity
 from operator_k8s.ledger import Ledger
@@ -309,3 +311,39 @@ async def _history(database: str, ticket_id: int | None) -> list[Any]:
     record = await TicketHistory(database).show(ticket_id)
     assert record is not None
     return record.deliveries
+
+
+async def test_a_window_holds_notices_back_to_its_end_and_drops_what_resolved_inside_it(
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str
+) -> None:
+    now = datetime.now(UTC)
+    ends = now + timedelta(seconds=8)
+    spec = MaintenanceWindowSpec.model_validate(
+        {"clusterSelector": {}, "start": (now - timedelta(minutes=1)).isoformat(), "end": ends.isoformat()}
+    )
+    windows = WindowIndex()
+    windows.attach({"prod": [Window("upgrade", "prod", spec)]}, {("prod", "tikv-a"): [{"env": "prod"}]})
+    dispatcher = notifier(database, config(receiver, key_file))
+    dispatcher.covering = lambda notice, at: windows.covered(
+        notice.namespace, notice.cluster, notice.invariant, notice.store, at
+    )
+    async with running(dispatcher):
+        await cluster.judge("tikv-0", Verdict.VIOLATED)  # outlasts the window
+        await cluster.judge("tikv-1", Verdict.VIOLATED)  # opens and resolves inside it
+        await cluster.judge("tikv-1", Verdict.HOLDS)
+        dispatcher.wake()
+        rows = await eventually_async(
+            lambda: _at_least(_rows(database, "SELECT deferred_by, due_at FROM deliveries"), 3), timeout=20,
+            what="three deliveries routed",
+        )  # fmt: skip
+        assert {r["deferred_by"] for r in rows} == {"upgrade"}
+        assert receiver.hooks == [], "nobody is told inside the window"
+        await eventually_async(lambda: _true(receiver.hooks), timeout=30, what="the held-back opening at the end")
+        assert datetime.now(UTC) >= ends
+        await cluster.judge("tikv-2", Verdict.VIOLATED)  # after the window: at once
+        dispatcher.wake()
+        await eventually_async(lambda: _true(len(receiver.hooks) == 2), timeout=20, what="the opening after it")
+        told = sorted((h["payload"]["ticket"]["store"], h["payload"]["transition"]) for h in receiver.hooks)
+        assert told == [("tikv-0", "opened"), ("tikv-2", "opened")]
+        suppressed = await _rows(database, "SELECT result FROM deliveries WHERE state = 'suppressed'")
+        assert len(suppressed) == 2 and all("maintenance window" in r["result"] for r in suppressed)
