@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,8 @@ from typing import Any
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from devstack.host.processes import free_port
+from devstack.host.processes import Process, free_port
+from devstack.world.alertmanager import Alertmanager
 
 KEY = "whsec_" + "dGVzdC1zaWduaW5nLWtleS1vcGVyYXRvci1rOHM="
 """The signing key the tests mount (base64 of a test string; not a secret)."""
@@ -38,11 +40,12 @@ class Receiver:
     verifier: Webhook
     answer: Answer = field(default_factory=Answer)
     hooks: list[dict[str, Any]] = field(default_factory=list)
-    """Every accepted webhook, in arrival order, with its ``webhook-id`` (duplicates included: at least once)."""
+    """Every accepted webhook, in arrival order, with its ``webhook-id`` and ``received_at`` (duplicates included:
+    at least once)."""
     refused: Counter[str] = field(default_factory=Counter)
     """Webhooks answered with a failure, or whose signature did not verify, by reason."""
     notifications: list[dict[str, Any]] = field(default_factory=list)
-    """Alertmanager's webhook notifications (each a group of alerts), in arrival order."""
+    """Alertmanager's webhook notifications (each a group of alerts, with ``received_at``), in arrival order."""
 
     @property
     def hook_url(self) -> str:
@@ -96,11 +99,11 @@ async def start_receiver() -> Receiver:
         if receiver.answer.status >= 300:
             receiver.refused[str(receiver.answer.status)] += 1
             return web.Response(status=receiver.answer.status, headers=receiver.answer.headers)
-        receiver.hooks.append({"id": request.headers["webhook-id"], "payload": payload})
+        receiver.hooks.append({"id": request.headers["webhook-id"], "payload": payload, "received_at": time.time()})
         return web.Response(status=204)
 
     async def alertmanager(request: web.Request) -> web.Response:
-        receiver.notifications.append(json.loads(await request.read()))
+        receiver.notifications.append({**json.loads(await request.read()), "received_at": time.time()})
         return web.Response(status=200)
 
     app.router.add_post("/hook", hook)
@@ -126,14 +129,38 @@ def receiver_in_thread() -> Iterator[Receiver]:
         loop.close()
 
 
-def notifications_file(directory: Path, receiver: Receiver, namespace: str) -> Path:
-    """A notifications file that sends every notice of ``namespace`` to the receiver's signed webhook."""
+def notifications_file(
+    directory: Path, receiver: Receiver, namespace: str, *, alertmanager: str = "", resend_seconds: float = 2
+) -> Path:
+    """A notifications file that sends every notice of ``namespace`` to the receiver's signed webhook (and, given
+    one, to an Alertmanager that re-sends every ``resend_seconds``, with the watchdog)."""
     key = directory / "webhook-key"
     key.write_text(KEY)
+    receivers: list[dict[str, Any]] = [
+        {"name": "hook", "webhook": {"url": receiver.hook_url, "keyFiles": [str(key)], "timeoutSeconds": 2}}
+    ]
+    if alertmanager:
+        receivers.append({"name": "am", "alertmanager": {"urls": [alertmanager], "resendSeconds": resend_seconds}})
     path = directory / "notifications.yaml"
     path.write_text(json.dumps({
-        "receivers": [{"name": "hook", "webhook": {"url": receiver.hook_url, "keyFiles": [str(key)],
-                                                   "timeoutSeconds": 2}}],
-        "routes": [{"receivers": ["hook"], "namespaces": [namespace]}],
+        "receivers": receivers,
+        "routes": [{"receivers": [r["name"] for r in receivers], "namespaces": [namespace]}],
+        "watchdog": ["am"] if alertmanager else [],
     }))  # fmt: skip
     return path
+
+
+@contextmanager
+def alertmanager_for(workdir: Path, receiver: Receiver) -> Iterator[Alertmanager]:
+    """Debian's Alertmanager 0.25 grouping per ticket with a one-second wait, notifying ``receiver``."""
+    owned: list[Process] = []
+    started = Alertmanager.start(
+        workdir=workdir, webhook=receiver.alertmanager_url, own=owned.append,
+        route={"group_by": ["ticket", "alertname"], "group_wait": "1s", "group_interval": "1s",
+               "repeat_interval": "1h"},
+    )  # fmt: skip
+    try:
+        yield started
+    finally:
+        for process in owned:
+            process.stop()

@@ -18,7 +18,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from devstack.host.processes import Process
 from devstack.world.alertmanager import Alertmanager
 from devstack.world.stack import Stack
 from operator_k8s.adapters.delivery_queue import PostgresDeliveryQueue
@@ -34,7 +33,7 @@ from operator_k8s.domain.tickets import Ticket, TicketKey, transition
 from operator_k8s.domain.vocabulary import Severity
 from operator_k8s.ledger import Ledger
 from operator_k8s.notifier import Notifier
-from tests.receivers import KEY, Answer, Receiver, start_receiver
+from tests.receivers import KEY, Answer, Receiver, alertmanager_for, start_receiver
 from tests.stackutil import create_database, eventually_async
 from tests.unit.builders import policy
 
@@ -64,15 +63,8 @@ def key_file(tmp_path: Path) -> str:
 
 @pytest.fixture
 def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[Alertmanager]:
-    """Alertmanager 0.25 grouping per ticket with a one-second wait, notifying the local receiver."""
-    owned: list[Process] = []
-    started = Alertmanager.start(
-        workdir=tmp_path, webhook=receiver.alertmanager_url, own=owned.append,
-        route={"group_by": ["ticket"], "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
-    )  # fmt: skip
-    yield started
-    for process in owned:
-        process.stop()
+    with alertmanager_for(tmp_path, receiver) as started:
+        yield started
 
 
 def config(receiver: Receiver, key_file: str, alertmanager: Alertmanager | None = None) -> NotificationsConfig:
