@@ -249,6 +249,7 @@ def ticket_from_row(row: dict[str, Any]) -> Ticket:
         id=row["id"],
         version=row.get("version", 1),
         flapping=row.get("flapping", False),
+        last_notification=row.get("last_notification"),
         flap_changes=tuple(
             datetime.fromisoformat(at) if isinstance(at, str) else at for at in row.get("flap_changes") or ()
         ),

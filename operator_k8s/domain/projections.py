@@ -108,6 +108,8 @@ def ticket_status(ticket: Ticket) -> dict[str, Any]:
         status["resolvedAt"] = format_time(ticket.resolved_at)
     if ticket.flapping:
         status["flapping"] = True
+    if ticket.last_notification:
+        status["lastNotification"] = ticket.last_notification[:512]
     return status
 
 

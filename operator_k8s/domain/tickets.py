@@ -77,6 +77,8 @@ class Ticket:
     flapping: bool = False
     flap_changes: tuple[datetime, ...] = ()
     """When the invariant last changed state (violated ↔ holding), newest last, at most ``FLAP_CHECKS``."""
+    last_notification: str | None = None
+    """Who was last told of it and how that went (read from the delivery queue; never written with the ticket)."""
 
 
 FLAP_CHECKS = 21

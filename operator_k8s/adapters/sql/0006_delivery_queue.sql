@@ -149,7 +149,16 @@ BEGIN
         'conflicts', conflicts,
         'rejected', rejected,
         'tickets', (
-            SELECT COALESCE(jsonb_agg(to_jsonb(tk) ORDER BY tk.id), '[]'::jsonb)
+            -- Each ticket with its last delivery, which the Ticket resource shows.
+            SELECT COALESCE(jsonb_agg(to_jsonb(tk) || jsonb_build_object('last_notification', (
+                       SELECT format('%s to %s: %s%s at %s', n.kind, d.receiver, d.state,
+                                     COALESCE(' (' || left(d.result, 200) || ')', ''),
+                                     to_char(COALESCE(d.finished_at, d.created_at) AT TIME ZONE 'UTC',
+                                             'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                         FROM notices n JOIN deliveries d ON d.notice_id = n.id
+                        WHERE n.ticket_id = tk.id
+                        ORDER BY COALESCE(d.finished_at, d.created_at) DESC, d.id DESC LIMIT 1))
+                   ORDER BY tk.id), '[]'::jsonb)
               FROM tickets tk
              WHERE tk.cluster_uid = p_cluster_uid AND (tk.state <> 'resolved' OR tk.resolved_at >= p_horizon)));
 END;
