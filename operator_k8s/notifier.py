@@ -32,14 +32,17 @@ from operator_k8s.domain.notices import (
     firing_alert,
     notice_of_ticket,
     plan_deliveries,
+    plan_silences,
     resolved_alerts,
     settle,
+    ticket_key,
     watchdog_alert,
     webhook_payload,
     worth_sending,
 )
-from operator_k8s.domain.projections import resource_name
+from operator_k8s.domain.projections import resource_name, ticket_name
 from operator_k8s.domain.receivers import NotificationsConfig, Receiver, receivers_for
+from operator_k8s.domain.tickets import Ticket, TicketState
 from operator_k8s.ports import DeliveryQueue, ReceiverClient
 
 log = logging.getLogger("operator_k8s.notifier")
@@ -250,7 +253,7 @@ class Notifier:
         await self._forever(receiver.name, step)
 
     async def alerts_for(
-        self, receiver: Receiver, claimed: Sequence[ClaimedDelivery], now: datetime
+        self, receiver: Receiver, claimed: Sequence[ClaimedDelivery], now: datetime, tickets: Sequence[Ticket]
     ) -> tuple[list[dict[str, Any]], dict[int, int]]:
         """The POST for one Alertmanager: every open ticket routed to it and not in a maintenance window, the
         endings of the last five minutes (and of the claimed deliveries, a window's deferred ones included), and the
@@ -272,15 +275,9 @@ class Notifier:
         for item in claimed:
             for alert in resolved_alerts(item.queued.notice, item.queued.ticket_id, _name(item.queued), self.links):
                 index[item.id] = add(alert)
-        for ticket in await self.queue.open_tickets():
+        for ticket in tickets:
             assert ticket.id is not None
             notice = notice_of_ticket(ticket)
-            names = receivers_for(
-                self.config.routes, namespace=notice.namespace, cluster=notice.cluster,
-                invariant=notice.invariant, severity=notice.severity,
-            )  # fmt: skip
-            if receiver.name not in names or self.covering(notice, now) is not None:
-                continue
             queued = QueuedNotice(0, ticket.id, "", notice)
             key = add(firing_alert(notice, ticket.id, _name(queued), now, ends_in, self.links))
             for item in claimed:
@@ -299,7 +296,10 @@ class Notifier:
         assert target is not None
         now = datetime.now(UTC)
         live = [item for item in claimed if not await self._suppressed(item)]
-        alerts, index = await self.alerts_for(receiver, live, now)
+        tickets = await self._alerting(receiver, now)
+        if target.silence_acknowledged:
+            await self._mirror_acknowledgements(receiver, tickets, now)
+        alerts, index = await self.alerts_for(receiver, live, now, tickets)
         outcomes = [
             await self.client.alerts(url, alerts, target.timeout_seconds, target.bearer_token_file)
             for url in target.urls
@@ -324,3 +324,43 @@ class Notifier:
                 extra={"receiver": receiver.name, "alerts": len(alerts), "error": outcomes[0].detail},
             )
         return accepted is not None
+
+    async def _alerting(self, receiver: Receiver, now: datetime) -> list[Ticket]:
+        """The open (or flapping) tickets whose alerts go to ``receiver`` now: routed there, not in a window."""
+        alerting = []
+        for ticket in await self.queue.open_tickets():
+            notice = notice_of_ticket(ticket)
+            names = receivers_for(
+                self.config.routes, namespace=notice.namespace, cluster=notice.cluster,
+                invariant=notice.invariant, severity=notice.severity,
+            )  # fmt: skip
+            if receiver.name in names and self.covering(notice, now) is None:
+                alerting.append(ticket)
+        return alerting
+
+    async def _mirror_acknowledgements(self, receiver: Receiver, tickets: Sequence[Ticket], now: datetime) -> None:
+        """Make Alertmanager's silences match the acknowledged tickets, before the alerts are sent: a resolution is
+        sent after its silence is expired (Alertmanager sends no resolution of a silenced alert)."""
+        target = receiver.alertmanager
+        assert target is not None
+        acknowledged = {
+            ticket_key(t.namespace, t.id): f"Acknowledged in Ticket {t.namespace}/{ticket_name(t)}"
+            + (f": {t.note}" if t.note else "")
+            for t in tickets
+            if t.id is not None and t.state is TicketState.ACKNOWLEDGED
+        }
+        url, token = target.urls[0], target.bearer_token_file
+        existing = await self.client.silences(url, target.timeout_seconds, token)
+        if existing is None:
+            log.warning("Could not read Alertmanager's silences; acknowledgements are not mirrored this round",
+                        extra={"receiver": receiver.name})  # fmt: skip
+            return
+        plan = plan_silences(acknowledged, existing, now)
+        for silence_id in plan.expire:
+            await self.client.expire_silence(url, silence_id, target.timeout_seconds, token)
+        for silence in plan.create:
+            outcome = await self.client.create_silence(url, silence, target.timeout_seconds, token)
+            if not outcome.ok:
+                log.warning(
+                    "Alertmanager refused a silence", extra={"receiver": receiver.name, "error": outcome.detail}
+                )

@@ -370,3 +370,9 @@ def start_cluster(stack: Stack, namespace: str, name: str = "tikv", **spec: Any)
 def open_in_db(stack: Stack, namespace: str, invariant: str) -> list[dict[str, Any]]:
     """The open tickets of one invariant in a namespace, as Postgres holds them."""
     return [r for r in tickets_in_db(stack, namespace, invariant) if r["state"] == "open"]
+
+
+def report(test: str, **numbers: Any) -> None:
+    """Print the measured numbers of a scenario (pytest -s shows them; a failing test shows them too)."""
+    shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
+    print(f"\n[measured] {test}: {shown}", flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ from standardwebhooks.webhooks import Webhook
 from operator_k8s.domain.notices import SendOutcome, parse_retry_after
 
 USER_AGENT = "operator-k8s"
+SILENCES_BYTES = 8 * 1024 * 1024
+"""The most of Alertmanager's silence list read: a larger list is not read at all (no silence is then changed)."""
 ANSWER_BYTES = 4096
 """How much of a receiver's answer is read (for the reason shown in the history); the rest is discarded."""
 
@@ -51,20 +54,29 @@ def signed_headers(keys: Sequence[Webhook], message_id: str, body: bytes, now: d
     }
 
 
+async def _call(
+    session: aiohttp.ClientSession, method: str, url: str, body: bytes | None, headers: dict[str, str],
+    timeout: float, *, read: int = ANSWER_BYTES,
+) -> tuple[SendOutcome, bytes]:  # fmt: skip
+    """One request within ``timeout`` (connect, headers and body together): its outcome and up to ``read`` bytes of
+    the answer."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with session.request(method, url, data=body, headers=headers, allow_redirects=False) as answer:
+                content = await answer.content.read(read)
+                text = content[:ANSWER_BYTES].decode(errors="replace").strip()
+                outcome = outcome_of(answer.status, text, answer.headers.get("Retry-After"), datetime.now(UTC))
+                return outcome, content
+    except TimeoutError:
+        return SendOutcome(False, f"no answer within {timeout:g}s"), b""
+    except (aiohttp.ClientError, OSError) as error:
+        return SendOutcome(False, f"{type(error).__name__}: {error}"[:300]), b""
+
+
 async def _post(
     session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], timeout: float
 ) -> SendOutcome:
-    try:
-        async with asyncio.timeout(timeout):
-            async with session.post(url, data=body, headers=headers, allow_redirects=False) as answer:
-                text = (await answer.content.read(ANSWER_BYTES)).decode(errors="replace").strip()
-                return outcome_of(answer.status, text, answer.headers.get("Retry-After"), datetime.now(UTC))
-    except TimeoutError:
-        return SendOutcome(False, f"no answer within {timeout:g}s")
-    except aiohttp.ClientError as error:
-        return SendOutcome(False, f"{type(error).__name__}: {error}"[:300])
-    except OSError as error:
-        return SendOutcome(False, f"{type(error).__name__}: {error}"[:300])
+    return (await _call(session, "POST", url, body, headers, timeout))[0]
 
 
 def outcome_of(status: int, text: str, retry_after: str | None, now: datetime) -> SendOutcome:
@@ -108,18 +120,45 @@ class ReceiversHttp:
             return SendOutcome(False, str(error))
         return await _post(self._get(), url, body, headers, timeout)
 
-    async def alerts(
-        self, url: str, alerts: Sequence[dict[str, Any]], timeout: float, token_file: str = ""
-    ) -> SendOutcome:
-        """POST alerts to one Alertmanager's ``/api/v2/alerts``."""
+    async def _alertmanager(
+        self, method: str, url: str, path: str, body: Any, timeout: float, token_file: str, *, read: int = ANSWER_BYTES
+    ) -> tuple[SendOutcome, bytes]:
         headers = {"content-type": "application/json", "user-agent": USER_AGENT}
         if token_file:
             try:
                 headers["authorization"] = "Bearer " + (await asyncio.to_thread(Path(token_file).read_text)).strip()
             except OSError as error:
-                return SendOutcome(False, f"bearer token file {token_file} cannot be read: {error.strerror}")
-        body = json.dumps(list(alerts), separators=(",", ":"), allow_nan=False).encode()
-        return await _post(self._get(), f"{url.rstrip('/')}/api/v2/alerts", body, headers, timeout)
+                return SendOutcome(False, f"bearer token file {token_file} cannot be read: {error.strerror}"), b""
+        data = None if body is None else json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        return await _call(self._get(), method, f"{url.rstrip('/')}{path}", data, headers, timeout, read=read)
+
+    async def alerts(
+        self, url: str, alerts: Sequence[dict[str, Any]], timeout: float, token_file: str = ""
+    ) -> SendOutcome:
+        """POST alerts to one Alertmanager's ``/api/v2/alerts``."""
+        return (await self._alertmanager("POST", url, "/api/v2/alerts", list(alerts), timeout, token_file))[0]
+
+    async def silences(self, url: str, timeout: float, token_file: str = "") -> list[dict[str, Any]] | None:
+        """The silences an Alertmanager holds (None if it did not say: nothing is then created or expired)."""
+        outcome, content = await self._alertmanager(
+            "GET", url, "/api/v2/silences", None, timeout, token_file, read=SILENCES_BYTES
+        )
+        if not outcome.ok or len(content) >= SILENCES_BYTES:
+            return None
+        try:
+            found = json.loads(content)
+        except ValueError:
+            return None
+        return [s for s in found if isinstance(s, dict)] if isinstance(found, list) else None
+
+    async def create_silence(
+        self, url: str, silence: dict[str, Any], timeout: float, token_file: str = ""
+    ) -> SendOutcome:
+        return (await self._alertmanager("POST", url, "/api/v2/silences", silence, timeout, token_file))[0]
+
+    async def expire_silence(self, url: str, silence_id: str, timeout: float, token_file: str = "") -> SendOutcome:
+        path = f"/api/v2/silence/{urllib.parse.quote(silence_id, safe='')}"
+        return (await self._alertmanager("DELETE", url, path, None, timeout, token_file))[0]
 
     async def close(self) -> None:
         if self._session is not None:

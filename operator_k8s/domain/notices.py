@@ -285,8 +285,9 @@ class RetryPolicy:
     says why, so a dead receiver never grows the queue without bound."""
 
     first: timedelta = timedelta(seconds=2)
-    cap: timedelta = timedelta(minutes=5)
-    attempts: int = 30
+    cap: timedelta = timedelta(minutes=1)
+    """A receiver back from an outage hears everything within a minute (and the jitter spreads the retries)."""
+    attempts: int = 500
     max_age: timedelta = timedelta(hours=6)
 
 
@@ -442,3 +443,50 @@ def notice_of_ticket(ticket: Ticket) -> Notice:
         threshold=snapshot.get("threshold"),
         query=snapshot.get("query"),
     )
+
+
+# -- Acknowledgements as Alertmanager silences --------------------------------------------------------------------
+
+SILENCE_AUTHOR = "operator-k8s"
+SILENCE_LIFETIME = timedelta(hours=24)
+"""A mirrored silence lasts a day and is renewed at half of that: if the operator goes away for good, its silences
+end on their own."""
+
+
+@dataclass(frozen=True)
+class SilencePlan:
+    create: tuple[dict[str, Any], ...]
+    expire: tuple[str, ...]
+
+
+def plan_silences(acknowledged: Mapping[str, str], existing: Sequence[Mapping[str, Any]], now: datetime) -> SilencePlan:
+    """The silences to create and expire so that Alertmanager mutes exactly the alerts of acknowledged open tickets
+    (``acknowledged``: ticket key → comment), judged from the silences it shows now (ours: created by
+    ``SILENCE_AUTHOR``, active, matching one ticket). A silence close to its end is replaced."""
+    ours: dict[str, list[Mapping[str, Any]]] = {}
+    for silence in existing:
+        if silence.get("createdBy") != SILENCE_AUTHOR or silence.get("status", {}).get("state") != "active":
+            continue
+        keys = [
+            m.get("value") for m in silence.get("matchers", []) if m.get("name") == "ticket" and m.get("isEqual", True)
+        ]
+        if len(keys) == 1 and isinstance(keys[0], str):
+            ours.setdefault(keys[0], []).append(silence)
+    expire = [str(s["id"]) for key, found in ours.items() if key not in acknowledged for s in found]
+    create = []
+    for key, comment in sorted(acknowledged.items()):
+        lasting = [s for s in ours.get(key, []) if _ends(s) - now > SILENCE_LIFETIME / 2]
+        if not lasting:
+            create.append({
+                "matchers": [{"name": "ticket", "value": key, "isRegex": False, "isEqual": True}],
+                "startsAt": _stamp(now),
+                "endsAt": _stamp(now + SILENCE_LIFETIME),
+                "createdBy": SILENCE_AUTHOR,
+                "comment": comment[:1000],
+            })  # fmt: skip
+            expire += [str(s["id"]) for s in ours.get(key, [])]
+    return SilencePlan(tuple(create), tuple(expire))
+
+
+def _ends(silence: Mapping[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(silence.get("endsAt", "1970-01-01T00:00:00Z")).replace("Z", "+00:00"))

@@ -35,6 +35,11 @@ class AlertmanagerTarget(ConfigModel):
         default=30.0, ge=1, le=60, description="How often every open ticket's alert is sent again (at most a minute)"
     )
     bearer_token_file: str = ""
+    silence_acknowledged: bool = Field(
+        default=False,
+        description="Mirror each acknowledgement as a silence of its ticket's alert, expired when it resolves or the"
+        " acknowledgement is withdrawn (before the resolution is sent)",
+    )
 
 
 class WebhookTarget(ConfigModel):

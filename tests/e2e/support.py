@@ -54,12 +54,6 @@ SHARED_LOG = "operator-exactly-right.log"
 _names = itertools.count()
 
 
-def report(test: str, **numbers: Any) -> None:
-    """Print the measured numbers of a scenario (pytest -s shows them; a failing test shows them too)."""
-    shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
-    print(f"\n[measured] {test}: {shown}", flush=True)
-
-
 class SharedOperator:
     """The module's operator process, watching every namespace; started on demand, stopped for the crash storm."""
 

@@ -24,7 +24,6 @@ from tests.e2e.support import (
     Scene,
     SharedOperator,
     events_of,
-    report,
     resources_by_id,
     unresolved_duplicates,
 )
@@ -32,6 +31,7 @@ from tests.receivers import Receiver, notifications_file, receiver_in_thread
 from tests.stackutil import (
     eventually,
     pg_rows,
+    report,
     store_fault,
     ticket_resources,
     tickets_in_db,

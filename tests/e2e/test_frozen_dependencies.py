@@ -20,7 +20,6 @@ from tests.e2e.support import (
     SharedOperator,
     condition_is,
     events_of,
-    report,
     resources_by_id,
     unresolved_duplicates,
     wait_healthy,
@@ -31,6 +30,7 @@ from tests.stackutil import (
     condition,
     condition_status,
     eventually,
+    report,
     store_fault,
     tickets_in_db,
 )

@@ -10,9 +10,9 @@ import pytest
 
 from devstack.world.operator import operator_process
 from devstack.world.stack import Stack
-from tests.e2e.support import Scene, SharedOperator, report, wait_healthy
+from tests.e2e.support import Scene, SharedOperator, wait_healthy
 from tests.receivers import Receiver, alertmanager_for, notifications_file, receiver_in_thread
-from tests.stackutil import eventually, store_fault, ticket_resources
+from tests.stackutil import eventually, report, store_fault, ticket_resources
 
 pytestmark = pytest.mark.stack
 RESEND_SECONDS = 2.0

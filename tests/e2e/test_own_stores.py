@@ -15,7 +15,6 @@ from tests.e2e.support import (
     SharedOperator,
     checked_since,
     last_success,
-    report,
     unresolved,
     wait_healthy,
 )
@@ -26,6 +25,7 @@ from tests.stackutil import (
     get_json,
     metric_value,
     prometheus_query,
+    report,
     scrape_metrics,
     store_fault,
     tickets_in_db,

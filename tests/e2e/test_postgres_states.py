@@ -20,13 +20,13 @@ from tests.e2e.support import (
     SharedOperator,
     condition_is,
     patch_ticket,
-    report,
     wait_healthy,
 )
 from tests.stackutil import (
     condition,
     eventually,
     metric_value,
+    report,
     scrape_metrics,
     shown_tickets,
     store_fault,

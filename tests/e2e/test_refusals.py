@@ -21,7 +21,6 @@ from tests.e2e.support import (
     last_success,
     patch_ticket,
     refusal_policy,
-    report,
     unresolved,
     wait_healthy,
 )
@@ -33,6 +32,7 @@ from tests.stackutil import (
     health_url,
     http_status,
     metric_value,
+    report,
     scrape_metrics,
     shown_tickets,
     store_fault,

@@ -7,14 +7,16 @@ same transaction; the dispatcher then runs as the operator runs it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -29,12 +31,12 @@ from operator_k8s.domain.maintenance import Window, WindowIndex
 from operator_k8s.domain.notices import RetryPolicy
 from operator_k8s.domain.receivers import NotificationsConfig
 from operator_k8s.domain.specs import MaintenanceWindowSpec
-from operator_k8s.domain.tickets import Ticket, TicketKey, transition
+from operator_k8s.domain.tickets import HumanEdit, Ticket, TicketKey, Transition, apply_human_intent, transition
 from operator_k8s.domain.vocabulary import Severity
 from operator_k8s.ledger import Ledger
 from operator_k8s.notifier import Notifier
 from tests.receivers import KEY, Answer, Receiver, alertmanager_for, start_receiver
-from tests.stackutil import create_database, eventually_async
+from tests.stackutil import create_database, eventually_async, report
 from tests.unit.builders import policy
 
 pytestmark = pytest.mark.stack
@@ -115,11 +117,23 @@ class Cluster:
         finding = Finding("latency", store, verdict, severity, f"latency of {store}: {verdict}", 1.2, 0.5, "q")
         key = TicketKey(self.ref.uid, "latency", store)
 
-        def plan(current: list[Ticket]) -> list[Any]:
+        def plan(current: list[Ticket]) -> list[Transition]:
             mine = next((t for t in current if t.key == key and t.state != "resolved"), None)
             decided = transition(mine, finding, now, policy(), key=key, namespace="prod", cluster_name="tikv-a")
             return [decided] if decided.changed else []
 
+        return await self._decide(plan, now)
+
+    async def acknowledge(self, store: str) -> list[Ticket]:
+        """A human acknowledges the store's open ticket (as an edit of its Ticket resource is folded in)."""
+
+        def plan(current: list[Ticket]) -> list[Transition]:
+            mine = next(t for t in current if t.key.store == store and t.state.active)
+            return [apply_human_intent(mine, HumanEdit(acknowledged=True), actor="sre@example")]
+
+        return await self._decide(plan, datetime.now(UTC))
+
+    async def _decide(self, plan: Callable[[list[Ticket]], list[Transition]], now: datetime) -> list[Ticket]:
         async with self.ledger.lock(self.ref.uid):
             decision = await self.ledger.decide(self.ref, plan, CycleStats(), now, 5)
         assert decision.error is None, decision.error
@@ -187,6 +201,35 @@ async def test_a_receiver_down_loses_nothing_and_duplicates_nothing_after_dedup(
         transitions = sorted((h["payload"]["ticket"]["store"], h["payload"]["transition"]) for h in hooks.values())
         assert transitions == [("tikv-0", "opened"), ("tikv-0", "resolved"), ("tikv-1", "opened"),
                                ("tikv-1", "resolved"), ("tikv-2", "opened")]  # fmt: skip
+        assert receiver.duplicates() == 0
+
+
+@pytest.mark.level("low")  # two minutes: the full run
+@pytest.mark.timeout(400)
+async def test_a_receiver_down_for_two_minutes_while_tickets_come_and_go_loses_nothing(
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str
+) -> None:
+    """The production retry policy but its one-minute cap, so the test ends soon after the receiver is back."""
+    dispatcher = notifier(database, config(receiver, key_file))
+    dispatcher.policy = RetryPolicy(cap=timedelta(seconds=10))
+    async with running(dispatcher):
+        await receiver.go_down()
+        down = time.monotonic()
+        flips = 0
+        while time.monotonic() - down < 120:  # the outage lasts two minutes, during which tickets come and go
+            await cluster.judge(f"tikv-{flips % 4}", Verdict.VIOLATED if flips // 4 % 2 == 0 else Verdict.HOLDS)
+            dispatcher.wake()
+            flips += 1
+            await asyncio.sleep(3)  # the pace of the faults, not a wait for a condition
+        await receiver.come_back()
+        back = time.monotonic()
+        notices = {r["idempotency_key"] for r in await _rows(database, "SELECT idempotency_key FROM notices")}
+        await eventually_async(
+            lambda: _true(set(receiver.unique_hooks()) == notices), timeout=60, what="every notice after the outage"
+        )
+        report("receiver down 2 min", notices=len(notices), delivered_after_s=time.monotonic() - back,
+               duplicates=receiver.duplicates())  # fmt: skip
+        assert len(notices) >= 20, "too few transitions to prove anything"
         assert receiver.duplicates() == 0
 
 
@@ -339,3 +382,50 @@ async def test_a_window_holds_notices_back_to_its_end_and_drops_what_resolved_in
         assert told == [("tikv-0", "opened"), ("tikv-2", "opened")]
         suppressed = await _rows(database, "SELECT result FROM deliveries WHERE state = 'suppressed'")
         assert len(suppressed) == 2 and all("maintenance window" in r["result"] for r in suppressed)
+
+
+async def _alertmanager_get(alertmanager: Alertmanager, path: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(f"{alertmanager.url}{path}") as answer:
+        return await answer.json()
+
+
+async def test_an_acknowledgement_mirrors_as_a_silence_until_the_ticket_resolves(
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str, alertmanager: Alertmanager
+) -> None:
+    """What Alertmanager 0.25 does, observed: the acknowledged ticket's alert is silenced (no repeat), the silence
+    is expired before the resolution is sent, and the resolution then reaches the receiver."""
+    settings = config(receiver, key_file, alertmanager)
+    settings = settings.model_copy(update={"receivers": [
+        r.model_copy(update={"alertmanager": r.alertmanager.model_copy(update={"silence_acknowledged": True})})
+        if r.alertmanager is not None else r for r in settings.receivers
+    ]})  # fmt: skip
+    async with running(notifier(database, settings)) as dispatcher:
+        (opened,) = await cluster.judge("tikv-0", Verdict.VIOLATED)
+        key = f"prod/ticket-{opened.id}"
+        dispatcher.wake()
+        await eventually_async(lambda: _true("firing" in receiver.alert_statuses(ticket=key)), timeout=30,
+                               what="the firing notification")  # fmt: skip
+        await cluster.acknowledge("tikv-0")
+
+        async def ours(state: str) -> list[Any]:
+            found = await _alertmanager_get(alertmanager, "/api/v2/silences")
+            return [
+                s
+                for s in found
+                if s["createdBy"] == "operator-k8s"
+                and s["status"]["state"] == state
+                and {"name": "ticket", "value": key, "isRegex": False, "isEqual": True} in s["matchers"]
+            ]
+
+        (silence,) = await eventually_async(lambda: ours("active"), timeout=20, what="the mirrored silence")
+        assert "Acknowledged in Ticket prod/" in silence["comment"]
+        alerts = await _alertmanager_get(alertmanager, f'/api/v2/alerts?filter=ticket="{key}"')
+        assert [a["status"]["state"] for a in alerts] == ["suppressed"]
+        assert silence["id"] in alerts[0]["status"]["silencedBy"]
+
+        await cluster.judge("tikv-0", Verdict.HOLDS)
+        dispatcher.wake()
+        await eventually_async(lambda: ours("expired"), timeout=20, what="the silence expired on resolution")
+        await eventually_async(lambda: _true("resolved" in receiver.alert_statuses(ticket=key)), timeout=30,
+                               what="Alertmanager's resolution after the silence ended")  # fmt: skip
+        assert receiver.alert_statuses(ticket=key).count("firing") == 1, "the silenced alert was not repeated"

@@ -26,6 +26,7 @@ from operator_k8s.domain.notices import (
     notice_of,
     parse_retry_after,
     plan_deliveries,
+    plan_silences,
     resolved_alerts,
     settle,
     watchdog_alert,
@@ -240,7 +241,7 @@ def test_retries_back_off_with_jitter_up_to_a_cap() -> None:
     assert next_attempt(rules, 1, T0, T0, at_least=timedelta(seconds=90), rand=rand) == at(90)
 
 
-@pytest.mark.parametrize(("attempts", "age_hours"), [(30, 0), (3, 6)])
+@pytest.mark.parametrize(("attempts", "age_hours"), [(500, 0), (3, 6)])
 def test_retries_end_at_the_bound_of_attempts_or_age(attempts: int, age_hours: int) -> None:
     assert next_attempt(RetryPolicy(), attempts, T0, T0 + timedelta(hours=age_hours)) is None
 
@@ -258,7 +259,7 @@ def claimed(attempts: int = 1, **fields: Any) -> ClaimedDelivery:
         (SendOutcome(False, "HTTP 410", gone=True), 1, "dead"),
         (SendOutcome(False, "HTTP 400", permanent=True), 1, "dead"),
         (SendOutcome(False, "HTTP 503"), 1, "pending"),
-        (SendOutcome(False, "HTTP 503"), 30, "dead"),
+        (SendOutcome(False, "HTTP 503"), 500, "dead"),
     ],
 )
 def test_an_attempt_settles_the_delivery(outcome: SendOutcome, attempts: int, state: str) -> None:
@@ -367,3 +368,37 @@ def test_routes_send_a_notice_to_every_matching_receiver_once(
 def test_a_wrong_notifications_file_says_what_is_wrong(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         NotificationsConfig.model_validate({**CONFIG, **change})
+
+
+def silence(
+    key: str, *, ends: str = "2026-01-02T12:00:00Z", state: str = "active", by: str = "operator-k8s"
+) -> dict[str, Any]:
+    return {"id": f"s-{key}-{ends}", "createdBy": by, "status": {"state": state}, "endsAt": ends,
+            "matchers": [{"name": "ticket", "value": key, "isRegex": False, "isEqual": True}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("acknowledged", "existing", "created", "expired"),
+    [
+        ({"ns/ticket-1": "ack"}, [], ["ns/ticket-1"], []),
+        ({"ns/ticket-1": "ack"}, [silence("ns/ticket-1")], [], []),
+        ({}, [silence("ns/ticket-1")], [], ["s-ns/ticket-1-2026-01-02T12:00:00Z"]),
+        ({}, [silence("ns/ticket-1", by="alice")], [], []),  # a human's silence is theirs
+        ({}, [silence("ns/ticket-1", state="expired")], [], []),
+        (
+            {"ns/ticket-1": "ack"},
+            [silence("ns/ticket-1", ends="2026-01-01T18:00:00Z")],
+            ["ns/ticket-1"],
+            ["s-ns/ticket-1-2026-01-01T18:00:00Z"],
+        ),  # renewed before it ends
+    ],
+)
+def test_silences_follow_the_acknowledged_tickets(
+    acknowledged: dict[str, str], existing: list[dict[str, Any]], created: list[str], expired: list[str]
+) -> None:
+    plan = plan_silences(acknowledged, existing, T0)
+    assert [s["matchers"][0]["value"] for s in plan.create] == created
+    assert list(plan.expire) == expired
+    for body in plan.create:
+        assert body["createdBy"] == "operator-k8s"
+        assert body["endsAt"] == "2026-01-02T12:00:00Z"
