@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import asyncpg
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from devstack.host.paths import REPO_ROOT
 from devstack.host.processes import Process, free_port
@@ -130,22 +132,54 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+SIGNING_KEY = "whsec_" + "YmVuY2gtc2lnbmluZy1rZXktb3BlcmF0b3ItazhzLTA="
+"""The key the bench's operator signs its webhooks with (a test value, not a secret)."""
+OPERATOR_ALERT = "OperatorK8sTicket"
+
+
 class Webhook:
-    """A local Alertmanager webhook receiver that records when each alert was first delivered firing/resolved."""
+    """A local receiver that records when each alert was first delivered firing/resolved: at ``/alerts`` from
+    Alertmanager (the rules' alerts and the operator's, told apart by ``alertname``), at ``/hook`` the operator's
+    signed webhooks (each signature verified). Keys are (invariant, namespace, store pod)."""
 
     def __init__(self) -> None:
         self.firing: dict[tuple[str, str, str], float] = {}
         self.resolved: dict[tuple[str, str, str], float] = {}
+        self.operator_firing: dict[tuple[str, str, str], float] = {}
+        self.operator_resolved: dict[tuple[str, str, str], float] = {}
+        self.hook_firing: dict[tuple[str, str, str], float] = {}
+        self.hook_resolved: dict[tuple[str, str, str], float] = {}
+        self.unverified = 0
+        verifier = StandardWebhook(SIGNING_KEY)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 arrived = time.time()
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                for alert in body.get("alerts", []):
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/hook":
+                    try:
+                        payload = verifier.verify(raw, dict(self.headers))
+                    except WebhookVerificationError:
+                        receiver.unverified += 1
+                        self.send_response(401)
+                        self.end_headers()
+                        return
+                    ticket = payload["ticket"]
+                    key = (ticket["invariant"], ticket["namespace"], ticket["store"])
+                    target = receiver.hook_resolved if payload["status"] == "resolved" else receiver.hook_firing
+                    target.setdefault(key, arrived)
+                for alert in json.loads(raw).get("alerts", []) if self.path != "/hook" else []:
                     labels = alert["labels"]
-                    key = (labels.get("invariant", ""), labels.get("namespace", ""), labels.get("pod", ""))
-                    target = receiver.resolved if alert["status"] == "resolved" else receiver.firing
+                    ours = labels.get("alertname") == OPERATOR_ALERT
+                    key = (labels.get("invariant", ""), labels.get("namespace", ""),
+                           labels.get("store" if ours else "pod", ""))  # fmt: skip
+                    if ours:
+                        target = (
+                            receiver.operator_resolved if alert["status"] == "resolved" else receiver.operator_firing
+                        )
+                    else:
+                        target = receiver.resolved if alert["status"] == "resolved" else receiver.firing
                     target.setdefault(key, arrived)
                 self.send_response(200)
                 self.end_headers()
@@ -154,8 +188,23 @@ class Webhook:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url, self.hook_url = f"{base}/alerts", f"{base}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def notifications(self, directory: Path, namespace: str, alertmanager: str) -> Path:
+        """The operator's notifications file: Alertmanager (the rules' route) and this signed webhook."""
+        key = directory / "bench-signing-key"
+        key.write_text(SIGNING_KEY)
+        path = directory / "bench-notifications.json"
+        path.write_text(json.dumps({
+            "receivers": [
+                {"name": "alertmanager", "alertmanager": {"urls": [alertmanager]}},
+                {"name": "webhook", "webhook": {"url": self.hook_url, "keyFiles": [str(key)]}},
+            ],
+            "routes": [{"receivers": ["alertmanager", "webhook"], "namespaces": [namespace]}],
+        }))  # fmt: skip
+        return path
 
     def close(self) -> None:
         self.server.shutdown()
@@ -217,12 +266,15 @@ class Bench:
             f"Created {len(names)} MonitoredClusters and {3 * len(names)} store pods in {time.monotonic() - started:.0f}s"
         )
 
-    def start_operator(self, name: str, profile: Path | None = None, tick: float | None = None) -> Process:
+    def start_operator(
+        self, name: str, profile: Path | None = None, tick: float | None = None, notifications: Path | None = None
+    ) -> Process:
         env = {
             "OPERATOR_K8S_TICK_SECONDS": str(tick or self.args.tick),
             "OPERATOR_K8S_LOG_LEVEL": "WARNING",
             "OPERATOR_K8S_PROMETHEUS_QUERY_THREADS": "64",  # as the chart sets it
             "OPERATOR_K8S_DB_POOL_SIZE": "4",
+            "OPERATOR_K8S_NOTIFICATIONS_FILE": str(notifications or ""),
         }
         process = operator_process(self.stack, f"{name}.log", kubeconfig=None, **env)
         if profile is not None:
@@ -306,7 +358,8 @@ class Bench:
         namespace, trials, interval = "bench-latency", self.args.trials, f"{self.args.check_interval}s"
         names = [f"lat-{i}" for i in range(trials)]
         self.create_clusters(namespace, names, interval)
-        operator = self.start_operator("operator-latency", tick=1.0)
+        notifications = webhook.notifications(self.stack.workdir, namespace, self.stack.alertmanager_url)
+        operator = self.start_operator("operator-latency", tick=1.0, notifications=notifications)
         self.wait_for("every latency cluster to be Healthy", lambda: self._all_healthy(namespace, names), 180)
         stores = {"storesReady": 0, "latency": 1, "diskUsage": 2}
         injected: dict[tuple[str, str], float] = {}
@@ -320,6 +373,10 @@ class Bench:
                 )["at"]
         opened = self._wait_tickets(namespace, injected, state="open")
         self.wait_for("Alertmanager to deliver every alert", lambda: len(webhook.firing) >= len(injected), 180)
+        self.wait_for(
+            "the operator's notices to arrive through Alertmanager and the webhook",
+            lambda: min(len(webhook.operator_firing), len(webhook.hook_firing)) >= len(injected), 180,
+        )  # fmt: skip
         prom_fired = self._prometheus_alert_times()
         log("Healing every fault")
         healed: dict[tuple[str, str], float] = {}
@@ -333,17 +390,19 @@ class Bench:
         prom_cleared = self._wait_prometheus_cleared(healed)
         self.wait_for(
             "Alertmanager to deliver every resolution (group_interval 5m)",
-            lambda: len(webhook.resolved) >= len(healed),
+            lambda: (
+                min(len(webhook.resolved), len(webhook.operator_resolved), len(webhook.hook_resolved)) >= len(healed)
+            ),
             420,
         )
         watcher.stop()
         rows = {}
         for invariant in FAULTS:
             keys = [k for k in injected if k[0] == invariant]
-            detect = self._delays(keys, injected, opened, watcher.first_false, prom_fired, webhook.firing, namespace)
-            resolve = self._delays(
-                keys, healed, resolved, watcher.first_true, prom_cleared, webhook.resolved, namespace
-            )
+            detect = self._delays(keys, injected, opened, watcher.first_false, prom_fired, namespace,
+                                  webhook.firing, webhook.operator_firing, webhook.hook_firing)  # fmt: skip
+            resolve = self._delays(keys, healed, resolved, watcher.first_true, prom_cleared, namespace,
+                                   webhook.resolved, webhook.operator_resolved, webhook.hook_resolved)  # fmt: skip
             rows[invariant] = {
                 "detection": {
                     system: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} for system, v in detect.items()
@@ -352,6 +411,9 @@ class Bench:
                     system: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} for system, v in resolve.items()
                 },
             }
+        detections = {k: self._delays(list(injected), injected, opened, watcher.first_false, prom_fired, namespace,
+                                      webhook.firing, webhook.operator_firing, webhook.hook_firing)[k]
+                      for k in ("alertmanager", "operator_alertmanager", "operator_webhook")}  # fmt: skip
         budget = float(self.args.scrape_interval.rstrip("s")) + self.args.check_interval + 2
         self.results["latency"] = {
             "trials": trials,
@@ -359,6 +421,10 @@ class Bench:
             "scrape_interval": self.args.scrape_interval,
             "budget_s": budget,
             "invariants": rows,
+            "to_receiver": {
+                system: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} for system, v in detections.items()
+            },
+            "unverified_webhooks": webhook.unverified,
         }
         operator.stop()
         self.stack.processes.remove(operator)
@@ -375,15 +441,20 @@ class Bench:
         tickets: dict[tuple[str, str], float],
         condition: Callable[[str, str, float], float],
         rule: dict[tuple[str, str], float],
-        delivered: dict[tuple[str, str, str], float],
         namespace: str,
+        delivered: dict[tuple[str, str, str], float],
+        operator_delivered: dict[tuple[str, str, str], float],
+        hook_delivered: dict[tuple[str, str, str], float],
     ) -> dict[str, list[float]]:
-        """Seconds from each fault (or heal) to what each system did about it."""
+        """Seconds from each fault (or heal) to what each system did about it: the rule's alert and the operator's
+        through the same Alertmanager and route to the same receiver, and the operator's signed webhook."""
         return {
             "operator_ticket": [tickets[k] - started[k] for k in keys],
             "operator_condition": [condition(k[1].rsplit("-", 1)[0], k[0], started[k]) - started[k] for k in keys],
             "prometheus_rule": [rule[k] - started[k] for k in keys],
             "alertmanager": [delivered[(k[0], namespace, k[1])] - started[k] for k in keys],
+            "operator_alertmanager": [operator_delivered[(k[0], namespace, k[1])] - started[k] for k in keys],
+            "operator_webhook": [hook_delivered[(k[0], namespace, k[1])] - started[k] for k in keys],
         }
 
     def _all_healthy(self, namespace: str, names: list[str]) -> bool:
@@ -765,6 +836,17 @@ def _cell(cell: dict[str, float]) -> str:
     return f"{cell['p50']:.1f} / {cell['p99']:.1f}"
 
 
+LATENCY_SYSTEMS = (
+    "operator_ticket", "operator_condition", "prometheus_rule", "alertmanager", "operator_alertmanager",
+    "operator_webhook",
+)  # fmt: skip
+LATENCY_SYSTEM_NAMES = {
+    "alertmanager": "Prometheus rule → Alertmanager",
+    "operator_alertmanager": "operator → Alertmanager",
+    "operator_webhook": "operator → signed webhook",
+}
+
+
 def report(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
@@ -779,20 +861,25 @@ def report(results: dict[str, Any]) -> str:
             "",
         ]
         lines.append(
-            f"{'invariant':<12}{'phase':<11}{'ticket':>14}{'condition':>14}{'prom rule':>14}{'alertmanager':>16}{'AM/ticket':>11}"
+            f"{'invariant':<12}{'phase':<11}{'ticket':>14}{'condition':>14}{'prom rule':>14}{'rule → AM':>14}"
+            f"{'ours → AM':>14}{'ours webhook':>14}"
         )
         for invariant, row in lat["invariants"].items():
             for phase in ("detection", "resolution"):
                 cells = row[phase]
-                ratio = (
-                    cells["alertmanager"]["p50"] / cells["operator_ticket"]["p50"]
-                    if cells["operator_ticket"]["p50"]
-                    else float("nan")
-                )
                 lines.append(
-                    f"{invariant:<12}{phase:<11}{_cell(cells['operator_ticket']):>14}{_cell(cells['operator_condition']):>14}"
-                    f"{_cell(cells['prometheus_rule']):>14}{_cell(cells['alertmanager']):>16}{ratio:>10.1f}x"
+                    f"{invariant:<12}{phase:<11}"
+                    + "".join(f"{_cell(cells[system]):>14}" for system in LATENCY_SYSTEMS if system in cells)
                 )
+        lines += [
+            "",
+            "Fault to the people on call (every invariant's trials together), seconds p50 / p99: the rule and the "
+            "operator through the same Alertmanager and route (default grouping), and the operator's signed webhook",
+        ]
+        for system in ("alertmanager", "operator_alertmanager", "operator_webhook"):
+            values = lat.get("to_receiver", {}).get(system)
+            if values:
+                lines.append(f"  {LATENCY_SYSTEM_NAMES[system]:<28}{_cell(values):>14}")
     if "scale" in results:
         lines += [
             "",
