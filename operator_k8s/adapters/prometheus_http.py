@@ -482,20 +482,27 @@ class BoundedSession(requests.Session):
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and not response.headers.get("content-encoding") and int(declared) > limits.max_bytes:
             raise AnswerRefused(limits.too_large(0) + f" (it declared {int(declared):,} bytes)")
-        body, series, reserved = bytearray(), SeriesCounter(), 0
+        # The room for the whole answer is taken before the first byte is read (what it declared, else the cap): a
+        # read that started always finishes, so many answers read at once can never each hold part of the room and
+        # starve one another; what the answer did not use is given back once it is read.
+        exact = declared.isdigit() and not response.headers.get("content-encoding")
+        reserved = max(int(declared) if exact else limits.max_bytes, 1)
+        self.memory.reserve(reserved, deadline, self.endpoint)
+        body, series = bytearray(), SeriesCounter()
         try:
             for chunk in response.iter_content(CHUNK_BYTES):
                 if len(body) + len(chunk) > limits.max_bytes:
                     raise AnswerRefused(limits.too_large(len(body) + len(chunk)))
-                self.memory.reserve(len(chunk), deadline, self.endpoint)
-                reserved += len(chunk)
+                if len(body) + len(chunk) > reserved:
+                    raise AnswerRefused(f"Prometheus sent more than the {reserved:,} bytes it declared")
                 body += chunk
                 if series.feed(chunk) > limits.max_series:
                     raise AnswerRefused(limits.too_many_series(len(body)))
         except BaseException:
             self.memory.release(reserved, self.endpoint)
             raise
-        return body, reserved
+        self.memory.release(reserved - len(body), self.endpoint)
+        return body, len(body)
 
     def _parse(self, body: bytearray, content_type: str, deadline: QueryDeadline) -> object:
         if not _PARSING.acquire(timeout=max(deadline.remaining(), 0.001)):

@@ -99,9 +99,16 @@ class Scene:
         self.store_sets.append((namespace, name))
         return pods
 
-    def cluster(self, namespace: str, name: str, *, interval: str = f"{INTERVAL:g}s", **spec: Any) -> None:
-        """A MonitoredCluster of the stores labelled ``app=<name>`` (``stores=`` overrides the selector)."""
-        apply(self.stack, monitored_cluster(name, namespace, self.stack, interval=interval, **spec))
+    def cluster(
+        self, namespace: str, name: str, *, interval: str = f"{INTERVAL:g}s", labels: dict[str, str] | None = None,
+        **spec: Any,
+    ) -> None:  # fmt: skip
+        """A MonitoredCluster of the stores labelled ``app=<name>`` (``stores=`` overrides the selector), itself
+        labelled ``labels``."""
+        body = monitored_cluster(name, namespace, self.stack, interval=interval, **spec)
+        if labels:
+            body["metadata"]["labels"] = labels
+        apply(self.stack, body)
         self.clusters.append((namespace, name))
 
     def cleanup(self) -> None:

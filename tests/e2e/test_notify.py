@@ -3,16 +3,19 @@ routing to a local receiver, and a signed webhook. Then the operator is killed f
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from devstack.host.processes import Process
 from devstack.world.operator import operator_process
 from devstack.world.stack import Stack
 from tests.e2e.support import Scene, SharedOperator, wait_healthy
 from tests.receivers import Receiver, alertmanager_for, notifications_file, receiver_in_thread
-from tests.stackutil import eventually, report, store_fault, ticket_resources
+from tests.stackutil import eventually, open_in_db, report, store_fault, ticket_resources, tickets_in_db
 
 pytestmark = pytest.mark.stack
 RESEND_SECONDS = 2.0
@@ -88,3 +91,98 @@ def test_a_fault_reaches_people_through_alertmanager_and_a_signed_webhook_and_a_
         )
         # Its end is due four resend intervals after the last send; Alertmanager flushes a group each second.
         assert ended[0] - killed <= WATCHDOG_ENDS_AFTER + 5
+
+
+def _notify_operator(stack: Stack, namespace: str, config: Path) -> Process:
+    return operator_process(
+        stack, "operator-notify.log", OPERATOR_K8S_NAMESPACES=namespace, OPERATOR_K8S_NOTIFICATIONS_FILE=str(config)
+    )
+
+
+def _stop(stack: Stack, operator: Process) -> None:
+    operator.stop()
+    stack.processes.remove(operator)
+
+
+def _at_second(low: int, high: int) -> None:
+    """Wait for the wall clock to be within [low, high) seconds of a minute (recurring windows are wall-clock)."""
+    eventually(lambda: low <= datetime.now(UTC).second < high, what=f"second {low}-{high} of a minute",
+               timeout=70, interval=0.2)  # fmt: skip
+
+
+@pytest.mark.level("low")  # up to two minutes of waiting for the clock
+def test_a_recurring_window_holds_notifications_back_only_inside_it(
+    stack: Stack, shared: SharedOperator, scene: Scene, tmp_path: Path
+) -> None:
+    """A window every minute for its first 30 s: a fault inside it is recorded at once and told when it ends; a
+    fault outside it is told at once. ``kubectl get maintenancewindows`` shows it."""
+    shared.stop()
+    namespace = scene.namespace("window")
+    stores = scene.stores(namespace, "window")
+    window = {
+        "apiVersion": "operator-k8s.io/v1alpha1", "kind": "MaintenanceWindow",
+        "metadata": {"name": "every-minute", "namespace": namespace},
+        "spec": {"clusterSelector": {"matchLabels": {"tier": "maintained"}}, "schedule": "* * * * *",
+                 "duration": "30s", "timeZone": "UTC"},
+    }  # fmt: skip
+    stack.kubectl("apply", "-f", "-", input_text=json.dumps(window))
+    with receiver_in_thread() as receiver:
+        operator = _notify_operator(stack, namespace, notifications_file(tmp_path, receiver, namespace))
+        try:
+            scene.cluster(namespace, "window", interval="1s", labels={"tier": "maintained"},
+                          invariants={"latency": {"enabled": False}, "diskUsage": {"clearFor": "0s"}})  # fmt: skip
+            wait_healthy(stack, namespace, "window")
+            shown = eventually(lambda: stack.kubectl("get", "mw", "-n", namespace).stdout
+                               if "Next" in stack.kubectl("get", "mw", "-n", namespace).stdout else None,
+                               what="kubectl get maintenancewindows", timeout=60)  # fmt: skip
+            _at_second(2, 12)
+            inside = time.time()
+            store_fault(stack, namespace, "window", stores[0], "disk", {"percent": 95})
+            eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="the ticket recorded", timeout=20)
+            window_end = inside - datetime.fromtimestamp(inside, UTC).second + 30
+            told = eventually(lambda: _hooks(receiver, stores[0], "opened"), what="the opening told", timeout=60)
+            _at_second(35, 45)
+            outside = time.time()
+            store_fault(stack, namespace, "window", stores[1], "disk", {"percent": 95})
+            later = eventually(lambda: _hooks(receiver, stores[1], "opened"), what="told at once", timeout=20)
+            report("recurring window", held_back_s=told[0] - inside, told_after_window_end_s=told[0] - window_end,
+                   outside_told_s=later[0] - outside)  # fmt: skip
+            assert told[0] >= window_end, "told inside the window"
+            assert later[0] - outside < 10, "outside the window, nothing waits"
+            assert "every-minute" in shown
+        finally:
+            _stop(stack, operator)
+
+
+def test_a_flapping_store_is_told_once_that_it_flaps_not_a_pair_per_flap(
+    stack: Stack, shared: SharedOperator, scene: Scene, tmp_path: Path
+) -> None:
+    shared.stop()
+    namespace = scene.namespace("flap")
+    stores = scene.stores(namespace, "flap")
+    with receiver_in_thread() as receiver:
+        operator = _notify_operator(stack, namespace, notifications_file(tmp_path, receiver, namespace))
+        try:
+            scene.cluster(namespace, "flap", interval="1s",
+                          invariants={"latency": {"enabled": False}, "diskUsage": {"clearFor": "0s"}})  # fmt: skip
+            wait_healthy(stack, namespace, "flap")
+            flaps = 0
+            for _ in range(10):  # a disk filling and emptying every few seconds
+                store_fault(stack, namespace, "flap", stores[2], "disk", {"percent": 95})
+                eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="the fault seen", timeout=20)
+                store_fault(stack, namespace, "flap", stores[2], "disk", heal=True)
+                eventually(lambda: not open_in_db(stack, namespace, "diskUsage"), what="the heal seen", timeout=20)
+                flaps += 1
+            eventually(lambda: _hooks(receiver, stores[2], "flapping_stopped"), what="flapping stopped",
+                       timeout=90)  # fmt: skip
+            told = [h["payload"]["transition"] for h in receiver.hooks if h["payload"]["ticket"]["store"] == stores[2]]
+            (ticket,) = [t for t in tickets_in_db(stack, namespace) if t["store"] == stores[2]]
+            report("flapping", flaps=flaps, told=len(told), transitions=" ".join(told),
+                   occurrences=ticket["occurrences"])  # fmt: skip
+            assert told.count("flapping_started") == told.count("flapping_stopped") == 1
+            assert len(told) <= 6, f"a pair per flap: {told}"
+            assert ticket["occurrences"] >= flaps, "occurrences keep counting while it flaps"
+            stopped = next(h for h in receiver.hooks if h["payload"]["transition"] == "flapping_stopped")
+            assert stopped["payload"]["status"] == "resolved"
+        finally:
+            _stop(stack, operator)

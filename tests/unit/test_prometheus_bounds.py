@@ -8,6 +8,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +17,7 @@ from operator_k8s.adapters.prometheus_http import (
     MIB,
     AnswerLimits,
     AnswerRefused,
+    BoundedSession,
     BufferBudget,
     NoBufferRoom,
     QueryDeadline,
@@ -450,3 +452,35 @@ def test_the_caps_are_settings() -> None:
     assert raised.prometheus_max_answer_series == 50_000
     with pytest.raises(SettingsError, match="PROMETHEUS_MAX_ANSWER_BYTES"):
         load_settings({"OPERATOR_K8S_DATABASE_DSN": "x", "OPERATOR_K8S_PROMETHEUS_MAX_ANSWER_BYTES": "10"})
+
+
+class _Streamed:
+    """An answer streamed in chunks, noting how much of the buffer budget is held as each chunk is handed over."""
+
+    def __init__(self, chunks: list[bytes], budget: BufferBudget, headers: dict[str, str] | None = None) -> None:
+        self.chunks, self.budget, self.headers = chunks, budget, headers or {}
+        self.held: list[int] = []
+
+    def iter_content(self, _: int) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.held.append(self.budget.used)
+            yield chunk
+
+
+@pytest.mark.parametrize(
+    ("headers", "room"),
+    [
+        ({}, MIB),
+        ({"content-length": str(len(ANSWER) * 2)}, len(ANSWER) * 2),
+        ({"content-length": "9", "content-encoding": "gzip"}, MIB),
+    ],
+)
+def test_a_read_holds_room_for_its_whole_answer_from_the_first_byte(headers: dict[str, str], room: int) -> None:
+    """So answers read at once never each hold part of the room and starve one another; the unused room is given
+    back once the answer is read."""
+    budget = BufferBudget(4 * MIB)
+    session = BoundedSession(limits=AnswerLimits(MIB, 5000), memory=budget, pool_size=1, connect_timeout=1)
+    answer = _Streamed([ANSWER, ANSWER], budget, headers)
+    body, kept = session._read(answer, QueryDeadline(5))  # type: ignore[arg-type]
+    assert answer.held == [room, room]
+    assert (len(body), kept, budget.used) == (2 * len(ANSWER), 2 * len(ANSWER), 2 * len(ANSWER))
