@@ -221,6 +221,10 @@ def _tls_message(error: requests.exceptions.SSLError) -> str:
     return f"Prometheus's TLS certificate was refused: {detail}{hint}"[:500]
 
 
+SUSPECT_SECONDS = 300.0
+"""How long a Prometheus counts as one that times out after its last timeout."""
+
+
 class EndpointSlots:
     """How many queries may be in flight to one Prometheus, from what it did (additive increase, multiplicative
     decrease).
@@ -242,6 +246,8 @@ class EndpointSlots:
         self.failure: str | None = None
         self.answered_at = -math.inf
         """When a query to it last answered in time (monotonic seconds)."""
+        self.timed_out_at = -math.inf
+        """When a query to it last did not answer in time (monotonic seconds)."""
         self._waiters: deque[asyncio.Future[str | None]] = deque()
 
     async def acquire(self, within: float) -> str | None:
@@ -285,7 +291,9 @@ class EndpointSlots:
             self.failure, self.limit = None, min(self.opened, self.limit + 1)
         elif self.answered_at > since:  # it answered another query meanwhile: slow, not down; fewer slots all the same
             self.limit = max(1, self.limit // 2)
+            self.timed_out_at = time.monotonic()
         else:
+            self.timed_out_at = time.monotonic()
             if self.failure is None:
                 log.warning(
                     "Prometheus stopped answering; one query at a time checks whether it is back",
@@ -293,6 +301,11 @@ class EndpointSlots:
                 )
             self.failure, self.limit = failure, 1
         self._wake()
+
+    def suspect(self, now: float) -> bool:
+        """Whether a query to it timed out within ``SUSPECT_SECONDS``: its queries then share the threads kept for
+        such Prometheus servers (``PrometheusMetrics``), so together they can never hold every thread."""
+        return now - self.timed_out_at < SUSPECT_SECONDS
 
     def _failing(self) -> str:
         return f"{self.failure} (its next query waits for the one checking whether it is back)"
@@ -347,6 +360,10 @@ class PrometheusMetrics:
         self._limits = limits or AnswerLimits()
         total = max(buffered_bytes, self._limits.max_bytes)  # room for the largest answer
         self._memory = BufferBudget(total, share=max(total // 4, self._limits.max_bytes))  # a quarter per endpoint
+        self._suspect_threads = max(1, concurrency // 2)
+        self._suspect_limit = asyncio.Semaphore(self._suspect_threads)
+        """Threads the Prometheus servers that timed out lately may hold together: the other half is always there
+        for those that answer, however many servers answer cheap queries and hang the others."""
 
     def endpoint(self, url: str) -> EndpointSlots:
         slots = self._endpoints.get(url)
@@ -461,6 +478,17 @@ class PrometheusMetrics:
         refused = await slots.acquire(timeout)
         if refused is not None:
             return QueryResult.failed(promql, QueryFailure.UNREACHABLE, refused)
+        shared = slots.suspect(time.monotonic())
+        if shared:
+            try:
+                await asyncio.wait_for(self._suspect_limit.acquire(), deadline.remaining())
+            except TimeoutError:
+                slots.release(None, used=False)
+                return QueryResult.failed(
+                    promql, QueryFailure.UNREACHABLE,
+                    f"Prometheus did not answer within {timeout:g}s: it timed out lately, and the"
+                    f" {self._suspect_threads} threads kept for such Prometheus servers stayed busy",
+                )  # fmt: skip
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self._pool, self._query_blocking, url, promql, store_label, namespace_label, deadline, auth
@@ -470,6 +498,8 @@ class PrometheusMetrics:
         def done(finished: asyncio.Future[QueryResult]) -> None:  # when the thread ends
             # a query that found no buffer room says nothing about its Prometheus: neither answered nor failing
             slots.release(_failure_of(finished), used=deadline.room_wanted is None, since=sent)
+            if shared:
+                self._suspect_limit.release()
 
         future.add_done_callback(done)
         try:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import pytest
 
@@ -27,6 +28,7 @@ from operator_k8s.adapters.prometheus_http import (
     same_origin,
     shown_origin,
 )
+from operator_k8s.domain.observations import QueryResult
 from operator_k8s.settings import SettingsError, load_settings
 from tests.hostile_http import vector_json
 
@@ -484,3 +486,36 @@ def test_a_read_holds_room_for_its_whole_answer_from_the_first_byte(headers: dic
     body, kept = session._read(answer, QueryDeadline(5))  # type: ignore[arg-type]
     assert answer.held == [room, room]
     assert (len(body), kept, budget.used) == (2 * len(ANSWER), 2 * len(ANSWER), 2 * len(ANSWER))
+
+
+async def test_prometheus_servers_that_timed_out_lately_share_half_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many of them answer cheap queries and hang the others, the servers that answer keep half the
+    threads."""
+    metrics = PrometheusMetrics(concurrency=4, per_endpoint=16)
+    hung = threading.Event()
+
+    def blocking(url: str, promql: str, *_: object) -> QueryResult:
+        if "hanging" in url:
+            hung.wait(5)
+        return QueryResult(query=promql, samples=())
+
+    monkeypatch.setattr(metrics, "_query_blocking", blocking)
+    hanging = [f"http://hanging-{i}:9090" for i in range(3)]
+    for url in hanging:
+        slots = metrics.endpoint(url)
+        slots.limit, slots.timed_out_at = 16, time.monotonic()  # they answered, then timed out a moment ago
+
+    def ask(url: str, timeout: float) -> Awaitable[QueryResult]:
+        return metrics.query(url, "up", store_label="pod", namespace_label="namespace", timeout=timeout)
+
+    try:
+        holding = [asyncio.create_task(ask(url, 5)) for url in hanging[:2]]
+        await asyncio.sleep(0.05)  # let them take their threads
+        refused = await ask(hanging[2], 0.2)
+        assert "threads kept for such Prometheus servers stayed busy" in (refused.error or "")
+        healthy = await ask("http://healthy:9090", 1)
+        assert healthy.failure is None, "a Prometheus that answers is never short of a thread"
+    finally:
+        hung.set()
+        await asyncio.gather(*holding)
+        metrics.close()
