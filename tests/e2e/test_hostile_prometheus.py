@@ -1,0 +1,83 @@
+"""Twenty Prometheus servers that never answer and twenty that dribble a byte a second, each the Prometheus of a
+MonitoredCluster at the largest timeout, beside a healthy cluster: its cadence and its detection stay as they were
+without them. The whole operator runs (a process, its threads, slots and buffer budget), not the client alone."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+from devstack.host.processes import Process
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
+from tests.e2e.support import Scene, SharedOperator, wait_healthy
+from tests.hostile_http import dribbling_body, serving_many, silent
+from tests.stackutil import eventually, open_in_db, report, scraped_last_check, store_fault
+
+pytestmark = pytest.mark.stack
+HOSTILE_EACH = 20
+CADENCE_SECONDS = 30.0
+TRIALS = 4
+
+
+def _cadence(operator: Process, namespace: str) -> float:
+    """Check cycles per second of the healthy cluster, counted from the operator's own metric."""
+    seen, started = {scraped_last_check(operator, namespace, "healthy")}, time.monotonic()
+    while time.monotonic() - started < CADENCE_SECONDS:
+        seen.add(scraped_last_check(operator, namespace, "healthy"))
+        time.sleep(0.1)  # the sampling period of the count, not a wait for a condition
+    return (len(seen) - 1) / CADENCE_SECONDS
+
+
+def _detections(stack: Stack, namespace: str, store: str) -> list[float]:
+    """Seconds from a disk fault to its ticket opening, by Postgres's record of the opening, over ``TRIALS``."""
+    delays = []
+    for _ in range(TRIALS):
+        faulted = time.time()
+        store_fault(stack, namespace, "healthy", store, "disk", {"percent": 95})
+        (ticket,) = eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="the ticket", timeout=60)
+        delays.append(ticket["opened_at"].timestamp() - faulted)
+        store_fault(stack, namespace, "healthy", store, "disk", heal=True)
+        eventually(lambda: not open_in_db(stack, namespace, "diskUsage"), what="the resolution", timeout=60)
+    return delays
+
+
+@pytest.mark.level("low")  # about three minutes
+@pytest.mark.timeout(900)
+def test_hung_and_dribbling_prometheus_servers_leave_a_healthy_cluster_as_it_was(
+    stack: Stack, shared: SharedOperator, scene: Scene
+) -> None:
+    shared.stop()
+    namespace = scene.namespace("hostile")
+    stores = scene.stores(namespace, "healthy")
+    operator = operator_process(stack, "operator-hostile.log", OPERATOR_K8S_NAMESPACES=namespace)
+    invariants = {"latency": {"enabled": False}, "diskUsage": {"clearFor": "0s"}}
+    try:
+        scene.cluster(namespace, "healthy", interval="1s", invariants=invariants)
+        wait_healthy(stack, namespace, "healthy")
+        quiet_cadence, quiet_detection = _cadence(operator, namespace), _detections(stack, namespace, stores[0])
+        with serving_many(silent, HOSTILE_EACH) as hung, serving_many(dribbling_body(1.0), HOSTILE_EACH) as slow:
+            for i, server in enumerate(hung + slow):
+                scene.cluster(
+                    namespace, f"hostile-{i}", interval="1s", stores={"selector": {"matchLabels": {"app": "healthy"}},
+                    "expected": 3}, prometheus={"url": server.url, "timeout": "60s"}, invariants=invariants,
+                )  # fmt: skip
+            eventually(lambda: sum(len(s.requests) > 0 for s in hung + slow) == 2 * HOSTILE_EACH,
+                       what="every hostile Prometheus asked", timeout=60)  # fmt: skip
+            busy_cadence, busy_detection = _cadence(operator, namespace), _detections(stack, namespace, stores[0])
+            asked = sum(len(s.requests) for s in hung + slow)
+        report(
+            "hostile prometheus",
+            quiet_cadence_hz=quiet_cadence, busy_cadence_hz=busy_cadence,
+            quiet_detection_s=statistics.median(quiet_detection), busy_detection_s=statistics.median(busy_detection),
+            quiet_detections=" ".join(f"{d:.2f}" for d in quiet_detection),
+            busy_detections=" ".join(f"{d:.2f}" for d in busy_detection), hostile_requests=asked,
+        )  # fmt: skip
+        assert busy_cadence >= 0.9 * quiet_cadence, "the healthy cluster is checked less often"
+        assert statistics.median(busy_detection) <= 1.1 * statistics.median(quiet_detection), "detection slowed"
+    finally:
+        stack.kubectl("delete", "mc", "--all", "-n", namespace, "--timeout=60s", check=False)  # while it runs
+        operator.stop()
+        stack.processes.remove(operator)
