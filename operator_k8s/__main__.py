@@ -21,7 +21,7 @@ import kopf
 
 from operator_k8s import cli, handlers
 from operator_k8s.adapters.delivery_queue import PostgresDeliveryQueue
-from operator_k8s.adapters.kube import KubeTicketMirror, api_client, cluster_uids, peering_object_exists
+from operator_k8s.adapters.kube import KubeEvidence, KubeTicketMirror, api_client, cluster_uids, peering_object_exists
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.adapters.prometheus_http import AnswerLimits
 from operator_k8s.adapters.receivers_http import ReceiversHttp
@@ -151,6 +151,7 @@ class Operator:
             store=self.store,
             metrics=self.metrics,
             mirror=_LazyMirror(self),
+            evidence=_LazyEvidence(self),
             settings=ServiceSettings(
                 reopen_window=timedelta(seconds=self.settings.reopen_window_seconds),
                 ticket_retention=timedelta(seconds=self.settings.ticket_retention_seconds),
@@ -328,6 +329,16 @@ class _LazyMirror:
 
     async def events(self, *args: Any) -> None:
         await (await self._get()).events(*args)
+
+
+class _LazyEvidence:
+    """The evidence reader, on the API client made inside kopf's loop on first use."""
+
+    def __init__(self, operator: Operator) -> None:
+        self._operator = operator
+
+    async def pod_evidence(self, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
+        return await KubeEvidence(await self._operator._api()).pod_evidence(namespace, pod, timeout=timeout)
 
 
 class PeeringDecisions(logging.Handler):

@@ -93,6 +93,17 @@ def render_show(record: TicketRecord) -> str:
     out += ["", "History:"]
     rows = [[_time(e.at), e.kind, f"{e.from_state or '-'} -> {e.to_state or '-'}", e.actor, e.reason] for e in events]
     out += ["  " + line for line in table(["AT", "EVENT", "STATE", "ACTOR", "REASON"], rows).splitlines()]
+    out += ["", "Diagnosis:"]
+    for finding in record.findings:
+        out += [f"  [{finding['severity']}] {finding['item']} ({finding['rule']}): {finding['details']}",
+                f"    value {finding['value']}, reference {finding['reference']}",
+                f"    next: {finding['next_step']}", f"    runbook: {finding['runbook']}"]  # fmt: skip
+    if not record.findings:
+        out += ["  unknown" if record.evidence else "  no evidence gathered"]
+    if record.evidence:
+        out += ["", "Evidence:", "  " + (record.ticket.evidence_summary or "(none)")]
+        for event in record.evidence.get("events", [])[:5]:
+            out.append(f"  event {event['type']} {event['reason']} x{event['count']}: {event['message'][:160]}")
     out += ["", "Notifications:"]
     told = [[_time(d.created_at), d.receiver, d.kind, d.state, str(d.attempts), _time(d.finished_at), d.result or ""]
             for d in record.deliveries]  # fmt: skip
@@ -139,7 +150,9 @@ async def _run(args: argparse.Namespace, dsn: str) -> tuple[int, str]:
                  "attempts": d.attempts, "queued": d.created_at.isoformat(),
                  "finished": d.finished_at.isoformat() if d.finished_at else None, "result": d.result}
                 for d in found.deliveries]  # fmt: skip
-        return 0, json.dumps({**ticket_json(found.ticket), "history": entries, "notifications": told}, indent=2)
+        body = {**ticket_json(found.ticket), "history": entries, "notifications": told, "diagnosis": found.findings,
+                "evidence": found.evidence}  # fmt: skip
+        return 0, json.dumps(body, indent=2)
     return 0, render_show(found)
 
 

@@ -26,7 +26,19 @@ class TicketStore(Protocol):
         """Apply the writes (each a compare-and-set) in one transaction and one round trip, within ``deadline``
         seconds; return the cluster's unresolved tickets and those resolved after ``horizon``."""
 
+    async def store_evidence(
+        self, ticket_id: int, evidence: dict[str, Any], findings: Sequence[dict[str, str]], summary: str,
+        diagnosis: str | None, *, deadline: float,
+    ) -> None:  # fmt: skip
+        """Keep a ticket's latest evidence and the probable causes found in it."""
+
     async def close(self) -> None: ...
+
+
+class EvidenceSource(Protocol):
+    async def pod_evidence(self, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
+        """What the API server shows about one store's pod (``domain.diagnosis.pod_evidence``), in at most three
+        requests, each within ``timeout``; what could not be read is said in it, never raised."""
 
 
 class MetricsSource(Protocol):

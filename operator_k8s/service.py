@@ -10,17 +10,19 @@ and any other error is counted and shown on the cluster; the next interval runs 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from operator_k8s.domain import conditions as cond
+from operator_k8s.domain.diagnosis import diagnose, diagnosed, evidence_summary, pod_evidence, worth_evidence
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.invariants import Finding, evaluate, invariant_names
 from operator_k8s.domain.ledger import (
@@ -49,10 +51,11 @@ from operator_k8s.domain.status import (
     status_body,
     status_patch,
 )
-from operator_k8s.domain.tickets import HumanEdit, Ticket, TicketState, Transition, apply_human_intent
+from operator_k8s.domain.tickets import HumanEdit, Ticket, TicketKey, TicketState, Transition, apply_human_intent
 from operator_k8s.domain.vocabulary import CLUSTER_STORE, Reason
 from operator_k8s.ledger import DECISION_ATTEMPTS, Ledger
 from operator_k8s.ports import (
+    EvidenceSource,
     KubernetesConflict,
     KubernetesNotFound,
     KubernetesRejected,
@@ -65,6 +68,10 @@ from operator_k8s.ports import (
 
 log = logging.getLogger("operator_k8s.service")
 T = TypeVar("T")
+EVIDENCE_SECONDS = 5.0
+"""The most time one ticket's evidence may take (three API requests)."""
+EVIDENCE_CONCURRENCY = 4
+"""Tickets whose evidence is gathered at once (a fault on many stores queues the rest)."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +93,16 @@ class Monitor:
         metrics: MetricsSource,
         mirror: TicketMirror,
         settings: ServiceSettings | None = None,
+        evidence: EvidenceSource | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.mirror = mirror
         self.settings = settings or ServiceSettings()
         self.ledger = Ledger(store, self._horizon)
+        self.evidence = evidence
+        self._gathering: dict[tuple[TicketKey, int], asyncio.Task[None]] = {}
+        self._gather_slots = asyncio.Semaphore(EVIDENCE_CONCURRENCY)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -245,6 +256,7 @@ class Monitor:
             # write back the intent the edit was meant to change.
             if decision.settled:
                 await self._project(ref, tickets, shown, now, stats)
+            self._gather_evidence(ref, [t.after for t in applied if worth_evidence(t) and t.after is not None])
         await self._post_events(ref, applied, stats)
 
         outcome = cond.CycleOutcome(
@@ -376,6 +388,64 @@ class Monitor:
                 stats.kubernetes_writes += 1
             except (KubernetesUnavailable, KubernetesRejected, KubernetesConflict):
                 pass
+
+    # -- evidence and diagnosis ----------------------------------------------------------------------------------
+
+    def _gather_evidence(self, ref: ClusterRef, tickets: Sequence[Ticket]) -> None:
+        """Gather evidence for tickets that opened or escalated, in tasks of their own: a cycle never waits for it."""
+        if self.evidence is None:
+            return
+        for ticket in tickets:
+            key = (ticket.key, ticket.occurrences * 10 + ticket.severity.rank)
+            if key not in self._gathering:
+                task = asyncio.create_task(self._evidence_of(ref, ticket))
+                self._gathering[key] = task
+                task.add_done_callback(functools.partial(self._gathered, key))
+
+    def _gathered(self, key: tuple[TicketKey, int], _: asyncio.Task[None]) -> None:
+        self._gathering.pop(key, None)
+
+    async def _evidence_of(self, ref: ClusterRef, opened: Ticket) -> None:
+        """The store's evidence within ``EVIDENCE_SECONDS``, kept with the ticket, and the ticket diagnosed when a
+        rule finds a probable cause in it. Failures are logged: the ticket stays as it was, never worse."""
+        assert self.evidence is not None
+        store = opened.key.store
+        try:
+            async with self._gather_slots, asyncio.timeout(EVIDENCE_SECONDS):
+                evidence = await self.evidence.pod_evidence(ref.namespace, store, timeout=EVIDENCE_SECONDS / 3)
+        except TimeoutError:
+            evidence = pod_evidence(
+                None, [], None, unreachable=[f"the API server: no answer within {EVIDENCE_SECONDS:g}s"]
+            )
+        findings = diagnose(store, evidence)
+        try:
+            async with self.ledger.lock(ref.uid):
+                now, stats = datetime.now(UTC), CycleStats()
+                tickets = await self.ledger.read(ref, stats, now, self.settings.postgres_timeout)
+                current = next((t for t in tickets if t.key == opened.key and t.state.active), None)
+                if current is None or current.id is None:
+                    return  # resolved meanwhile: its evidence would explain nothing now
+                await self.store.store_evidence(
+                    current.id, evidence, [f.to_json() for f in findings], evidence_summary(evidence),
+                    findings[0].summary if findings else None, deadline=self.settings.postgres_timeout,
+                )  # fmt: skip
+                if findings:
+
+                    def plan(now_held: list[Ticket]) -> list[Transition]:
+                        decided = [diagnosed(t, findings) for t in now_held if t.id == current.id]
+                        return [t for t in decided if t.changed]
+
+                    await self.ledger.decide(ref, plan, stats, now, self.settings.postgres_timeout)
+        except TicketStoreUnavailable as error:
+            log.warning(
+                "Could not store the evidence of a Ticket",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "store": store, "error": str(error)},
+            )
+        log.info(
+            "Gathered the evidence of a Ticket",
+            extra={"cluster": ref.name, "namespace": ref.namespace, "store": store,
+                   "diagnosis": findings[0].summary if findings else "unknown"},
+        )  # fmt: skip
 
     def _horizon(self, now: datetime) -> datetime:
         return now - max(self.settings.reopen_window, self.settings.ticket_retention)

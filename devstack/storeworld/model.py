@@ -177,7 +177,7 @@ class Fault(StrEnum):
 CLUSTER_FAULTS = frozenset({Fault.MISSING_PEERS})
 PD_FAULTS = frozenset({Fault.DOWN, Fault.HUNG})
 FAULT_PARAMETERS: dict[Fault, dict[str, float | str]] = {
-    Fault.DOWN: {},
+    Fault.DOWN: {"reason": "Error"},
     Fault.HUNG: {},
     Fault.IDLE: {},
     Fault.CONTENTION: {},
@@ -269,6 +269,8 @@ class PodState:
     restarts: int
     started_at: float
     last_exit_at: float | None = None
+    last_exit_reason: str = "Error"
+    """Why the last container ended: ``Error`` (exit code 1), or ``OOMKilled`` (137) for a down fault that says so."""
 
 
 @dataclass
@@ -280,6 +282,7 @@ class Process:
     faults: dict[Fault, dict[str, float | str]] = field(default_factory=dict)
     restarts: int = 0
     last_exit_at: float | None = None
+    last_exit_reason: str = "Error"
     heartbeat_phase: float = 0.0
     heartbeat_stopped_at: float | None = None
 
@@ -297,7 +300,7 @@ class Process:
         return self.running and not self.hung
 
     def pod_state(self) -> PodState:
-        return PodState(self.running, self.restarts, self.started_at, self.last_exit_at)
+        return PodState(self.running, self.restarts, self.started_at, self.last_exit_at, self.last_exit_reason)
 
     def last_heartbeat(self, now: float, interval: float) -> float:
         """When PD last heard from it: heartbeats every ``interval`` while it runs and is not hung."""
@@ -416,6 +419,10 @@ class TikvStore(Process):
         self.faults[kind] = parameters
         if kind is Fault.RESTART_LOOP:
             self.next_restart = now + float(parameters["seconds"])
+        if kind is Fault.DOWN and parameters.get("reason", "Error") != "Error":
+            # Killed for a reason the kubelet reports (OOMKilled): it ended once, was started, and keeps ending.
+            self.restarts += 1
+            self.last_exit_at, self.last_exit_reason = now, str(parameters["reason"])
         if was_responding and not self.responding:
             self.disk_at_last_heartbeat = self.disk()
             self._stop_heartbeats(now)

@@ -32,7 +32,9 @@ Faults, each a real-world case (``{"parameter": default}``):
 
 - ``down``: the process is gone (the container waits in CrashLoopBackOff): the pod is NotReady, its endpoint refuses
   connections (``up`` is 0, the series go stale), PD stops hearing from it (disconnected after 20 s, down after
-  ``max-store-down-time``). Healing starts the container again: ``restartCount`` + 1, counters from zero.
+  ``max-store-down-time``). Healing starts the container again: ``restartCount`` + 1, counters from zero. With
+  ``{"reason": "OOMKilled"}`` it was killed for its memory (the containers' limit is ``MEMORY_LIMIT``): the last
+  termination says so (exit code 137) and ``restartCount`` grows at once.
 - ``hung``: the process is alive and stuck: the pod stays Ready (TiKV pods have no readiness probe by default), the
   endpoint accepts connections and never answers (the scrape times out, ``up`` is 0), no request completes, PD
   reports the store disconnected (``store_disconnected_count`` + 1). Also on PD pods, where leadership moves.
@@ -93,6 +95,8 @@ from devstack.storeworld.model import (
 )
 
 NODE_NAME = "devstack-node"
+MEMORY_LIMIT = "2Gi"
+"""The store containers' memory limit, as a TidbCluster sets one (an OOM kill is judged against it)."""
 KUBE_STATE_METRICS_POD = "kube-state-metrics"
 TICK_SECONDS = 0.5
 EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
@@ -157,7 +161,17 @@ class Pod:
                 "labels": self.labels,
                 "annotations": self.annotations,
             },
-            "spec": {"nodeName": NODE_NAME, "containers": [{"name": self.container, "image": image, "ports": ports}]},
+            "spec": {
+                "nodeName": NODE_NAME,
+                "containers": [
+                    {
+                        "name": self.container,
+                        "image": image,
+                        "ports": ports,
+                        "resources": {"limits": {"memory": MEMORY_LIMIT}},
+                    }
+                ],
+            },
         }
 
     def status(self, state: PodState) -> dict[str, Any]:
@@ -174,7 +188,8 @@ class Pod:
             else {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}},
         }
         if state.last_exit_at is not None:
-            container["lastState"] = {"terminated": {"exitCode": 1, "reason": "Error",
+            code = 137 if state.last_exit_reason == "OOMKilled" else 1
+            container["lastState"] = {"terminated": {"exitCode": code, "reason": state.last_exit_reason,
                                                      "finishedAt": rfc3339(state.last_exit_at)}}  # fmt: skip
         now = rfc3339(self.created_at)
         return {

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client, config
 
+from operator_k8s.domain.diagnosis import EVENTS_KEPT, pod_evidence
 from operator_k8s.domain.ledger import ClusterRef, TicketEvent
 from operator_k8s.domain.observations import StorePod
 from operator_k8s.domain.projections import ObservedTicket
@@ -304,3 +305,47 @@ def _api_message(error: client.ApiException) -> str:
     except (ValueError, AttributeError):
         message = str(error.body or "")
     return message[:1000]
+
+
+class KubeEvidence:
+    """The EvidenceSource port: the store's pod, the Events about it (selected by field, never a namespace's every
+    Event) and its node; three requests at most, each bounded, read as the API server's JSON."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+        self._core: Any = client.CoreV1Api(api)
+
+    async def _read(self, what: str, method: Any, *args: Any, timeout: float, **kwargs: Any) -> Any:
+        """The object's JSON, or why it could not be read (a string)."""
+        try:
+            answer = await method(*args, _request_timeout=timeout, _preload_content=False, **kwargs)
+            return json.loads(await answer.read())
+        except client.ApiException as error:
+            reason = {403: "forbidden (RBAC)", 404: "not found"}.get(error.status or 0, f"error {error.status}")
+            return f"{what}: {reason}"
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
+            return f"{what}: {type(error).__name__}"
+
+    async def pod_evidence(self, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
+        unreachable: list[str] = []
+        found = await self._read(f"pod {pod}", self._core.read_namespaced_pod, pod, namespace, timeout=timeout)
+        events = await self._read(
+            "its events", self._core.list_namespaced_event, namespace, timeout=timeout,
+            field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod}", limit=EVENTS_KEPT * 5,
+        )  # fmt: skip
+        pod_body = found if isinstance(found, dict) else None
+        node_name = ((pod_body or {}).get("spec") or {}).get("nodeName")
+        node = (
+            await self._read(f"node {node_name}", self._core.read_node, node_name, timeout=timeout)
+            if node_name
+            else None
+        )
+        for answer in (found, events, node):
+            if isinstance(answer, str):
+                unreachable.append(answer)
+        return pod_evidence(
+            pod_body,
+            events.get("items", []) if isinstance(events, dict) else [],
+            node if isinstance(node, dict) else None,
+            unreachable=unreachable,
+        )

@@ -8,7 +8,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from typing import Any, TypeVar
@@ -250,6 +250,8 @@ def ticket_from_row(row: dict[str, Any]) -> Ticket:
         version=row.get("version", 1),
         flapping=row.get("flapping", False),
         last_notification=row.get("last_notification"),
+        evidence_summary=row.get("evidence_summary"),
+        diagnosis=row.get("diagnosis"),
         flap_changes=tuple(
             datetime.fromisoformat(at) if isinstance(at, str) else at for at in row.get("flap_changes") or ()
         ),
@@ -463,6 +465,35 @@ class PostgresTicketStore:
             rejected=tuple(str(reason) for reason in body["rejected"]),
         )
 
+    async def store_evidence(
+        self, ticket_id: int, evidence: dict[str, Any], findings: Sequence[dict[str, str]], summary: str,
+        diagnosis: str | None, *, deadline: float,
+    ) -> None:  # fmt: skip
+        """Keep the latest evidence of a ticket and what the rules found in it (one row per ticket)."""
+        self._admit()
+        held: list[Any] = []
+
+        async def write() -> None:
+            pool = await self._ensure_pool()
+            async with pool.acquire() as connection:
+                held.append(connection)
+                await connection.execute(
+                    "INSERT INTO ticket_evidence (ticket_id, gathered_at, evidence, findings, summary, diagnosis)"
+                    " VALUES ($1, now(), $2::jsonb, $3::jsonb, $4, $5) ON CONFLICT (ticket_id) DO UPDATE SET"
+                    " gathered_at = now(), evidence = $2::jsonb, findings = $3::jsonb, summary = $4, diagnosis = $5",
+                    ticket_id, json.dumps(_finite(evidence)), json.dumps(list(findings)), summary, diagnosis,
+                )  # fmt: skip
+
+        try:
+            await self._within(deadline, write(), held)
+        except TimeoutError:
+            raise await self._missed_deadline(deadline) from None
+        except UNAVAILABLE as error:
+            raise self._trip(unreachable(error)) from None
+        except asyncpg.PostgresError as error:
+            message, server_state = refusal(error)
+            raise (self._trip(message) if server_state else TicketStoreUnavailable(message)) from None
+
     async def cluster_uids(self, namespaces: Sequence[str] | None) -> dict[str, str]:
         """Clusters with unresolved tickets (uid → namespace), in ``namespaces`` (None: all), for the orphan sweep."""
         self._admit()
@@ -535,6 +566,8 @@ class TicketRecord:
     ticket: Ticket
     events: list[TicketHistoryEntry]
     deliveries: list[DeliveryRecord]
+    findings: list[dict[str, str]] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 class TicketHistory:
@@ -580,6 +613,9 @@ class TicketHistory:
                 " ORDER BY at, id",
                 ticket_id,
             )
+            gathered = await connection.fetchrow(
+                "SELECT evidence, findings FROM ticket_evidence WHERE ticket_id = $1", ticket_id
+            )
             deliveries = await connection.fetch(
                 "SELECT d.receiver, n.kind, n.idempotency_key, d.state, d.attempts, d.created_at, d.finished_at,"
                 " d.result FROM deliveries d JOIN notices n ON n.id = d.notice_id WHERE n.ticket_id = $1"
@@ -592,4 +628,6 @@ class TicketHistory:
             ticket_from_row(dict(row)),
             [TicketHistoryEntry(**dict(e)) for e in events],
             [DeliveryRecord(**dict(d)) for d in deliveries],
+            json.loads(gathered["findings"]) if gathered else [],
+            json.loads(gathered["evidence"]) if gathered else {},
         )

@@ -31,6 +31,7 @@ NOTICE_KINDS = {
     EffectKind.ESCALATED: "escalated",
     EffectKind.RESOLVED: "resolved",
     EffectKind.ACKNOWLEDGED: "acknowledged",
+    EffectKind.DIAGNOSED: "diagnosed",
     EffectKind.FLAPPING_STARTED: "flapping_started",
     EffectKind.FLAPPING_STOPPED: "flapping_stopped",
 }

@@ -110,6 +110,10 @@ def ticket_status(ticket: Ticket) -> dict[str, Any]:
         status["flapping"] = True
     if ticket.last_notification:
         status["lastNotification"] = ticket.last_notification[:512]
+    if ticket.evidence_summary:
+        status["evidence"] = ticket.evidence_summary[:512]
+    if ticket.diagnosis:
+        status["diagnosis"] = ticket.diagnosis[:512]
     return status
 
 

@@ -79,6 +79,9 @@ class Ticket:
     """When the invariant last changed state (violated ↔ holding), newest last, at most ``FLAP_CHECKS``."""
     last_notification: str | None = None
     """Who was last told of it and how that went (read from the delivery queue; never written with the ticket)."""
+    evidence_summary: str | None = None
+    diagnosis: str | None = None
+    """One line of its evidence and of its probable cause (read from ``ticket_evidence``; never written with it)."""
 
 
 FLAP_CHECKS = 21
@@ -111,6 +114,7 @@ class EffectKind(StrEnum):
     HELD = "Held"
     RELEASED = "Released"
     NOTED = "Noted"
+    DIAGNOSED = "Diagnosed"
     FLAPPING_STARTED = "FlappingStarted"
     FLAPPING_STOPPED = "FlappingStopped"
     TRUNCATED = "HistoryTruncated"

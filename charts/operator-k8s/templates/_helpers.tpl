@@ -41,14 +41,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The namespaced rules, used in a ClusterRole (cluster-wide) or a Role per watched namespace. */}}
 {{- define "operator-k8s.namespacedRules" -}}
-# Store pods: kopf's index of them is fed by a watch (list + watch); the operator never gets one by one.
+# Store pods: kopf's index of them is fed by a watch (list + watch); get: the one pod of a ticket that opens, read
+# again for its evidence (container restarts, last termination).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
-# Events on ticket transitions (opened, resolved, ...), posted on the MonitoredCluster.
+  verbs: [get, list, watch]
+# Events on ticket transitions (opened, resolved, ...), posted on the MonitoredCluster; list: the Events about one
+# store pod (selected by its name) when its ticket opens, as evidence.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 # MonitoredClusters: watched; patched for kopf's finalizer and its last-handled annotation.
 - apiGroups: [operator-k8s.io]
   resources: [monitoredclusters]

@@ -10,6 +10,17 @@ ALTER TABLE tickets ADD COLUMN flap_changes timestamptz[] NOT NULL DEFAULT '{}';
 -- suppressed (a maintenance window, a flapping ticket). Deliveries are updated in place on every attempt: a
 -- fillfactor below 100 keeps those updates on the same page (HOT), so a dead receiver's retries do not bloat the table,
 -- and finished rows are deleted after the retention period.
+-- Evidence and diagnosis: what Kubernetes showed about a store when its ticket opened or escalated, the probable
+-- causes the rules found in it (domain.diagnosis), and one line of each for the Ticket. The latest gathering only.
+CREATE TABLE ticket_evidence (
+    ticket_id   bigint      PRIMARY KEY REFERENCES tickets (id) ON DELETE CASCADE,
+    gathered_at timestamptz NOT NULL,
+    evidence    jsonb       NOT NULL,
+    findings    jsonb       NOT NULL,
+    summary     text        NOT NULL,
+    diagnosis   text
+);
+
 CREATE TABLE notices (
     id              bigserial PRIMARY KEY,
     ticket_id       bigint      NOT NULL REFERENCES tickets (id) ON DELETE CASCADE,
@@ -149,8 +160,11 @@ BEGIN
         'conflicts', conflicts,
         'rejected', rejected,
         'tickets', (
-            -- Each ticket with its last delivery, which the Ticket resource shows.
-            SELECT COALESCE(jsonb_agg(to_jsonb(tk) || jsonb_build_object('last_notification', (
+            -- Each ticket with its evidence's and diagnosis's one line and its last delivery, which the Ticket shows.
+            SELECT COALESCE(jsonb_agg(to_jsonb(tk) || jsonb_build_object(
+                   'evidence_summary', (SELECT summary FROM ticket_evidence WHERE ticket_id = tk.id),
+                   'diagnosis', (SELECT diagnosis FROM ticket_evidence WHERE ticket_id = tk.id),
+                   'last_notification', (
                        SELECT format('%s to %s: %s%s at %s', n.kind, d.receiver, d.state,
                                      COALESCE(' (' || left(d.result, 200) || ')', ''),
                                      to_char(COALESCE(d.finished_at, d.created_at) AT TIME ZONE 'UTC',

@@ -1,0 +1,278 @@
+"""Evidence about a store's pod, and the rules that turn it into a probable cause: decided here, without I/O.
+
+Evidence is what Kubernetes shows about the store when its ticket opens or escalates: the pod (phase, conditions,
+containers with their restarts and last termination), the recent Events about it, its node's conditions. It is
+bounded (``EVIDENCE_BYTES``) and stored with the ticket. A rule reads it and, when its facts are there, says a
+probable cause as a row in the shape TiDB's ``inspection_result`` uses (rule, item, store, value, reference,
+severity, details, next step) with its runbook. When no rule's facts are there, nothing is said: unknown stays
+unknown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketState, Transition
+from operator_k8s.domain.vocabulary import CLUSTER_STORE
+
+EVIDENCE_BYTES = 64 * 1024
+EVENTS_KEPT = 20
+TEXT_BYTES = 512
+RESTART_LOOP = 3
+"""Restarts of one container from which a pod that keeps failing is a restart loop."""
+RUNBOOK = "https://github.com/operator-k8s/operator-k8s/blob/main/README.md"
+"""The runbooks: one README section per rule, ``#runbook-<rule>``."""
+
+
+def _text(value: object) -> str:
+    return str(value or "")[:TEXT_BYTES]
+
+
+def _container(status: Mapping[str, Any], limits: Mapping[str, Any]) -> dict[str, Any]:
+    state = status.get("state") or {}
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    terminated = state.get("terminated") or {}
+    return {
+        "name": _text(status.get("name")),
+        "ready": bool(status.get("ready")),
+        "restarts": int(status.get("restartCount") or 0),
+        "state": next(iter(state), "unknown"),
+        "waiting": _text(waiting.get("reason")) or None,
+        "waitingMessage": _text(waiting.get("message")) or None,
+        "terminated": _text(terminated.get("reason")) or None,
+        "lastTermination": {
+            "reason": _text(last.get("reason")),
+            "exitCode": last.get("exitCode"),
+            "message": _text(last.get("message")),
+            "finishedAt": last.get("finishedAt"),
+        }
+        if last
+        else None,
+        "memoryLimit": _text(limits.get("memory")) or None,
+    }
+
+
+def _condition(condition: Mapping[str, Any]) -> dict[str, str]:
+    return {key: _text(condition.get(key)) for key in ("type", "status", "reason")}
+
+
+def pod_evidence(
+    pod: Mapping[str, Any] | None, events: Sequence[Mapping[str, Any]], node: Mapping[str, Any] | None, *,
+    unreachable: Sequence[str] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """The evidence of one store's pod from the API server's bodies (a pod, its Events, its node), bounded in size.
+    ``unreachable`` says what could not be read, and why: it is said, never guessed."""
+    evidence: dict[str, Any] = {"unreachable": list(unreachable)}
+    if pod is not None:
+        spec, status = pod.get("spec") or {}, pod.get("status") or {}
+        limits = {c.get("name"): (c.get("resources") or {}).get("limits") or {} for c in spec.get("containers") or []}
+        evidence["pod"] = {
+            "name": _text((pod.get("metadata") or {}).get("name")),
+            "phase": _text(status.get("phase")),
+            "node": _text(spec.get("nodeName")) or None,
+            "conditions": [
+                _condition(c) | {"message": _text(c.get("message"))} for c in status.get("conditions") or []
+            ],
+            "containers": [_container(s, limits.get(s.get("name"), {})) for s in status.get("containerStatuses") or []],
+        }
+    recent = sorted(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""), reverse=True)
+    evidence["events"] = [
+        {"type": _text(e.get("type")), "reason": _text(e.get("reason")), "message": _text(e.get("message")),
+         "count": int(e.get("count") or 1), "last": _text(e.get("lastTimestamp") or e.get("eventTime"))}
+        for e in recent[:EVENTS_KEPT]
+    ]  # fmt: skip
+    if node is not None:
+        evidence["node"] = {
+            "name": _text((node.get("metadata") or {}).get("name")),
+            "conditions": [_condition(c) for c in (node.get("status") or {}).get("conditions") or []],
+        }
+    return bounded(evidence)
+
+
+def bounded(evidence: dict[str, Any], limit: int = EVIDENCE_BYTES) -> dict[str, Any]:
+    """The evidence within ``limit`` bytes of JSON: the oldest Events go first, then the messages."""
+    shrunk = dict(evidence)
+    while len(json.dumps(shrunk)) > limit and shrunk.get("events"):
+        shrunk["events"] = shrunk["events"][:-1]
+    if len(json.dumps(shrunk)) > limit:
+        shrunk = {"unreachable": [*shrunk.get("unreachable", []), f"evidence over {limit} bytes: dropped"]}
+    return shrunk
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One probable cause, as a row of TiDB's ``inspection_result`` (with a runbook)."""
+
+    rule: str
+    item: str
+    store: str
+    value: str
+    reference: str
+    severity: str
+    details: str
+    next_step: str
+
+    @property
+    def runbook(self) -> str:
+        return f"{RUNBOOK}#runbook-{self.rule}"
+
+    def to_json(self) -> dict[str, str]:
+        return {**asdict(self), "runbook": self.runbook}
+
+    @property
+    def summary(self) -> str:
+        return f"{self.item}: {self.details}"
+
+
+def _containers(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return list((evidence.get("pod") or {}).get("containers") or [])
+
+
+def _all_text(evidence: Mapping[str, Any]) -> str:
+    parts = [e.get("message", "") for e in evidence.get("events") or []]
+    for container in _containers(evidence):
+        last = container.get("lastTermination") or {}
+        parts += [last.get("message", ""), container.get("waitingMessage") or ""]
+    return "\n".join(parts).lower()
+
+
+def _oom(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+    found = []
+    for container in _containers(evidence):
+        last = container.get("lastTermination") or {}
+        if last.get("reason") == "OOMKilled" or container.get("terminated") == "OOMKilled":
+            limit = container.get("memoryLimit") or "no limit set"
+            found.append(Finding(
+                "memory-limit", "memory limit hit", store, f"OOMKilled (exit code {last.get('exitCode', 137)})",
+                f"container {container['name']} memory limit {limit}", "critical",
+                f"container {container['name']} was killed for using more memory than its limit ({limit});"
+                f" restarted {container['restarts']} times",
+                "raise the container's memory limit, or size TiKV's storage.block-cache.capacity for the pod's limit"
+                " (by default it is 45 % of the node's memory, not the pod's)",
+            ))  # fmt: skip
+    return found
+
+
+def _cluster_id(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+    if "cluster id mismatch" not in _all_text(evidence):
+        return []
+    return [Finding(
+        "stale-volume", "a volume from another cluster", store, "cluster id mismatch", "the PD cluster's id",
+        "critical", "TiKV refuses to start: its data directory belongs to another PD cluster (a reused volume)",
+        "check which PersistentVolume the pod mounts; wipe or replace a volume left by an old cluster",
+    )]  # fmt: skip
+
+
+def _restart_loop(store: str, evidence: Mapping[str, Any], explained: bool) -> list[Finding]:
+    if explained:
+        return []
+    for container in _containers(evidence):
+        looping = container.get("waiting") == "CrashLoopBackOff" or container["restarts"] >= RESTART_LOOP
+        if looping and container["restarts"] >= 1:
+            last = container.get("lastTermination") or {}
+            why = f"last exit: {last.get('reason') or 'unknown'} (code {last.get('exitCode')})" if last else "no exit"
+            return [Finding(
+                "restart-loop", "restart loop", store, f"{container['restarts']} restarts",
+                f"fewer than {RESTART_LOOP} restarts", "warning",
+                f"container {container['name']} keeps restarting; {why}",
+                "read the previous container's log (kubectl logs --previous) for the reason it exits",
+            )]  # fmt: skip
+    return []
+
+
+def _pending(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+    pod = evidence.get("pod") or {}
+    if pod.get("phase") != "Pending":
+        return []
+    for condition in pod.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            message = condition.get("message") or condition.get("reason") or ""
+            lowered = message.lower()
+            if "persistentvolumeclaim" in lowered:
+                cause, step = "its volume claim is not bound", "check the PVC's StorageClass and provisioner"
+            elif "insufficient" in lowered:
+                cause, step = "no node has the resources it requests", "add capacity or lower its requests"
+            elif "affinity" in lowered or "taint" in lowered or "selector" in lowered:
+                cause, step = "no node matches its placement rules", "check its affinity, tolerations and selector"
+            else:
+                cause, step = "the scheduler found no node for it", "read the scheduler's message"
+            return [Finding(
+                "pod-pending", "store pod not scheduled", store, "Pending", "Running", "critical",
+                f"{cause}: {message}", step,
+            )]  # fmt: skip
+    for container in _containers(evidence):
+        if container.get("waiting") in ("ImagePullBackOff", "ErrImagePull"):
+            return [Finding(
+                "pod-pending", "store image not pulled", store, container["waiting"], "Running", "critical",
+                f"container {container['name']} cannot pull its image: {container.get('waitingMessage') or ''}",
+                "check the image name and tag, and the pull secret",
+            )]  # fmt: skip
+    return []
+
+
+def _node(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+    node = evidence.get("node") or {}
+    found = []
+    for condition in node.get("conditions") or []:
+        kind, status = condition.get("type"), condition.get("status")
+        if (kind == "Ready" and status != "True") or (kind in PRESSURES and status == "True"):
+            found.append(Finding(
+                "node-condition", f"node {node.get('name')} {kind}", store, f"{kind}={status}",
+                "Ready=True, no pressure", "critical" if kind == "Ready" else "warning",
+                f"the store's node reports {kind}={status} ({condition.get('reason') or 'no reason'})",
+                "look at the node (kubectl describe node); the store's pod may need to move",
+            ))  # fmt: skip
+    return found
+
+
+PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure")
+
+
+def diagnose(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+    """The probable causes the evidence supports, most specific first (empty: unknown)."""
+    specific = _cluster_id(store, evidence) + _oom(store, evidence) + _pending(store, evidence)
+    return specific + _restart_loop(store, evidence, explained=bool(specific)) + _node(store, evidence)
+
+
+def evidence_summary(evidence: Mapping[str, Any]) -> str:
+    """One line of what the evidence shows, for the Ticket."""
+    parts = []
+    pod = evidence.get("pod")
+    if pod:
+        restarts = sum(c.get("restarts", 0) for c in pod.get("containers") or [])
+        parts.append(f"pod {pod.get('phase') or '?'}, {restarts} restarts")
+        lasts = [c["lastTermination"] for c in pod.get("containers") or [] if c.get("lastTermination")]
+        if lasts:
+            parts.append(f"last exit {lasts[0].get('reason') or '?'} ({lasts[0].get('exitCode')})")
+    warnings = [e for e in evidence.get("events") or [] if e.get("type") == "Warning"]
+    if warnings:
+        parts.append(f"{len(warnings)} warning events, latest {warnings[0].get('reason')}")
+    node = evidence.get("node")
+    if node:
+        ready = next((c.get("status") for c in node.get("conditions") or [] if c.get("type") == "Ready"), "?")
+        parts.append(f"node {node.get('name')} Ready={ready}")
+    for what in evidence.get("unreachable") or []:
+        parts.append(f"not reachable: {what}")
+    return "; ".join(parts)[:TEXT_BYTES]
+
+
+def diagnosed(ticket: Ticket, findings: Sequence[Finding]) -> Transition:
+    """An open ticket with a probable cause moves to ``diagnosed``; any other ticket, or no cause, stays."""
+    if not findings or ticket.state is not TicketState.OPEN:
+        return Transition(ticket, ticket)
+    after = replace(ticket, state=TicketState.DIAGNOSED)
+    effect = Effect(EffectKind.DIAGNOSED, ticket.state, after.state, findings[0].summary[:TEXT_BYTES])
+    return Transition(ticket, after, (effect,))
+
+
+def worth_evidence(transition: Transition) -> bool:
+    """Evidence is gathered when a store's ticket opens, reopens or escalates."""
+    return (
+        transition.after is not None
+        and transition.after.key.store != CLUSTER_STORE
+        and any(e.kind in (EffectKind.OPENED, EffectKind.REOPENED, EffectKind.ESCALATED) for e in transition.effects)
+    )
