@@ -402,6 +402,11 @@ class Monitor:
                 self._gathering[key] = task
                 task.add_done_callback(functools.partial(self._gathered, key))
 
+    async def evidence_gathered(self) -> None:
+        """Wait for the evidence being gathered now (a shutdown lets it land)."""
+        while self._gathering:
+            await asyncio.gather(*self._gathering.values(), return_exceptions=True)
+
     def _gathered(self, key: tuple[TicketKey, int], _: asyncio.Task[None]) -> None:
         self._gathering.pop(key, None)
 
@@ -540,6 +545,10 @@ class Monitor:
         """Let the cycles in flight finish (up to ``grace`` seconds), then close the Postgres pool."""
         if not await self.drain(grace):
             log.warning("Closed with MonitoredCluster checks still running", extra={"in_flight": self._in_flight})
+        try:
+            await asyncio.wait_for(self.evidence_gathered(), EVIDENCE_SECONDS)
+        except TimeoutError:
+            log.warning("Closed with Ticket evidence still being gathered", extra={"tickets": len(self._gathering)})
         await self.store.close()
         log.info("Closed the ticket store")
 

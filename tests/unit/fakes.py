@@ -33,12 +33,22 @@ class FakeStore:
     """Postgres as a list of versioned rows; every write is a compare-and-set, as in ``sync_cluster_cas``."""
 
     def __init__(self) -> None:
+        self.evidence: dict[int, tuple[dict[str, Any], list[dict[str, str]], str, str | None]] = {}
+        """Per ticket id: its latest evidence, findings, summary and diagnosis."""
         self.rows: list[Ticket] = []
         self.calls: list[list[TicketWrite]] = []
         self.history: list[tuple[int, str, str]] = []
         """(ticket id, effect kind, reason) of every event appended."""
         self.down = False
         self.next_id = 1
+
+    async def store_evidence(
+        self, ticket_id: int, evidence: dict[str, Any], findings: Sequence[dict[str, str]], summary: str,
+        diagnosis: str | None, *, deadline: float,
+    ) -> None:  # fmt: skip
+        if self.down:
+            raise TicketStoreUnavailable("Postgres unreachable (fake)")
+        self.evidence[ticket_id] = (evidence, list(findings), summary, diagnosis)
 
     def _unresolved(self, ticket: Ticket) -> Ticket | None:
         return next((r for r in self.rows if r.key == ticket.key and r.state is not TicketState.RESOLVED), None)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from operator_k8s.domain.diagnosis import pod_evidence
 from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
 from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS, TicketWrite
 from operator_k8s.domain.tickets import Ticket, TicketState
@@ -374,3 +375,39 @@ async def test_a_human_edit_that_keeps_losing_races_is_retried_never_reported_ap
     store._apply = always_lose  # type: ignore[method-assign]
     with pytest.raises(TicketStoreUnavailable, match="lost 3 write races"):
         await human(monitor, store.rows[0], 1, UNTOUCHED, hold=True, acknowledged=False)
+
+
+class FakeEvidence:
+    """The API server's view of the store pods: tikv-1 was killed for its memory."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    async def pod_evidence(self, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
+        self.asked.append((namespace, pod))
+        status = {"name": "tikv", "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                  "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}  # fmt: skip
+        body = {"metadata": {"name": pod}, "spec": {"containers": [{"name": "tikv"}]},
+                "status": {"phase": "Running", "containerStatuses": [status]}}  # fmt: skip
+        return pod_evidence(body, [], None, unreachable=["node n: not found"])
+
+
+async def test_an_opened_ticket_gets_evidence_and_a_diagnosis_without_the_cycle_waiting() -> None:
+    store, metrics, mirror, evidence = FakeStore(), FakeMetrics(), FakeMirror(), FakeEvidence()
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence)
+    await cycle(monitor, 0)
+    metrics.latency["tikv-1"] = 900.0
+    await cycle(monitor, 1, mirror.status)
+    await monitor.evidence_gathered()
+    assert evidence.asked == [("ns", "tikv-1")]
+    (row,) = store.rows
+    assert row.state is TicketState.DIAGNOSED
+    assert row.id is not None
+    _, findings, summary, diagnosis = store.evidence[row.id]
+    assert [f["rule"] for f in findings] == ["memory-limit"]
+    assert (diagnosis or "").startswith("memory limit hit")
+    assert summary == "pod Running, 2 restarts; last exit OOMKilled (137); not reachable: node n: not found"
+    assert [kind for _, kind, _ in store.history][-1] == "Diagnosed"
+    await cycle(monitor, 2, mirror.status)
+    await monitor.evidence_gathered()
+    assert evidence.asked == [("ns", "tikv-1")], "gathered once per opening, not per cycle"
