@@ -30,7 +30,11 @@ class PgBouncer:
     process: Process
 
     @classmethod
-    def start(cls, *, workdir: Path, postgres_port: int, own: Callable[[Process], None]) -> PgBouncer:
+    def start(
+        cls, *, workdir: Path, postgres_port: int, own: Callable[[Process], None], bind_host: str = "127.0.0.1"
+    ) -> PgBouncer:
+        """``bind_host``: also listen there (the bridge address in node mode, so the node's pods connect as the host's
+        operators do)."""
         if not BINARY.exists():
             raise ComponentFailed("PgBouncer not found: run `make setup` (installs the pgbouncer package)")
         home = workdir / "pgbouncer"
@@ -41,7 +45,8 @@ class PgBouncer:
             "[databases]\n"
             f"* = host=127.0.0.1 port={postgres_port}\n"
             "[pgbouncer]\n"
-            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            f"listen_addr = {','.join(dict.fromkeys(['127.0.0.1', bind_host]))}\nlisten_port = {port}\n"
+            "unix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {home / 'userlist.txt'}\n"
             "pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 20\n"
             "ignore_startup_parameters = extra_float_digits\n"

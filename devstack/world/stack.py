@@ -96,7 +96,9 @@ class Stack:
             stack.postgres = Postgres.start(
                 workdir=workdir, bind_host=stack.bind_host, trust_subnet=POD_SUBNET if node else None, own=stack._own
             )  # in node mode the node's pods may connect (tests only)
-            stack.pgbouncer = PgBouncer.start(workdir=workdir, postgres_port=stack.postgres.port, own=stack._own)
+            stack.pgbouncer = PgBouncer.start(
+                workdir=workdir, postgres_port=stack.postgres.port, own=stack._own, bind_host=stack.bind_host
+            )
             if simulator:
                 stack.simulator = Simulator.start(workdir=workdir, kubeconfig=plane.kubeconfig, own=stack._own)
             if alert_webhook:

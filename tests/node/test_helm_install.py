@@ -262,12 +262,12 @@ def cycles(stack: Stack, pod: str) -> float:
 
 
 def test_plain_manifests_reach_the_same_state(node_stack: Stack) -> None:
-    """``kubectl apply -f deploy/`` and a DSN Secret (the stack's Postgres, on the bridge address) → a Ready pod that
-    opens and resolves tickets."""
+    """``kubectl apply -f deploy/`` and a DSN Secret (the stack's Postgres through PgBouncer in transaction pooling, on
+    the bridge address) → a Ready pod that opens and resolves tickets."""
     stack = node_stack
     stack.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "deploy"))
     home = manifests.NAMESPACE
-    dsn = stack.postgres_dsn.replace("127.0.0.1", GATEWAY)
+    dsn = stack.pooled_dsn().replace("127.0.0.1", GATEWAY)
     stack.kubectl("create", "secret", "generic", "operator-k8s-database", f"--from-literal=dsn={dsn}", "-n", home)
     started = time.monotonic()
     stack.kubectl("rollout", "status", "deployment/operator-k8s", "-n", home, "--timeout=120s")
