@@ -444,14 +444,7 @@ class PostgresTicketStore:
                 return await connection.fetchval(sql, cluster_uid, payload, horizon, lock_timeout)
 
         try:
-            result = await self._within(deadline, round_trip(), held)
-        except TimeoutError:
-            raise await self._missed_deadline(deadline) from None
-        except UNAVAILABLE as error:
-            raise self._trip(unreachable(error)) from None
-        except asyncpg.PostgresError as error:
-            message, server_state = refusal(error)
-            raise (self._trip(message) if server_state else TicketStoreUnavailable(message)) from None
+            result = await self._guarded(deadline, round_trip(), held)
         finally:
             if self._observe is not None:
                 self._observe(time.monotonic() - started)
@@ -484,8 +477,14 @@ class PostgresTicketStore:
                     ticket_id, json.dumps(_finite(evidence)), json.dumps(list(findings)), summary, diagnosis,
                 )  # fmt: skip
 
+        await self._guarded(deadline, write(), held)
+
+    async def _guarded(self, deadline: float, call: Coroutine[Any, Any, T], held: list[Any]) -> T:
+        """``call`` within ``deadline``, every failure as TicketStoreUnavailable in the words a condition shows: a
+        missed deadline probes Postgres, an unreachable or refusing Postgres opens the breaker, a refusal of this
+        call alone does not."""
         try:
-            await self._within(deadline, write(), held)
+            return await self._within(deadline, call, held)
         except TimeoutError:
             raise await self._missed_deadline(deadline) from None
         except UNAVAILABLE as error:

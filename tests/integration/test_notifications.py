@@ -150,26 +150,28 @@ async def test_a_fault_and_its_heal_reach_the_receiver_through_alertmanager_and_
         (opened,) = await cluster.judge("tikv-0", Verdict.VIOLATED)
         dispatcher.wake()
         ticket_label = f"prod/ticket-{opened.id}"
-        await eventually_async(
-            lambda: _true([h for h in receiver.hooks if h["payload"]["transition"] == "opened"]),
-            timeout=20, what="the signed opened webhook",
-        )  # fmt: skip
-        await eventually_async(
-            lambda: _true("firing" in receiver.alert_statuses(ticket=ticket_label)),
-            timeout=30, what="Alertmanager's firing notification",
-        )  # fmt: skip
+        await _heard(
+            lambda: [h for h in receiver.hooks if h["payload"]["transition"] == "opened"],
+            "the signed opened webhook",
+            20,
+        )
+        await _heard(
+            lambda: "firing" in receiver.alert_statuses(ticket=ticket_label), "Alertmanager's firing notification", 30
+        )
         assert receiver.alert_statuses(alertname="OperatorK8sWatchdog"), "the watchdog fires through Alertmanager"
 
         await cluster.judge("tikv-0", Verdict.HOLDS)
         dispatcher.wake()
-        await eventually_async(
-            lambda: _true([h for h in receiver.hooks if h["payload"]["status"] == "resolved"]),
-            timeout=20, what="the signed resolved webhook",
-        )  # fmt: skip
-        await eventually_async(
-            lambda: _true("resolved" in receiver.alert_statuses(ticket=ticket_label)),
-            timeout=30, what="Alertmanager's resolved notification",
-        )  # fmt: skip
+        await _heard(
+            lambda: [h for h in receiver.hooks if h["payload"]["status"] == "resolved"],
+            "the signed resolved webhook",
+            20,
+        )
+        await _heard(
+            lambda: "resolved" in receiver.alert_statuses(ticket=ticket_label),
+            "Alertmanager's resolved notification",
+            30,
+        )
         opened_hook, resolved_hook = receiver.hooks
         assert opened_hook["payload"]["dedup_key"] == resolved_hook["payload"]["dedup_key"] == ticket_label
         assert opened_hook["payload"]["sequence"] < resolved_hook["payload"]["sequence"]
@@ -194,10 +196,11 @@ async def test_a_receiver_down_loses_nothing_and_duplicates_nothing_after_dedup(
         await _attempts_made(database, at_least=10)
         assert receiver.hooks == []
         await receiver.come_back()
-        hooks = await eventually_async(
-            lambda: _true(len(receiver.unique_hooks()) == 5 and receiver.unique_hooks()), timeout=30,
-            what="all five transitions after the receiver came back",
-        )  # fmt: skip
+        hooks = await _heard(
+            lambda: len(receiver.unique_hooks()) == 5 and receiver.unique_hooks(),
+            "all five transitions after the receiver came back",
+            30,
+        )
         transitions = sorted((h["payload"]["ticket"]["store"], h["payload"]["transition"]) for h in hooks.values())
         assert transitions == [("tikv-0", "opened"), ("tikv-0", "resolved"), ("tikv-1", "opened"),
                                ("tikv-1", "resolved"), ("tikv-2", "opened")]  # fmt: skip
@@ -224,9 +227,7 @@ async def test_a_receiver_down_for_two_minutes_while_tickets_come_and_go_loses_n
         await receiver.come_back()
         back = time.monotonic()
         notices = {r["idempotency_key"] for r in await _rows(database, "SELECT idempotency_key FROM notices")}
-        await eventually_async(
-            lambda: _true(set(receiver.unique_hooks()) == notices), timeout=60, what="every notice after the outage"
-        )
+        await _heard(lambda: set(receiver.unique_hooks()) == notices, "every notice after the outage", 60)
         report("receiver down 2 min", notices=len(notices), delivered_after_s=time.monotonic() - back,
                duplicates=receiver.duplicates())  # fmt: skip
         assert len(notices) >= 20, "too few transitions to prove anything"
@@ -240,7 +241,7 @@ async def test_transitions_committed_while_no_dispatcher_runs_are_delivered_when
     await cluster.judge("tikv-0", Verdict.VIOLATED)
     await cluster.close()
     async with running(notifier(database, config(receiver, key_file))):
-        await eventually_async(lambda: _true(receiver.hooks), timeout=20, what="the notice committed before")
+        await _heard(lambda: receiver.hooks, "the notice committed before", 20)
 
 
 async def test_two_replicas_side_by_side_deliver_each_row_once(
@@ -254,9 +255,7 @@ async def test_two_replicas_side_by_side_deliver_each_row_once(
                 await cluster.judge(f"tikv-{store}", Verdict.VIOLATED if round_ % 2 == 0 else Verdict.HOLDS)
             replica_a.wake()
             replica_b.wake()
-        await eventually_async(
-            lambda: _true(len(receiver.unique_hooks()) == 30), timeout=60, what="30 transitions delivered"
-        )
+        await _heard(lambda: len(receiver.unique_hooks()) == 30, "30 transitions delivered", 60)
         assert receiver.duplicates() == 0, "a row was delivered twice"
 
 
@@ -290,10 +289,10 @@ async def test_a_429_is_retried_no_sooner_than_it_asks(
     async with running(notifier(database, config(receiver, key_file))) as dispatcher:
         await cluster.judge("tikv-0", Verdict.VIOLATED)
         dispatcher.wake()
-        await eventually_async(lambda: _true(receiver.refused["429"] >= 1), timeout=20, what="the first 429")
+        await _heard(lambda: receiver.refused["429"] >= 1, "the first 429", 20)
         refused_at = time.monotonic()
         receiver.answer = Answer(200)
-        await eventually_async(lambda: _true(receiver.hooks), timeout=20, what="the retry")
+        await _heard(lambda: receiver.hooks, "the retry", 20)
         assert time.monotonic() - refused_at >= 2.5, "the retry came before Retry-After"
 
 
@@ -307,7 +306,7 @@ async def test_a_redirect_to_another_origin_is_not_followed(
         dispatcher = await cleanup.enter_async_context(running(notifier(database, config(receiver, key_file))))
         await cluster.judge("tikv-0", Verdict.VIOLATED)
         dispatcher.wake()
-        await eventually_async(lambda: _true(receiver.refused["307"] >= 2), timeout=20, what="two attempts")
+        await _heard(lambda: receiver.refused["307"] >= 2, "two attempts", 20)
         assert elsewhere.hooks == [] and not elsewhere.refused, "nothing, signed or not, reached the other origin"
         (row,) = await _rows(database, "SELECT state, result FROM deliveries")
         assert "not followed" in row["result"]
@@ -318,6 +317,11 @@ async def test_a_redirect_to_another_origin_is_not_followed(
 
 async def _true(value: Any) -> Any:
     return value
+
+
+async def _heard(probe: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """What ``probe`` returns once it is truthy (it reads what the receiver has heard so far)."""
+    return await eventually_async(lambda: _true(probe()), timeout=timeout, what=what)
 
 
 async def _at_least(rows: Any, count: int) -> Any:
@@ -373,11 +377,11 @@ async def test_a_window_holds_notices_back_to_its_end_and_drops_what_resolved_in
         )  # fmt: skip
         assert {r["deferred_by"] for r in rows} == {"upgrade"}
         assert receiver.hooks == [], "nobody is told inside the window"
-        await eventually_async(lambda: _true(receiver.hooks), timeout=30, what="the held-back opening at the end")
+        await _heard(lambda: receiver.hooks, "the held-back opening at the end", 30)
         assert datetime.now(UTC) >= ends
         await cluster.judge("tikv-2", Verdict.VIOLATED)  # after the window: at once
         dispatcher.wake()
-        await eventually_async(lambda: _true(len(receiver.hooks) == 2), timeout=20, what="the opening after it")
+        await _heard(lambda: len(receiver.hooks) == 2, "the opening after it", 20)
         told = sorted((h["payload"]["ticket"]["store"], h["payload"]["transition"]) for h in receiver.hooks)
         assert told == [("tikv-0", "opened"), ("tikv-2", "opened")]
         suppressed = await _rows(database, "SELECT result FROM deliveries WHERE state = 'suppressed'")
@@ -403,8 +407,7 @@ async def test_an_acknowledgement_mirrors_as_a_silence_until_the_ticket_resolves
         (opened,) = await cluster.judge("tikv-0", Verdict.VIOLATED)
         key = f"prod/ticket-{opened.id}"
         dispatcher.wake()
-        await eventually_async(lambda: _true("firing" in receiver.alert_statuses(ticket=key)), timeout=30,
-                               what="the firing notification")  # fmt: skip
+        await _heard(lambda: "firing" in receiver.alert_statuses(ticket=key), "the firing notification", 30)
         await cluster.acknowledge("tikv-0")
 
         async def ours(state: str) -> list[Any]:
@@ -426,6 +429,9 @@ async def test_an_acknowledgement_mirrors_as_a_silence_until_the_ticket_resolves
         await cluster.judge("tikv-0", Verdict.HOLDS)
         dispatcher.wake()
         await eventually_async(lambda: ours("expired"), timeout=20, what="the silence expired on resolution")
-        await eventually_async(lambda: _true("resolved" in receiver.alert_statuses(ticket=key)), timeout=30,
-                               what="Alertmanager's resolution after the silence ended")  # fmt: skip
+        await _heard(
+            lambda: "resolved" in receiver.alert_statuses(ticket=key),
+            "Alertmanager's resolution after the silence ended",
+            30,
+        )
         assert receiver.alert_statuses(ticket=key).count("firing") == 1, "the silenced alert was not repeated"
