@@ -118,6 +118,7 @@ class Operator:
                 receiver, "ok" if ok else "error"
             ).inc(),
             record_pending=self._record_pending,
+            active=lambda: self.heartbeats is None or self.heartbeats.may_check(time.monotonic()),
         )
         self.store = PostgresTicketStore(
             dsn_source(settings),

@@ -16,10 +16,12 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from operator_k8s.domain.notices import (
+    NO_ROUTE,
     RESOLVED_RESEND,
     AlertLinks,
     ClaimedDelivery,
@@ -41,7 +43,7 @@ from operator_k8s.domain.notices import (
     worth_sending,
 )
 from operator_k8s.domain.projections import resource_name, ticket_name
-from operator_k8s.domain.receivers import NotificationsConfig, Receiver, receivers_for
+from operator_k8s.domain.receivers import AlertmanagerTarget, NotificationsConfig, Receiver, receivers_for
 from operator_k8s.domain.tickets import Ticket, TicketState
 from operator_k8s.ports import DeliveryQueue, ReceiverClient
 
@@ -56,8 +58,17 @@ LEASE_MARGIN = timedelta(seconds=15)
 """A claim's lease beyond the send's own deadline: a lease never runs out while its send may still be going."""
 ENDS_AFTER_RESENDS = 4
 """An alert's ``endsAt`` is this many resend intervals ahead (Prometheus uses four times its resend delay)."""
+SILENCES_PER_ROUND = 10
+"""Silences created and expired per Alertmanager round at most (the rest in the next rounds): a round stays within
+its lease."""
 PRUNE_SECONDS = 60.0
 """How often finished deliveries past retention are deleted and the queue-depth gauge is refreshed."""
+
+
+def _alertmanager_lease(target: AlertmanagerTarget) -> timedelta:
+    """A round's lease: room for one POST per Alertmanager and two more requests (silences, a transition sent
+    alone), each within its timeout; a round that would outlast it leaves what it did not settle to its lease."""
+    return timedelta(seconds=target.timeout_seconds * (len(target.urls) + 2)) + LEASE_MARGIN
 
 
 def _name(queued: QueuedNotice) -> str:
@@ -78,6 +89,7 @@ class Notifier:
         record: Callable[[str, str, float | None], None] | None = None,
         record_post: Callable[[str, bool], None] | None = None,
         record_pending: Callable[[dict[str, int]], None] | None = None,
+        active: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -85,10 +97,13 @@ class Notifier:
         self.owner = owner
         self.covering = covering or (lambda notice, at: None)
         self.policy = policy or RetryPolicy()
-        self.links = AlertLinks(config.prometheus_url, config.runbook_url)
+        self.links = AlertLinks(config.prometheus_url, config.runbook_url, config.instance)
         self._record = record or (lambda receiver, result, delay: None)
         self._record_post = record_post or (lambda receiver, ok: None)
         self._record_pending = record_pending or (lambda counts: None)
+        self.active = active or (lambda: True)
+        """Whether this replica runs the checks: a standby under peering sends nothing (its watches are paused, so
+        its view of maintenance windows is stale), and takes over with the checks."""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -118,7 +133,7 @@ class Notifier:
         while True:
             busy = False
             try:
-                busy = bool(await step())
+                busy = bool(await step()) if self.active() else False
             except Exception as error:
                 log.warning(
                     "Notification step failed; retrying",
@@ -158,7 +173,8 @@ class Notifier:
         return routed
 
     async def _prune(self) -> bool:
-        removed = await self.queue.prune(timedelta(hours=self.config.retention_hours))
+        configured = [r.name for r in self.config.receivers] + [NO_ROUTE]
+        removed = await self.queue.prune(timedelta(hours=self.config.retention_hours), configured)
         if removed:
             log.info("Pruned finished notification deliveries", extra={"deliveries": removed})
         self._record_pending(await self.queue.pending())
@@ -170,7 +186,8 @@ class Notifier:
         target = receiver.webhook
         assert target is not None
         lease = timedelta(seconds=target.timeout_seconds) + LEASE_MARGIN
-        claimed = await self.queue.claim(receiver.name, self.owner, lease, limit=target.concurrency * 4)
+        # One wave per claim: every send of it starts at once, so each ends within the lease.
+        claimed = await self.queue.claim(receiver.name, self.owner, lease, limit=target.concurrency)
         limit = asyncio.Semaphore(target.concurrency)
 
         async def one(item: ClaimedDelivery) -> None:
@@ -190,7 +207,7 @@ class Notifier:
             sequence=item.queued.id, idempotency_key=item.queued.idempotency_key, links=self.links,
         )  # fmt: skip
         outcome = await self.client.webhook(
-            target.url, target.key_files, item.queued.idempotency_key, payload, target.timeout_seconds
+            target.url, target.key_files, payload["id"], payload, target.timeout_seconds
         )
         await self._settle(receiver, item, outcome)
 
@@ -241,13 +258,11 @@ class Notifier:
         async def step() -> bool:
             nonlocal last_sent
             resend_due = time.monotonic() - last_sent >= target.resend_seconds
-            claimed = await self.queue.claim(
-                receiver.name, self.owner, timedelta(seconds=target.timeout_seconds) + LEASE_MARGIN, limit=500
-            )
+            claimed = await self.queue.claim(receiver.name, self.owner, _alertmanager_lease(target), limit=500)
             if not claimed and not resend_due:
                 return False
-            if await self.send_alerts(receiver, claimed):
-                last_sent = time.monotonic()
+            last_sent = time.monotonic()  # a refused POST is tried again at the resend interval, not every poll
+            await self.send_alerts(receiver, claimed)
             return False
 
         await self._forever(receiver.name, step)
@@ -279,12 +294,14 @@ class Notifier:
             assert ticket.id is not None
             notice = notice_of_ticket(ticket)
             queued = QueuedNotice(0, ticket.id, "", notice)
-            key = add(firing_alert(notice, ticket.id, _name(queued), now, ends_in, self.links))
+            firing = firing_alert(notice, ticket.id, _name(queued), now, ends_in, self.links)
+            key = tuple(sorted(firing["labels"].items()))
+            alerts[key] = firing  # a ticket open again supersedes its resolution of the last minutes
             for item in claimed:
                 if item.queued.ticket_id == ticket.id and item.id not in index:
                     index[item.id] = key
         if receiver.name in self.config.watchdog:
-            add(watchdog_alert(self.owner, now, ends_in))
+            add(watchdog_alert(self.config.instance, now, ends_in))
         keys = list(alerts)
         return [alerts[k] for k in keys], {delivery: keys.index(key) for delivery, key in index.items()}
 
@@ -295,6 +312,7 @@ class Notifier:
         target = receiver.alertmanager
         assert target is not None
         now = datetime.now(UTC)
+        ends_by = time.monotonic() + _alertmanager_lease(target).total_seconds() - LEASE_MARGIN.total_seconds()
         live = [item for item in claimed if not await self._suppressed(item)]
         tickets = await self._alerting(receiver, now)
         if target.silence_acknowledged:
@@ -306,17 +324,20 @@ class Notifier:
         ]
         accepted = next((o for o in outcomes if o.ok), None)
         self._record_post(receiver.name, accepted is not None)
+        invalid = any(o.status == 400 for o in outcomes)  # Alertmanager names invalid alerts and keeps the others
         for item in live:
+            if time.monotonic() > ends_by:
+                break  # the rest of the lease is too short for another request: their leases run out, they come back
             if accepted is not None:
                 outcome = accepted
-            elif item.id in index and any(o.permanent for o in outcomes):
+            elif item.id in index and invalid:
                 alone = [alerts[index[item.id]]]
                 outcome = await self.client.alerts(target.urls[0], alone, target.timeout_seconds,
                                                    target.bearer_token_file)  # fmt: skip
             elif item.id not in index:
                 outcome = SendOutcome(True, "nothing to send: the ticket is neither open nor recently ended")
-            else:
-                outcome = outcomes[0]
+            else:  # unreachable, or refusing all of it (401, 403, 404: a token or a proxy): tried again later
+                outcome = replace(outcomes[0], permanent=False, gone=False)
             await self._settle(receiver, item, outcome)
         if accepted is None:
             log.warning(
@@ -344,8 +365,9 @@ class Notifier:
         target = receiver.alertmanager
         assert target is not None
         acknowledged = {
-            ticket_key(t.namespace, t.id): f"Acknowledged in Ticket {t.namespace}/{ticket_name(t)}"
-            + (f": {t.note}" if t.note else "")
+            ticket_key(
+                t.namespace, t.id, self.config.instance
+            ): f"Acknowledged in Ticket {t.namespace}/{ticket_name(t)}" + (f": {t.note}" if t.note else "")
             for t in tickets
             if t.id is not None and t.state is TicketState.ACKNOWLEDGED
         }
@@ -356,9 +378,14 @@ class Notifier:
                         extra={"receiver": receiver.name})  # fmt: skip
             return
         plan = plan_silences(acknowledged, existing, now)
-        for silence_id in plan.expire:
-            await self.client.expire_silence(url, silence_id, target.timeout_seconds, token)
-        for silence in plan.create:
+        for silence_id in plan.expire[:SILENCES_PER_ROUND]:
+            expired = await self.client.expire_silence(url, silence_id, target.timeout_seconds, token)
+            if not expired.ok:
+                log.warning(
+                    "Alertmanager did not expire a silence; a resolution it covers is not notified until it does",
+                    extra={"receiver": receiver.name, "silence": silence_id, "error": expired.detail},
+                )
+        for silence in plan.create[:SILENCES_PER_ROUND]:
             outcome = await self.client.create_silence(url, silence, target.timeout_seconds, token)
             if not outcome.ok:
                 log.warning(

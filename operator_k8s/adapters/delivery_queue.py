@@ -10,7 +10,7 @@ queue works behind PgBouncer in transaction pooling.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,9 @@ from operator_k8s.domain.notices import (
 from operator_k8s.domain.tickets import Ticket
 
 RoutePlan = Callable[[QueuedNotice], list[PlannedDelivery]]
+REMOVED_GRACE = timedelta(minutes=10)
+"""How long the pending deliveries of a receiver missing from the configuration wait before they end: a rollout's
+old and new replicas may hold different configurations meanwhile."""
 
 
 def _queued(row: Any) -> QueuedNotice:
@@ -104,6 +107,9 @@ class PostgresDeliveryQueue:
                            SELECT 1 FROM deliveries e JOIN notices m ON m.id = e.notice_id
                             WHERE e.receiver = d.receiver AND e.state = 'pending' AND m.ticket_id = n.ticket_id
                               AND m.id < n.id)
+                       AND NOT EXISTS (  -- an earlier notice another replica is still routing
+                           SELECT 1 FROM notices u WHERE u.ticket_id = n.ticket_id AND u.id < n.id
+                              AND u.routed_at IS NULL)
                      ORDER BY d.due_at, d.id LIMIT $4
                        FOR UPDATE OF d SKIP LOCKED)
                 UPDATE deliveries d SET claimed_by = $2, claimed_until = now() + $3, attempts = d.attempts + 1
@@ -191,11 +197,18 @@ class PostgresDeliveryQueue:
             )  # fmt: skip
         return [_queued(row) for row in rows]
 
-    async def prune(self, older_than: timedelta) -> int:
-        """Delete finished deliveries, and notices none of whose deliveries is pending, older than the retention:
-        the queue holds what is in flight and a bounded history, whatever a receiver does."""
+    async def prune(self, older_than: timedelta, receivers: Sequence[str]) -> int:
+        """Delete finished deliveries, and notices none of whose deliveries is pending, older than the retention;
+        end the pending deliveries of a receiver no longer configured (after ``REMOVED_GRACE``: a rollout's replicas
+        may differ for a while). The queue holds what is in flight and a bounded history, whatever a receiver does."""
         pool = await self._get_pool()
         async with pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "UPDATE deliveries SET state = 'dead', result = 'receiver removed from the configuration',"
+                " finished_at = now(), claimed_by = NULL, claimed_until = NULL"
+                " WHERE state = 'pending' AND receiver <> ALL($1::text[]) AND created_at < now() - $2::interval",
+                list(receivers), REMOVED_GRACE,
+            )  # fmt: skip
             status = await connection.execute(
                 "DELETE FROM deliveries WHERE state <> 'pending' AND finished_at < now() - $1::interval", older_than
             )

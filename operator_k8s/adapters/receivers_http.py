@@ -63,7 +63,9 @@ async def _call(
     try:
         async with asyncio.timeout(timeout):
             async with session.request(method, url, data=body, headers=headers, allow_redirects=False) as answer:
-                content = await answer.content.read(read)
+                content = b""
+                while len(content) < read and (chunk := await answer.content.read(read - len(content))):
+                    content += chunk  # read() returns what is buffered: the body is read until its end or ``read``
                 text = content[:ANSWER_BYTES].decode(errors="replace").strip()
                 outcome = outcome_of(answer.status, text, answer.headers.get("Retry-After"), datetime.now(UTC))
                 return outcome, content
@@ -84,16 +86,17 @@ def outcome_of(status: int, text: str, retry_after: str | None, now: datetime) -
     than it asks); a redirect is refused, not followed; other 4xx can never succeed."""
     detail = f"HTTP {status}" + (f": {text[:200]}" if text else "")
     if 200 <= status < 300:
-        return SendOutcome(True, detail)
+        return SendOutcome(True, detail, status=status)
     if status == 410:
-        return SendOutcome(False, detail, gone=True)
+        return SendOutcome(False, detail, gone=True, status=status)
     if status == 429:
-        return SendOutcome(False, detail, retry_after=parse_retry_after(retry_after, now))
+        return SendOutcome(False, detail, retry_after=parse_retry_after(retry_after, now), status=status)
     if 300 <= status < 400:
-        return SendOutcome(False, f"{detail} (a redirect: not followed, so nothing is sent to another origin)")
+        detail += " (a redirect: not followed, so nothing is sent to another origin)"
+        return SendOutcome(False, detail, status=status)
     if status == 408 or status >= 500:
-        return SendOutcome(False, detail)
-    return SendOutcome(False, detail, permanent=True)
+        return SendOutcome(False, detail, status=status)
+    return SendOutcome(False, detail, permanent=True, status=status)
 
 
 class ReceiversHttp:

@@ -124,7 +124,7 @@ _LABEL_VALUE = re.compile(r"[\x00-\x1f]")
 
 
 def alert_labels(
-    *, namespace: str, cluster: str, invariant: str, store: str, severity: Severity, ticket_id: int
+    *, namespace: str, cluster: str, invariant: str, store: str, severity: Severity, ticket_id: int, instance: str = ""
 ) -> dict[str, str]:
     """What identifies the alert of a ticket (Alertmanager fingerprints the label set): never a value, a count or a
     time, or every change would be a new alert. ``ticket`` is the stable key receivers group and deduplicate on."""
@@ -135,13 +135,19 @@ def alert_labels(
         "invariant": invariant,
         "store": store,
         "severity": severity.value,
-        "ticket": ticket_key(namespace, ticket_id),
+        "ticket": ticket_key(namespace, ticket_id, instance),
     }
 
 
-def ticket_key(namespace: str, ticket_id: int) -> str:
-    """The ticket's stable key across its lifetime (reopened included): PagerDuty's ``dedup_key``, OnCall's group."""
-    return f"{namespace}/ticket-{ticket_id}"
+def ticket_key(namespace: str, ticket_id: int, instance: str = "") -> str:
+    """The ticket's stable key across its lifetime (reopened included): PagerDuty's ``dedup_key``, OnCall's group.
+    ``instance`` names the installation, so two installations posting to one integration never share a key."""
+    return f"{instance + '/' if instance else ''}{namespace}/ticket-{ticket_id}"
+
+
+def message_id(idempotency_key: str, instance: str = "") -> str:
+    """The webhook's ``webhook-id``: the queue's key of (ticket, transition), with the installation's name."""
+    return f"{instance}:{idempotency_key}" if instance else idempotency_key
 
 
 def graph_url(prometheus_url: str, query: str | None, start: datetime | None) -> str | None:
@@ -176,10 +182,11 @@ def _stamp(at: datetime) -> str:
 @dataclass(frozen=True)
 class AlertLinks:
     """Where the people reading an alert are sent: Prometheus as they reach it (often not the in-cluster URL) and
-    the runbooks (``<runbook>/<invariant>``)."""
+    the runbooks (``<runbook>/<invariant>``); and the installation's name, in every key."""
 
     prometheus_url: str = ""
     runbook_url: str = ""
+    instance: str = ""
 
 
 def firing_alert(
@@ -189,7 +196,7 @@ def firing_alert(
     intervals ahead, so a live operator's alert never times out and a dead one's ends on its own."""
     labels = alert_labels(
         namespace=notice.namespace, cluster=notice.cluster, invariant=notice.invariant, store=notice.store,
-        severity=notice.severity, ticket_id=ticket_id,
+        severity=notice.severity, ticket_id=ticket_id, instance=links.instance,
     )  # fmt: skip
     alert: dict[str, Any] = {
         "labels": labels,
@@ -217,11 +224,12 @@ def resolved_alerts(notice: Notice, ticket_id: int, ticket_name: str, links: Ale
     return [alert]
 
 
-def watchdog_alert(operator: str, now: datetime, ends_in: timedelta) -> dict[str, Any]:
+def watchdog_alert(instance: str, now: datetime, ends_in: timedelta) -> dict[str, Any]:
     """The dead man's switch: always firing while the operator runs; it ends ``ends_in`` after the last send, which
-    a dead man's switch receiver (or an inhibition) turns into "the operator is gone"."""
+    a dead man's switch receiver (or an inhibition) turns into "the operator is gone". Its labels name the
+    installation, never a process: a restart or another replica sends the same alert, so only absence ends it."""
     return {
-        "labels": {"alertname": WATCHDOG, "severity": "none", "operator": operator},
+        "labels": {"alertname": WATCHDOG, "severity": "none", "operator": instance or "operator-k8s"},
         "annotations": {
             "summary": "operator-k8s is running and can reach Alertmanager",
             "description": f"Always firing; it ends {ends_in.total_seconds():g}s after operator-k8s last sent it",
@@ -240,11 +248,11 @@ def webhook_payload(
     """The webhook's JSON (version ``PAYLOAD_VERSION``), shaped for one-line templates: ``group_id``/``dedup_key``
     group and deduplicate by ticket, ``status`` firing|resolved auto-resolves, ``sequence`` orders the transitions
     of one ticket (a later sequence supersedes)."""
-    key = ticket_key(notice.namespace, ticket_id)
+    key = ticket_key(notice.namespace, ticket_id, links.instance)
     return {
         "version": PAYLOAD_VERSION,
         "type": f"ticket.{notice.kind}",
-        "id": idempotency_key,
+        "id": message_id(idempotency_key, links.instance),
         "group_id": key,
         "dedup_key": key,
         "status": notice.status,
@@ -348,6 +356,10 @@ class QueuedNotice:
     notice: Notice
 
 
+NO_ROUTE = "(no route)"
+"""The receiver named in the history of a notice that no route matched."""
+
+
 @dataclass(frozen=True)
 class PlannedDelivery:
     receiver: str
@@ -361,7 +373,10 @@ def plan_deliveries(
     receivers: Sequence[str], *, covered: tuple[str, datetime] | None, disabled: frozenset[str], now: datetime
 ) -> list[PlannedDelivery]:
     """One delivery per receiver the notice is routed to: due now, or when the maintenance window that covers it
-    ends (it is then checked again: ``worth_sending``); dead at once for a receiver a 410 disabled."""
+    ends (it is then checked again: ``worth_sending``); dead at once for a receiver a 410 disabled. A notice no
+    route matches says so in its history."""
+    if not receivers:
+        return [PlannedDelivery(NO_ROUTE, "suppressed", now, result="no route matched: nobody was told")]
     planned = []
     for receiver in receivers:
         if receiver in disabled:
@@ -401,6 +416,8 @@ class SendOutcome:
     gone: bool = False
     permanent: bool = False
     retry_after: timedelta = timedelta(0)
+    status: int = 0
+    """The HTTP status (0: no answer)."""
 
 
 @dataclass(frozen=True)

@@ -80,14 +80,16 @@ class Route(ConfigModel):
 
     receivers: list[ReceiverName] = Field(min_length=1)
     namespaces: list[str] = Field(default_factory=list)
-    clusters: list[str] = Field(default_factory=list)
+    clusters: list[Annotated[str, Field(pattern=r"^[a-z0-9][-a-z0-9]*/[a-z0-9][-a-z0-9.]*$")]] = Field(
+        default_factory=list, description="namespace/name of MonitoredClusters (a name alone would match any namespace)"
+    )
     invariants: list[str] = Field(default_factory=list)
     severities: list[Severity] = Field(default_factory=list)
 
     def matches(self, *, namespace: str, cluster: str, invariant: str, severity: Severity) -> bool:
         return (
             (not self.namespaces or namespace in self.namespaces)
-            and (not self.clusters or cluster in self.clusters)
+            and (not self.clusters or f"{namespace}/{cluster}" in self.clusters)
             and (not self.invariants or invariant in self.invariants)
             and (not self.severities or severity in self.severities)
         )
@@ -102,6 +104,11 @@ class NotificationsConfig(ConfigModel):
     prometheus_url: str = Field(default="", description="Prometheus as the people on call reach it, for graph links")
     runbook_url: str = Field(default="", description="Runbooks' base URL: <runbookUrl>/<invariant>")
     retention_hours: float = Field(default=168, gt=0, description="How long finished deliveries are kept")
+    instance: str = Field(
+        default="", max_length=63, pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+        description="This installation's name (e.g. the Kubernetes cluster's), in every ticket key, webhook id and the"
+        " watchdog: two installations posting to one integration never share a key",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _known_receivers(self) -> Self:

@@ -200,8 +200,19 @@ def transition(
     cluster_name: str,
 ) -> Transition:
     """Decide the next state of the ticket for ``key`` given this cycle's finding, and whether it flaps."""
+    resolved_flapping = ticket is not None and ticket.flapping and ticket.state is TicketState.RESOLVED
+    if ticket is not None and resolved_flapping and not _reopenable(ticket, now, policy):
+        # Past its reopen window it is judged no more (a new violation opens a new ticket): it stops here.
+        return _stop_flapping(ticket, ticket, "resolved and past its reopen window")
     decided = _lifecycle(ticket, finding, now, policy, key=key, namespace=namespace, cluster_name=cluster_name)
     return _with_flapping(decided, now, policy)
+
+
+def _stop_flapping(before: Ticket, after: Ticket, why: str, effects: tuple[Effect, ...] = ()) -> Transition:
+    """``after`` stops flapping whatever its recent changes say: it is judged no more."""
+    stopped = replace(after, flapping=False)
+    stop = Effect(EffectKind.FLAPPING_STOPPED, after.state, after.state, f"flapping stopped: {why}")
+    return Transition(before, stopped, (*effects, stop))
 
 
 def violating(ticket: Ticket) -> bool:
@@ -409,9 +420,10 @@ def apply_human_intent(ticket: Ticket, edit: HumanEdit, *, actor: str) -> Transi
 
 def retire(ticket: Ticket, now: datetime, reason: str) -> Transition:
     """Its cluster, invariant or store is gone: an unresolved ticket resolves with ``reason`` (a hold on it released
-    and recorded as such), a pending one vanishes."""
+    and recorded as such), a pending one vanishes, and a flapping one stops flapping (it is judged no more), so its
+    receivers hear that it stopped, resolved."""
     if ticket.state is TicketState.RESOLVED:
-        return Transition(ticket, ticket)
+        return _stop_flapping(ticket, ticket, reason) if ticket.flapping else Transition(ticket, ticket)
     if ticket.state is TicketState.PENDING:
         return Transition(ticket, None, (Effect(EffectKind.CANCELLED, ticket.state, None, reason),))
     resolved = replace(
@@ -421,4 +433,6 @@ def retire(ticket: Ticket, now: datetime, reason: str) -> Transition:
     if ticket.hold:
         # What was held is gone: the release is recorded, so history, Ticket spec and state agree.
         effects.insert(0, Effect(EffectKind.RELEASED, ticket.state, ticket.state, f"hold released: {reason}"))
+    if ticket.flapping:
+        return _stop_flapping(ticket, resolved, reason, tuple(effects))
     return Transition(ticket, resolved, tuple(effects))

@@ -15,7 +15,7 @@ from devstack.world.operator import operator_process
 from devstack.world.stack import Stack
 from tests.e2e.support import Scene, SharedOperator, wait_healthy
 from tests.receivers import Receiver, alertmanager_for, notifications_file, receiver_in_thread
-from tests.stackutil import eventually, open_in_db, report, store_fault, ticket_resources, tickets_in_db
+from tests.stackutil import eventually, get_json, open_in_db, report, store_fault, ticket_resources, tickets_in_db
 
 pytestmark = pytest.mark.stack
 RESEND_SECONDS = 2.0
@@ -132,9 +132,9 @@ def test_a_recurring_window_holds_notifications_back_only_inside_it(
             scene.cluster(namespace, "window", interval="1s", labels={"tier": "maintained"},
                           invariants={"latency": {"enabled": False}, "diskUsage": {"clearFor": "0s"}})  # fmt: skip
             wait_healthy(stack, namespace, "window")
-            shown = eventually(lambda: stack.kubectl("get", "mw", "-n", namespace).stdout
-                               if "Next" in stack.kubectl("get", "mw", "-n", namespace).stdout else None,
-                               what="kubectl get maintenancewindows", timeout=60)  # fmt: skip
+            eventually(lambda: get_json(stack, "mw", "every-minute", "-n", namespace).get("status", {}).get("nextStart"),
+                       what="the window's status written", timeout=60)  # fmt: skip
+            shown = stack.kubectl("get", "mw", "-n", namespace).stdout
             _at_second(2, 12)
             inside = time.time()
             store_fault(stack, namespace, "window", stores[0], "disk", {"percent": 95})
@@ -149,6 +149,7 @@ def test_a_recurring_window_holds_notifications_back_only_inside_it(
                    outside_told_s=later[0] - outside)  # fmt: skip
             assert told[0] >= window_end, "told inside the window"
             assert later[0] - outside < 10, "outside the window, nothing waits"
+            assert shown.split("\n")[0].split() == ["NAME", "ACTIVE", "UNTIL", "NEXT-START", "AGE"], shown
             assert "every-minute" in shown
         finally:
             _stop(stack, operator)

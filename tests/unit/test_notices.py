@@ -306,6 +306,7 @@ CONFIG = {
     "routes": [
         {"receivers": ["am"]},
         {"receivers": ["pager"], "namespaces": ["prod"], "severities": ["critical"]},
+        {"receivers": ["pager"], "clusters": ["payments/tikv-a"]},
     ],
     "watchdog": ["am"],
 }
@@ -316,14 +317,15 @@ CONFIG = {
     [
         ("prod", Severity.CRITICAL, ["am", "pager"]),
         ("prod", Severity.WARNING, ["am"]),
-        ("dev", Severity.CRITICAL, ["am"]),
+        ("dev", Severity.CRITICAL, ["am"]),  # tikv-a in dev is not payments/tikv-a
+        ("payments", Severity.INFO, ["am", "pager"]),  # the cluster by namespace/name, only in that namespace
     ],
 )
 def test_routes_send_a_notice_to_every_matching_receiver_once(
     namespace: str, severity: Severity, expected: list[str]
 ) -> None:
     config = NotificationsConfig.model_validate(CONFIG)
-    names = receivers_for(config.routes, namespace=namespace, cluster="c", invariant="latency", severity=severity)
+    names = receivers_for(config.routes, namespace=namespace, cluster="tikv-a", invariant="latency", severity=severity)
     assert names == expected
 
 

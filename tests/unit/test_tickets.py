@@ -298,3 +298,19 @@ def test_flap_percent_weighs_recent_changes_more(ages: tuple[int, ...], percent:
     now = at(1000)
     changes = tuple(now - timedelta(seconds=5 * age) for age in ages)
     assert flap_percent(changes, now, timedelta(seconds=5)) == pytest.approx(percent)
+
+
+def test_a_flapping_ticket_retired_stops_flapping_and_its_receivers_hear_it_resolved() -> None:
+    flapping = replace(ticket(TicketState.OPEN), flapping=True)
+    item = with_notices(retire(flapping, at(0), "ClusterDeleted"), at(0))
+    assert item.after is not None and not item.after.flapping
+    told = [(e.notice.kind, e.notice.status) for e in item.effects if e.notice is not None]
+    assert told == [("flapping_stopped", "resolved")], "one message, and it says resolved"
+
+
+def test_a_resolved_flapping_ticket_past_its_reopen_window_stops_flapping() -> None:
+    resolved = replace(ticket(TicketState.RESOLVED, resolved_at=at(0)), flapping=True)
+    item = transition(resolved, finding(Verdict.HOLDS), at(700), policy(reopen=600), key=KEY, namespace="ns",
+                      cluster_name="tikv")  # fmt: skip
+    assert item.after is not None and not item.after.flapping
+    assert [e.kind for e in item.effects] == [EffectKind.FLAPPING_STOPPED]
