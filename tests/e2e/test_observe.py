@@ -166,6 +166,9 @@ def count_a_restart_and_a_state_change(
         apply(stack, cluster)
         eventually(lambda: sum(1 for t in shown(stack, namespace).values() if t["status"]["state"] == "open") == STORES,
                    timeout=180, what=f"{STORES} open Tickets")  # fmt: skip
+        # Each opening's evidence lands on its Ticket a moment later (a task of its own): the restart starts settled.
+        eventually(lambda: all("evidence" in t["status"] for t in shown(stack, namespace).values()),
+                   timeout=180, what=f"the evidence of {STORES} Tickets shown")  # fmt: skip
         operator.checked_after(namespace, "big", 3)
     watch = TicketWatch(stack)
     try:
