@@ -148,11 +148,13 @@ def _storm(stack: Stack, scene: Scene, namespace: str, notifications: Path, rece
                 i: (t["status"]["state"], t["status"]["occurrences"])
                 for i, t in resources_by_id(stack, namespace).items()
             }
-            return all(r["state"] == "resolved" for r in rows) and shown == {
+            return all(r["state"] == "resolved" and not r["flapping"] for r in rows) and shown == {
                 r["id"]: (r["state"], r["occurrences"]) for r in rows
             }
 
-        eventually(converged, what="Postgres and Ticket resources to agree, everything resolved", timeout=120)
+        # A ticket resolved while flapping stops once quiet, or past its reopen window (3 s here).
+        eventually(converged, what="Postgres and Ticket resources to agree, everything resolved and still",
+                   timeout=120)  # fmt: skip
         notices = {
             r["idempotency_key"]
             for r in pg_rows(
@@ -195,7 +197,9 @@ def _storm(stack: Stack, scene: Scene, namespace: str, notifications: Path, rece
             where = f"ticket {row['id']} ({row['invariant']}/{row['store']}): {kinds}"
             assert row["state"] == "resolved", where
             assert "Opened" in kinds or "Reopened" in kinds, where
-            assert kinds[-1] == "Resolved", where
+            lifecycle = [k for k in kinds if k not in ("FlappingStarted", "FlappingStopped", "Diagnosed")]
+            assert lifecycle[-1] == "Resolved", where
+            assert kinds.count("FlappingStarted") == kinds.count("FlappingStopped"), f"still flapping: {where}"
             episodes = kinds.count("Opened") + kinds.count("Reopened")
             assert kinds.count("Resolved") == episodes, f"an episode without its resolution: {where}"
             assert row["occurrences"] == episodes + kinds.count("Recurred"), f"occurrences != history: {where}"

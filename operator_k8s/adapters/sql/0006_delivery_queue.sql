@@ -170,7 +170,7 @@ BEGIN
                                      to_char(COALESCE(d.finished_at, d.created_at) AT TIME ZONE 'UTC',
                                              'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
                          FROM notices n JOIN deliveries d ON d.notice_id = n.id
-                        WHERE n.ticket_id = tk.id
+                        WHERE n.ticket_id = tk.id AND d.receiver <> '(no route)'  -- notices.NO_ROUTE: nobody told
                         ORDER BY COALESCE(d.finished_at, d.created_at) DESC, d.id DESC LIMIT 1))
                    ORDER BY tk.id), '[]'::jsonb)
               FROM tickets tk
