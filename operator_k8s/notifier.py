@@ -37,6 +37,7 @@ from operator_k8s.domain.notices import (
     plan_silences,
     resolved_alerts,
     settle,
+    still_firing,
     ticket_key,
     watchdog_alert,
     webhook_payload,
@@ -104,6 +105,9 @@ class Notifier:
         self.active = active or (lambda: True)
         """Whether this replica runs the checks: a standby under peering sends nothing (its watches are paused, so
         its view of maintenance windows is stale), and takes over with the checks."""
+        self._sent: dict[str, tuple[list[dict[str, Any]], datetime]] = {}
+        """Per Alertmanager receiver, the last POST built from Postgres and when: a cache, re-sent only while
+        Postgres is unreachable (its loss changes nothing once Postgres answers)."""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -258,7 +262,13 @@ class Notifier:
         async def step() -> bool:
             nonlocal last_sent
             resend_due = time.monotonic() - last_sent >= target.resend_seconds
-            claimed = await self.queue.claim(receiver.name, self.owner, _alertmanager_lease(target), limit=500)
+            try:
+                claimed = await self.queue.claim(receiver.name, self.owner, _alertmanager_lease(target), limit=500)
+            except Exception:
+                if resend_due:  # Postgres cannot say what is open: what was firing is sent again from memory
+                    last_sent = time.monotonic()
+                    await self._resend_remembered(receiver)
+                raise
             if not claimed and not resend_due:
                 return False
             last_sent = time.monotonic()  # a refused POST is tried again at the resend interval, not every poll
@@ -318,6 +328,7 @@ class Notifier:
         if target.silence_acknowledged:
             await self._mirror_acknowledgements(receiver, tickets, now)
         alerts, index = await self.alerts_for(receiver, live, now, tickets)
+        self._sent[receiver.name] = (alerts, now)
         outcomes = [
             await self.client.alerts(url, alerts, target.timeout_seconds, target.bearer_token_file)
             for url in target.urls
@@ -391,3 +402,19 @@ class Notifier:
                 log.warning(
                     "Alertmanager refused a silence", extra={"receiver": receiver.name, "error": outcome.detail}
                 )
+
+    async def _resend_remembered(self, receiver: Receiver) -> None:
+        target = receiver.alertmanager
+        assert target is not None
+        remembered = self._sent.get(receiver.name)
+        if remembered is None:
+            return
+        now = datetime.now(UTC)
+        alerts = still_firing(*remembered, now, timedelta(seconds=target.resend_seconds * ENDS_AFTER_RESENDS))
+        for url in target.urls:
+            outcome = await self.client.alerts(url, alerts, target.timeout_seconds, target.bearer_token_file)
+            self._record_post(receiver.name, outcome.ok)
+        log.warning(
+            "Re-sent the firing alerts from memory: Postgres is unreachable",
+            extra={"receiver": receiver.name, "alerts": len(alerts)},
+        )

@@ -508,3 +508,16 @@ def plan_silences(acknowledged: Mapping[str, str], existing: Sequence[Mapping[st
 
 def _ends(silence: Mapping[str, Any]) -> datetime:
     return datetime.fromisoformat(str(silence.get("endsAt", "1970-01-01T00:00:00Z")).replace("Z", "+00:00"))
+
+
+def still_firing(
+    alerts: Sequence[dict[str, Any]], sent_at: datetime, now: datetime, ends_in: timedelta
+) -> list[dict[str, Any]]:
+    """The alerts of a POST that were firing when it was sent (their ``endsAt`` ahead of it), with ``endsAt`` moved
+    ahead again: what is re-sent while Postgres cannot say what is open now, so Alertmanager does not take silence
+    for a resolution. Resolutions are not repeated from memory."""
+    return [{**alert, "endsAt": _stamp(now + ends_in)} for alert in alerts if _parse_stamp(alert["endsAt"]) > sent_at]
+
+
+def _parse_stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -29,6 +29,7 @@ from operator_k8s.domain.notices import (
     plan_silences,
     resolved_alerts,
     settle,
+    still_firing,
     watchdog_alert,
     webhook_payload,
     with_notices,
@@ -404,3 +405,14 @@ def test_silences_follow_the_acknowledged_tickets(
     for body in plan.create:
         assert body["createdBy"] == "operator-k8s"
         assert body["endsAt"] == "2026-01-02T12:00:00Z"
+
+
+def test_while_postgres_is_away_what_was_firing_is_sent_again_and_resolutions_are_not() -> None:
+    sent_at = at(60)
+    firing = firing_alert(opened_notice(), 42, "n", sent_at, timedelta(minutes=2), LINKS)
+    (ended,) = resolved_alerts(opened_notice(kind="resolved", status="resolved", at=at(30)), 43, "m", LINKS)
+    watchdog = watchdog_alert("prod", sent_at, timedelta(minutes=2))
+    again = still_firing([firing, ended, watchdog], sent_at, at(150), timedelta(minutes=2))
+    assert [a["labels"]["alertname"] for a in again] == ["OperatorK8sTicket", "OperatorK8sWatchdog"]
+    assert all(a["endsAt"] == "2026-01-01T12:04:30Z" for a in again)
+    assert again[0]["startsAt"] == firing["startsAt"]
