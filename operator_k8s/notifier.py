@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -35,6 +36,7 @@ from operator_k8s.domain.notices import (
     notice_of_ticket,
     plan_deliveries,
     plan_silences,
+    released,
     resolved_alerts,
     settle,
     still_firing,
@@ -59,6 +61,8 @@ LEASE_MARGIN = timedelta(seconds=15)
 """A claim's lease beyond the send's own deadline: a lease never runs out while its send may still be going."""
 ENDS_AFTER_RESENDS = 4
 """An alert's ``endsAt`` is this many resend intervals ahead (Prometheus uses four times its resend delay)."""
+WINDOWS_RECHECK_SECONDS = 10.0
+"""How often deferred deliveries are checked against the windows as they are now (one deleted or shortened)."""
 SILENCES_PER_ROUND = 10
 """Silences created and expired per Alertmanager round at most (the rest in the next rounds): a round stays within
 its lease."""
@@ -108,6 +112,7 @@ class Notifier:
         self._sent: dict[str, tuple[list[dict[str, Any]], datetime]] = {}
         """Per Alertmanager receiver, the last POST built from Postgres and when: a cache, re-sent only while
         Postgres is unreachable (its loss changes nothing once Postgres answers)."""
+        self._windows_checked = -math.inf
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -174,6 +179,16 @@ class Notifier:
         routed = await self.queue.route(plan)
         if routed:
             self._wake.set()
+        if time.monotonic() >= self._windows_checked + WINDOWS_RECHECK_SECONDS:
+            self._windows_checked = time.monotonic()
+            waiting = await self.queue.deferred()
+            covered_now = [(i, due, (self.covering(q.notice, now) or (None, None))[1]) for i, due, q in waiting]
+            moved = released(covered_now, now)
+            if moved:
+                await self.queue.reschedule(moved)
+                log.info(
+                    "Released notifications a maintenance window no longer holds", extra={"deliveries": len(moved)}
+                )
         return routed
 
     async def _prune(self) -> bool:

@@ -91,6 +91,26 @@ class PostgresDeliveryQueue:
                 )
         return len(rows)
 
+    async def deferred(self, *, limit: int = 500) -> list[tuple[int, datetime, QueuedNotice]]:
+        """Deliveries waiting for a maintenance window to end: (delivery id, when it is due, its notice)."""
+        pool = await self._get_pool()
+        async with pool.acquire() as connection:
+            rows = await connection.fetch(
+                "SELECT d.id, d.due_at, n.id AS notice_id, n.ticket_id, n.idempotency_key, n.body FROM deliveries d"
+                " JOIN notices n ON n.id = d.notice_id WHERE d.state = 'pending' AND d.deferred_by IS NOT NULL"
+                " AND d.due_at > now() ORDER BY d.id LIMIT $1",
+                limit,
+            )
+        return [(row["id"], row["due_at"], _queued(row)) for row in rows]
+
+    async def reschedule(self, due: Sequence[tuple[int, datetime]]) -> None:
+        """Move deferred deliveries to a new due time (their window was shortened or deleted)."""
+        pool = await self._get_pool()
+        async with pool.acquire() as connection:
+            await connection.executemany(
+                "UPDATE deliveries SET due_at = $2 WHERE id = $1 AND state = 'pending'", list(due)
+            )
+
     async def claim(self, receiver: str, owner: str, lease: timedelta, *, limit: int) -> list[ClaimedDelivery]:
         """Lease up to ``limit`` due deliveries of ``receiver``: per ticket only the oldest pending one, so a
         receiver hears a ticket's transitions in order. ``attempts`` is counted at the claim, so a delivery that

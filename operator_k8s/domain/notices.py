@@ -521,3 +521,9 @@ def still_firing(
 
 def _parse_stamp(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def released(deferred: Sequence[tuple[int, datetime, datetime | None]], now: datetime) -> list[tuple[int, datetime]]:
+    """Deferred deliveries whose window ends sooner than they wait now: (id, due, the end of the window covering it
+    now or None) in; (id, new due) out. A window deleted or shortened releases them at its new end, never later."""
+    return [(i, max(now, until) if until else now) for i, due, until in deferred if until is None or until < due]

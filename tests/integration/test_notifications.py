@@ -435,3 +435,31 @@ async def test_an_acknowledgement_mirrors_as_a_silence_until_the_ticket_resolves
             30,
         )
         assert receiver.alert_statuses(ticket=key).count("firing") == 1, "the silenced alert was not repeated"
+
+
+async def test_a_window_deleted_early_releases_what_it_held(
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str
+) -> None:
+    now = datetime.now(UTC)
+    spec = MaintenanceWindowSpec.model_validate(
+        {"clusterSelector": {}, "start": (now - timedelta(minutes=1)).isoformat(),
+         "end": (now + timedelta(hours=2)).isoformat()}
+    )  # fmt: skip
+    live: dict[str, list[Window]] = {"prod": [Window("long-upgrade", "prod", spec)]}
+    windows = WindowIndex()
+    windows.attach(live, {("prod", "tikv-a"): [{}]})
+    dispatcher = notifier(database, config(receiver, key_file))
+    dispatcher.covering = lambda notice, at: windows.covered(
+        notice.namespace, notice.cluster, notice.invariant, notice.store, at
+    )
+    async with running(dispatcher):
+        await cluster.judge("tikv-0", Verdict.VIOLATED)
+        dispatcher.wake()
+        await eventually_async(
+            lambda: _rows(database, "SELECT 1 FROM deliveries WHERE deferred_by = 'long-upgrade'"), timeout=20,
+            what="the opening held back for two hours",
+        )  # fmt: skip
+        deleted = time.monotonic()
+        live["prod"] = []  # the upgrade finished early: its window is deleted
+        await _heard(lambda: receiver.hooks, "the opening told once the window is gone", 30)
+        report("window deleted early", released_after_s=time.monotonic() - deleted)

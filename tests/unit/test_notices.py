@@ -27,6 +27,7 @@ from operator_k8s.domain.notices import (
     parse_retry_after,
     plan_deliveries,
     plan_silences,
+    released,
     resolved_alerts,
     settle,
     still_firing,
@@ -416,3 +417,8 @@ def test_while_postgres_is_away_what_was_firing_is_sent_again_and_resolutions_ar
     assert [a["labels"]["alertname"] for a in again] == ["OperatorK8sTicket", "OperatorK8sWatchdog"]
     assert all(a["endsAt"] == "2026-01-01T12:04:30Z" for a in again)
     assert again[0]["startsAt"] == firing["startsAt"]
+
+
+def test_a_window_deleted_or_shortened_releases_what_it_held_at_its_new_end() -> None:
+    held = [(1, at(3600), None), (2, at(3600), at(600)), (3, at(3600), at(3600)), (4, at(3600), at(-5))]
+    assert released(held, at(0)) == [(1, at(0)), (2, at(600)), (4, at(0))]

@@ -40,6 +40,10 @@ class FakeQueue:
         self._check()
         return 0
 
+    async def deferred(self, **_: Any) -> list[Any]:
+        self._check()
+        return []
+
     async def disabled(self) -> dict[str, str]:
         self._check()
         return {}
