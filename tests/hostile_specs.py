@@ -307,3 +307,13 @@ ACCEPTED: list[Accepted] = [
     Accepted("long-strings", {"queries": {"latency": "q" * 4096}, "prometheus": {"matchers": {"job": "v" * 256}},
                               "invariants": {"custom": [custom("a" * 40, query="q" * 4096)]}}),
 ]  # fmt: skip
+
+
+def cel_messages(node: Any) -> list[str]:
+    """Every CEL rule's message in a CRD schema (``x-kubernetes-validations``), depth first."""
+    if isinstance(node, dict):
+        rules = [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
+        return rules + [message for value in node.values() for message in cel_messages(value)]
+    if isinstance(node, list):
+        return [message for value in node for message in cel_messages(value)]
+    return []

@@ -29,6 +29,7 @@ from operator_k8s.domain.maintenance import (
 from operator_k8s.domain.specs import ClusterSelector, MaintenanceWindowSpec
 from operator_k8s.domain.vocabulary import MAINTENANCE_WINDOW_PLURAL
 from operator_k8s.maintenance_handlers import CLUSTER_LABELS_INDEX, MAINTENANCE_INDEX, register_maintenance
+from tests.hostile_specs import cel_messages
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "maintenancewindows.operator-k8s.io.yaml"
 
@@ -450,18 +451,9 @@ def test_the_examples_are_windows_the_operator_uses(name: str, status: dict[str,
     assert {key: shown[key] for key in status} == status
 
 
-def _cel_messages(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        rules = [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
-        return rules + [message for value in node.values() for message in _cel_messages(value)]
-    if isinstance(node, list):
-        return [message for value in node for message in _cel_messages(value)]
-    return []
-
-
 def test_every_cel_rule_words_its_refusal_as_the_models_do() -> None:
     """Each rule of the CRD has a refused spec above that breaks it, with the model's message word for word."""
-    messages = _cel_messages(yaml.safe_load(CRD.read_text()))
+    messages = cel_messages(yaml.safe_load(CRD.read_text()))
     assert len(messages) >= 10
     refused = {row[3] for row in REFUSED}
     assert [message for message in messages if message not in refused] == []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 from operator_k8s.domain.durations import MAX_NANOS, parse_duration
 from operator_k8s.domain.specs import MonitoredClusterSpec
 from operator_k8s.domain.vocabulary import custom_condition_type
-from tests.hostile_specs import ACCEPTED, HOSTILE, Accepted, Hostile
+from tests.hostile_specs import ACCEPTED, HOSTILE, Accepted, Hostile, cel_messages
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "monitoredclusters.operator-k8s.io.yaml"
 
@@ -47,20 +46,11 @@ def test_models_accept_specs_at_the_bounds_and_the_operator_can_use_them(case: A
     assert len(conditions) == len(set(conditions))
 
 
-def _cel_messages(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        rules = [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
-        return rules + [message for value in node.values() for message in _cel_messages(value)]
-    if isinstance(node, list):
-        return [message for value in node for message in _cel_messages(value)]
-    return []
-
-
 def test_every_cel_rule_is_in_the_table() -> None:
     """Each rule of the CRD has a hostile row that breaks it, so both tiers check that rule and its wording."""
     spec = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     rows = {case.server_message for case in HOSTILE}
-    untested = {message for message in _cel_messages(spec) if not any(message in row for row in rows)}
+    untested = {message for message in cel_messages(spec) if not any(message in row for row in rows)}
     assert untested == set()
 
 
