@@ -52,8 +52,8 @@ from operator_k8s.ports import DeliveryQueue, ReceiverClient
 
 log = logging.getLogger("operator_k8s.notifier")
 
-Covering = Callable[[Notice, datetime], tuple[str, datetime] | None]
-"""Which maintenance window covers a notice's ticket at a time, and until when (None: none)."""
+Covering = Callable[[Notice, datetime], tuple[str, datetime, datetime] | None]
+"""Which maintenance window covers a notice's ticket at a time, until when and since when (None: none)."""
 
 POLL_SECONDS = 1.0
 """How often the queue is read when nothing woke the dispatcher (a cycle that queued a notice wakes it at once)."""
@@ -74,6 +74,10 @@ def _alertmanager_lease(target: AlertmanagerTarget) -> timedelta:
     """A round's lease: room for one POST per Alertmanager and two more requests (silences, a transition sent
     alone), each within its timeout; a round that would outlast it leaves what it did not settle to its lease."""
     return timedelta(seconds=target.timeout_seconds * (len(target.urls) + 2)) + LEASE_MARGIN
+
+
+def _until(covered: tuple[str, datetime, datetime] | None) -> datetime | None:
+    return covered[1] if covered is not None else None
 
 
 def _name(queued: QueuedNotice) -> str:
@@ -174,7 +178,9 @@ class Notifier:
                 self.config.routes, namespace=notice.namespace, cluster=notice.cluster,
                 invariant=notice.invariant, severity=notice.severity,
             )  # fmt: skip
-            return plan_deliveries(names, covered=self.covering(notice, notice.at), disabled=disabled, now=now)
+            covered = self.covering(notice, notice.at)
+            held = (covered[0], covered[1]) if covered is not None else None
+            return plan_deliveries(names, covered=held, disabled=disabled, now=now)
 
         routed = await self.queue.route(plan)
         if routed:
@@ -182,7 +188,7 @@ class Notifier:
         if time.monotonic() >= self._windows_checked + WINDOWS_RECHECK_SECONDS:
             self._windows_checked = time.monotonic()
             waiting = await self.queue.deferred()
-            covered_now = [(i, due, (self.covering(q.notice, now) or (None, None))[1]) for i, due, q in waiting]
+            covered_now = [(i, due, _until(self.covering(q.notice, now))) for i, due, q in waiting]
             moved = released(covered_now, now)
             if moved:
                 await self.queue.reschedule(moved)
@@ -373,7 +379,8 @@ class Notifier:
         return accepted is not None
 
     async def _alerting(self, receiver: Receiver, now: datetime) -> list[Ticket]:
-        """The open (or flapping) tickets whose alerts go to ``receiver`` now: routed there, not in a window."""
+        """The open (or flapping) tickets whose alerts go to ``receiver`` now: routed there, and not opened inside a
+        maintenance window that covers them."""
         alerting = []
         for ticket in await self.queue.open_tickets():
             notice = notice_of_ticket(ticket)
@@ -381,7 +388,11 @@ class Notifier:
                 self.config.routes, namespace=notice.namespace, cluster=notice.cluster,
                 invariant=notice.invariant, severity=notice.severity,
             )  # fmt: skip
-            if receiver.name in names and self.covering(notice, now) is None:
+            covered = self.covering(notice, now)
+            # A ticket that fired before the window started keeps firing (Alertmanager knows it: no resolution it
+            # did not have); one that opened inside the window waits for its end.
+            before = covered is not None and ticket.opened_at is not None and ticket.opened_at < covered[2]
+            if receiver.name in names and (covered is None or before):
                 alerting.append(ticket)
         return alerting
 

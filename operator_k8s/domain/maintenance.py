@@ -11,7 +11,7 @@ plus 2h is 04:30 on the night the clocks skip 02:00-03:00).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -199,6 +199,9 @@ class Covered:
     windows: tuple[str, ...]
     until: datetime
     by: str
+    since: datetime | None = field(default=None, compare=False)
+    """When the earliest of the covering occurrences started: what fired before it, Alertmanager already knows
+    (derived from the windows, so it takes no part in comparing what covers)."""
 
 
 def covering(
@@ -213,6 +216,7 @@ def covering(
     """The windows of ``namespace`` that cover a ticket of (``invariant``, ``store``) on a cluster labelled
     ``cluster_labels`` at ``now``, or None: then notify as usual."""
     found: list[tuple[str, datetime]] = []
+    starts: list[datetime] = []
     for window in sorted(windows, key=lambda w: w.name):
         if window.namespace != namespace or not window.applies_to(invariant, store):
             continue
@@ -221,10 +225,11 @@ def covering(
         interval = active_interval(window.spec, now)
         if interval is not None:
             found.append((window.name, interval[1]))
+            starts.append(interval[0])
     if not found:
         return None
     by, until = max(found, key=lambda item: item[1])  # the first by name among equal ends
-    return Covered(windows=tuple(name for name, _ in found), until=until, by=by)
+    return Covered(windows=tuple(name for name, _ in found), until=until, by=by, since=min(starts))
 
 
 def window_of(name: str, namespace: str, raw_spec: Mapping[str, Any]) -> Window | None:
@@ -265,12 +270,14 @@ class WindowIndex:
 
     def covered(
         self, namespace: str, cluster: str, invariant: str, store: str, at: datetime
-    ) -> tuple[str, datetime] | None:
-        """The window that holds back a notice of this ticket at ``at`` and until when, or None: ``covering`` with
-        the cluster's labels as the watch shows them now (a cluster no longer there has none)."""
+    ) -> tuple[str, datetime, datetime] | None:
+        """The window that holds back a notice of this ticket at ``at``, until when, and since when, or None:
+        ``covering`` with the cluster's labels as the watch shows them now (a cluster no longer there has none)."""
         labels = next(iter(self._cluster_labels.get((namespace, cluster), ())), {})
         found = self.covering(namespace=namespace, cluster_labels=labels, invariant=invariant, store=store, now=at)
-        return (found.by, found.until) if found is not None else None
+        if found is None:
+            return None
+        return found.by, found.until, found.since or at
 
     def in_namespace(self, namespace: str) -> list[Window]:
         return list(self._by_namespace.get(namespace, ()))

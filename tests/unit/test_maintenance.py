@@ -290,6 +290,8 @@ def test_a_notice_is_covered_by_the_windows_that_select_its_cluster_as_the_watch
     view.attach({"db": [WINDOWS[0]]}, labels)
     covered = view.covered("db", "tikv-a", "latency", "t", NOW)
     assert covered is not None and covered[0] == WINDOWS[0].name
+    window = active_interval(WINDOWS[0].spec, NOW)
+    assert window is not None and covered[1:] == (window[1], window[0]), "until its end, since its start"
     assert view.covered("db", "gone", "latency", "t", NOW) is None, "a cluster the watch does not show has no labels"
 
 
