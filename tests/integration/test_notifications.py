@@ -463,3 +463,29 @@ async def test_a_window_deleted_early_releases_what_it_held(
         live["prod"] = []  # the upgrade finished early: its window is deleted
         await _heard(lambda: receiver.hooks, "the opening told once the window is gone", 30)
         report("window deleted early", released_after_s=time.monotonic() - deleted)
+
+
+async def test_a_ticket_firing_before_a_window_starts_keeps_firing_through_it(
+    database: str, cluster: Cluster, receiver: Receiver, key_file: str, alertmanager: Alertmanager
+) -> None:
+    """Without it, the alert would not be re-sent inside the window and Alertmanager would resolve it after its
+    ``endsAt`` (four resends: 8 s here), telling people of a resolution that did not happen."""
+    live: dict[str, list[Window]] = {}
+    windows = WindowIndex()
+    windows.attach(live, {("prod", "tikv-a"): [{}]})
+    dispatcher = notifier(database, config(receiver, key_file, alertmanager))
+    dispatcher.covering = lambda notice, at: windows.covered(
+        notice.namespace, notice.cluster, notice.invariant, notice.store, at
+    )
+    async with running(dispatcher):
+        (opened,) = await cluster.judge("tikv-0", Verdict.VIOLATED)
+        key = f"prod/ticket-{opened.id}"
+        dispatcher.wake()
+        await _heard(lambda: "firing" in receiver.alert_statuses(ticket=key), "the firing notification", 30)
+        now = datetime.now(UTC)
+        spec = {"clusterSelector": {}, "start": now.isoformat(), "end": (now + timedelta(hours=1)).isoformat()}
+        live["prod"] = [Window("late-upgrade", "prod", MaintenanceWindowSpec.model_validate(spec))]
+        await asyncio.sleep(15)  # the scenario's length: past the alert's endsAt twice over, what Alertmanager does
+        assert "resolved" not in receiver.alert_statuses(ticket=key), "a window is no resolution"
+        alerts = await _alertmanager_get(alertmanager, f'/api/v2/alerts?filter=ticket="{key}"')
+        assert [a["status"]["state"] for a in alerts] == ["active"]
