@@ -61,6 +61,12 @@ class PostgresDeliveryQueue:
             )
         return self._pool
 
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """One query's rows on a pooled connection."""
+        pool = await self._get_pool()
+        async with pool.acquire() as connection:
+            return list(await connection.fetch(sql, *args))
+
     async def reset(self) -> None:
         """Drop the pool after a failure (a switchover, a restart): the next call connects anew."""
         if self._pool is not None:
@@ -93,14 +99,12 @@ class PostgresDeliveryQueue:
 
     async def deferred(self, *, limit: int = 500) -> list[tuple[int, datetime, QueuedNotice]]:
         """Deliveries waiting for a maintenance window to end: (delivery id, when it is due, its notice)."""
-        pool = await self._get_pool()
-        async with pool.acquire() as connection:
-            rows = await connection.fetch(
-                "SELECT d.id, d.due_at, n.id AS notice_id, n.ticket_id, n.idempotency_key, n.body FROM deliveries d"
-                " JOIN notices n ON n.id = d.notice_id WHERE d.state = 'pending' AND d.deferred_by IS NOT NULL"
-                " AND d.due_at > now() ORDER BY d.id LIMIT $1",
-                limit,
-            )
+        rows = await self._fetch(
+            "SELECT d.id, d.due_at, n.id AS notice_id, n.ticket_id, n.idempotency_key, n.body FROM deliveries d"
+            " JOIN notices n ON n.id = d.notice_id WHERE d.state = 'pending' AND d.deferred_by IS NOT NULL"
+            " AND d.due_at > now() ORDER BY d.id LIMIT $1",
+            limit,
+        )
         return [(row["id"], row["due_at"], _queued(row)) for row in rows]
 
     async def reschedule(self, due: Sequence[tuple[int, datetime]]) -> None:
@@ -115,34 +119,32 @@ class PostgresDeliveryQueue:
         """Lease up to ``limit`` due deliveries of ``receiver``: per ticket only the oldest pending one, so a
         receiver hears a ticket's transitions in order. ``attempts`` is counted at the claim, so a delivery that
         kills its sender still reaches its bound."""
-        pool = await self._get_pool()
-        async with pool.acquire() as connection:
-            rows = await connection.fetch(
-                """
-                WITH due AS (
-                    SELECT d.id FROM deliveries d JOIN notices n ON n.id = d.notice_id
-                     WHERE d.receiver = $1 AND d.state = 'pending' AND d.due_at <= now()
-                       AND (d.claimed_until IS NULL OR d.claimed_until < now())
-                       AND NOT EXISTS (
-                           SELECT 1 FROM deliveries e JOIN notices m ON m.id = e.notice_id
-                            WHERE e.receiver = d.receiver AND e.state = 'pending' AND m.ticket_id = n.ticket_id
-                              AND m.id < n.id)
-                       AND NOT EXISTS (  -- an earlier notice another replica is still routing
-                           SELECT 1 FROM notices u WHERE u.ticket_id = n.ticket_id AND u.id < n.id
-                              AND u.routed_at IS NULL)
-                     ORDER BY d.due_at, d.id LIMIT $4
-                       FOR UPDATE OF d SKIP LOCKED)
-                UPDATE deliveries d SET claimed_by = $2, claimed_until = now() + $3, attempts = d.attempts + 1
-                  FROM due, notices n, tickets t
-                 WHERE d.id = due.id AND n.id = d.notice_id AND t.id = n.ticket_id
-                RETURNING d.id, d.receiver, d.attempts, d.created_at, d.deferred_by, n.id AS notice_id, n.ticket_id,
-                          n.idempotency_key, n.body, t.state <> 'resolved' AND t.state <> 'pending' AS ticket_active,
-                          EXISTS (SELECT 1 FROM deliveries f JOIN notices o ON o.id = f.notice_id
-                                   WHERE f.receiver = d.receiver AND f.state = 'delivered' AND o.ticket_id = n.ticket_id
-                                     AND o.kind = ANY($5::text[])) AS told_firing
-                """,
-                receiver, owner, lease, limit, sorted(FIRING_KINDS),
-            )  # fmt: skip
+        rows = await self._fetch(
+            """
+            WITH due AS (
+                SELECT d.id FROM deliveries d JOIN notices n ON n.id = d.notice_id
+                 WHERE d.receiver = $1 AND d.state = 'pending' AND d.due_at <= now()
+                   AND (d.claimed_until IS NULL OR d.claimed_until < now())
+                   AND NOT EXISTS (
+                       SELECT 1 FROM deliveries e JOIN notices m ON m.id = e.notice_id
+                        WHERE e.receiver = d.receiver AND e.state = 'pending' AND m.ticket_id = n.ticket_id
+                          AND m.id < n.id)
+                   AND NOT EXISTS (  -- an earlier notice another replica is still routing
+                       SELECT 1 FROM notices u WHERE u.ticket_id = n.ticket_id AND u.id < n.id
+                          AND u.routed_at IS NULL)
+                 ORDER BY d.due_at, d.id LIMIT $4
+                   FOR UPDATE OF d SKIP LOCKED)
+            UPDATE deliveries d SET claimed_by = $2, claimed_until = now() + $3, attempts = d.attempts + 1
+              FROM due, notices n, tickets t
+             WHERE d.id = due.id AND n.id = d.notice_id AND t.id = n.ticket_id
+            RETURNING d.id, d.receiver, d.attempts, d.created_at, d.deferred_by, n.id AS notice_id, n.ticket_id,
+                      n.idempotency_key, n.body, t.state <> 'resolved' AND t.state <> 'pending' AS ticket_active,
+                      EXISTS (SELECT 1 FROM deliveries f JOIN notices o ON o.id = f.notice_id
+                               WHERE f.receiver = d.receiver AND f.state = 'delivered' AND o.ticket_id = n.ticket_id
+                                 AND o.kind = ANY($5::text[])) AS told_firing
+            """,
+            receiver, owner, lease, limit, sorted(FIRING_KINDS),
+        )  # fmt: skip
         return [
             ClaimedDelivery(
                 id=row["id"],
@@ -171,9 +173,7 @@ class PostgresDeliveryQueue:
 
     async def disabled(self) -> dict[str, str]:
         """Receivers disabled by a 410: name → the endpoint digest it was disabled for."""
-        pool = await self._get_pool()
-        async with pool.acquire() as connection:
-            rows = await connection.fetch("SELECT receiver, url_digest FROM disabled_receivers")
+        rows = await self._fetch("SELECT receiver, url_digest FROM disabled_receivers")
         return {row["receiver"]: row["url_digest"] for row in rows}
 
     async def disable(self, receiver: str, digest: str, reason: str) -> int:
@@ -195,26 +195,22 @@ class PostgresDeliveryQueue:
     async def open_tickets(self) -> list[Ticket]:
         """Every open ticket, and every flapping one (it fires until it stops flapping): Alertmanager is told each
         one again every resend interval."""
-        pool = await self._get_pool()
-        async with pool.acquire() as connection:
-            rows = await connection.fetch(
-                "SELECT * FROM tickets WHERE (state <> 'resolved' AND state <> 'pending' AND opened_at IS NOT NULL)"
-                " OR flapping"
-            )
+        rows = await self._fetch(
+            "SELECT * FROM tickets WHERE (state <> 'resolved' AND state <> 'pending' AND opened_at IS NOT NULL)"
+            " OR flapping"
+        )
         return [ticket_from_row(dict(row)) for row in rows]
 
     async def recent_endings(self, receiver: str, since: datetime) -> list[QueuedNotice]:
         """Resolutions and escalations routed to ``receiver`` since ``since`` (their alerts are sent as resolved
         again for a while, as Prometheus does)."""
-        pool = await self._get_pool()
-        async with pool.acquire() as connection:
-            rows = await connection.fetch(
-                "SELECT n.id AS notice_id, n.ticket_id, n.idempotency_key, n.body FROM notices n"
-                " JOIN deliveries d ON d.notice_id = n.id"
-                " WHERE d.receiver = $1 AND n.at >= $2 AND n.kind IN ('resolved', 'escalated', 'flapping_stopped')"
-                " AND d.state IN ('pending', 'delivered') AND d.deferred_by IS NULL ORDER BY n.id",
-                receiver, since,
-            )  # fmt: skip
+        rows = await self._fetch(
+            "SELECT n.id AS notice_id, n.ticket_id, n.idempotency_key, n.body FROM notices n"
+            " JOIN deliveries d ON d.notice_id = n.id"
+            " WHERE d.receiver = $1 AND n.at >= $2 AND n.kind IN ('resolved', 'escalated', 'flapping_stopped')"
+            " AND d.state IN ('pending', 'delivered') AND d.deferred_by IS NULL ORDER BY n.id",
+            receiver, since,
+        )  # fmt: skip
         return [_queued(row) for row in rows]
 
     async def prune(self, older_than: timedelta, receivers: Sequence[str]) -> int:
@@ -241,11 +237,9 @@ class PostgresDeliveryQueue:
 
     async def pending(self) -> dict[str, int]:
         """Pending deliveries per receiver: the queue's depth."""
-        pool = await self._get_pool()
-        async with pool.acquire() as connection:
-            rows = await connection.fetch(
-                "SELECT receiver, count(*) AS pending FROM deliveries WHERE state = 'pending' GROUP BY receiver"
-            )
+        rows = await self._fetch(
+            "SELECT receiver, count(*) AS pending FROM deliveries WHERE state = 'pending' GROUP BY receiver"
+        )
         return {row["receiver"]: row["pending"] for row in rows}
 
     async def close(self) -> None:
