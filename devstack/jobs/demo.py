@@ -87,7 +87,8 @@ def _ticket_state(stack: Stack, invariant: str, store: str) -> str | None:
         stack.kubectl("get", "tickets", "-n", NAMESPACE, "-l", f"invariant={invariant}", "-o", "json").stdout
     )
     states = [i.get("status", {}).get("state") for i in items["items"] if i.get("status", {}).get("store") == store]
-    return "open" if "open" in states else (states[-1] if states else None)
+    # A diagnosed ticket is open with a probable cause (the operator moves it there once its evidence names one).
+    return "open" if {"open", "diagnosed"} & set(states) else (states[-1] if states else None)
 
 
 def _wait(probe: Any, timeout: float, what: str) -> float:
