@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import kopf
 import pytest
 from kopf.testing import KopfRunner
 
+from devstack.host.processes import Process, stop_all
+from devstack.world.postgres import PostgresPair
 from devstack.world.stack import Stack
 from operator_k8s.__main__ import Operator
 from operator_k8s.settings import load_notifications, load_settings
@@ -37,6 +42,19 @@ def namespace(stack: Stack) -> str:
     name = f"t{os.getpid()}-{next(_names)}"
     stack.kubectl("create", "namespace", name)
     return name
+
+
+@pytest.fixture
+def pair() -> Iterator[PostgresPair]:
+    """Its own two servers (not the stack's Postgres), removed afterwards; /dev/shm, where the postgres user may
+    reach them when the tests run as root."""
+    workdir = Path(tempfile.mkdtemp(prefix="operator-k8s-pg-pair-", dir="/dev/shm"))
+    processes: list[Process] = []
+    try:
+        yield PostgresPair.start(workdir=workdir, own=processes.append)
+    finally:
+        stop_all(processes)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager

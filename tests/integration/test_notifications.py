@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from devstack.world.alertmanager import Alertmanager
+from devstack.world.postgres import PostgresPair
 from devstack.world.stack import Stack
 from operator_k8s.adapters.delivery_queue import PostgresDeliveryQueue
 from operator_k8s.adapters.receivers_http import ReceiversHttp
@@ -104,6 +105,10 @@ async def cluster(database: str) -> AsyncIterator[Cluster]:
     await decided.close()
 
 
+class Unstored(Exception):
+    """Postgres did not take a decision (unreachable, read-only, switching over)."""
+
+
 class Cluster:
     """Decides one cluster's tickets through the ledger, as the check cycle does."""
 
@@ -133,10 +138,23 @@ class Cluster:
 
         return await self._decide(plan, datetime.now(UTC))
 
+    async def judge_until_stored(self, store: str, verdict: Verdict, timeout: float = 60) -> None:
+        """Judges again each interval until Postgres takes the transition, as the cycles do through an outage."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.judge(store, verdict)
+                return
+            except Unstored:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)  # the interval between two cycles
+
     async def _decide(self, plan: Callable[[list[Ticket]], list[Transition]], now: datetime) -> list[Ticket]:
         async with self.ledger.lock(self.ref.uid):
             decision = await self.ledger.decide(self.ref, plan, CycleStats(), now, 5)
-        assert decision.error is None, decision.error
+        if decision.error is not None:
+            raise Unstored(decision.error)
         return decision.tickets
 
     async def close(self) -> None:
@@ -257,6 +275,44 @@ async def test_two_replicas_side_by_side_deliver_each_row_once(
             replica_b.wake()
         await _heard(lambda: len(receiver.unique_hooks()) == 30, "30 transitions delivered", 60)
         assert receiver.duplicates() == 0, "a row was delivered twice"
+
+
+async def test_a_postgres_switchover_while_notices_flow_loses_none_and_repeats_none_after_dedup(
+    pair: PostgresPair, receiver: Receiver, key_file: str
+) -> None:
+    """The queue lives in Postgres, so its failover is the queue's: the primary shuts down fast mid-delivery, the
+    standby is promoted, and transitions keep coming. Every notice committed on either primary reaches the receiver,
+    once per ``webhook-id`` (a delivery whose "delivered" mark died with the old primary may be sent again: at
+    least once)."""
+    dsn = pair.dsn()
+    decided = Cluster(dsn)
+    try:
+        async with running(notifier(dsn, config(receiver, key_file))) as dispatcher:
+            for store in range(3):
+                await decided.judge(f"tikv-{store}", Verdict.VIOLATED)
+            dispatcher.wake()
+            await _heard(lambda: len(receiver.hooks) >= 3, "the first deliveries before the switchover", 20)
+            await receiver.go_down()  # the next ones are claimed and retried when the primary goes
+            for store in range(3, 6):
+                await decided.judge(f"tikv-{store}", Verdict.VIOLATED)
+            dispatcher.wake()
+            await _attempts_made(dsn, at_least=6)
+            pair.primary.shut_down_fast()  # mid-delivery: no primary until the standby is promoted
+            promoting = asyncio.create_task(asyncio.to_thread(pair.promote))
+            for store in range(3):  # heals during the switchover, stored once a primary takes them
+                await decided.judge_until_stored(f"tikv-{store}", Verdict.HOLDS)
+            await promoting
+            await receiver.come_back()
+            for store in range(3, 6):
+                await decided.judge(f"tikv-{store}", Verdict.HOLDS)
+            dispatcher.wake()
+            notices = {r["idempotency_key"] for r in await _rows(dsn, "SELECT idempotency_key FROM notices")}
+            assert len(notices) == 12, "six openings and six resolutions, each stored once"
+            await _heard(lambda: set(receiver.unique_hooks()) == notices, "every notice after the switchover", 60)
+            assert not receiver.refused, "every signature verified"
+            report("queue across a switchover", notices=len(notices), sent_again=receiver.duplicates())
+    finally:
+        await decided.close()
 
 
 async def test_a_410_disables_the_receiver_and_says_so(

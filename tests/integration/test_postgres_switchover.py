@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import tempfile
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-from devstack.host.processes import Process, stop_all
 from devstack.world.postgres import PostgresPair
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
 from operator_k8s.domain.tickets import Ticket
@@ -33,19 +28,6 @@ EVERY_TRANSITION_ONCE = [
     ("tikv-0", "Opened", "operator"),
     ("tikv-1", "Acknowledged", "kubernetes:kubectl-patch"),
 ]
-
-
-@pytest.fixture
-def pair() -> Iterator[PostgresPair]:
-    """Its own two servers (not the stack's Postgres), removed afterwards; /dev/shm, where the postgres user may
-    reach them when the tests run as root."""
-    workdir = Path(tempfile.mkdtemp(prefix="operator-k8s-pg-pair-", dir="/dev/shm"))
-    processes: list[Process] = []
-    try:
-        yield PostgresPair.start(workdir=workdir, own=processes.append)
-    finally:
-        stop_all(processes)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def events(dsn: str) -> list[tuple[str, str, str]]:
