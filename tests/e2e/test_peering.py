@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from devstack.host.paths import REPO_ROOT
 from devstack.host.processes import Process
 from devstack.world.operator import operator_process
 from devstack.world.stack import Stack
+from tests.receivers import Receiver, notifications_file, receiver_in_thread
 from tests.stackutil import (
     condition,
     eventually,
@@ -18,8 +20,11 @@ from tests.stackutil import (
     health_url,
     http_status,
     metric_value,
+    pg_rows,
+    report,
     scrape_metrics,
     start_cluster,
+    store_fault,
 )
 
 pytestmark = pytest.mark.stack
@@ -42,7 +47,9 @@ def priorities(stack: Stack, namespace: str) -> dict[str, int]:
     return {identity: int(peer["priority"]) for identity, peer in status.items()}
 
 
-def test_one_active_replica_and_failover(stack: Stack, namespace: str) -> None:
+def peered_replicas(stack: Stack, namespace: str, **env: str) -> tuple[Process, Process, list[Process]]:
+    """Two operator processes peering through a KopfPeering in ``namespace``, once one runs and the other stands by:
+    (active, standby, both)."""
     stack.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "charts/operator-k8s/crds/kopf-peering.yaml"))
     stack.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
     # Watching one namespace, kopf peers through a KopfPeering there (the chart creates one per watched namespace).
@@ -53,7 +60,7 @@ def test_one_active_replica_and_failover(stack: Stack, namespace: str) -> None:
     }
     stack.kubectl("apply", "-f", "-", input_text=json.dumps(peering))
     env = {"OPERATOR_K8S_PEERING": f"peers-{namespace}", "OPERATOR_K8S_PEERING_LIFETIME_SECONDS": "10",
-           "OPERATOR_K8S_NAMESPACES": namespace}  # fmt: skip
+           "OPERATOR_K8S_NAMESPACES": namespace, **env}  # fmt: skip
     replicas = {
         f"peer-{i}": operator_process(stack, f"operator-peer-{i}-{namespace}.log", POD_ID=f"peer-{i}", **env)
         for i in range(2)
@@ -62,19 +69,67 @@ def test_one_active_replica_and_failover(stack: Stack, namespace: str) -> None:
         eventually(lambda: all(http_status(health_url(r)) == 200 for r in replicas.values()), what="replicas healthy")
         listed = eventually(lambda: len(p := priorities(stack, namespace)) == 2 and p, what="both peers listed")
         low, high = sorted(listed, key=listed.__getitem__)
-        active, standby = replicas[high], replicas[low]
         # Until they have seen each other both may run: the cluster comes once only the higher priority runs.
+        active, standby = replicas[high], replicas[low]
         eventually(lambda: resumed(active) and not resumed(standby), what=f"{high} running and {low} standing by")
+    except BaseException:
+        for replica in replicas.values():
+            replica.stop()
+        raise
+    return active, standby, list(replicas.values())
+
+
+def kill(replica: Process) -> None:
+    assert replica.popen is not None
+    replica.popen.send_signal(signal.SIGKILL)
+    replica.popen.wait()
+
+
+def test_one_active_replica_and_failover(stack: Stack, namespace: str) -> None:
+    active, standby, replicas = peered_replicas(stack, namespace)
+    try:
         start_cluster(stack, namespace, invariants={})
         eventually(lambda: cycles(active) > 0, what="the active replica checking the cluster")
         assert cycles(standby) == 0
-        assert active.popen is not None
-        active.popen.send_signal(signal.SIGKILL)
-        active.popen.wait()
+        kill(active)
         eventually(lambda: cycles(standby) > 0, what="the standby to take over", timeout=90)
         healthy = condition(stack, namespace, "tikv", "Healthy")
         assert healthy is not None
         assert healthy["status"] == "True"
     finally:
-        for replica in replicas.values():
+        for replica in replicas:
             replica.stop()
+
+
+def _told(receiver: Receiver, transition: str) -> list[str]:
+    return [h["payload"]["ticket"]["store"] for h in receiver.unique_hooks().values()
+            if h["payload"]["transition"] == transition]  # fmt: skip
+
+
+def test_two_peered_replicas_tell_each_transition_once_across_a_failover(
+    stack: Stack, namespace: str, tmp_path: Path
+) -> None:
+    """Two real replicas with one notifications file: the standby sends nothing; the active one is SIGKILLed after
+    a fault was told, and the standby, once it takes over, tells the heal. Every notice in Postgres reaches the
+    receiver, once per ``webhook-id``."""
+    with receiver_in_thread() as receiver:
+        config = notifications_file(tmp_path, receiver, namespace)
+        active, standby, replicas = peered_replicas(stack, namespace, OPERATOR_K8S_NOTIFICATIONS_FILE=str(config))
+        try:
+            start_cluster(stack, namespace, interval="1s",
+                          invariants={"latency": {"enabled": False}, "diskUsage": {"clearFor": "0s"}})  # fmt: skip
+            store_fault(stack, namespace, "tikv", "tikv-1", "disk", {"percent": 95})
+            eventually(lambda: _told(receiver, "opened") == ["tikv-1"], what="the opening, told once", timeout=60)
+            assert cycles(standby) == 0, "the standby stood by"
+            kill(active)
+            store_fault(stack, namespace, "tikv", "tikv-1", "disk", heal=True)
+            eventually(lambda: _told(receiver, "resolved") == ["tikv-1"], what="the heal, told by the standby",
+                       timeout=120)  # fmt: skip
+            notices = pg_rows(stack, "SELECT n.idempotency_key FROM notices n JOIN tickets t ON t.id = n.ticket_id "
+                                     "WHERE t.namespace = $1", namespace)  # fmt: skip
+            assert set(receiver.unique_hooks()) == {n["idempotency_key"] for n in notices}
+            assert not receiver.refused, "every signature verified"
+            report("peered replicas", notices=len(notices), sent_again=receiver.duplicates())
+        finally:
+            for replica in replicas:
+                replica.stop()
