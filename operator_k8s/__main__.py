@@ -22,6 +22,7 @@ import kopf
 from operator_k8s import cli, handlers
 from operator_k8s.adapters.delivery_queue import PostgresDeliveryQueue
 from operator_k8s.adapters.kube import KubeEvidence, KubeTicketMirror, api_client, cluster_uids, peering_object_exists
+from operator_k8s.adapters.leases import KubeLeases
 from operator_k8s.adapters.prometheus import PrometheusMetrics
 from operator_k8s.adapters.prometheus_http import AnswerLimits
 from operator_k8s.adapters.receivers_http import ReceiversHttp
@@ -34,6 +35,7 @@ from operator_k8s.notifier import Notifier
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor, ServiceSettings
 from operator_k8s.settings import Settings, SettingsError, load_notifications, load_settings
+from operator_k8s.sharding import ShardCoordinator
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 PEERING_LOGGER = "kopf._core.engines.peering"
@@ -136,6 +138,7 @@ class Operator:
             buffered_bytes=settings.prometheus_max_buffered_bytes,
         )
         self.kubeconfig = kubeconfig
+        self.shards: ShardCoordinator | None = None
         self.monitor: Monitor | None = None
         self.heartbeats: handlers.Heartbeats | None = None
         self._api_client: Any = None
@@ -171,6 +174,7 @@ class Operator:
             self.telemetry,
             tick_seconds=self.settings.tick_seconds,
             peering=bool(self.settings.peering),
+            owns=self._owns,
         )
         logging.getLogger(PEERING_LOGGER).addHandler(PeeringDecisions(heartbeats))
         sweeper: list[asyncio.Task[None]] = []
@@ -200,6 +204,8 @@ class Operator:
                     "Could not use Postgres at start-up; will retry each cycle", extra={"error": str(error)}
                 )
             sweeper.append(asyncio.create_task(self._sweep_orphans(monitor)))
+            if self.settings.sharding:
+                sweeper.append(asyncio.create_task(self._hold_shards(monitor)))
             self.notifier.start()
 
         @kopf.on.login(registry=registry)
@@ -211,6 +217,7 @@ class Operator:
         async def cleanup(**_: Any) -> None:
             for task in sweeper:
                 task.cancel()
+            await self._release_shards()
             await self.notifier.stop()
             self.metrics.close()
 
@@ -260,6 +267,39 @@ class Operator:
                 await monitor.sweep_orphans(candidates, existing, datetime.now(UTC))
             except Exception as error:  # the sweep must outlive any outage; it runs again next period
                 log.warning("Could not sweep orphaned Tickets", extra={"error": f"{type(error).__name__}: {error}"})
+
+    def _owns(self, cluster_uid: str) -> bool:
+        """Sharding: whether this replica holds the cluster's shard (none before its first Lease period)."""
+        if not self.settings.sharding:
+            return True
+        return self.shards is not None and self.shards.owns(cluster_uid)
+
+    async def _hold_shards(self, monitor: Monitor) -> None:
+        settings = self.settings
+        leases = KubeLeases(await self._api(), settings.lease_namespace, settings.lease_prefix)
+        self.shards = ShardCoordinator(
+            leases,
+            settings.identity or f"{socket.gethostname()}-{os.getpid()}",
+            installation=settings.lease_prefix,
+            shards=settings.shard_count,
+            lease_seconds=settings.shard_lease_seconds,
+            renew_seconds=settings.shard_renew_seconds,
+            on_taken=lambda shards: monitor.drop_caches(),  # the last holder may have changed anything meanwhile
+        )
+        shards = self.shards
+        self.telemetry.shards_held.set_function(lambda: len(shards.held()))
+        await shards.run()
+
+    async def _release_shards(self) -> None:
+        """A graceful stop hands the shards over now instead of after the lease (a SIGKILL leaves them to expire)."""
+        if self.shards is None:
+            return
+        try:
+            await asyncio.wait_for(self.shards.release_all(), timeout=5)
+        except Exception as error:  # the API server away at shutdown: the Leases expire by themselves
+            logging.getLogger("operator_k8s").warning(
+                "Could not release the shard Leases", extra={"error": f"{type(error).__name__}: {error}"}
+            )
 
     def _record_delivery(self, receiver: str, result: str, delay: float | None) -> None:
         self.telemetry.deliveries.labels(receiver, result).inc()

@@ -355,9 +355,11 @@ def register(
     tick_seconds: float,
     jitter: float = 1.0,
     peering: bool = False,
+    owns: Callable[[str], bool] = lambda cluster_uid: True,
 ) -> Heartbeats:
     """Register every handler of the operator in ``registry``, bound to ``monitor``; return the timers' heartbeats
-    (which the liveness probe reads)."""
+    (which the liveness probe reads). ``owns``: whether this replica checks a cluster now (sharding: its shard's
+    Lease is held here); every timer still beats, so liveness does not depend on which shards a replica holds."""
     schedule = Schedule(jitter, tick_seconds)
     heartbeats = Heartbeats(max(300.0, 20 * tick_seconds), peering=peering)
     # Counted when scraped: no work per timer tick, and right on a paused replica whose timers no longer run.
@@ -384,8 +386,10 @@ def register(
         summary.log_once(kwargs["store_pods"], kwargs["tickets_shown"])
         now = time.monotonic()
         heartbeats.beat(meta["uid"], now)
-        if not heartbeats.may_check(now):
-            return  # a replica that just resumed waits out the settle period: a peer may yet pause it
+        # A replica that just resumed waits out the settle period (a peer may yet pause it); under sharding, a
+        # cluster whose shard another replica holds is that replica's to check.
+        if not heartbeats.may_check(now) or not owns(meta["uid"]):
+            return
         ref = _ref(meta, namespace or "")
         tick = schedule.due(ref.uid, _interval(spec), now, ref.generation)
         if tick is None:

@@ -4,6 +4,7 @@ fakes (held to the real ones by the contract suite). The values they carry live 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -140,3 +141,30 @@ class ReceiverClient(Protocol):
     ) -> SendOutcome: ...
 
     async def expire_silence(self, url: str, silence_id: str, timeout: float, token_file: str = "") -> SendOutcome: ...
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """One ``coordination.k8s.io`` Lease of ours: ``version`` is its resourceVersion, the compare-and-set token."""
+
+    name: str
+    holder: str
+    duration_seconds: int
+    version: str
+    transitions: int = 0
+    acquired_at: str = ""
+    """When the holder's term began (MicroTime, UTC), kept as read so a renewal does not move it."""
+
+
+class Leases(Protocol):
+    """The Leases of one installation, in one namespace. Kubernetes is the arbiter: a write carrying an old
+    ``version`` is refused (409), and ``write`` then returns False."""
+
+    async def list(self) -> list[LeaseRecord]:
+        """Every Lease of this installation, in one LIST."""
+
+    async def write(self, lease: LeaseRecord, *, acquired: bool) -> bool:
+        """Create (``version`` empty) or replace the Lease; ``acquired``: this write starts a new holder's term
+        (acquireTime, leaseTransitions). False when another writer got there first."""
+
+    async def delete(self, lease: LeaseRecord) -> None: ...

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -74,6 +74,24 @@ class Settings(BaseSettings):
         description="How long a replica waits at start for the peering object (kopf's health endpoint starts after: "
         "keep it inside the liveness probe's budget)",
     )
+    sharding: str = Field(
+        default="",
+        pattern="^(|leases)$",
+        description="leases: every replica checks its share of the clusters, one Lease per shard; empty: one process "
+        "checks them all (standalone, or the active one under peering)",
+    )
+    shard_count: int = Field(default=32, ge=1, le=256, description="Virtual shards the clusters are hashed onto")
+    shard_lease_seconds: int = Field(
+        default=10, ge=3, le=300, description="A shard Lease's duration: how long a killed replica's shards wait"
+    )
+    shard_renew_seconds: float = Field(default=2.0, ge=0.5, le=60, description="Period of the shard Lease loop")
+    lease_namespace: str = Field(default="", description="Namespace of the shard Leases (the operator's own)")
+    lease_prefix: str = Field(
+        default="operator-k8s",
+        pattern="^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$",
+        description="Names this installation's Leases (<prefix>-shard-NN, <prefix>-member-<identity>)",
+    )
+    identity: str = Field(default="", description="This replica's name in the Leases (the pod's name); empty: host-pid")
     notifications_file: str = Field(
         default="",
         description="Where notifications go (receivers, routes; the chart's notifications value, mounted): empty sends"
@@ -106,6 +124,14 @@ class Settings(BaseSettings):
     prometheus_slots_per_endpoint: int = Field(
         default=16, ge=1, le=256, description="Queries in flight to one Prometheus once it answers in time"
     )
+
+    @model_validator(mode="after")
+    def _sharding_has_a_home(self) -> Settings:
+        if self.sharding and not self.lease_namespace:
+            raise ValueError("sharding needs OPERATOR_K8S_LEASE_NAMESPACE (where the shard Leases live)")
+        if self.sharding and self.peering:
+            raise ValueError("sharding and peering exclude each other: every sharded replica is active")
+        return self
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -180,7 +206,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     try:
         return Settings.model_validate(values)  # validates these values only: the sources were read above
     except ValidationError as error:
-        problems = "; ".join(f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(
+            f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" if e["loc"] else str(e["msg"]) for e in error.errors()
+        )
         raise SettingsError(problems) from None
 
 

@@ -71,6 +71,9 @@ class Telemetry:
         self.active = Gauge(f"{PREFIX}_active",
                             "1 while this replica runs the checks, 0 while it stands by for a peer (kopf peering)",
                             registry=self.registry)  # fmt: skip
+        self.shards_held = Gauge(f"{PREFIX}_shards_held",
+                                 "Shard Leases this replica holds (sharding mode: it checks only their clusters)",
+                                 registry=self.registry)  # fmt: skip
         self.ignored_series = Counter(f"{PREFIX}_ignored_series_total",
                                       "Series a query returned about other namespaces or stores than the cluster's own",
                                       registry=self.registry)  # fmt: skip

@@ -4,6 +4,7 @@ writes the API server may refuse, Prometheus series labelled by namespace and st
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -21,6 +22,7 @@ from operator_k8s.ports import (
     KubernetesNotFound,
     KubernetesRejected,
     KubernetesUnavailable,
+    LeaseRecord,
     TicketStoreUnavailable,
     TicketWrite,
 )
@@ -282,3 +284,35 @@ async def observed_cycle(
     return await monitor.check_cluster(
         ref, spec, pods, observed, now, tickets_shown=mirror.observed(), resource_version=str(mirror.cluster_version)
     )
+
+
+class FakeLeases:
+    """Leases with the API server's compare-and-set: a write carrying an old resourceVersion is refused."""
+
+    def __init__(self) -> None:
+        self.leases: dict[str, LeaseRecord] = {}
+        self._versions = itertools.count(1)
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionError("API server unreachable")
+
+    async def list(self) -> list[LeaseRecord]:
+        self._check()
+        return list(self.leases.values())
+
+    async def write(self, lease: LeaseRecord, *, acquired: bool) -> bool:
+        self._check()
+        current = self.leases.get(lease.name)
+        if (current.version if current else "") != lease.version:
+            return False
+        self.leases[lease.name] = replace(lease, version=str(next(self._versions)))
+        return True
+
+    async def delete(self, lease: LeaseRecord) -> None:
+        self._check()
+        self.leases.pop(lease.name, None)
+
+    def holders(self) -> dict[int, str]:
+        return {int(r.name.rsplit("-", 1)[1]): r.holder for r in self.leases.values() if "-shard-" in r.name}

@@ -72,8 +72,10 @@ def test_no_rule_is_written_with_a_combinator() -> None:
         values(postgres__enabled=True),
         values(database__existingSecret="db", replicaCount=2, peering__enabled=True),
         values(postgres__enabled=True, replicaCount=3, peering__enabled=True),
+        values(database__existingSecret="db", replicaCount=4, sharding__enabled=True),
     ],
-    ids=["existing-secret", "quick-start-postgres", "two-replicas-with-peering", "quick-start-three-replicas"],
+    ids=["existing-secret", "quick-start-postgres", "two-replicas-with-peering", "quick-start-three-replicas",
+         "four-sharded-replicas"],  # fmt: skip
 )
 def test_good_values_pass(good: dict[str, Any]) -> None:
     assert errors(good) == []
@@ -91,6 +93,11 @@ def test_good_values_pass(good: dict[str, Any]) -> None:
             "True was expected",
         ),
         (values(database__existingSecret="db", replicaCount=0), "/replicaCount", "less than the minimum of 1"),
+        (
+            values(database__existingSecret="db", replicaCount=2, sharding__enabled=True, peering__enabled=True),
+            "/peering/enabled",
+            "False was expected",
+        ),
         (values(database__existingSecret="db", settings__logLevel="LOUD"), "/settings/logLevel", "is not one of"),
         (values(database__existingSecret="db", image__tag="a b"), "/image/tag", "does not match"),
     ],
@@ -100,6 +107,7 @@ def test_good_values_pass(good: dict[str, Any]) -> None:
         "replicas-without-peering",
         "replicas-with-peering-off",
         "no-replica",
+        "sharding-with-peering",
         "bad-log-level",
         "bad-image-tag",
     ],

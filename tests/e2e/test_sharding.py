@@ -1,0 +1,104 @@
+"""Two sharded replicas (real operator processes, real Leases in the API server): each checks only its shards'
+clusters, a SIGKILLed replica's clusters are checked again by the other within the lease and an interval with no
+duplicate ticket, and a graceful stop hands its shards over at once."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from devstack.host.processes import Process
+from devstack.world.operator import operator_process
+from devstack.world.stack import Stack
+from tests.e2e.support import unresolved, unresolved_duplicates
+from tests.stackutil import (
+    eventually,
+    get_json,
+    health_url,
+    http_status,
+    metric_value,
+    report,
+    scrape_metrics,
+    scraped_last_check,
+    start_cluster,
+    store_fault,
+)
+
+pytestmark = pytest.mark.stack
+SHARDS, LEASE_SECONDS, RENEW_SECONDS, INTERVAL = 8, 10, 2, 1
+CLUSTERS = [f"c{i}" for i in range(6)]
+
+
+def shards_held(replica: Process) -> float:
+    return metric_value(scrape_metrics(replica), "operator_k8s_shards_held")
+
+
+def checked_since(replica: Process, namespace: str, since: float) -> set[str]:
+    return {name for name in CLUSTERS if scraped_last_check(replica, namespace, name) > since}
+
+
+def sharded_replica(stack: Stack, namespace: str, identity: str) -> Process:
+    return operator_process(
+        stack, f"operator-{identity}-{namespace}.log", OPERATOR_K8S_NAMESPACES=namespace,
+        OPERATOR_K8S_SHARDING="leases", OPERATOR_K8S_SHARD_COUNT=str(SHARDS),
+        OPERATOR_K8S_SHARD_LEASE_SECONDS=str(LEASE_SECONDS), OPERATOR_K8S_SHARD_RENEW_SECONDS=str(RENEW_SECONDS),
+        OPERATOR_K8S_LEASE_NAMESPACE=namespace, OPERATOR_K8S_LEASE_PREFIX="shards", OPERATOR_K8S_IDENTITY=identity,
+    )  # fmt: skip
+
+
+def settled(a: Process, b: Process) -> bool:
+    """Both hold a share and together every shard: the hand-over after the second replica joined is done."""
+    held = shards_held(a), shards_held(b)
+    return min(held) > 0 and sum(held) == SHARDS
+
+
+def test_sharded_replicas_split_the_clusters_and_take_over_a_killed_ones(stack: Stack, namespace: str) -> None:
+    a, b = sharded_replica(stack, namespace, "replica-a"), sharded_replica(stack, namespace, "replica-b")
+    replicas = [a, b]
+    try:
+        eventually(lambda: all(http_status(health_url(r)) == 200 for r in (a, b)), what="replicas healthy")
+        for name in CLUSTERS:
+            start_cluster(stack, namespace, name, invariants={"latency": {"enabled": False}},
+                          interval=f"{INTERVAL}s")  # fmt: skip
+        eventually(lambda: settled(a, b), what="the shards split between the replicas", timeout=60)
+        leases = get_json(stack, "leases", "-n", namespace)["items"]
+        holders = {item["metadata"]["name"]: item["spec"].get("holderIdentity") for item in leases}
+        assert {h for n, h in holders.items() if "-shard-" in n} == {"replica-a", "replica-b"}, holders
+
+        since = time.time()
+        eventually(lambda: checked_since(a, namespace, since) | checked_since(b, namespace, since) == set(CLUSTERS),
+                   what="every cluster checked by one replica or the other", timeout=30)  # fmt: skip
+        by_a, by_b = checked_since(a, namespace, since), checked_since(b, namespace, since)
+        assert not by_a & by_b, f"checked by both: {by_a & by_b}"
+        assert by_a and by_b, "each replica checks a share"
+
+        victim = next(name for name in CLUSTERS if name in by_a)
+        store_fault(stack, namespace, victim, f"{victim}-0", "disk", {"percent": 95})
+        eventually(lambda: (victim, "diskUsage", f"{victim}-0") in unresolved(stack, namespace),
+                   what="a ticket open on a cluster of the replica to be killed", timeout=60)  # fmt: skip
+        assert a.popen is not None
+        a.popen.send_signal(signal.SIGKILL)
+        a.popen.wait()
+        killed = time.time()
+        eventually(lambda: checked_since(b, namespace, killed) >= by_a, what="the killed replica's clusters",
+                   timeout=LEASE_SECONDS + 30)  # fmt: skip
+        takeover = time.time() - killed
+        assert unresolved_duplicates(stack, namespace) == []
+        assert unresolved(stack, namespace) == [(victim, "diskUsage", f"{victim}-0")], "the one ticket, kept"
+
+        c = sharded_replica(stack, namespace, "replica-c")
+        replicas.append(c)
+        eventually(lambda: http_status(health_url(c)) == 200, what="the newcomer healthy")
+        eventually(lambda: settled(b, c), what="the newcomer taking its share", timeout=60)
+        b.stop()  # graceful: its Leases are released, not left to expire
+        stopped = time.time()
+        eventually(lambda: shards_held(c) == SHARDS, what="the shards handed over", timeout=LEASE_SECONDS + 10)
+        handover = time.time() - stopped
+        report("sharding", takeover_after_sigkill_s=takeover, handover_after_stop_s=handover)
+        assert takeover <= LEASE_SECONDS + RENEW_SECONDS + INTERVAL + 3, "within the lease, a period and an interval"
+        assert handover < LEASE_SECONDS, "a graceful stop hands over before the lease would have expired"
+    finally:
+        for replica in replicas:
+            replica.stop()
