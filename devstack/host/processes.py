@@ -110,6 +110,20 @@ class Process:
             time.sleep(0.1)
         raise ComponentFailed(f"{self.name} not {what} after {timeout:.0f}s; its log:\n{self.log_tail()}")
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the process and its descendants have used so far: each live process's own and
+        its reaped children's (a Postgres backend that ended is counted in the postmaster that reaped it)."""
+        if not self.alive():
+            return 0.0
+        ticks = 0
+        for pid in _tree(self.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile: its parent reaps it and counts it next time
+            ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def freeze(self) -> None:
         """SIGSTOP the process and every descendant (Postgres backends each start a session of their own): it keeps
         its sockets open and answers nothing, like a hung dependency."""

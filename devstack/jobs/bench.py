@@ -11,7 +11,10 @@ Phases (each optional):
    requests by verb — from the operator's own counters, cross-checked with Prometheus', Postgres' and the API
    server's own statistics.
 3. restart (at the step given by ``--restart-at``) — time from operator start to all timers scheduled, and the
-   spread of first runs; before it, a py-spy profile of 60 s of steady state (``--profile``).
+   spread of first runs; before it, if asked (``--profile``, needs py-spy), a profile of 60 s of steady state.
+
+Beside the operator's CPU, each step reports the environment's own (simulator, Prometheus, Postgres, PgBouncer, the
+API server, etcd, Alertmanager: their process trees, read from /proc), so a saturated machine shows as such.
 
 Results are printed as tables and written as JSON with the machine's description.
 """
@@ -50,6 +53,9 @@ from devstack.world.operator import operator_process
 from devstack.world.stack import Stack
 
 LATENCY_THRESHOLD_MS = 500
+ENVIRONMENT = ("simulator", "prometheus", "postgres", "pgbouncer", "kube-apiserver", "etcd", "alertmanager")
+"""The stack's processes whose own CPU a scale step reports beside the operator's: the environment is shown not to
+be the bottleneck (or to be it)."""
 DISK_THRESHOLD = 85
 FAULTS = {
     "storesReady": ("down", None),
@@ -301,8 +307,7 @@ class Bench:
 
     def operator_cpu_seconds(self) -> float:
         assert self.operator is not None
-        fields = Path(f"/proc/{self.operator.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self.operator.cpu_seconds()
 
     def operator_rss_mib(self) -> float:
         assert self.operator is not None
@@ -560,9 +565,16 @@ class Bench:
         except OSError:
             return 0.0
 
-    def _snapshot(self) -> tuple[dict[str, float], float, float, dict[tuple[str, str], float], float, float]:
+    def environment_cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each process of the environment has used (``ENVIRONMENT``, those this stack runs)."""
+        running = {p.name: p for p in self.stack.processes}
+        return {name: running[name].cpu_seconds() for name in ENVIRONMENT if name in running}
+
+    def _snapshot(
+        self,
+    ) -> tuple[dict[str, float], float, float, dict[tuple[str, str], float], float, float, dict[str, float]]:
         """Every counter a step compares: operator metrics, its CPU seconds, the time, API server, Prometheus and
-        Postgres statistics."""
+        Postgres statistics, and the environment's CPU seconds."""
         return (
             self.operator_metrics(),
             self.operator_cpu_seconds(),
@@ -570,6 +582,7 @@ class Bench:
             self.apiserver_requests(),
             self.prometheus_queries(),
             self.postgres_transactions(),
+            self.environment_cpu_seconds(),
         )
 
     def measure(self, size: int, interval: int) -> dict[str, Any]:
@@ -606,6 +619,9 @@ class Bench:
             "cycles": cycles,
             "cycles_expected": size * hold / interval,
             "cpu_cores": (after[1] - before[1]) / (after[2] - before[2]),
+            "environment_cpu_cores": {
+                name: (after[6][name] - before[6].get(name, 0.0)) / (after[2] - before[2]) for name in after[6]
+            },
             "rss_mib": self.operator_rss_mib(),
             "cycle_p50_ms": 1000 * quantile_from_buckets(durations, 0.5),
             "cycle_p99_ms": 1000 * quantile_from_buckets(durations, 0.99),
@@ -917,6 +933,11 @@ def report(results: dict[str, Any]) -> str:
                 )
             )
             lines.append(
+                f"    CPU cores beside the operator's {step['cpu_cores']:.2f}: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in step.get("environment_cpu_cores", {}).items())
+                + f"; machine load (1 min) {step['machine_load_1m']:.1f} on {os.cpu_count()} CPUs"
+            )
+            lines.append(
                 "    API server requests per cycle: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in step["apiserver_requests_per_cycle"].items())
             )
@@ -957,7 +978,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrape-interval", default="5s")
     parser.add_argument("--rate-window", default="20s")
     parser.add_argument("--restart-at", type=int, default=1000)
-    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="sample 60 s of steady state with py-spy before the restart (opt-in: `pip install py-spy` first)",
+    )
     parser.add_argument("--phases", default="latency,scale")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / ".bench" / "results.json")
     args = parser.parse_args(argv)
@@ -965,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     webhook = Webhook()
     if args.profile and not Path(sys.executable).with_name("py-spy").exists():
-        parser.error("--profile needs py-spy in the virtualenv (make setup installs it)")
+        parser.error("--profile needs py-spy in the virtualenv (.venv/bin/pip install py-spy)")
     stack = Stack.start(
         scrape_interval=args.scrape_interval, alert_rules=alert_rules(args.rate_window), alert_webhook=webhook.url
     )
