@@ -211,7 +211,8 @@ class Pod:
                  "message": state.unschedulable, "lastTransitionTime": moved},
                 {"type": "ContainersReady", "status": "False", "lastTransitionTime": moved},
                 {"type": "Ready", "status": "False", "lastTransitionTime": moved}],
-                "containerStatuses": None, "podIP": None, "podIPs": None, "hostIP": None, "startTime": None}}  # fmt: skip
+                "containerStatuses": None, "podIP": None, "podIPs": None, "hostIP": None,
+                "startTime": None}}  # fmt: skip
         return {
             "status": {
                 "phase": "Running",
