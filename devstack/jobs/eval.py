@@ -294,7 +294,11 @@ def run(stack: Stack, operator: Process, cases: tuple[Case, ...], *, lanes: int 
                     if not queue:
                         return
                     case = queue.pop(0)
-                score, rows = lane.run(case)
+                try:
+                    score, rows = lane.run(case)
+                except Exception as error:  # one case's failure is its own, not the run's
+                    _log(f"{case.name}: failed: {error!r}")
+                    score, rows = scoring.score_case(case, [], settled=False), []
                 with lock:
                     scores[case.name], tickets[case.name] = score, rows
                     done = len(scores)
