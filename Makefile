@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: setup system venv binaries demo up test quick lint typecheck layers unit integration e2e manifests bench referee clean
+.PHONY: setup system venv binaries demo up test quick lint typecheck layers unit integration e2e manifests bench referee eval clean
 
 setup: system venv binaries
 
@@ -71,6 +71,11 @@ bench: setup
 ## worlds; writes .referee/table.md and fails on any disagreement (a few minutes).
 referee: setup
 	@$(PY) -m devstack referee $(REFEREE_ARGS)
+
+## The evaluation: every fault of the catalogue (devstack/jobs/faults.py), its held-out variants and the no-fault
+## controls on the real stack; writes .eval/results.json and .eval/table.md (about 15 minutes on 2 cores).
+eval: setup
+	@$(PY) -m devstack eval $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,6 @@
-"""``python -m devstack build|up|demo|referee``: build the binaries, run the stack, run the narrated demo, or run
-the referee (the operator's verdicts against TiKV's and PD's own alerting rules)."""
+"""``python -m devstack build|up|demo|referee|eval``: build the binaries, run the stack, run the narrated demo, run
+the referee (the operator's verdicts against TiKV's and PD's own alerting rules), or evaluate tickets and diagnoses
+against the fault catalogue."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def _run(argv: list[str] | None) -> int:
     commands.add_parser("manifests", help="render deploy/operator-k8s.yaml from the Helm chart")
     commands.add_parser("referee", help="the operator's verdicts vs upstream alerting rules, fault by fault, in both "
                         "label worlds (options: python -m devstack referee --help)", add_help=False)  # fmt: skip
+    commands.add_parser("eval", help="the fault catalogue on the real stack: tickets and diagnoses scored (options: "
+                        "python -m devstack eval --help)", add_help=False)  # fmt: skip
     commands.add_parser("bench", help="scale, cost and latency benchmark (options: python -m devstack bench --help)",
                         add_help=False)  # fmt: skip
     args, rest = parser.parse_known_args(argv)
@@ -44,6 +47,10 @@ def _run(argv: list[str] | None) -> int:
         from devstack.jobs import bench  # noqa: PLC0415
 
         return bench.main(rest)
+    if args.command == "eval":
+        from devstack.jobs import eval as evaluation  # noqa: PLC0415
+
+        return evaluation.main(rest)
     if args.command == "referee":
         from devstack.jobs import referee  # noqa: PLC0415
 

@@ -172,10 +172,18 @@ class Fault(StrEnum):
     MISSING_PEERS = "missing-peers"
     CRITICAL_ERROR = "critical-error"
     WRITE_STALL = "write-stall"
+    CRASH_LOOP = "crash-loop"
+    UNSCHEDULABLE = "unschedulable"
 
 
 CLUSTER_FAULTS = frozenset({Fault.MISSING_PEERS})
 PD_FAULTS = frozenset({Fault.DOWN, Fault.HUNG})
+STOPPED_BY = frozenset({Fault.DOWN, Fault.CRASH_LOOP, Fault.UNSCHEDULABLE})
+"""Faults under which no process runs: gone, exiting at every start, or a pod no node takes."""
+WRITE_POINT_KINDS = frozenset({"kv_prewrite", "kv_commit", "raw_put"})
+"""The point writes a write stall slows down (reads do not wait on RocksDB's write path)."""
+CRASH_LOOP_SECONDS = 2.0
+UNSCHEDULABLE_MESSAGE = "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available."
 FAULT_PARAMETERS: dict[Fault, dict[str, float | str]] = {
     Fault.DOWN: {"reason": "Error"},
     Fault.HUNG: {},
@@ -188,7 +196,9 @@ FAULT_PARAMETERS: dict[Fault, dict[str, float | str]] = {
     Fault.RESTART_LOOP: {"seconds": RESTART_LOOP_SECONDS},
     Fault.MISSING_PEERS: {"regions": MISSING_PEER_REGIONS},
     Fault.CRITICAL_ERROR: {"type": "default value not found"},
-    Fault.WRITE_STALL: {},
+    Fault.WRITE_STALL: {"writeSeconds": 0.0},
+    Fault.CRASH_LOOP: {"seconds": CRASH_LOOP_SECONDS, "reason": "Error", "message": ""},
+    Fault.UNSCHEDULABLE: {"message": UNSCHEDULABLE_MESSAGE},
 }
 """Each fault's parameters with their defaults (a request body may override them)."""
 
@@ -204,7 +214,7 @@ def fault_parameters(kind: Fault, given: dict[str, object]) -> dict[str, float |
         result[key] = str(value) if isinstance(defaults[key], str) else float(value)  # type: ignore[arg-type]
     if kind in (Fault.DISK, Fault.DISK_OTHER) and not 0 <= float(result["percent"]) <= 100:
         raise ValueError("percent must be within 0..100")
-    if kind in (Fault.LATENCY, Fault.RESTART_LOOP) and float(result["seconds"]) <= 0:
+    if kind in (Fault.LATENCY, Fault.RESTART_LOOP, Fault.CRASH_LOOP) and float(result["seconds"]) <= 0:
         raise ValueError("seconds must be > 0")
     return result
 
@@ -271,6 +281,10 @@ class PodState:
     last_exit_at: float | None = None
     last_exit_reason: str = "Error"
     """Why the last container ended: ``Error`` (exit code 1), or ``OOMKilled`` (137) for a down fault that says so."""
+    last_exit_message: str = ""
+    """The last container's termination message (the tail of its log, under ``FallbackToLogsOnError``)."""
+    unschedulable: str | None = None
+    """The scheduler's message while the pod waits for a node (phase Pending, no container)."""
 
 
 @dataclass
@@ -283,12 +297,13 @@ class Process:
     restarts: int = 0
     last_exit_at: float | None = None
     last_exit_reason: str = "Error"
+    last_exit_message: str = ""
     heartbeat_phase: float = 0.0
     heartbeat_stopped_at: float | None = None
 
     @property
     def running(self) -> bool:
-        return Fault.DOWN not in self.faults
+        return not STOPPED_BY & self.faults.keys()
 
     @property
     def hung(self) -> bool:
@@ -300,7 +315,11 @@ class Process:
         return self.running and not self.hung
 
     def pod_state(self) -> PodState:
-        return PodState(self.running, self.restarts, self.started_at, self.last_exit_at, self.last_exit_reason)
+        pending = self.faults.get(Fault.UNSCHEDULABLE)
+        return PodState(
+            self.running, self.restarts, self.started_at, self.last_exit_at, self.last_exit_reason,
+            self.last_exit_message, None if pending is None else str(pending["message"]),
+        )  # fmt: skip
 
     def last_heartbeat(self, now: float, interval: float) -> float:
         """When PD last heard from it: heartbeats every ``interval`` while it runs and is not hung."""
@@ -348,6 +367,7 @@ class TikvStore(Process):
     critical_errors: dict[str, float] = field(default_factory=dict)
     stalls: list[float] = field(default_factory=list)  # µs, since the process started
     next_restart: float | None = None
+    next_crash: float | None = None
     disk_at_last_heartbeat: DiskStats | None = None
 
     def __post_init__(self) -> None:
@@ -370,6 +390,9 @@ class TikvStore(Process):
         latency = self.faults.get(Fault.LATENCY)
         if kind.point and latency is not None:
             return lognormal(float(latency["seconds"]), 0.1)
+        stall = self.faults.get(Fault.WRITE_STALL)
+        if kind.name in WRITE_POINT_KINDS and stall is not None and float(stall.get("writeSeconds", 0)) > 0:
+            return lognormal(float(stall["writeSeconds"]), 0.1)
         if kind.name == "kv_pessimistic_lock" and Fault.CONTENTION in self.faults:
             return CONTENDED_LOCK
         return kind.latency
@@ -379,6 +402,12 @@ class TikvStore(Process):
         start = self.last_advance
         if now <= start:
             return
+        while self.next_crash is not None and self.next_crash <= now:
+            # Started again by the kubelet, it exits at once: one more restart, the same last termination.
+            loop = self.faults[Fault.CRASH_LOOP]
+            self.restarts += 1
+            self.last_exit_at = self.next_crash
+            self.next_crash += float(loop["seconds"])
         while self.next_restart is not None and self.next_restart <= now:
             at = self.next_restart
             self._accumulate(start, at)
@@ -419,6 +448,12 @@ class TikvStore(Process):
         self.faults[kind] = parameters
         if kind is Fault.RESTART_LOOP:
             self.next_restart = now + float(parameters["seconds"])
+        if kind is Fault.CRASH_LOOP:
+            # It exited (why: ``reason``, ``message``), and exits again each time the kubelet starts it.
+            self.restarts += 1
+            self.last_exit_at, self.last_exit_reason = now, str(parameters["reason"])
+            self.last_exit_message = str(parameters["message"])
+            self.next_crash = now + float(parameters["seconds"])
         if kind is Fault.DOWN and parameters.get("reason", "Error") != "Error":
             # Killed for a reason the kubelet reports (OOMKilled): it ended once, was started, and keeps ending.
             self.restarts += 1
@@ -433,9 +468,15 @@ class TikvStore(Process):
             return
         if kind is Fault.RESTART_LOOP:
             self.next_restart = None
-        if kind is Fault.DOWN:
-            # The container is started again: a new process, its counters from zero.
-            self._restart(now)
+        if kind is Fault.CRASH_LOOP:
+            self.next_crash = None
+        if kind in STOPPED_BY and self.running:
+            # The container is started again: a new process, its counters from zero (a pod that waited for a node
+            # starts its first container: no restart).
+            if kind is Fault.UNSCHEDULABLE:
+                self.started_at = self.heartbeat_phase = now
+            else:
+                self._restart(now)
             self._reset_counters()
         if self.responding and self.heartbeat_stopped_at is not None:
             self.disk_at_last_heartbeat = None

@@ -55,6 +55,15 @@ Faults, each a real-world case (``{"parameter": default}``):
 - ``critical-error`` ``{"type": "default value not found"}``: ``tikv_critical_error_total{type}`` appears and grows
   by one a second.
 - ``write-stall``: RocksDB write stalls: the ``tikv_engine_write_stall`` gauges move.
+- ``crash-loop`` ``{"seconds": 2, "reason": "Error", "message": ""}``: the container exits at every start (a bad
+  config, a volume from another cluster: ``"message": "… cluster id mismatch …"``): the pod is NotReady in
+  CrashLoopBackOff, ``restartCount`` grows every ``seconds``, the last termination carries ``reason`` (exit code 137
+  for ``OOMKilled``, else 1) and ``message``; the endpoint is gone and PD stops hearing from the store.
+- ``unschedulable`` ``{"message": "0/1 nodes are available: 1 Insufficient memory. …"}``: the store's pod waits for
+  a node (recreated after an eviction): phase Pending, ``PodScheduled`` False (reason Unschedulable, the scheduler's
+  message), no container, no endpoint; PD stops hearing from the store. Healing schedules it: a first container.
+- ``write-stall`` also takes ``{"writeSeconds": 0}``: above 0, point writes (``kv_prewrite``, ``kv_commit``,
+  ``raw_put``) take that long while it stalls (a stall blocks the write path; reads are not slowed).
 - ``missing-peers`` ``{"regions": 150}`` (cluster): the PD leader's ``miss-peer-region-count`` reads that many.
 """
 
@@ -191,7 +200,19 @@ class Pod:
             code = 137 if state.last_exit_reason == "OOMKilled" else 1
             container["lastState"] = {"terminated": {"exitCode": code, "reason": state.last_exit_reason,
                                                      "finishedAt": rfc3339(state.last_exit_at)}}  # fmt: skip
+            if state.last_exit_message:
+                container["lastState"]["terminated"]["message"] = state.last_exit_message
         now = rfc3339(self.created_at)
+        if state.unschedulable is not None:
+            # Waiting for a node: phase Pending, PodScheduled False with the scheduler's message, no container.
+            moved = rfc3339(time.time())
+            return {"status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": state.unschedulable, "lastTransitionTime": moved},
+                {"type": "ContainersReady", "status": "False", "lastTransitionTime": moved},
+                {"type": "Ready", "status": "False", "lastTransitionTime": moved}],
+                "containerStatuses": None, "podIP": None, "podIPs": None, "hostIP": None,
+                "startTime": None}}  # fmt: skip
         return {
             "status": {
                 "phase": "Running",
@@ -418,7 +439,9 @@ class Simulator:
         """Restarts in a restart loop happen on the model's clock; write them to the pods as they happen."""
         now = time.time()
         for pod in list(self.pods.values()):
-            if isinstance(pod.process, TikvStore) and pod.process.next_restart is not None:
+            if isinstance(pod.process, TikvStore) and (
+                pod.process.next_restart is not None or pod.process.next_crash is not None
+            ):
                 pod.process.advance(now)
                 await self._sync_status(pod)
 

@@ -292,6 +292,37 @@ def test_write_stall_is_a_gauge_that_moves_under_a_stall() -> None:
     assert 0 < first < second
 
 
+def test_a_write_stall_with_write_seconds_slows_point_writes_only() -> None:
+    s = store()
+    s.set_fault(Fault.WRITE_STALL, fault_parameters(Fault.WRITE_STALL, {"writeSeconds": 0.6}), T0)
+    before, after = scrape_twice(s, T0 + 1, T0 + 6)
+    assert 0.5 < quantile(0.99, before, after, type="kv_prewrite") < 1.0
+    assert quantile(0.99, before, after, type="kv_get") < 0.002
+
+
+def test_a_crash_loop_keeps_the_pod_down_counts_restarts_and_says_why() -> None:
+    s = store()
+    parameters = fault_parameters(Fault.CRASH_LOOP, {"seconds": 2, "message": "[FATAL] cluster id mismatch"})
+    s.set_fault(Fault.CRASH_LOOP, parameters, T0 + 10)
+    assert not s.responding
+    s.advance(T0 + 15)
+    state = s.pod_state()
+    assert not state.running and state.restarts == 3 and state.last_exit_at == T0 + 14
+    assert (state.last_exit_reason, state.last_exit_message) == ("Error", "[FATAL] cluster id mismatch")
+    s.heal(Fault.CRASH_LOOP, T0 + 15)
+    assert s.responding and s.pod_state().restarts == 4 and s.next_crash is None
+
+
+def test_an_unschedulable_pod_is_pending_with_the_schedulers_message_and_starts_fresh_when_placed() -> None:
+    s = store()
+    s.set_fault(Fault.UNSCHEDULABLE, fault_parameters(Fault.UNSCHEDULABLE, {}), T0 + 10)
+    state = s.pod_state()
+    assert not state.running and state.unschedulable is not None and "Insufficient memory" in state.unschedulable
+    s.heal(Fault.UNSCHEDULABLE, T0 + 20)
+    assert s.responding and s.pod_state().restarts == 0 and s.pod_state().unschedulable is None
+    assert one(parse(s.exposition(T0 + 21)), "process_start_time_seconds") == T0 + 20
+
+
 def test_fault_parameters_are_validated() -> None:
     assert fault_parameters(Fault.DISK, {"percent": 90}) == {"percent": 90.0}
     assert fault_parameters(Fault.LATENCY, {}) == {"seconds": 0.8}
