@@ -74,8 +74,13 @@ def test_no_rule_is_written_with_a_combinator() -> None:
         values(postgres__enabled=True, replicaCount=3, peering__enabled=True),
         values(database__existingSecret="db", replicaCount=4, sharding__enabled=True),
     ],
-    ids=["existing-secret", "quick-start-postgres", "two-replicas-with-peering", "quick-start-three-replicas",
-         "four-sharded-replicas"],  # fmt: skip
+    ids=[
+        "existing-secret",
+        "quick-start-postgres",
+        "two-replicas-with-peering",
+        "quick-start-three-replicas",
+        "four-sharded-replicas",
+    ],
 )
 def test_good_values_pass(good: dict[str, Any]) -> None:
     assert errors(good) == []
