@@ -257,9 +257,11 @@ class IndexSummary:
 
 
 def _ref(meta: Any, namespace: str) -> ClusterRef:
+    labels = meta.get("labels") or {}
     return ClusterRef(
-        uid=meta["uid"], name=meta["name"], namespace=namespace, generation=int(meta.get("generation", 0))
-    )
+        uid=meta["uid"], name=meta["name"], namespace=namespace, generation=int(meta.get("generation", 0)),
+        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+    )  # fmt: skip
 
 
 async def _run_cycle(

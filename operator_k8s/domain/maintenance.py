@@ -30,21 +30,8 @@ MESSAGE_LIMIT = 1024
 
 
 def selector_matches(selector: ClusterSelector, labels: Mapping[str, str]) -> bool:
-    """Kubernetes label-selector semantics: every ``matchLabels`` pair and every expression holds (``NotIn`` and
-    ``DoesNotExist`` hold for an object without the key); an empty selector matches everything."""
-    if any(labels.get(key) != value for key, value in selector.match_labels.items()):
-        return False
-    for requirement in selector.match_expressions:
-        present = requirement.key in labels
-        holds = {
-            "In": present and labels.get(requirement.key) in requirement.values,
-            "NotIn": not present or labels.get(requirement.key) not in requirement.values,
-            "Exists": present,
-            "DoesNotExist": not present,
-        }[requirement.operator]
-        if not holds:
-            return False
-    return True
+    """Whether a window's selector picks a cluster with these labels (``ClusterSelector.matches``)."""
+    return selector.matches(labels)
 
 
 # -- Occurrences ----------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import random
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -69,6 +69,9 @@ class Notice:
     query: str | None = None
     previous_severity: Severity | None = None
     actor: str = "operator"
+    cluster_labels: dict[str, str] = field(default_factory=dict)
+    """The labels its ticket was recorded with: what ``clusterSelector`` routes match (a notice queued before they
+    were kept has none, and only routes without a selector match it)."""
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -84,6 +87,7 @@ class Notice:
         fields["severity"] = Severity(fields["severity"])
         previous = fields.get("previous_severity")
         fields["previous_severity"] = Severity(previous) if previous else None
+        fields["cluster_labels"] = dict(fields.get("cluster_labels") or {})
         return cls(**fields)
 
 
@@ -460,6 +464,7 @@ def notice_of_ticket(ticket: Ticket) -> Notice:
         value=snapshot.get("value"),
         threshold=snapshot.get("threshold"),
         query=snapshot.get("query"),
+        cluster_labels=dict(ticket.cluster_labels),
     )
 
 

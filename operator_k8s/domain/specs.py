@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -525,6 +526,23 @@ class ClusterSelector(ApiModel):
         if not all(is_label_key(key) for key in value):
             raise ValueError(MATCH_LABELS_KEY_MESSAGE)
         return value
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Kubernetes label-selector semantics: every ``matchLabels`` pair and every expression holds (``NotIn`` and
+        ``DoesNotExist`` hold for an object without the key); an empty selector matches everything."""
+        if any(labels.get(key) != value for key, value in self.match_labels.items()):
+            return False
+        for requirement in self.match_expressions:
+            present = requirement.key in labels
+            holds = {
+                "In": present and labels.get(requirement.key) in requirement.values,
+                "NotIn": not present or labels.get(requirement.key) not in requirement.values,
+                "Exists": present,
+                "DoesNotExist": not present,
+            }[requirement.operator]
+            if not holds:
+                return False
+        return True
 
 
 class MaintenanceWindowSpec(ApiModel):
