@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -44,6 +44,9 @@ FLAP_QUIETED = frozenset({EffectKind.OPENED, EffectKind.REOPENED, EffectKind.RES
 FIRING_KINDS = frozenset({"opened", "reopened", "escalated", "flapping_started"})
 WATCHDOG = "OperatorK8sWatchdog"
 ALERT_NAME = "OperatorK8sTicket"
+OPEN_ENDED = datetime(9999, 12, 31, tzinfo=UTC)
+"""The end of a maintenance window nobody scheduled (the store's operator reports an upgrade): it ends when the
+report does, which the dispatcher checks every few seconds (``released``)."""
 RESOLVED_RESEND = timedelta(minutes=5)
 """How long a resolved alert is sent again (Alertmanager may have missed the first send)."""
 
@@ -387,7 +390,10 @@ def plan_deliveries(
             planned.append(PlannedDelivery(receiver, "dead", now, result="receiver disabled: it answered 410 Gone"))
         elif covered is not None:
             window, until = covered
-            reason = f"deferred: maintenance window {window} until {_stamp(until)}"
+            reason = (
+                f"deferred: maintenance by {window} until it ends" if until >= OPEN_ENDED
+                else f"deferred: maintenance window {window} until {_stamp(until)}"
+            )  # fmt: skip
             planned.append(PlannedDelivery(receiver, "pending", max(until, now), window, reason))
         else:
             planned.append(PlannedDelivery(receiver, "pending", now))

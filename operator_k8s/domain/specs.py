@@ -419,6 +419,19 @@ class PdSpec(ApiModel):
     selector: LabelSelector
 
 
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A Kubernetes object name (a DNS subdomain)."""
+
+
+class ClusterMaintenance(ApiModel):
+    """Automatic maintenance windows, opted into: while the store's own operator reports an upgrade or a scale in
+    progress, the cluster counts as in a maintenance window (``domain.maintenance.operator_window``)."""
+
+    tidb_cluster: str | None = Field(default=None, max_length=253, pattern=OBJECT_NAME_PATTERN)
+    """The TidbCluster (TiDB Operator, ``pingcap.com/v1alpha1``) of this namespace whose ``status.tikv.phase`` and
+    ``status.pd.phase`` are read."""
+
+
 class MonitoredClusterSpec(ApiModel):
     interval: Duration = "30s"
     preset: Literal["tikv", "generic"] = "tikv"
@@ -427,6 +440,7 @@ class MonitoredClusterSpec(ApiModel):
     prometheus: PrometheusSpec
     queries: QueryOverrides = Field(default_factory=QueryOverrides)
     invariants: InvariantsSpec = Field(default_factory=InvariantsSpec)
+    maintenance: ClusterMaintenance | None = None
 
     @model_validator(mode="after")
     def _generic_latency_needs_a_query(self) -> MonitoredClusterSpec:
