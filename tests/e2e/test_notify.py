@@ -4,6 +4,7 @@ routing to a local receiver, and a signed webhook. Then the operator is killed f
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,7 +156,8 @@ def test_a_recurring_window_holds_notifications_back_only_inside_it(
             inside = time.time()
             store_fault(stack, namespace, "window", stores[0], "disk", {"percent": 95})
             eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="the ticket recorded", timeout=20)
-            window_end = inside - datetime.fromtimestamp(inside, UTC).second + 30
+            # The occurrence ends at second 30 of the minute, on the whole second (not ``inside``'s fraction past it).
+            window_end = math.floor(inside) - datetime.fromtimestamp(inside, UTC).second + 30
             told = eventually(lambda: _hooks(receiver, stores[0], "opened"), what="the opening told", timeout=60)
             _at_second(35, 45)
             outside = time.time()
