@@ -22,9 +22,11 @@ from operator_k8s.domain.vocabulary import (
     CLUSTER_PLURAL,
     GROUP,
     MAINTAINED_CLUSTERS_INDEX,
+    MAINTENANCE_SOURCES_INDEX,
     MAINTENANCE_WINDOWS_INDEX,
     MANAGER,
     TICKET_PLURAL,
+    TIDB_CLUSTERS_INDEX,
     VERSION,
 )
 from operator_k8s.ports import TicketStoreUnavailable
@@ -193,7 +195,10 @@ def _candidate_pods(index: kopf.Index[tuple[str, str, str], Any], namespace: str
     return list(found.values())
 
 
-INDEXES = ("store_pods", "tickets_shown", MAINTENANCE_WINDOWS_INDEX, MAINTAINED_CLUSTERS_INDEX)
+INDEXES = (
+    "store_pods", "tickets_shown", MAINTENANCE_WINDOWS_INDEX, MAINTAINED_CLUSTERS_INDEX, MAINTENANCE_SOURCES_INDEX,
+    TIDB_CLUSTERS_INDEX,
+)  # fmt: skip
 """The ids of the operator's kopf indexes (registered in ``register`` and in ``maintenance_handlers``)."""
 
 
@@ -257,9 +262,11 @@ class IndexSummary:
 
 
 def _ref(meta: Any, namespace: str) -> ClusterRef:
+    labels = meta.get("labels") or {}
     return ClusterRef(
-        uid=meta["uid"], name=meta["name"], namespace=namespace, generation=int(meta.get("generation", 0))
-    )
+        uid=meta["uid"], name=meta["name"], namespace=namespace, generation=int(meta.get("generation", 0)),
+        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+    )  # fmt: skip
 
 
 async def _run_cycle(

@@ -176,7 +176,7 @@ class Notifier:
             notice = queued.notice
             names = receivers_for(
                 self.config.routes, namespace=notice.namespace, cluster=notice.cluster,
-                invariant=notice.invariant, severity=notice.severity,
+                invariant=notice.invariant, severity=notice.severity, cluster_labels=notice.cluster_labels,
             )  # fmt: skip
             covered = self.covering(notice, notice.at)
             held = (covered[0], covered[1]) if covered is not None else None
@@ -386,7 +386,7 @@ class Notifier:
             notice = notice_of_ticket(ticket)
             names = receivers_for(
                 self.config.routes, namespace=notice.namespace, cluster=notice.cluster,
-                invariant=notice.invariant, severity=notice.severity,
+                invariant=notice.invariant, severity=notice.severity, cluster_labels=notice.cluster_labels,
             )  # fmt: skip
             covered = self.covering(notice, now)
             # A ticket that fired before the window started keeps firing (Alertmanager knows it: no resolution it

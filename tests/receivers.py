@@ -130,10 +130,12 @@ def receiver_in_thread() -> Iterator[Receiver]:
 
 
 def notifications_file(
-    directory: Path, receiver: Receiver, namespace: str, *, alertmanager: str = "", resend_seconds: float = 2
-) -> Path:
+    directory: Path, receiver: Receiver, namespace: str, *, alertmanager: str = "", resend_seconds: float = 2,
+    cluster_selector: dict[str, Any] | None = None,
+) -> Path:  # fmt: skip
     """A notifications file that sends every notice of ``namespace`` to the receiver's signed webhook (and, given
-    one, to an Alertmanager that re-sends every ``resend_seconds``, with the watchdog)."""
+    one, to an Alertmanager that re-sends every ``resend_seconds``, with the watchdog); with ``cluster_selector``,
+    only the notices of the clusters it selects by label."""
     key = directory / "webhook-key"
     key.write_text(KEY)
     receivers: list[dict[str, Any]] = [
@@ -144,7 +146,8 @@ def notifications_file(
     path = directory / "notifications.yaml"
     path.write_text(json.dumps({
         "receivers": receivers,
-        "routes": [{"receivers": [r["name"] for r in receivers], "namespaces": [namespace]}],
+        "routes": [{"receivers": [r["name"] for r in receivers], "namespaces": [namespace]}
+                   | ({"clusterSelector": cluster_selector} if cluster_selector is not None else {})],
         "watchdog": ["am"] if alertmanager else [],
     }))  # fmt: skip
     return path

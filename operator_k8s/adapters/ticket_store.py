@@ -195,6 +195,7 @@ def _write_json(write: TicketWrite) -> dict[str, Any]:
                 "snapshot": ticket.snapshot,
                 "flapping": ticket.flapping,
                 "flap_changes": [_time(at) for at in ticket.flap_changes],
+                "cluster_labels": ticket.cluster_labels,
             },
             "events": [
                 {
@@ -225,6 +226,7 @@ def ticket_from_row(row: dict[str, Any]) -> Ticket:
         return _parse_time(value) if isinstance(value, str) else value
 
     snapshot = row.get("snapshot") or {}
+    labels = row.get("cluster_labels") or {}
     first_seen, last_seen = when("first_seen"), when("last_seen")
     assert first_seen is not None
     assert last_seen is not None
@@ -246,6 +248,7 @@ def ticket_from_row(row: dict[str, Any]) -> Ticket:
         acknowledged=row["acknowledged"],
         note=row.get("note"),
         snapshot=json.loads(snapshot) if isinstance(snapshot, str) else dict(snapshot),
+        cluster_labels=json.loads(labels) if isinstance(labels, str) else dict(labels),
         id=row["id"],
         version=row.get("version", 1),
         flapping=row.get("flapping", False),

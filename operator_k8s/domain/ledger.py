@@ -38,6 +38,8 @@ class ClusterRef:
     name: str
     namespace: str
     generation: int
+    labels: tuple[tuple[str, str], ...] = ()
+    """Its labels as the check saw them (sorted pairs): a ticket it records keeps them, for notification routes."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def decide(
         key = TicketKey(ref.uid, finding.invariant, finding.store)
         result = transition(
             current.get(key), finding, now, policies[finding.invariant],
-            key=key, namespace=ref.namespace, cluster_name=ref.name,
+            key=key, namespace=ref.namespace, cluster_name=ref.name, cluster_labels=dict(ref.labels),
         )  # fmt: skip
         if result.changed:
             transitions.append(result)

@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 from croniter import CroniterBadDateError, croniter
 from pydantic import ValidationError
 
+from operator_k8s.domain.notices import OPEN_ENDED
 from operator_k8s.domain.specs import ClusterSelector, MaintenanceWindowSpec, normalised_name, validation_message
-from operator_k8s.domain.status import FOREIGN_STATUS_KEYS, format_time, merge_patch
+from operator_k8s.domain.status import FOREIGN_STATUS_KEYS, format_time, merge_patch, parse_time
 
 MESSAGE_LIMIT = 1024
 """The CRD's maxLength of ``status.message``."""
@@ -30,21 +31,8 @@ MESSAGE_LIMIT = 1024
 
 
 def selector_matches(selector: ClusterSelector, labels: Mapping[str, str]) -> bool:
-    """Kubernetes label-selector semantics: every ``matchLabels`` pair and every expression holds (``NotIn`` and
-    ``DoesNotExist`` hold for an object without the key); an empty selector matches everything."""
-    if any(labels.get(key) != value for key, value in selector.match_labels.items()):
-        return False
-    for requirement in selector.match_expressions:
-        present = requirement.key in labels
-        holds = {
-            "In": present and labels.get(requirement.key) in requirement.values,
-            "NotIn": not present or labels.get(requirement.key) not in requirement.values,
-            "Exists": present,
-            "DoesNotExist": not present,
-        }[requirement.operator]
-        if not holds:
-            return False
-    return True
+    """Whether a window's selector picks a cluster with these labels (``ClusterSelector.matches``)."""
+    return selector.matches(labels)
 
 
 # -- Occurrences ----------------------------------------------------------------------------------------------------
@@ -191,6 +179,82 @@ class Window:
         return (not invariants or normalised_name(invariant) in invariants) and (not stores or store in stores)
 
 
+# -- Automatic windows: the store's own operator reports an upgrade or a scale -----------------------------------
+
+MAINTENANCE_PHASES = ("Upgrade", "Scale")
+"""TiDB Operator's ``MemberPhase`` values (``pkg/apis/pingcap/v1alpha1/types.go``) that mean a rolling change is in
+progress; ``Normal`` and anything else (a phase a later release adds, none at all) mean none."""
+COMPONENTS = ("tikv", "pd")
+"""The members whose phase is read, in this order: a store's upgrade is named before PD's."""
+
+
+@dataclass(frozen=True)
+class OperatorReport:
+    """What a TidbCluster's status says, as far as windows go: each component's phase (``""``: none given), and
+    when its ``Ready`` condition last turned False (None: it did not, or says nothing): the start of the window."""
+
+    phases: tuple[tuple[str, str], ...]
+    not_ready_since: datetime | None = None
+
+
+def tidb_report(status: Any) -> OperatorReport:
+    """A TidbCluster's status read for ``operator_window``: any shape survives (a status TiDB Operator did not
+    write yet, a foreign value), and what cannot be read is no phase."""
+    status = status if isinstance(status, Mapping) else {}
+    phases = []
+    for component in COMPONENTS:
+        part = status.get(component)
+        phase = part.get("phase") if isinstance(part, Mapping) else None
+        phases.append((component, phase if isinstance(phase, str) else ""))
+    since = None
+    conditions = status.get("conditions")
+    for condition in conditions if isinstance(conditions, list) else []:
+        if isinstance(condition, Mapping) and condition.get("type") == "Ready" and condition.get("status") == "False":
+            try:
+                since = parse_time(condition.get("lastTransitionTime"))
+            except ValueError:
+                since = None  # unreadable: the window starts when it is seen
+    return OperatorReport(tuple(phases), since)
+
+
+@dataclass(frozen=True)
+class OperatorWindow:
+    """An automatic window in force: who opened it (``TidbCluster/<name> (tikv Upgrade)``) and since when."""
+
+    by: str
+    since: datetime
+
+
+def operator_window(tidb_cluster: str, report: OperatorReport | None, now: datetime) -> OperatorWindow | None:
+    """The automatic window a TidbCluster opens now, or None (no upgrade or scale reported, or no such TidbCluster:
+    then nothing is held, and ``operator_window_state`` says why). It lasts as long as the report, so it has no end
+    of its own (``OPEN_ENDED``). It started when the TidbCluster stopped being Ready, if it says so (what fired before
+    keeps firing in Alertmanager), else now."""
+    if report is None:
+        return None
+    reported = [(component, phase) for component, phase in report.phases if phase in MAINTENANCE_PHASES]
+    if not reported:
+        return None
+    what = ", ".join(f"{component} {phase}" for component, phase in reported)
+    since = report.not_ready_since if report.not_ready_since is not None and report.not_ready_since <= now else now
+    return OperatorWindow(f"TidbCluster/{tidb_cluster} ({what})", since)
+
+
+def operator_window_state(tidb_cluster: str, report: OperatorReport | None, now: datetime) -> str:
+    """One sentence on what a MonitoredCluster's ``spec.maintenance.tidbCluster`` does now, for the log: in force,
+    not in force and why, or not found (which is never guessed to be a window)."""
+    if report is None:
+        return (
+            f"TidbCluster {tidb_cluster} not found in the namespace (or TiDB Operator's CRD is not installed, or the"
+            " operator may not read tidbclusters.pingcap.com): no automatic maintenance window"
+        )
+    window = operator_window(tidb_cluster, report, now)
+    if window is not None:
+        return f"In a maintenance window by {window.by}: tickets are recorded, notifications held"
+    shown = ", ".join(f"{c} {p or '(no phase)'}" for c, p in report.phases)
+    return f"TidbCluster {tidb_cluster} reports {shown}: no automatic maintenance window"
+
+
 @dataclass(frozen=True)
 class Covered:
     """The windows that cover a ticket now (by name, sorted), and when the last of their occurrences ends: the
@@ -212,11 +276,16 @@ def covering(
     invariant: str,
     store: str,
     now: datetime,
+    automatic: OperatorWindow | None = None,
 ) -> Covered | None:
     """The windows of ``namespace`` that cover a ticket of (``invariant``, ``store``) on a cluster labelled
-    ``cluster_labels`` at ``now``, or None: then notify as usual."""
+    ``cluster_labels`` at ``now``, or None: then notify as usual. ``automatic``: the cluster's store operator reports
+    an upgrade or a scale (``operator_window``): a window over all of the cluster, until its report changes."""
     found: list[tuple[str, datetime]] = []
     starts: list[datetime] = []
+    if automatic is not None:
+        found.append((automatic.by, OPEN_ENDED))
+        starts.append(automatic.since)
     for window in sorted(windows, key=lambda w: w.name):
         if window.namespace != namespace or not window.applies_to(invariant, store):
             continue
@@ -228,7 +297,7 @@ def covering(
             starts.append(interval[0])
     if not found:
         return None
-    by, until = max(found, key=lambda item: item[1])  # the first by name among equal ends
+    by, until = max(found, key=lambda item: item[1])  # the first found among equal ends
     return Covered(windows=tuple(name for name, _ in found), until=until, by=by, since=min(starts))
 
 
@@ -256,25 +325,51 @@ class WindowIndex:
     def __init__(self, by_namespace: Mapping[str, Iterable[Window]] | None = None) -> None:
         self._by_namespace: Mapping[str, Iterable[Window]] = by_namespace if by_namespace is not None else {}
         self._cluster_labels: Mapping[tuple[str, str], Iterable[Mapping[str, str]]] = {}
+        self._sources: Mapping[tuple[str, str], Iterable[str]] = {}
+        self._reports: Mapping[tuple[str, str], Iterable[OperatorReport]] = {}
 
     def attach(
         self,
         by_namespace: Mapping[str, Iterable[Window]],
         cluster_labels: Mapping[tuple[str, str], Iterable[Mapping[str, str]]] | None = None,
+        sources: Mapping[tuple[str, str], Iterable[str]] | None = None,
+        reports: Mapping[tuple[str, str], Iterable[OperatorReport]] | None = None,
     ) -> None:
-        """Read through to kopf's live indexes: the windows by namespace, and each MonitoredCluster's labels by
-        (namespace, name), which the windows' selectors match."""
+        """Read through to kopf's live indexes: the windows by namespace, each MonitoredCluster's labels by
+        (namespace, name), which the windows' selectors match, the TidbCluster each names for automatic windows,
+        and what each TidbCluster reports, by (namespace, name)."""
         self._by_namespace = by_namespace
         if cluster_labels is not None:
             self._cluster_labels = cluster_labels
+        if sources is not None:
+            self._sources = sources
+        if reports is not None:
+            self._reports = reports
+
+    def tidb_cluster(self, namespace: str, cluster: str) -> str | None:
+        """The TidbCluster a MonitoredCluster names (``spec.maintenance.tidbCluster``), or None."""
+        return next(iter(self._sources.get((namespace, cluster), ())), None)
+
+    def report(self, namespace: str, tidb_cluster: str) -> OperatorReport | None:
+        """What that TidbCluster reports now; None when the watch shows none (no such object, or no CRD)."""
+        return next(iter(self._reports.get((namespace, tidb_cluster), ())), None)
+
+    def automatic(self, namespace: str, cluster: str, at: datetime) -> OperatorWindow | None:
+        """The automatic window over a MonitoredCluster at ``at``, as its TidbCluster's watch shows it now."""
+        name = self.tidb_cluster(namespace, cluster)
+        return operator_window(name, self.report(namespace, name), at) if name is not None else None
 
     def covered(
         self, namespace: str, cluster: str, invariant: str, store: str, at: datetime
     ) -> tuple[str, datetime, datetime] | None:
         """The window that holds back a notice of this ticket at ``at``, until when, and since when, or None:
-        ``covering`` with the cluster's labels as the watch shows them now (a cluster no longer there has none)."""
+        ``covering`` with the cluster's labels and its TidbCluster's report as the watch shows them now (a cluster
+        no longer there has neither)."""
         labels = next(iter(self._cluster_labels.get((namespace, cluster), ())), {})
-        found = self.covering(namespace=namespace, cluster_labels=labels, invariant=invariant, store=store, now=at)
+        found = covering(
+            self.in_namespace(namespace), namespace=namespace, cluster_labels=labels, invariant=invariant,
+            store=store, now=at, automatic=self.automatic(namespace, cluster, at),
+        )  # fmt: skip
         if found is None:
             return None
         return found.by, found.until, found.since or at

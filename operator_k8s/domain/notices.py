@@ -14,8 +14,8 @@ import random
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -44,6 +44,9 @@ FLAP_QUIETED = frozenset({EffectKind.OPENED, EffectKind.REOPENED, EffectKind.RES
 FIRING_KINDS = frozenset({"opened", "reopened", "escalated", "flapping_started"})
 WATCHDOG = "OperatorK8sWatchdog"
 ALERT_NAME = "OperatorK8sTicket"
+OPEN_ENDED = datetime(9999, 12, 31, tzinfo=UTC)
+"""The end of a maintenance window nobody scheduled (the store's operator reports an upgrade): it ends when the
+report does, which the dispatcher checks every few seconds (``released``)."""
 RESOLVED_RESEND = timedelta(minutes=5)
 """How long a resolved alert is sent again (Alertmanager may have missed the first send)."""
 
@@ -69,6 +72,9 @@ class Notice:
     query: str | None = None
     previous_severity: Severity | None = None
     actor: str = "operator"
+    cluster_labels: dict[str, str] = field(default_factory=dict)
+    """The labels its ticket was recorded with: what ``clusterSelector`` routes match (a notice queued before they
+    were kept has none, and only routes without a selector match it)."""
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -84,6 +90,7 @@ class Notice:
         fields["severity"] = Severity(fields["severity"])
         previous = fields.get("previous_severity")
         fields["previous_severity"] = Severity(previous) if previous else None
+        fields["cluster_labels"] = dict(fields.get("cluster_labels") or {})
         return cls(**fields)
 
 
@@ -383,7 +390,10 @@ def plan_deliveries(
             planned.append(PlannedDelivery(receiver, "dead", now, result="receiver disabled: it answered 410 Gone"))
         elif covered is not None:
             window, until = covered
-            reason = f"deferred: maintenance window {window} until {_stamp(until)}"
+            reason = (
+                f"deferred: maintenance by {window} until it ends" if until >= OPEN_ENDED
+                else f"deferred: maintenance window {window} until {_stamp(until)}"
+            )  # fmt: skip
             planned.append(PlannedDelivery(receiver, "pending", max(until, now), window, reason))
         else:
             planned.append(PlannedDelivery(receiver, "pending", now))
@@ -460,6 +470,7 @@ def notice_of_ticket(ticket: Ticket) -> Notice:
         value=snapshot.get("value"),
         threshold=snapshot.get("threshold"),
         query=snapshot.get("query"),
+        cluster_labels=dict(ticket.cluster_labels),
     )
 
 

@@ -4,18 +4,30 @@
 Only the administrator names receivers and credentials: a MonitoredCluster cannot say where its notifications go,
 so a user who may create one cannot send them, or a credential, anywhere the administrator did not allow. Signing
 keys and tokens are files (mounted Secrets), never read through the API.
+
+A route may select clusters by their labels (``clusterSelector``). Whoever may create a MonitoredCluster sets its
+labels, so a label route is a choice among the receivers the administrator configured and nothing more: a label
+never carries a URL, a key or a receiver's name into a send, it only decides which of the configured routes match
+(as ``severities`` does: a route by labels is only as strict as the namespaces it also names).
+
+The labels a notice is routed by are the cluster's labels when its ticket was first recorded, stored with the ticket
+in the same transaction and copied onto each of its notices (``Ticket.cluster_labels``). Routing is then a pure
+function of the notice and the configuration: a restart, a replica taking over (whose watch may not have listed
+the clusters yet) or a cluster relabelled meanwhile routes a ticket's every notice, and its Alertmanager alert, the
+way its opening was routed, so a resolution always reaches whoever heard of the opening. A relabelled cluster's new
+labels route its next tickets.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from operator_k8s.domain.specs import URL_PATTERN
+from operator_k8s.domain.specs import URL_PATTERN, ClusterSelector
 from operator_k8s.domain.vocabulary import Severity
 
 ReceiverName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
@@ -85,13 +97,22 @@ class Route(ConfigModel):
     )
     invariants: list[str] = Field(default_factory=list)
     severities: list[Severity] = Field(default_factory=list)
+    cluster_selector: ClusterSelector | None = Field(
+        default=None,
+        description="MonitoredClusters by their labels (a Kubernetes label selector: matchLabels, matchExpressions"
+        " with In, NotIn, Exists, DoesNotExist); absent: any cluster. It chooses among the configured receivers only",
+    )
 
-    def matches(self, *, namespace: str, cluster: str, invariant: str, severity: Severity) -> bool:
+    def matches(
+        self, *, namespace: str, cluster: str, invariant: str, severity: Severity,
+        cluster_labels: Mapping[str, str] | None = None,
+    ) -> bool:  # fmt: skip
         return (
             (not self.namespaces or namespace in self.namespaces)
             and (not self.clusters or f"{namespace}/{cluster}" in self.clusters)
             and (not self.invariants or invariant in self.invariants)
             and (not self.severities or severity in self.severities)
+            and (self.cluster_selector is None or self.cluster_selector.matches(cluster_labels or {}))
         )
 
 
@@ -130,11 +151,15 @@ class NotificationsConfig(ConfigModel):
 
 
 def receivers_for(
-    routes: Sequence[Route], *, namespace: str, cluster: str, invariant: str, severity: Severity
-) -> list[str]:
-    """The receivers a notice (or an open ticket's alert) goes to: every matching route's, each once, in order."""
+    routes: Sequence[Route], *, namespace: str, cluster: str, invariant: str, severity: Severity,
+    cluster_labels: Mapping[str, str] | None = None,
+) -> list[str]:  # fmt: skip
+    """The receivers a notice (or an open ticket's alert) goes to: every matching route's, each once, in order.
+    ``cluster_labels``: the labels its ticket was recorded with (see the module's docstring)."""
     names: list[str] = []
     for route in routes:
-        if route.matches(namespace=namespace, cluster=cluster, invariant=invariant, severity=severity):
+        if route.matches(
+            namespace=namespace, cluster=cluster, invariant=invariant, severity=severity, cluster_labels=cluster_labels
+        ):
             names += [name for name in route.receivers if name not in names]
     return names

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -418,6 +419,19 @@ class PdSpec(ApiModel):
     selector: LabelSelector
 
 
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A Kubernetes object name (a DNS subdomain)."""
+
+
+class ClusterMaintenance(ApiModel):
+    """Automatic maintenance windows, opted into: while the store's own operator reports an upgrade or a scale in
+    progress, the cluster counts as in a maintenance window (``domain.maintenance.operator_window``)."""
+
+    tidb_cluster: str | None = Field(default=None, max_length=253, pattern=OBJECT_NAME_PATTERN)
+    """The TidbCluster (TiDB Operator, ``pingcap.com/v1alpha1``) of this namespace whose ``status.tikv.phase`` and
+    ``status.pd.phase`` are read."""
+
+
 class MonitoredClusterSpec(ApiModel):
     interval: Duration = "30s"
     preset: Literal["tikv", "generic"] = "tikv"
@@ -426,6 +440,7 @@ class MonitoredClusterSpec(ApiModel):
     prometheus: PrometheusSpec
     queries: QueryOverrides = Field(default_factory=QueryOverrides)
     invariants: InvariantsSpec = Field(default_factory=InvariantsSpec)
+    maintenance: ClusterMaintenance | None = None
 
     @model_validator(mode="after")
     def _generic_latency_needs_a_query(self) -> MonitoredClusterSpec:
@@ -525,6 +540,23 @@ class ClusterSelector(ApiModel):
         if not all(is_label_key(key) for key in value):
             raise ValueError(MATCH_LABELS_KEY_MESSAGE)
         return value
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Kubernetes label-selector semantics: every ``matchLabels`` pair and every expression holds (``NotIn`` and
+        ``DoesNotExist`` hold for an object without the key); an empty selector matches everything."""
+        if any(labels.get(key) != value for key, value in self.match_labels.items()):
+            return False
+        for requirement in self.match_expressions:
+            present = requirement.key in labels
+            holds = {
+                "In": present and labels.get(requirement.key) in requirement.values,
+                "NotIn": not present or labels.get(requirement.key) not in requirement.values,
+                "Exists": present,
+                "DoesNotExist": not present,
+            }[requirement.operator]
+            if not holds:
+                return False
+        return True
 
 
 class MaintenanceWindowSpec(ApiModel):

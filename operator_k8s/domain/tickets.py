@@ -82,6 +82,9 @@ class Ticket:
     evidence_summary: str | None = None
     diagnosis: str | None = None
     """One line of its evidence and of its probable cause (read from ``ticket_evidence``; never written with it)."""
+    cluster_labels: dict[str, str] = field(default_factory=dict)
+    """Its MonitoredCluster's labels when the ticket was first recorded, kept for its life: what notification routes
+    select it by (``domain.receivers``), so every notice of one ticket is routed alike."""
 
 
 FLAP_CHECKS = 21
@@ -175,11 +178,15 @@ def snapshot_of(finding: Finding, now: datetime) -> dict[str, Any]:
     }
 
 
-def new_ticket(key: TicketKey, namespace: str, cluster_name: str, finding: Finding, now: datetime) -> Ticket:
+def new_ticket(
+    key: TicketKey, namespace: str, cluster_name: str, finding: Finding, now: datetime,
+    cluster_labels: Mapping[str, str] | None = None,
+) -> Ticket:  # fmt: skip
     return Ticket(
         key=key,
         namespace=namespace,
         cluster_name=cluster_name,
+        cluster_labels=dict(cluster_labels or {}),
         state=TicketState.PENDING,
         severity=finding.severity,
         message=finding.message,
@@ -198,13 +205,18 @@ def transition(
     key: TicketKey,
     namespace: str,
     cluster_name: str,
+    cluster_labels: Mapping[str, str] | None = None,
 ) -> Transition:
-    """Decide the next state of the ticket for ``key`` given this cycle's finding, and whether it flaps."""
+    """Decide the next state of the ticket for ``key`` given this cycle's finding, and whether it flaps.
+    ``cluster_labels`` are the cluster's labels now: a ticket recorded by this decision keeps them."""
     resolved_flapping = ticket is not None and ticket.flapping and ticket.state is TicketState.RESOLVED
     if ticket is not None and resolved_flapping and not _reopenable(ticket, now, policy):
         # Past its reopen window it is judged no more (a new violation opens a new ticket): it stops here.
         return _stop_flapping(ticket, ticket, "resolved and past its reopen window")
-    decided = _lifecycle(ticket, finding, now, policy, key=key, namespace=namespace, cluster_name=cluster_name)
+    decided = _lifecycle(
+        ticket, finding, now, policy, key=key, namespace=namespace, cluster_name=cluster_name,
+        cluster_labels=cluster_labels,
+    )  # fmt: skip
     return _with_flapping(decided, now, policy)
 
 
@@ -268,11 +280,12 @@ def _lifecycle(
     key: TicketKey,
     namespace: str,
     cluster_name: str,
+    cluster_labels: Mapping[str, str] | None = None,
 ) -> Transition:
     if ticket is None or (ticket.state is TicketState.RESOLVED and not _reopenable(ticket, now, policy)):
         if finding.verdict is not Verdict.VIOLATED:
             return Transition(ticket, ticket)
-        pending = new_ticket(key, namespace, cluster_name, finding, now)
+        pending = new_ticket(key, namespace, cluster_name, finding, now, cluster_labels)
         return _maybe_open(
             None,
             pending,

@@ -125,3 +125,12 @@ MAINTENANCE_WINDOWS_INDEX = "maintenance_windows"
 """kopf's index of valid MaintenanceWindows by namespace (``maintenance_handlers``)."""
 MAINTAINED_CLUSTERS_INDEX = "maintained_clusters"
 """kopf's index of MonitoredClusters' labels by (namespace, name): what maintenance windows' selectors match."""
+TIDB_CLUSTERS_INDEX = "tidb_clusters"
+"""kopf's index of TidbClusters (TiDB Operator) by (namespace, name): what their operator reports, read for automatic
+maintenance windows (``domain.maintenance.operator_window``)."""
+MAINTENANCE_SOURCES_INDEX = "maintenance_sources"
+"""kopf's index of the TidbCluster each MonitoredCluster names in ``spec.maintenance.tidbCluster``, by (namespace,
+name)."""
+TIDB_GROUP = "pingcap.com"
+TIDB_VERSION = "v1alpha1"
+TIDB_CLUSTER_PLURAL = "tidbclusters"

@@ -234,3 +234,49 @@ def refusal_policy(namespace: str, plural: str = "monitoredclusters") -> tuple[s
 
 def patch_ticket(stack: Stack, namespace: str, name: str, spec: dict[str, Any]) -> None:
     stack.kubectl("patch", "ticket", name, "-n", namespace, "--type", "merge", "-p", json.dumps({"spec": spec}))
+
+
+TIDB_CLUSTER_CRD = "tidbclusters.pingcap.com"
+
+
+def tidb_cluster_crd() -> dict[str, Any]:
+    """A minimal stand-in for TiDB Operator's TidbCluster CRD: only what the operator reads (``status.tikv.phase``,
+    ``status.pd.phase``, ``status.conditions``), with a status subresource as the real one has. Not its schema."""
+    text = {"type": "string"}
+    phase = {"type": "object", "properties": {"phase": text}}
+    condition = {"type": "object", "properties": {"type": text, "status": text, "lastTransitionTime": text}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": TIDB_CLUSTER_CRD},
+        "spec": {
+            "group": "pingcap.com",
+            "scope": "Namespaced",
+            "names": {"plural": "tidbclusters", "singular": "tidbcluster", "kind": "TidbCluster", "shortNames": ["tc"]},
+            "versions": [{
+                "name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                    "status": {"type": "object", "properties": {
+                        "tikv": phase, "pd": phase, "conditions": {"type": "array", "items": condition}}},
+                }}},
+            }],
+        },
+    }  # fmt: skip
+
+
+def install_tidb_cluster_crd(stack: Stack) -> None:
+    apply(stack, tidb_cluster_crd())
+    stack.kubectl("wait", "--for=condition=Established", f"crd/{TIDB_CLUSTER_CRD}", "--timeout=60s")
+
+
+def set_tidb_phase(stack: Stack, namespace: str, name: str, tikv: str, *, ready_since: str | None = None) -> None:
+    """What TiDB Operator writes while it rolls TiKV (``Upgrade``, ``Scale``) or after (``Normal``): the phases and
+    the Ready condition, on the status subresource (created first if missing)."""
+    apply(stack, {"apiVersion": "pingcap.com/v1alpha1", "kind": "TidbCluster",
+                  "metadata": {"name": name, "namespace": namespace}, "spec": {}})  # fmt: skip
+    ready = {"type": "Ready", "status": "True" if ready_since is None else "False",
+             "lastTransitionTime": ready_since or "2020-01-01T00:00:00Z"}  # fmt: skip
+    status = {"status": {"tikv": {"phase": tikv}, "pd": {"phase": "Normal"}, "conditions": [ready]}}
+    stack.kubectl("patch", "tidbcluster", name, "-n", namespace, "--subresource=status", "--type", "merge",
+                  "-p", json.dumps(status))  # fmt: skip

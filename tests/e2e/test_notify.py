@@ -4,6 +4,7 @@ routing to a local receiver, and a signed webhook. Then the operator is killed f
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +14,25 @@ import pytest
 from devstack.host.processes import Process
 from devstack.world.operator import operator_process
 from devstack.world.stack import Stack
-from tests.e2e.support import Scene, SharedOperator, wait_healthy
+from tests.e2e.support import (
+    TIDB_CLUSTER_CRD,
+    Scene,
+    SharedOperator,
+    install_tidb_cluster_crd,
+    set_tidb_phase,
+    wait_healthy,
+)
 from tests.receivers import Receiver, alertmanager_for, notifications_file, receiver_in_thread
-from tests.stackutil import eventually, get_json, open_in_db, report, store_fault, ticket_resources, tickets_in_db
+from tests.stackutil import (
+    LogFollower,
+    eventually,
+    get_json,
+    open_in_db,
+    report,
+    store_fault,
+    ticket_resources,
+    tickets_in_db,
+)
 
 pytestmark = pytest.mark.stack
 RESEND_SECONDS = 2.0
@@ -139,7 +156,8 @@ def test_a_recurring_window_holds_notifications_back_only_inside_it(
             inside = time.time()
             store_fault(stack, namespace, "window", stores[0], "disk", {"percent": 95})
             eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="the ticket recorded", timeout=20)
-            window_end = inside - datetime.fromtimestamp(inside, UTC).second + 30
+            # The occurrence ends at second 30 of the minute, on the whole second (not ``inside``'s fraction past it).
+            window_end = math.floor(inside) - datetime.fromtimestamp(inside, UTC).second + 30
             told = eventually(lambda: _hooks(receiver, stores[0], "opened"), what="the opening told", timeout=60)
             _at_second(35, 45)
             outside = time.time()
@@ -187,3 +205,52 @@ def test_a_flapping_store_is_told_once_that_it_flaps_not_a_pair_per_flap(
             assert stopped["payload"]["status"] == "resolved"
         finally:
             _stop(stack, operator)
+
+
+def test_a_rolling_upgrade_tidb_operator_reports_holds_notifications_back_until_it_ends(
+    stack: Stack, shared: SharedOperator, scene: Scene, tmp_path: Path
+) -> None:
+    """A MonitoredCluster naming its TidbCluster (``spec.maintenance.tidbCluster``), routed to the webhook by its
+    labels: while TiDB Operator reports ``tikv Upgrade`` a store fault is recorded, marked in maintenance, and told
+    to nobody; when the phase is ``Normal`` again with the fault still there, the webhook hears of it."""
+    shared.stop()
+    install_tidb_cluster_crd(stack)  # before the operator starts: kopf sees TiDB Operator's CRD as installed
+    namespace = scene.namespace("tidb")
+    stores = scene.stores(namespace, "tidb")
+    routed = {"matchLabels": {"team": "payments"}}
+    try:
+        set_tidb_phase(
+            stack, namespace, "basic", "Upgrade", ready_since=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+        with receiver_in_thread() as receiver:
+            operator = _notify_operator(
+                stack, namespace, notifications_file(tmp_path, receiver, namespace, cluster_selector=routed)
+            )
+            try:
+                with LogFollower(operator.log_path) as log:
+                    scene.cluster(namespace, "tidb", interval="1s", labels={"team": "payments"},
+                                  maintenance={"tidbCluster": "basic"},
+                                  invariants={"latency": {"enabled": False}, "diskUsage": {"clearFor": "0s"}})  # fmt: skip
+                    eventually(lambda: [r for _, r in log.records if str(r.get("message", "")).startswith(
+                        "In a maintenance window by TidbCluster/basic (tikv Upgrade)")],
+                        what="the operator saying the cluster is in maintenance", timeout=60)  # fmt: skip
+                wait_healthy(stack, namespace, "tidb")
+                faulted = time.time()
+                store_fault(stack, namespace, "tidb", stores[0], "disk", {"percent": 95})
+                eventually(lambda: open_in_db(stack, namespace, "diskUsage"), what="the ticket recorded", timeout=30)
+                held = (
+                    "opened to hook: pending (deferred: maintenance by TidbCluster/basic (tikv Upgrade) until it ends)"
+                )
+                eventually(lambda: any(s.startswith(held) for s in _last_notifications(stack, namespace)),
+                           what="the Ticket marked in maintenance", timeout=30)  # fmt: skip
+                assert _hooks(receiver, stores[0], "opened") == [], "told during the upgrade"
+                normal = time.time()
+                set_tidb_phase(stack, namespace, "basic", "Normal")
+                told = eventually(lambda: _hooks(receiver, stores[0], "opened"), what="the opening told after it",
+                                  timeout=60)  # fmt: skip
+                assert open_in_db(stack, namespace, "diskUsage"), "the fault is still there"
+                report("tidb upgrade window", fault_to_marked_s=normal - faulted, normal_to_webhook_s=told[0] - normal)
+            finally:
+                _stop(stack, operator)
+    finally:
+        stack.kubectl("delete", "crd", TIDB_CLUSTER_CRD, "--wait=false", check=False)

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,10 @@ class Unstored(Exception):
 class Cluster:
     """Decides one cluster's tickets through the ledger, as the check cycle does."""
 
-    def __init__(self, database: str, uid: str = "uid-1") -> None:
+    def __init__(self, database: str, uid: str = "uid-1", labels: dict[str, str] | None = None) -> None:
         self.store = PostgresTicketStore(database)
         self.ledger = Ledger(self.store, lambda now: now - timedelta(hours=1))
-        self.ref = ClusterRef(uid, "tikv-a", "prod", 1)
+        self.ref = ClusterRef(uid, "tikv-a", "prod", 1, tuple(sorted((labels or {}).items())))
 
     async def judge(self, store: str, verdict: Verdict, severity: Severity = Severity.WARNING) -> list[Ticket]:
         now = datetime.now(UTC)
@@ -124,7 +125,8 @@ class Cluster:
 
         def plan(current: list[Ticket]) -> list[Transition]:
             mine = next((t for t in current if t.key == key and t.state != "resolved"), None)
-            decided = transition(mine, finding, now, policy(), key=key, namespace="prod", cluster_name="tikv-a")
+            decided = transition(mine, finding, now, policy(), key=key, namespace="prod", cluster_name="tikv-a",
+                                 cluster_labels=dict(self.ref.labels))  # fmt: skip
             return [decided] if decided.changed else []
 
         return await self._decide(plan, now)
@@ -199,6 +201,40 @@ async def test_a_fault_and_its_heal_reach_the_receiver_through_alertmanager_and_
             ("hook", "opened", "delivered"), ("hook", "resolved", "delivered"),
             ("am", "opened", "delivered"), ("am", "resolved", "delivered"),
         }  # fmt: skip
+
+
+async def test_a_route_by_cluster_labels_follows_the_labels_each_ticket_was_recorded_with(
+    database: str, receiver: Receiver, key_file: str
+) -> None:
+    """Through Postgres (migration 0007 keeps the labels with the ticket): the payments cluster's ticket reaches the
+    webhook, the search cluster's goes nowhere and says so, and a relabelling before the heal still sends the
+    resolution where the opening went."""
+    settings = NotificationsConfig.model_validate({
+        "receivers": [{"name": "hook", "webhook": {"url": receiver.hook_url, "keyFiles": [key_file]}}],
+        "routes": [{"receivers": ["hook"], "clusterSelector": {"matchLabels": {"team": "payments"}}}],
+    })  # fmt: skip
+    payments = Cluster(database, "uid-payments", {"team": "payments"})
+    search = Cluster(database, "uid-search", {"team": "search"})
+    try:
+        async with running(notifier(database, settings)) as dispatcher:
+            (paged,) = await payments.judge("tikv-0", Verdict.VIOLATED)
+            (unrouted,) = await search.judge("tikv-0", Verdict.VIOLATED)
+            assert (paged.cluster_labels, unrouted.cluster_labels) == ({"team": "payments"}, {"team": "search"})
+            dispatcher.wake()
+            await _heard(lambda: [h for h in receiver.hooks if h["payload"]["transition"] == "opened"], "the opening")
+            payments.ref = replace(payments.ref, labels=(("team", "search"),))  # relabelled while the ticket is open
+            await payments.judge("tikv-0", Verdict.HOLDS)
+            await search.judge("tikv-0", Verdict.HOLDS)
+            dispatcher.wake()
+            await _heard(lambda: [h for h in receiver.hooks if h["payload"]["status"] == "resolved"], "the resolution")
+            await eventually_async(lambda: _at_least(_history(database, unrouted.id), 2), timeout=20,
+                                   what="the search cluster's notices routed")  # fmt: skip
+        told = [(h["payload"]["ticket"]["id"], h["payload"]["transition"]) for h in receiver.hooks]
+        assert told == [(paged.id, "opened"), (paged.id, "resolved")]
+        assert {(r.receiver, r.state) for r in await _history(database, unrouted.id)} == {("(no route)", "suppressed")}
+    finally:
+        await payments.close()
+        await search.close()
 
 
 async def test_a_receiver_down_loses_nothing_and_duplicates_nothing_after_dedup(

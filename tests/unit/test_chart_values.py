@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft7Validator
+from pydantic import ValidationError
 
 from operator_k8s.domain.receivers import NotificationsConfig
 
@@ -138,7 +139,11 @@ README_NOTIFICATIONS = {
                                        "keyFiles": ["/etc/operator-k8s/webhook-keys/current"]}},
     ],
     "routes": [{"receivers": ["alertmanager"]},
-               {"receivers": ["oncall"], "namespaces": ["tikv-prod"], "severities": ["critical"]}],
+               {"receivers": ["oncall"], "namespaces": ["tikv-prod"], "severities": ["critical"]},
+               {"receivers": ["oncall"], "clusterSelector": {
+                   "matchLabels": {"team": "payments"},
+                   "matchExpressions": [{"key": "tier", "operator": "In", "values": ["gold"]},
+                                        {"key": "example.com/canary", "operator": "DoesNotExist"}]}}],
     "watchdog": ["alertmanager"],
 }  # fmt: skip
 
@@ -156,3 +161,28 @@ def test_a_bad_receiver_is_refused_at_that_value() -> None:
     bad = {**DEFAULTS["notifications"], "receivers": [{"name": "x", "webhook": {"url": "ftp://x", "keyFiles": ["k"]}}]}
     found = errors(values(database__existingSecret="db", notifications=bad))
     assert [where for where, _, _ in found] == ["/notifications/receivers/0/webhook/url"]
+
+
+@pytest.mark.parametrize(
+    ("selector", "where"),
+    [
+        ({"matchLabel": {"team": "payments"}}, "/notifications/routes/0/clusterSelector"),
+        ({"matchLabels": {"bad key!": "x"}}, "/notifications/routes/0/clusterSelector/matchLabels"),
+        ({"matchLabels": {"team": "not a value"}}, "/notifications/routes/0/clusterSelector/matchLabels/team"),
+        ({"matchExpressions": [{"key": "tier", "operator": "Equals"}]},
+         "/notifications/routes/0/clusterSelector/matchExpressions/0/operator"),
+        ({"matchExpressions": [{"key": "tier", "operator": "In"}]},
+         "/notifications/routes/0/clusterSelector/matchExpressions/0"),
+        ({"matchExpressions": [{"key": "tier", "operator": "Exists", "values": ["x"]}]},
+         "/notifications/routes/0/clusterSelector/matchExpressions/0/values"),
+    ],
+)  # fmt: skip
+def test_a_bad_cluster_selector_is_refused_at_that_value_by_the_chart_and_by_the_operator(
+    selector: dict[str, Any], where: str
+) -> None:
+    route = {"receivers": ["oncall"], "clusterSelector": selector}
+    bad = {**DEFAULTS["notifications"], **README_NOTIFICATIONS, "routes": [route]}
+    found = errors(values(database__existingSecret="db", notifications=bad))
+    assert [at for at, _, _ in found] == [where], found
+    with pytest.raises(ValidationError, match=r"routes\.0\.clusterSelector"):
+        NotificationsConfig.model_validate(bad)

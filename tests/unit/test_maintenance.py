@@ -14,6 +14,8 @@ from pydantic import ValidationError
 
 from operator_k8s.domain.maintenance import (
     Covered,
+    OperatorReport,
+    OperatorWindow,
     Window,
     WindowIndex,
     active_interval,
@@ -21,13 +23,23 @@ from operator_k8s.domain.maintenance import (
     desired_status,
     index_entry,
     next_start,
+    operator_window,
+    operator_window_state,
     selector_matches,
     status_changes,
+    tidb_report,
     wall_to_instant,
     window_status,
 )
-from operator_k8s.domain.specs import ClusterSelector, MaintenanceWindowSpec
-from operator_k8s.domain.vocabulary import MAINTENANCE_WINDOW_PLURAL
+from operator_k8s.domain.notices import OPEN_ENDED, plan_deliveries, released
+from operator_k8s.domain.specs import ClusterSelector, MaintenanceWindowSpec, MonitoredClusterSpec
+from operator_k8s.domain.vocabulary import (
+    CLUSTER_PLURAL,
+    MAINTENANCE_SOURCES_INDEX,
+    MAINTENANCE_WINDOW_PLURAL,
+    TIDB_CLUSTER_PLURAL,
+    TIDB_CLUSTERS_INDEX,
+)
 from operator_k8s.maintenance_handlers import CLUSTER_LABELS_INDEX, MAINTENANCE_INDEX, register_maintenance
 from tests.hostile_specs import cel_messages
 
@@ -295,6 +307,154 @@ def test_a_notice_is_covered_by_the_windows_that_select_its_cluster_as_the_watch
     assert view.covered("db", "gone", "latency", "t", NOW) is None, "a cluster the watch does not show has no labels"
 
 
+# -- Automatic windows: TiDB Operator reports an upgrade or a scale -------------------------------------------------
+
+NOT_READY = "2025-06-07T02:55:00Z"
+AUTOMATIC = "automatic_maintenance/spec.maintenance.tidbCluster"
+"""The timer's id as kopf names it (with the field it is filtered by)."""
+
+
+def phases(tikv: str = "Normal", pd: str = "Normal", since: str | None = None) -> OperatorReport:
+    return OperatorReport((("tikv", tikv), ("pd", pd)), t(since) if since else None)
+
+
+TIDB_STATUSES: list[tuple[str, Any, OperatorReport]] = [
+    ("no status yet", None, phases("", "")),
+    ("normal", {"tikv": {"phase": "Normal"}, "pd": {"phase": "Normal"}}, phases()),
+    ("a rolling upgrade, not Ready since", {"tikv": {"phase": "Upgrade"}, "pd": {"phase": "Normal"},
+     "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": NOT_READY}]},
+     phases("Upgrade", since=NOT_READY)),
+    ("Ready True says nothing of a start", {"pd": {"phase": "Scale"},
+     "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": NOT_READY}]}, phases("", "Scale")),
+    ("an unreadable time", {"tikv": {"phase": "Scale"},
+     "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "yesterday"}]}, phases("Scale", "")),
+    ("foreign shapes survive", {"tikv": "Upgrade", "pd": {"phase": 3}, "conditions": {"Ready": False}},
+     phases("", "")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("status", "report"), [r[1:] for r in TIDB_STATUSES], ids=[r[0] for r in TIDB_STATUSES])
+def test_a_tidb_cluster_s_status_is_read_whatever_its_shape(status: Any, report: OperatorReport) -> None:
+    assert tidb_report(status) == report
+
+
+OPERATOR_WINDOWS: list[tuple[str, OperatorReport | None, OperatorWindow | None]] = [
+    ("normal", phases(), None),
+    ("no phase at all", phases("", ""), None),
+    ("a phase a later release adds", phases("Suspend"), None),
+    ("tikv upgrading, since it stopped being Ready", phases("Upgrade", since=NOT_READY),
+     OperatorWindow("TidbCluster/basic (tikv Upgrade)", t(NOT_READY))),
+    ("pd scaling, no start said: from now", phases(pd="Scale"), OperatorWindow("TidbCluster/basic (pd Scale)", NOW)),
+    ("both, the store first", phases("Scale", "Upgrade"),
+     OperatorWindow("TidbCluster/basic (tikv Scale, pd Upgrade)", NOW)),
+    ("a start in the future is now", phases("Upgrade", since="2025-06-08T00:00:00Z"),
+     OperatorWindow("TidbCluster/basic (tikv Upgrade)", NOW)),
+    ("no such TidbCluster: never guessed", None, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("report", "window"), [r[1:] for r in OPERATOR_WINDOWS], ids=[r[0] for r in OPERATOR_WINDOWS])
+def test_an_upgrade_or_a_scale_opens_an_automatic_window(
+    report: OperatorReport | None, window: OperatorWindow | None
+) -> None:
+    assert operator_window("basic", report, NOW) == window
+
+
+@pytest.mark.parametrize(
+    ("report", "said"),
+    [
+        (phases("Upgrade"), "In a maintenance window by TidbCluster/basic (tikv Upgrade): tickets are recorded"),
+        (phases(pd=""), "TidbCluster basic reports tikv Normal, pd (no phase): no automatic maintenance window"),
+        (None, "TidbCluster basic not found in the namespace (or TiDB Operator's CRD is not installed"),
+    ],
+)
+def test_what_a_cluster_s_automatic_window_does_is_said_never_guessed(report: OperatorReport | None, said: str) -> None:
+    assert operator_window_state("basic", report, NOW).startswith(said)
+
+
+def test_an_automatic_window_covers_every_ticket_of_its_cluster_until_its_report_changes() -> None:
+    upgrade = OperatorWindow("TidbCluster/basic (tikv Upgrade)", t(NOT_READY))
+    alone = covering([], namespace="db", cluster_labels={}, invariant="diskUsage", store="tikv-2", now=NOW,
+                     automatic=upgrade)  # fmt: skip
+    assert alone == Covered((upgrade.by,), OPEN_ENDED, upgrade.by)
+    assert alone is not None and alone.since == t(NOT_READY)
+    with_window = covering(WINDOWS, namespace="db", cluster_labels=PROD, invariant="latency", store="t", now=NOW,
+                           automatic=upgrade)  # fmt: skip
+    assert with_window is not None and with_window.by == upgrade.by, "it outlasts any scheduled window"
+    assert WINDOWS[0].name in with_window.windows
+    assert with_window.since is not None and with_window.since <= t(NOT_READY)
+    (planned,) = plan_deliveries(["hook"], covered=(alone.by, alone.until), disabled=frozenset(), now=NOW)
+    assert (planned.state, planned.due_at, planned.deferred_by) == ("pending", OPEN_ENDED, upgrade.by)
+    assert planned.result == "deferred: maintenance by TidbCluster/basic (tikv Upgrade) until it ends"
+
+
+def test_the_view_follows_the_tidb_cluster_a_monitored_cluster_names_and_releases_at_its_end() -> None:
+    reports: dict[tuple[str, str], list[OperatorReport]] = {}
+    view = WindowIndex()
+    view.attach({}, {}, {("db", "tikv-a"): ["basic"]}, reports)
+    assert view.covered("db", "tikv-a", "latency", "tikv-0", NOW) is None, "no TidbCluster shown: no window"
+    reports[("db", "basic")] = [phases("Upgrade", since=NOT_READY)]
+    assert view.covered("db", "tikv-a", "latency", "tikv-0", NOW) == (
+        "TidbCluster/basic (tikv Upgrade)",
+        OPEN_ENDED,
+        t(NOT_READY),
+    )
+    assert view.covered("db", "tikv-b", "latency", "tikv-0", NOW) is None, "only the cluster that opts in"
+    assert view.covered("other", "tikv-a", "latency", "tikv-0", NOW) is None
+    reports[("db", "basic")] = [phases()]  # the upgrade is over: what it held is released at once
+    assert view.covered("db", "tikv-a", "latency", "tikv-0", NOW) is None
+    assert released([(7, OPEN_ENDED, None)], NOW) == [(7, NOW)]
+
+
+def test_a_monitored_cluster_opts_in_by_naming_a_tidb_cluster_of_its_namespace() -> None:
+    base = {"stores": {"selector": {"matchLabels": {"app": "tikv"}}}, "prometheus": {"url": "http://p:9090"}}
+    spec = MonitoredClusterSpec.model_validate({**base, "maintenance": {"tidbCluster": "basic"}})
+    assert spec.maintenance is not None and spec.maintenance.tidb_cluster == "basic"
+    assert MonitoredClusterSpec.model_validate(base).maintenance is None
+    for bad in ({"tidbCluster": "Not/A-Name"}, {"tidbCluster": "x" * 254}, {"tidbClusters": "basic"}):
+        with pytest.raises(ValidationError):
+            MonitoredClusterSpec.model_validate({**base, "maintenance": bad})
+
+
+async def test_registration_indexes_tidb_clusters_and_says_what_an_opt_in_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = kopf.OperatorRegistry()
+    view = register_maintenance(registry)
+    handlers = handlers_of(registry)
+    assert handlers[TIDB_CLUSTERS_INDEX].selector.any_name == TIDB_CLUSTER_PLURAL
+    assert handlers[TIDB_CLUSTERS_INDEX].selector.group == "pingcap.com"
+    assert handlers[AUTOMATIC].selector.any_name == CLUSTER_PLURAL
+    opted = kopf.Spec(kopf.Body(cast(kopf.RawBody, {"spec": {"maintenance": {"tidbCluster": "basic"}}})))
+    assert await handlers[MAINTENANCE_SOURCES_INDEX].fn(name="tikv-a", namespace="db", spec=opted) == {
+        ("db", "tikv-a"): "basic"
+    }
+    plain = kopf.Spec(kopf.Body(cast(kopf.RawBody, {"spec": {}})))
+    assert await handlers[MAINTENANCE_SOURCES_INDEX].fn(name="tikv-b", namespace="db", spec=plain) == {}
+    status = kopf.Status(kopf.Body(cast(kopf.RawBody, {"status": {"tikv": {"phase": "Upgrade"}}})))
+    assert await handlers[TIDB_CLUSTERS_INDEX].fn(name="basic", namespace="db", status=status) == {
+        ("db", "basic"): phases("Upgrade", "")
+    }
+    sources, reports = {("db", "tikv-a"): ["basic"]}, {}
+    await handlers["maintenance_windows_view"].fn(**{
+        MAINTENANCE_INDEX: {}, CLUSTER_LABELS_INDEX: {}, MAINTENANCE_SOURCES_INDEX: sources,
+        TIDB_CLUSTERS_INDEX: reports,
+    })  # fmt: skip
+    memo = kopf.Memo()
+    caplog.set_level("INFO", logger="operator_k8s.maintenance")
+    for _ in range(2):  # said once while it stays the same
+        await handlers[AUTOMATIC].fn(name="tikv-a", namespace="db", memo=memo)
+    reports[("db", "basic")] = [phases("Upgrade")]
+    await handlers[AUTOMATIC].fn(name="tikv-a", namespace="db", memo=memo)
+    said = [r.getMessage() for r in caplog.records if r.name == "operator_k8s.maintenance"]
+    assert [m.split(":")[0] for m in said] == [
+        "TidbCluster basic not found in the namespace (or TiDB Operator's CRD is not installed, or the operator may"
+        " not read tidbclusters.pingcap.com)",
+        "In a maintenance window by TidbCluster/basic (tikv Upgrade)",
+    ]
+    assert view.tidb_cluster("db", "tikv-a") == "basic"
+
+
 @pytest.mark.parametrize(
     ("spec", "entry"),
     [
@@ -475,7 +635,10 @@ async def test_registration_indexes_windows_and_writes_only_a_changed_status() -
     registry = kopf.OperatorRegistry()
     view = register_maintenance(registry)
     handlers = handlers_of(registry)
-    assert set(handlers) == {MAINTENANCE_INDEX, CLUSTER_LABELS_INDEX, "maintenance_status", "maintenance_windows_view"}
+    assert set(handlers) == {
+        MAINTENANCE_INDEX, CLUSTER_LABELS_INDEX, MAINTENANCE_SOURCES_INDEX, TIDB_CLUSTERS_INDEX, "maintenance_status",
+        "maintenance_windows_view", AUTOMATIC,
+    }  # fmt: skip
     assert handlers["maintenance_status"].selector.any_name == MAINTENANCE_WINDOW_PLURAL
 
     index = {"db": [WINDOWS[0]]}

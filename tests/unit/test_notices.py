@@ -374,6 +374,132 @@ def test_a_wrong_notifications_file_says_what_is_wrong(change: dict[str, Any], m
         NotificationsConfig.model_validate({**CONFIG, **change})
 
 
+LABEL_ROUTES = {
+    "receivers": CONFIG["receivers"],
+    "routes": [
+        {"receivers": ["am"]},
+        {"receivers": ["pager"], "clusterSelector": {"matchLabels": {"team": "payments"}}},
+        {"receivers": ["pager"], "namespaces": ["prod"],
+         "clusterSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["gold", "platinum"]},
+                                                  {"key": "canary", "operator": "DoesNotExist"}]}},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("namespace", "labels", "expected"),
+    [
+        ("dev", {}, ["am"]),  # no labels: only the routes without a selector
+        ("dev", {"team": "payments"}, ["am", "pager"]),
+        ("dev", {"team": "payments", "canary": "yes"}, ["am", "pager"]),  # the first label route holds
+        ("dev", {"team": "search"}, ["am"]),
+        ("prod", {"tier": "gold"}, ["am", "pager"]),
+        ("prod", {"tier": "platinum", "team": "payments"}, ["am", "pager"]),  # two routes, the receiver once
+        ("prod", {"tier": "gold", "canary": ""}, ["am"]),  # DoesNotExist: an empty value is still a label
+        ("prod", {"tier": "bronze"}, ["am"]),
+        ("dev", {"tier": "gold"}, ["am"]),  # the selector and the namespaces must both hold
+    ],
+)
+def test_a_route_selects_clusters_by_the_labels_their_ticket_was_recorded_with(
+    namespace: str, labels: dict[str, str], expected: list[str]
+) -> None:
+    config = NotificationsConfig.model_validate(LABEL_ROUTES)
+    names = receivers_for(
+        config.routes, namespace=namespace, cluster="tikv-a", invariant="latency", severity=Severity.INFO,
+        cluster_labels=labels,
+    )  # fmt: skip
+    assert names == expected
+
+
+@pytest.mark.parametrize(
+    ("operator", "values", "labels", "holds"),
+    [
+        ("In", ["a", "b"], {"k": "a"}, True),
+        ("In", ["a", "b"], {"k": "c"}, False),
+        ("In", ["a"], {}, False),
+        ("NotIn", ["a"], {"k": "b"}, True),
+        ("NotIn", ["a"], {"k": "a"}, False),
+        ("NotIn", ["a"], {}, True),  # Kubernetes: NotIn holds for an object without the key
+        ("Exists", [], {"k": ""}, True),
+        ("Exists", [], {}, False),
+        ("DoesNotExist", [], {}, True),
+        ("DoesNotExist", [], {"k": "a"}, False),
+    ],
+)
+def test_a_route_s_match_expressions_have_kubernetes_semantics(
+    operator: str, values: list[str], labels: dict[str, str], holds: bool
+) -> None:
+    requirement: dict[str, Any] = {"key": "k", "operator": operator} | ({"values": values} if values else {})
+    config = NotificationsConfig.model_validate({
+        "receivers": CONFIG["receivers"],
+        "routes": [{"receivers": ["pager"], "clusterSelector": {"matchExpressions": [requirement]}}],
+    })  # fmt: skip
+    found = receivers_for(config.routes, namespace="ns", cluster="c", invariant="latency", severity=Severity.INFO,
+                          cluster_labels=labels)  # fmt: skip
+    assert found == (["pager"] if holds else [])
+
+
+def _route_with(selector: Any) -> dict[str, Any]:
+    return {"routes": [{"receivers": ["pager"], "clusterSelector": selector}], "watchdog": []}
+
+
+@pytest.mark.parametrize(
+    ("change", "where", "message"),
+    [
+        (_route_with({"matchLabels": {"bad key!": "x"}}), "matchLabels", "matchLabels keys must be Kubernetes label keys"),
+        (_route_with({"matchLabels": {"team": "not a value"}}), "matchLabels.team", "String should match pattern"),
+        (_route_with({"matchExpressions": [{"key": "tier", "operator": "In"}]}), "matchExpressions.0",
+         "values must be given for In and NotIn, and only for them"),
+        (_route_with({"matchExpressions": [{"key": "tier", "operator": "Exists", "values": ["x"]}]}),
+         "matchExpressions.0", "values must be given for In and NotIn, and only for them"),
+        (_route_with({"matchExpressions": [{"key": "tier", "operator": "Equals", "values": ["x"]}]}),
+         "matchExpressions.0.operator", "Input should be 'In', 'NotIn', 'Exists' or 'DoesNotExist'"),
+        (_route_with({"matchExpressions": [{"key": "-tier", "operator": "Exists"}]}), "matchExpressions.0.key",
+         "key must be a Kubernetes label key"),
+        (_route_with({"matchLabel": {"team": "payments"}}), "matchLabel", "Extra inputs are not permitted"),
+        (_route_with({"matchLabels": {"team": "payments"}, "url": "https://attacker.example"}), "url",
+         "Extra inputs are not permitted"),
+    ],
+)  # fmt: skip
+def test_a_wrong_cluster_selector_is_refused_at_load_saying_where_and_why(
+    change: dict[str, Any], where: str, message: str
+) -> None:
+    """A typo must not widen a route to every cluster (``matchLabel`` would be an empty selector if ignored)."""
+    with pytest.raises(ValidationError) as raised:
+        NotificationsConfig.model_validate({**CONFIG, **change})
+    (error,) = raised.value.errors()
+    assert ".".join(str(part) for part in error["loc"]).startswith(f"routes.0.clusterSelector.{where}")
+    assert message in error["msg"]
+
+
+def test_a_ticket_keeps_the_labels_it_was_recorded_with_and_its_notices_carry_them() -> None:
+    """Routing needs no live view of the clusters: a relabelled cluster, a restart or another replica routes one
+    ticket's every notice alike."""
+    recorded = {"team": "payments"}
+    first = transition(None, finding(Verdict.VIOLATED), T0, policy(), key=KEY, namespace="prod",
+                       cluster_name="tikv-a", cluster_labels=recorded)  # fmt: skip
+    assert first.after is not None
+    assert first.after.cluster_labels == recorded
+    resolved = transition(first.after, finding(Verdict.HOLDS), at(5), policy(), key=KEY, namespace="prod",
+                          cluster_name="tikv-a", cluster_labels={"team": "search"})  # fmt: skip
+    reopened = transition(resolved.after, finding(Verdict.VIOLATED), at(10), policy(), key=KEY, namespace="prod",
+                          cluster_name="tikv-a", cluster_labels={"team": "search"})  # fmt: skip
+    assert [e.kind for e in reopened.effects] == [EffectKind.REOPENED]
+    for step in (resolved, reopened):
+        assert step.after is not None
+        assert step.after.cluster_labels == recorded
+        notices = [e.notice for e in with_notices(step, at(10)).effects if e.notice is not None]
+        assert notices
+        assert all(n.cluster_labels == recorded for n in notices)
+
+
+def test_a_notice_s_labels_survive_the_queue_and_one_queued_before_them_has_none() -> None:
+    notice = opened_notice(cluster_labels={"team": "payments"})
+    assert Notice.from_json(notice.to_json()) == notice
+    older = {k: v for k, v in opened_notice().to_json().items() if k != "cluster_labels"}
+    assert Notice.from_json(older).cluster_labels == {}
+
+
 def silence(
     key: str, *, ends: str = "2026-01-02T12:00:00Z", state: str = "active", by: str = "operator-k8s"
 ) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
 from tests.unit.builders import at, shown
 from tests.unit.cycles import PODS, REF, SPEC, TIKV, Parts, condition, conditions, cycle, run
-from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
+from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore, observed_cycle
 
 
 async def test_healthy_steady_state_costs_one_round_trip_and_no_kubernetes_write(parts: Parts) -> None:
@@ -48,6 +48,23 @@ async def test_violation_opens_one_ticket_and_resolves_after_heal(parts: Parts) 
     assert conditions(mirror.status)["LatencyWithinBudget"] == "True"
     assert mirror.resources["tikv-latency-tikv-1-1"]["state"] == "resolved"
     assert [e.reason for e in mirror.posted] == ["TicketOpened", "TicketResolved"]
+
+
+async def test_a_ticket_is_recorded_with_its_cluster_s_labels_and_keeps_them_when_they_change(parts: Parts) -> None:
+    """Notification routes select tickets by these labels (``domain.receivers``): fixed when the ticket is first
+    recorded, so its resolution is routed where its opening went."""
+    monitor, store, metrics, mirror = parts
+    labelled = replace(REF, labels=(("team", "payments"),))
+    metrics.latency["tikv-1"] = 900.0
+    for second in (0, 1, 2):
+        await observed_cycle(monitor, labelled, SPEC, PODS, at(second), mirror.status)
+    relabelled = replace(REF, labels=(("team", "search"),))
+    metrics.latency["tikv-1"] = 5.0
+    for second in (3, 4, 5):
+        await observed_cycle(monitor, relabelled, SPEC, PODS, at(second), mirror.status)
+    (row,) = store.rows
+    assert row.state is TicketState.RESOLVED
+    assert row.cluster_labels == {"team": "payments"}
 
 
 async def test_prometheus_down_resolves_nothing(parts: Parts) -> None:

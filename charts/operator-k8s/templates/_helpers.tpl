@@ -73,6 +73,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [operator-k8s.io]
   resources: [maintenancewindows/status]
   verbs: [patch]
+# TiDB Operator's TidbClusters: read only, through kopf's watch (list + watch; get for completeness of a read-only
+# grant), for the automatic maintenance window of a MonitoredCluster that names one (spec.maintenance.tidbCluster):
+# status.tikv.phase and status.pd.phase. Harmless without TiDB Operator's CRD: nothing is watched until it appears.
+- apiGroups: [pingcap.com]
+  resources: [tidbclusters]
+  verbs: [get, list, watch]
 {{- if .Values.peering.enabled }}
 # Peering between replicas (only with watchNamespaces: kopf uses a KopfPeering per namespace); get: a replica waits
 # at start until the chart's peering object exists.
