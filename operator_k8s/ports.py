@@ -51,10 +51,12 @@ class MetricsSource(Protocol):
         namespace_label: str,
         timeout: float,
         auth: PrometheusAuthSpec | None = None,
+        keep: tuple[str, ...] = (),
     ) -> QueryResult:
         """One instant query within ``timeout`` seconds, authenticated as ``auth`` says; each sample's store and
-        namespace are its ``store_label`` and ``namespace_label`` values. Failures (a credential file that cannot be
-        used included) come back as a QueryResult, never as an exception."""
+        namespace are its ``store_label`` and ``namespace_label`` values, and the labels named in ``keep`` are kept.
+        Failures (a credential file that cannot be used included) come back as a QueryResult, never as an
+        exception."""
 
 
 class KubernetesRejected(Exception):

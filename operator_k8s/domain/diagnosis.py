@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from operator_k8s.domain.metric_evidence import metric_summary
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketState, Transition
-from operator_k8s.domain.vocabulary import CLUSTER_STORE
+from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant
 
 EVIDENCE_BYTES = 64 * 1024
 EVENTS_KEPT = 20
@@ -255,6 +256,9 @@ def evidence_summary(evidence: Mapping[str, Any]) -> str:
     if node:
         ready = next((c.get("status") for c in node.get("conditions") or [] if c.get("type") == "Ready"), "?")
         parts.append(f"node {node.get('name')} Ready={ready}")
+    metrics = metric_summary(evidence)
+    if metrics:
+        parts.append(metrics)
     for what in evidence.get("unreachable") or []:
         parts.append(f"not reachable: {what}")
     return "; ".join(parts)[:TEXT_BYTES]
@@ -270,9 +274,11 @@ def diagnosed(ticket: Ticket, findings: Sequence[Finding]) -> Transition:
 
 
 def worth_evidence(transition: Transition) -> bool:
-    """Evidence is gathered when a store's ticket opens, reopens or escalates."""
+    """Evidence is gathered when a store's ticket, or PD's cluster-level store count, opens, reopens or escalates
+    (PD's count is explained by naming the stores it counts)."""
+    after = transition.after
     return (
-        transition.after is not None
-        and transition.after.key.store != CLUSTER_STORE
+        after is not None
+        and (after.key.store != CLUSTER_STORE or after.key.invariant == Invariant.PD_STORES)
         and any(e.kind in (EffectKind.OPENED, EffectKind.REOPENED, EffectKind.ESCALATED) for e in transition.effects)
     )

@@ -117,6 +117,8 @@ class FakeMetrics:
         self.latency: dict[str, float] = {"tikv-0": 5.0, "tikv-1": 5.0}
         self.namespace = "ns"
         self.extra: list[Sample] = []
+        self.evidence: dict[str, list[Sample]] = {}
+        """Answers to evidence queries, by a text their PromQL contains."""
         self.failure: QueryFailure | None = None
         self.queries: list[str] = []
         self.auths: list[PrometheusAuthSpec | None] = []
@@ -130,11 +132,15 @@ class FakeMetrics:
         namespace_label: str,
         timeout: float,
         auth: PrometheusAuthSpec | None = None,
+        keep: tuple[str, ...] = (),
     ) -> QueryResult:
         self.queries.append(promql)
         self.auths.append(auth)
         if self.failure:
             return QueryResult.failed(promql, self.failure, "connection refused")
+        if store_label != "pod":  # an evidence query (grouped by type or PD's store id): what the test set, or nothing
+            found = [samples for marker, samples in self.evidence.items() if marker in promql]
+            return QueryResult(promql, tuple(found[0]) if found else ())
         if "tikv_grpc_msg_duration_seconds" not in promql:  # error counters, stalls: all quiet
             return QueryResult(promql, tuple(Sample(store, 0.0, self.namespace) for store in self.latency))
         own = tuple(Sample(store, value, self.namespace) for store, value in self.latency.items())

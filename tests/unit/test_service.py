@@ -397,6 +397,10 @@ async def test_an_opened_ticket_gets_evidence_and_a_diagnosis_without_the_cycle_
     monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence)
     await cycle(monitor, 0)
     metrics.latency["tikv-1"] = 900.0
+    metrics.evidence = {
+        '"tikv-1",type!="kv_gc"': [Sample("kv_get", 850.0), Sample("coprocessor", 40.0)],
+        '"tikv-0",type!="kv_gc"': [Sample("kv_get", 0.9), Sample("coprocessor", 35.0)],
+    }
     await cycle(monitor, 1, mirror.status)
     await monitor.evidence_gathered()
     assert evidence.asked == [("ns", "tikv-1")]
@@ -406,7 +410,14 @@ async def test_an_opened_ticket_gets_evidence_and_a_diagnosis_without_the_cycle_
     _, findings, summary, diagnosis = store.evidence[row.id]
     assert [f["rule"] for f in findings] == ["memory-limit"]
     assert (diagnosis or "").startswith("memory limit hit")
-    assert summary == "pod Running, 2 restarts; last exit OOMKilled (137); not reachable: node n: not found"
+    assert summary == (
+        "pod Running, 2 restarts; last exit OOMKilled (137); slowest kv_get p99 850.0 ms (others 0.9 ms);"
+        " slow score 0; not reachable: node n: not found"
+    )
+    gathered = store.evidence[row.id][0]
+    latency_item = next(i for i in gathered["prometheus"]["items"] if i["name"] == "latency_by_type")
+    assert latency_item["status"] == "ok" and "/graph?g0.expr=histogram_quantile" in latency_item["graph"]
+    assert [q for q in metrics.queries if "tikv_grpc_msg_fail_total" in q], "failures asked for a latency ticket"
     assert [kind for _, kind, _ in store.history][-1] == "Diagnosed"
     await cycle(monitor, 2, mirror.status)
     await monitor.evidence_gathered()
