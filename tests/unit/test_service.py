@@ -408,7 +408,7 @@ async def test_an_opened_ticket_gets_evidence_and_a_diagnosis_without_the_cycle_
     assert row.state is TicketState.DIAGNOSED
     assert row.id is not None
     _, findings, summary, diagnosis = store.evidence[row.id]
-    assert [f["rule"] for f in findings] == ["memory-limit"]
+    assert [f["rule"] for f in findings] == ["memory-limit", "slow-store"]
     assert (diagnosis or "").startswith("memory limit hit")
     assert summary == (
         "pod Running, 2 restarts; last exit OOMKilled (137); slowest kv_get p99 850.0 ms (others 0.9 ms);"
