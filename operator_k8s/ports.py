@@ -3,7 +3,7 @@ fakes (held to the real ones by the contract suite). The values they carry live 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -31,6 +31,11 @@ class TicketStore(Protocol):
         diagnosis: str | None, *, deadline: float,
     ) -> None:  # fmt: skip
         """Keep a ticket's latest evidence and the probable causes found in it."""
+
+    async def store_incidents(
+        self, counted: Mapping[int, dict[str, list[str]]], links: Mapping[int, int | None], *, deadline: float
+    ) -> None:
+        """Keep the stores cluster-level PD tickets count (by ticket id) and each linked ticket's cause."""
 
     async def close(self) -> None: ...
 

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from operator_k8s.domain.diagnosis import (
     worth_evidence,
 )
 from operator_k8s.domain.durations import parse_duration
+from operator_k8s.domain.incidents import incident_links
 from operator_k8s.domain.invariants import Finding, evaluate, invariant_names
 from operator_k8s.domain.ledger import (
     ClusterRef,
@@ -49,6 +50,7 @@ from operator_k8s.domain.metric_evidence import (
     EvidenceQuery,
     TicketScope,
     evidence_queries,
+    pd_named_stores,
     prometheus_evidence,
     window_start,
 )
@@ -66,7 +68,7 @@ from operator_k8s.domain.status import (
     status_patch,
 )
 from operator_k8s.domain.tickets import HumanEdit, Ticket, TicketKey, TicketState, Transition, apply_human_intent
-from operator_k8s.domain.vocabulary import CLUSTER_STORE, Reason
+from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant, Reason
 from operator_k8s.ledger import DECISION_ATTEMPTS, Ledger
 from operator_k8s.ports import (
     EvidenceSource,
@@ -275,6 +277,9 @@ class Monitor:
             self._gather_evidence(
                 ref, spec, pods, [t.after for t in applied if worth_evidence(t) and t.after is not None]
             )
+            links = incident_links(tickets)
+            if links:
+                await self._store_incidents(ref, {}, links)
         await self._post_events(ref, applied, stats)
 
         outcome = cond.CycleOutcome(
@@ -434,6 +439,24 @@ class Monitor:
     def _gathered(self, key: tuple[TicketKey, int], _: asyncio.Task[None]) -> None:
         self._gathering.pop(key, None)
 
+    async def _store_incidents(
+        self, ref: ClusterRef, counted: dict[int, dict[str, list[str]]], links: dict[int, int | None]
+    ) -> None:
+        """Keep which tickets one cause explains; a Postgres that does not answer leaves it to the next cycle."""
+        try:
+            await self.store.store_incidents(counted, links, deadline=self.settings.postgres_timeout)
+        except TicketStoreUnavailable as error:
+            log.warning(
+                "Could not link Tickets to their cause",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "error": str(error)},
+            )
+            return
+        for ticket_id, cause in links.items():
+            log.info(
+                "Linked a Ticket to the Ticket of its cause" if cause else "Unlinked a Ticket from a cause",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "ticket": ticket_id, "cause": cause},
+            )
+
     async def _pod_evidence(self, namespace: str, store: str) -> dict[str, Any]:
         assert self.evidence is not None
         if store == CLUSTER_STORE:
@@ -494,6 +517,10 @@ class Monitor:
                     current.id, evidence, [f.to_json() for f in findings], evidence_summary(evidence),
                     findings[0].summary if findings else None, deadline=self.settings.postgres_timeout,
                 )  # fmt: skip
+                if opened.key.invariant == Invariant.PD_STORES:
+                    counted = pd_named_stores(evidence)
+                    named = [replace(t, counted_stores=counted) if t.id == current.id else t for t in tickets]
+                    await self._store_incidents(ref, {current.id: counted}, incident_links(named))
                 if findings:
 
                     def plan(now_held: list[Ticket]) -> list[Transition]:

@@ -82,6 +82,10 @@ class Ticket:
     evidence_summary: str | None = None
     diagnosis: str | None = None
     """One line of its evidence and of its probable cause (read from ``ticket_evidence``; never written with it)."""
+    cause_id: int | None = None
+    """The ticket whose cause explains this one (``domain.incidents``): one incident, told once."""
+    counted_stores: dict[str, list[str]] | None = None
+    """For a cluster-level PD ticket: the stores PD counts and their states, from its evidence (pod -> states)."""
 
 
 FLAP_CHECKS = 21

@@ -4,7 +4,7 @@ writes the API server may refuse, Prometheus series labelled by namespace and st
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -49,6 +49,19 @@ class FakeStore:
         if self.down:
             raise TicketStoreUnavailable("Postgres unreachable (fake)")
         self.evidence[ticket_id] = (evidence, list(findings), summary, diagnosis)
+
+    async def store_incidents(
+        self, counted: Mapping[int, dict[str, list[str]]], links: Mapping[int, int | None], *, deadline: float
+    ) -> None:
+        if self.down:
+            raise TicketStoreUnavailable("Postgres unreachable (fake)")
+        for index, row in enumerate(self.rows):
+            changes: dict[str, Any] = {}
+            if row.id in counted:
+                changes["counted_stores"] = counted[row.id]
+            if row.id in links:
+                changes["cause_id"] = links[row.id]
+            self.rows[index] = replace(row, **changes)
 
     def _unresolved(self, ticket: Ticket) -> Ticket | None:
         return next((r for r in self.rows if r.key == ticket.key and r.state is not TicketState.RESOLVED), None)
