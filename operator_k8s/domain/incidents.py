@@ -45,12 +45,14 @@ def cause_of(ticket: Ticket, tickets: Sequence[Ticket]) -> int | None:
 
 
 def incident_links(tickets: Sequence[Ticket]) -> dict[int, int | None]:
-    """The links to write: each active linkable ticket whose cause differs from the one it names (None unlinks)."""
+    """The links to write: each active linkable ticket whose cause is now another ticket than the one it names. A
+    link once made stays while nothing else explains the ticket (its cause resolving first, as it usually does, must
+    not make its resolution a page of its own: nobody was told it opened)."""
     changed: dict[int, int | None] = {}
     for ticket in tickets:
         if ticket.id is None or not ticket.state.active or ticket.key.invariant not in LINKED_INVARIANTS:
             continue
         cause = cause_of(ticket, tickets)
-        if cause != ticket.cause_id:
+        if cause is not None and cause != ticket.cause_id:
             changed[ticket.id] = cause
     return changed

@@ -55,7 +55,8 @@ def test_a_pd_count_is_linked_to_the_ticket_that_explains_every_store_it_counts(
     [
         (pd_ticket({"tikv-1": ["low_space"]}), [DISK_1], {50: 11}),
         (pd_ticket({"tikv-1": ["low_space"]}, cause=11), [DISK_1], {}),  # already linked: nothing to write
-        (pd_ticket({"tikv-1": ["low_space"]}, cause=11), [], {50: None}),  # its cause resolved: unlinked
+        (pd_ticket({"tikv-1": ["low_space"]}, cause=11), [], {}),  # its cause resolved first: the link stays
+        (pd_ticket({"tikv-1": ["low_space"]}, cause=7), [DISK_1], {50: 11}),  # another ticket explains it now
         (pd_ticket(None), [DISK_1], {}),
     ],
 )
