@@ -93,7 +93,9 @@ class FakeStore:
             other = self._unresolved(write.after)
             if write.after.state is not TicketState.RESOLVED and other is not None and other.id != ticket.id:
                 return False
-            row = replace(write.after, id=ticket.id, version=expected + 1)
+            kept = self.rows[index]  # as sync_cluster_cas: the incident columns are not the write's
+            row = replace(write.after, id=ticket.id, version=expected + 1, cause_id=kept.cause_id,
+                          counted_stores=kept.counted_stores)  # fmt: skip
             self.rows[index] = row
         self.history += [(row.id or 0, effect.kind.value, effect.reason) for _, effect in write.history]
         return True
@@ -132,6 +134,8 @@ class FakeMetrics:
         self.extra: list[Sample] = []
         self.evidence: dict[str, list[Sample]] = {}
         """Answers to evidence queries, by a text their PromQL contains."""
+        self.cluster: dict[str, float] = {}
+        """Cluster-wide answers (no store label), by a text their PromQL contains."""
         self.failure: QueryFailure | None = None
         self.queries: list[str] = []
         self.auths: list[PrometheusAuthSpec | None] = []
@@ -154,6 +158,9 @@ class FakeMetrics:
         if store_label != "pod":  # an evidence query (grouped by type or PD's store id): what the test set, or nothing
             found = [samples for marker, samples in self.evidence.items() if marker in promql]
             return QueryResult(promql, tuple(found[0]) if found else ())
+        for marker, value in self.cluster.items():  # a cluster-wide value (PD's counts)
+            if marker in promql:
+                return QueryResult(promql, (Sample(None, value, self.namespace),))
         if "tikv_grpc_msg_duration_seconds" not in promql:  # error counters, stalls: all quiet
             return QueryResult(promql, tuple(Sample(store, 0.0, self.namespace) for store in self.latency))
         own = tuple(Sample(store, value, self.namespace) for store, value in self.latency.items())

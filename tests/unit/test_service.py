@@ -17,7 +17,7 @@ from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor
 from tests.unit.builders import at, shown
 from tests.unit.cycles import PODS, REF, SPEC, TIKV, Parts, condition, conditions, cycle, run
-from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
+from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore, observed_cycle
 
 
 async def test_healthy_steady_state_costs_one_round_trip_and_no_kubernetes_write(parts: Parts) -> None:
@@ -422,3 +422,27 @@ async def test_an_opened_ticket_gets_evidence_and_a_diagnosis_without_the_cycle_
     await cycle(monitor, 2, mirror.status)
     await monitor.evidence_gathered()
     assert evidence.asked == [("ns", "tikv-1")], "gathered once per opening, not per cycle"
+
+
+async def test_pds_count_is_named_by_its_evidence_and_linked_to_the_store_ticket_that_explains_it() -> None:
+    store, metrics, mirror, evidence = FakeStore(), FakeMetrics(), FakeMirror(), FakeEvidence()
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence)
+    pd_pod = StorePod("pd-0", "Running", True, (("app", "pd"),))
+    spec = {**SPEC, "pd": {"selector": {"matchLabels": {"app": "pd"}}}}
+    metrics.latency["tikv-1"] = 900.0
+    metrics.cluster = {"pd_cluster_status": 1.0}  # PD counts one store slow
+    metrics.evidence = {
+        'store!=""': [Sample("store_slow_count", 1.0, labels=(("store", "4"),))],
+        "pd_scheduler_store_status": [Sample("4", 1.0, labels=(("address", "tikv-1.tikv-peer.ns.svc:20160"),))],
+    }
+    for second in (0, 1, 2):
+        await observed_cycle(monitor, REF, spec, [*PODS, pd_pod], at(second))
+        await monitor.evidence_gathered()
+    rows = {r.key.invariant: r for r in store.rows}
+    latency, pd = rows["latency"], rows["pdStores"]
+    assert pd.counted_stores == {"tikv-1": ["slow"]}
+    assert pd.cause_id == latency.id and latency.cause_id is None
+    assert ("ns", "pd-0") not in evidence.asked and ("ns", "cluster") not in evidence.asked, "no pod for PD's count"
+    shown = {o["status"]["invariant"]: o["status"] for o in mirror.objects.values()}
+    assert shown["pdStores"]["causeTicketId"] == latency.id
+    assert shown["pdStores"]["countedStores"] == "tikv-1 slow"
