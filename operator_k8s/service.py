@@ -518,7 +518,7 @@ class Monitor:
                     findings[0].summary if findings else None, deadline=self.settings.postgres_timeout,
                 )  # fmt: skip
                 if opened.key.invariant == Invariant.PD_STORES:
-                    counted = pd_named_stores(evidence)
+                    counted = pd_named_stores(evidence, spec.invariants.pd_stores.states)
                     named = [replace(t, counted_stores=counted) if t.id == current.id else t for t in tickets]
                     await self._store_incidents(ref, {current.id: counted}, incident_links(named))
                 if findings:

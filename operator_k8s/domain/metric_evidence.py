@@ -261,10 +261,17 @@ def _pd(results: Mapping[str, QueryResult], scope: TicketScope) -> dict[str, Any
     return pd
 
 
-def pd_named_stores(evidence: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The stores PD counts, by pod, with their states (empty when PD did not say: an old PD or no answer)."""
+def pd_named_stores(evidence: Mapping[str, Any], counted: Sequence[str]) -> dict[str, list[str]]:
+    """The stores PD counts in the ``counted`` types (``store_low_space_count``…: a pdStores ticket's states), by
+    pod, with their states (empty when PD did not say: an old PD or no answer). A store is counted Up and low on
+    space at once; only the states the ticket counts explain it."""
     pd = (evidence.get("prometheus") or {}).get("pd") or {}
-    return {pod: list(states) for pod, states in (pd.get("stores") or {}).items()}
+    named = {}
+    for pod, states in (pd.get("stores") or {}).items():
+        kept = [state for state in states if f"store_{state}_count" in counted]
+        if kept:
+            named[pod] = kept
+    return named
 
 
 def metric_summary(evidence: Mapping[str, Any]) -> str:

@@ -134,11 +134,16 @@ def test_latency_compares_each_type_with_the_other_stores() -> None:
 
 
 def test_pd_names_the_stores_it_counts_by_pod() -> None:
-    results = pd_answers([("store_low_space_count", "4"), ("store_disconnected_count", "5")], ADDRESSES)
+    results = pd_answers(
+        [("store_low_space_count", "4"), ("store_up_count", "4"), ("store_disconnected_count", "5"),
+         ("store_up_count", "1")], ADDRESSES,
+    )  # fmt: skip
     evidence = {"prometheus": read("pdStores", results, store="cluster")}
-    assert pd_named_stores(evidence) == {"tikv-1": ["low_space"], "tikv-2": ["disconnected"]}
+    counted = ("store_low_space_count", "store_disconnected_count")
+    assert pd_named_stores(evidence, counted) == {"tikv-1": ["low_space"], "tikv-2": ["disconnected"]}
+    assert evidence["prometheus"]["pd"]["stores"]["tikv-0"] == ["up"], "the evidence shows every state"
     own = read("diskUsage", results | {"pd_regions": answer(**{"pending-peer-region-count": 3.0})})["pd"]
-    assert own["storeId"] == "4" and own["states"] == ["low_space"]
+    assert own["storeId"] == "4" and own["states"] == ["low_space", "up"]
     assert own["regions"] == {"pending-peer-region-count": 3}
 
 
@@ -156,4 +161,4 @@ def test_unreachable_and_no_data_are_said_never_guessed(results: dict[str, Query
     item = next(i for i in evidence["items"] if i["name"] == "pd_store_states")
     assert item["status"] == status
     assert evidence["pd"]["stores"] == {}
-    assert pd_named_stores({"prometheus": evidence}) == {}
+    assert pd_named_stores({"prometheus": evidence}, ("store_low_space_count",)) == {}
