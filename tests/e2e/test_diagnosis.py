@@ -75,6 +75,17 @@ def _opened(receiver: Receiver, invariant: str) -> list[dict[str, Any]]:
             if h["payload"]["ticket"]["invariant"] == invariant and h["payload"]["transition"] == "opened"]  # fmt: skip
 
 
+def _pd_rows(stack: Stack, namespace: str) -> list[dict[str, Any]]:
+    """PD's cluster tickets with what their evidence said of PD (for the link, and for a failure's message)."""
+    return pg_rows(
+        stack,
+        "SELECT t.id, t.state, t.cause_id, t.counted_stores, e.evidence -> 'prometheus' -> 'pd' AS pd,"
+        " e.summary FROM tickets t LEFT JOIN ticket_evidence e ON e.ticket_id = t.id"
+        " WHERE t.namespace = $1 AND t.invariant = 'pdStores'",
+        namespace,
+    )
+
+
 def _evidence_delays(stack: Stack, namespace: str) -> list[float]:
     rows = pg_rows(
         stack,
@@ -138,6 +149,15 @@ def test_a_disk_filled_by_other_files_is_one_incident_diagnosed_with_what_fills_
                 assert item["graph"].startswith(stack.prometheus_url.rstrip("/") + "/graph?g0.expr=")
             # PD's low-space count, if it opens, is linked under the store's ticket, and is never paged on its own
             # PD's low-space count opens a cluster ticket of its own: linked under the store's, never paged alone
+            eventually(lambda: _pd_rows(stack, namespace), what="PD's low-space ticket", timeout=30)
+            try:
+                eventually(
+                    lambda: [r for r in _pd_rows(stack, namespace) if r["cause_id"]], what="the link", timeout=30
+                )
+            except AssertionError as error:
+                raise AssertionError(
+                    f"{error}; PD's ticket as Postgres holds it: {_pd_rows(stack, namespace)}"
+                ) from None
             (pd,) = eventually(
                 lambda: [t for t in ticket_resources(stack, namespace)
                          if t["status"]["invariant"] == "pdStores" and t["status"].get("causeTicketId")],
