@@ -408,11 +408,12 @@ def apply_human_intent(ticket: Ticket, edit: HumanEdit, *, actor: str) -> Transi
         effects.append(Effect(kind, ticket.state, ticket.state, f"hold set to {edit.hold}", actor))
     if edit.acknowledged is not None and edit.acknowledged != ticket.acknowledged:
         after = replace(after, acknowledged=edit.acknowledged)
-        if edit.acknowledged and ticket.state is TicketState.OPEN:
+        if edit.acknowledged and ticket.state in (TicketState.OPEN, TicketState.DIAGNOSED):
+            # A probable cause found is not a human taking the ticket: acknowledging a diagnosed one still does.
             after = replace(after, state=TicketState.ACKNOWLEDGED)
             effects.append(Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledged", actor))
         elif not edit.acknowledged and ticket.state is TicketState.ACKNOWLEDGED:
-            after = replace(after, state=TicketState.OPEN)
+            after = replace(after, state=TicketState.DIAGNOSED if ticket.diagnosis else TicketState.OPEN)
             effects.append(
                 Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledgement withdrawn", actor)
             )

@@ -23,6 +23,7 @@ from tests.e2e.support import (
     wait_healthy,
 )
 from tests.stackutil import (
+    OPEN_STATES,
     Poller,
     condition_status,
     eventually,
@@ -61,7 +62,7 @@ def test_api_server_outage_during_a_fault(stack: Stack, shared: SharedOperator, 
             # A metric fault needs no API server: the simulator serves it to Prometheus.
             store_fault(stack, namespace, "a", "a-1", "latency", {"seconds": 0.8})
             opened_in_outage = eventually(
-                lambda: [r for r in tickets_in_db(stack, namespace, "latency") if r["state"] == "open"],
+                lambda: [r for r in tickets_in_db(stack, namespace, "latency") if r["state"] in OPEN_STATES],
                 what="the latency ticket opening in Postgres while the API server is down",
                 timeout=OUTAGE_SECONDS,
             )
