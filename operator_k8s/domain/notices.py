@@ -39,9 +39,10 @@ NOTICE_KINDS = {
 """The transitions someone is told about; the others (pending, a recurrence within an open ticket, a note) are
 history only."""
 
-FLAP_QUIETED = frozenset({EffectKind.OPENED, EffectKind.REOPENED, EffectKind.RESOLVED})
-"""While a ticket flaps, its openings and resolutions are history only: "flapping started" and "flapping stopped"
-(with the state it stopped in) are what its receivers hear, instead of a pair per flap."""
+FLAP_QUIETED = frozenset({EffectKind.OPENED, EffectKind.REOPENED, EffectKind.RESOLVED, EffectKind.DIAGNOSED})
+"""While a ticket flaps, its openings, resolutions and the diagnosis of each reopening are history only: "flapping
+started" and "flapping stopped" (with the state it stopped in) are what its receivers hear, instead of a pair (and a
+diagnosis) per flap."""
 FIRING_KINDS = frozenset({"opened", "reopened", "escalated", "flapping_started"})
 WATCHDOG = "OperatorK8sWatchdog"
 ALERT_NAME = "OperatorK8sTicket"
