@@ -56,6 +56,7 @@ def ticket_json(ticket: Ticket) -> dict[str, Any]:
         "openedAt": ticket.opened_at.isoformat() if ticket.opened_at else None,
         "resolvedAt": ticket.resolved_at.isoformat() if ticket.resolved_at else None,
         "hold": ticket.hold, "acknowledged": ticket.acknowledged, "snapshot": ticket.snapshot,
+        "causeTicketId": ticket.cause_id, "countedStores": ticket.counted_stores,
     }  # fmt: skip
 
 
@@ -88,6 +89,12 @@ def render_show(record: TicketRecord) -> str:
         ("First seen", _time(ticket.first_seen)), ("Last seen", _time(ticket.last_seen)),
         ("Resolved", _time(ticket.resolved_at)), ("Hold", str(ticket.hold)), ("Message", ticket.message),
     ]  # fmt: skip
+    if ticket.cause_id is not None:
+        fields.append(("Cause", f"ticket {ticket.cause_id} (one incident: notified with it)"))
+    if record.explains:
+        fields.append(("Explains", ", ".join(f"ticket {i}" for i in record.explains)))
+    if ticket.counted_stores:
+        fields.append(("PD counts", ", ".join(f"{s} {'/'.join(v)}" for s, v in sorted(ticket.counted_stores.items()))))
     out = [f"{name + ':':<13}{value}" for name, value in fields]
     out += ["", "Metric snapshot:"] + [f"  {k}: {v}" for k, v in ticket.snapshot.items()]
     out += ["", "History:"]
@@ -104,6 +111,8 @@ def render_show(record: TicketRecord) -> str:
         out += ["", "Evidence:", "  " + (record.ticket.evidence_summary or "(none)")]
         for event in record.evidence.get("events", [])[:5]:
             out.append(f"  event {event['type']} {event['reason']} x{event['count']}: {event['message'][:160]}")
+        for item in (record.evidence.get("prometheus") or {}).get("items") or []:
+            out += [f"  prometheus {item['name']}: {item['status']}", f"    graph: {item['graph']}"]
     out += ["", "Notifications:"]
     told = [[_time(d.created_at), d.receiver, d.kind, d.state, str(d.attempts), _time(d.finished_at), d.result or ""]
             for d in record.deliveries]  # fmt: skip
@@ -151,7 +160,7 @@ async def _run(args: argparse.Namespace, dsn: str) -> tuple[int, str]:
                  "finished": d.finished_at.isoformat() if d.finished_at else None, "result": d.result}
                 for d in found.deliveries]  # fmt: skip
         body = {**ticket_json(found.ticket), "history": entries, "notifications": told, "diagnosis": found.findings,
-                "evidence": found.evidence}  # fmt: skip
+                "evidence": found.evidence, "explains": found.explains}  # fmt: skip
         return 0, json.dumps(body, indent=2)
     return 0, render_show(found)
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from operator_k8s.domain.notices import (
+    INCIDENT_WAIT,
     NO_ROUTE,
     RESOLVED_RESEND,
     AlertLinks,
@@ -32,6 +33,7 @@ from operator_k8s.domain.notices import (
     RetryPolicy,
     SendOutcome,
     Settled,
+    awaits_cause,
     firing_alert,
     notice_of_ticket,
     plan_deliveries,
@@ -180,7 +182,8 @@ class Notifier:
             )  # fmt: skip
             covered = self.covering(notice, notice.at)
             held = (covered[0], covered[1]) if covered is not None else None
-            return plan_deliveries(names, covered=held, disabled=disabled, now=now)
+            wait = notice.at + INCIDENT_WAIT if awaits_cause(notice) else None
+            return plan_deliveries(names, covered=held, disabled=disabled, now=now, not_before=wait)
 
         routed = await self.queue.route(plan)
         if routed:
@@ -230,6 +233,7 @@ class Notifier:
         payload = webhook_payload(
             item.queued.notice, ticket_id=item.queued.ticket_id, ticket_name=_name(item.queued),
             sequence=item.queued.id, idempotency_key=item.queued.idempotency_key, links=self.links,
+            explains=item.explains,
         )  # fmt: skip
         outcome = await self.client.webhook(
             target.url, target.key_files, payload["id"], payload, target.timeout_seconds
@@ -237,14 +241,16 @@ class Notifier:
         await self._settle(receiver, item, outcome)
 
     async def _suppressed(self, item: ClaimedDelivery) -> bool:
-        """A delivery deferred by a maintenance window that no longer says anything is suppressed, with why."""
+        """A delivery that no longer says anything (deferred by a maintenance window; of a ticket another's cause
+        explains) is suppressed, with why."""
         reason = worth_sending(
             item.queued.notice.kind, deferred=item.deferred_by is not None, ticket_active=item.ticket_active,
-            told_firing=item.told_firing,
+            told_firing=item.told_firing, cause_id=item.cause_id,
         )  # fmt: skip
         if reason is None:
             return False
-        await self.queue.settle(item.id, self.owner, Settled("suppressed", f"{reason} ({item.deferred_by})"))
+        why = f"{reason} ({item.deferred_by})" if item.deferred_by else reason
+        await self.queue.settle(item.id, self.owner, Settled("suppressed", why))
         self._record(item.receiver, "suppressed", None)
         return True
 
@@ -383,6 +389,8 @@ class Notifier:
         maintenance window that covers them."""
         alerting = []
         for ticket in await self.queue.open_tickets():
+            if ticket.cause_id is not None:
+                continue  # told with the ticket of its cause: one incident, one alert
             notice = notice_of_ticket(ticket)
             names = receivers_for(
                 self.config.routes, namespace=notice.namespace, cluster=notice.cluster,

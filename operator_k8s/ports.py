@@ -3,7 +3,7 @@ fakes (held to the real ones by the contract suite). The values they carry live 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -33,6 +33,11 @@ class TicketStore(Protocol):
     ) -> None:  # fmt: skip
         """Keep a ticket's latest evidence and the probable causes found in it."""
 
+    async def store_incidents(
+        self, counted: Mapping[int, dict[str, list[str]]], links: Mapping[int, int | None], *, deadline: float
+    ) -> None:
+        """Keep the stores cluster-level PD tickets count (by ticket id) and each linked ticket's cause."""
+
     async def close(self) -> None: ...
 
 
@@ -52,10 +57,12 @@ class MetricsSource(Protocol):
         namespace_label: str,
         timeout: float,
         auth: PrometheusAuthSpec | None = None,
+        keep: tuple[str, ...] = (),
     ) -> QueryResult:
         """One instant query within ``timeout`` seconds, authenticated as ``auth`` says; each sample's store and
-        namespace are its ``store_label`` and ``namespace_label`` values. Failures (a credential file that cannot be
-        used included) come back as a QueryResult, never as an exception."""
+        namespace are its ``store_label`` and ``namespace_label`` values, and the labels named in ``keep`` are kept.
+        Failures (a credential file that cannot be used included) come back as a QueryResult, never as an
+        exception."""
 
 
 class KubernetesRejected(Exception):

@@ -15,15 +15,23 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from operator_k8s.domain import conditions as cond
-from operator_k8s.domain.diagnosis import diagnose, diagnosed, evidence_summary, pod_evidence, worth_evidence
+from operator_k8s.domain.diagnosis import (
+    bounded,
+    diagnose,
+    diagnosed,
+    evidence_summary,
+    pod_evidence,
+    worth_evidence,
+)
 from operator_k8s.domain.durations import parse_duration
+from operator_k8s.domain.incidents import incident_links
 from operator_k8s.domain.invariants import Finding, evaluate, invariant_names
 from operator_k8s.domain.ledger import (
     ClusterRef,
@@ -37,6 +45,14 @@ from operator_k8s.domain.ledger import (
     retire_all,
     shown_ticket,
     tracked_stores,
+)
+from operator_k8s.domain.metric_evidence import (
+    EvidenceQuery,
+    TicketScope,
+    evidence_queries,
+    pd_named_stores,
+    prometheus_evidence,
+    window_start,
 )
 from operator_k8s.domain.observations import QueryResult, Snapshot, StorePod, scope_result, select_pods
 from operator_k8s.domain.projections import ObservedTicket, plan_tickets, ticket_body, ticket_patch, ticket_spec
@@ -52,7 +68,7 @@ from operator_k8s.domain.status import (
     status_patch,
 )
 from operator_k8s.domain.tickets import HumanEdit, Ticket, TicketKey, TicketState, Transition, apply_human_intent
-from operator_k8s.domain.vocabulary import CLUSTER_STORE, Reason
+from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant, Reason
 from operator_k8s.ledger import DECISION_ATTEMPTS, Ledger
 from operator_k8s.ports import (
     EvidenceSource,
@@ -69,7 +85,9 @@ from operator_k8s.ports import (
 log = logging.getLogger("operator_k8s.service")
 T = TypeVar("T")
 EVIDENCE_SECONDS = 5.0
-"""The most time one ticket's evidence may take (three API requests)."""
+"""The most time one ticket's evidence may take (three API requests and at most seven queries, at once)."""
+EVIDENCE_QUERY_SECONDS = 4.0
+"""The most time one evidence query may take (its Prometheus's own timeout, if shorter): its answer lands in time."""
 EVIDENCE_CONCURRENCY = 4
 """Tickets whose evidence is gathered at once (a fault on many stores queues the rest)."""
 
@@ -256,7 +274,12 @@ class Monitor:
             # write back the intent the edit was meant to change.
             if decision.settled:
                 await self._project(ref, tickets, shown, now, stats)
-            self._gather_evidence(ref, [t.after for t in applied if worth_evidence(t) and t.after is not None])
+            self._gather_evidence(
+                ref, spec, pods, [t.after for t in applied if worth_evidence(t) and t.after is not None]
+            )
+            links = incident_links(tickets)
+            if links:
+                await self._store_incidents(ref, {}, links)
         await self._post_events(ref, applied, stats)
 
         outcome = cond.CycleOutcome(
@@ -391,14 +414,20 @@ class Monitor:
 
     # -- evidence and diagnosis ----------------------------------------------------------------------------------
 
-    def _gather_evidence(self, ref: ClusterRef, tickets: Sequence[Ticket]) -> None:
+    def _gather_evidence(
+        self, ref: ClusterRef, spec: MonitoredClusterSpec, pods: Sequence[StorePod], tickets: Sequence[Ticket]
+    ) -> None:
         """Gather evidence for tickets that opened or escalated, in tasks of their own: a cycle never waits for it."""
         if self.evidence is None:
             return
+        stores = tuple(sorted(p.name for p in select_pods(pods, spec.stores.selector.match_labels)))
+        pd_pods = tuple(sorted(p.name for p in select_pods(pods, spec.pd.selector.match_labels))) if spec.pd else ()
         for ticket in tickets:
             key = (ticket.key, ticket.occurrences * 10 + ticket.severity.rank)
             if key not in self._gathering:
-                task = asyncio.create_task(self._evidence_of(ref, ticket))
+                others = tuple(s for s in stores if s != ticket.key.store)
+                scope = TicketScope(ticket.key.invariant, ticket.key.store, others, pd_pods)
+                task = asyncio.create_task(self._evidence_of(ref, spec, scope, ticket))
                 self._gathering[key] = task
                 task.add_done_callback(functools.partial(self._gathered, key))
 
@@ -410,18 +439,72 @@ class Monitor:
     def _gathered(self, key: tuple[TicketKey, int], _: asyncio.Task[None]) -> None:
         self._gathering.pop(key, None)
 
-    async def _evidence_of(self, ref: ClusterRef, opened: Ticket) -> None:
-        """The store's evidence within ``EVIDENCE_SECONDS``, kept with the ticket, and the ticket diagnosed when a
-        rule finds a probable cause in it. Failures are logged: the ticket stays as it was, never worse."""
+    async def _store_incidents(
+        self, ref: ClusterRef, counted: dict[int, dict[str, list[str]]], links: dict[int, int | None]
+    ) -> None:
+        """Keep which tickets one cause explains; a Postgres that does not answer leaves it to the next cycle."""
+        try:
+            await self.store.store_incidents(counted, links, deadline=self.settings.postgres_timeout)
+        except TicketStoreUnavailable as error:
+            log.warning(
+                "Could not link Tickets to their cause",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "error": str(error)},
+            )
+            return
+        for ticket_id, cause in links.items():
+            log.info(
+                "Linked a Ticket to the Ticket of its cause" if cause else "Unlinked a Ticket from a cause",
+                extra={"cluster": ref.name, "namespace": ref.namespace, "ticket": ticket_id, "cause": cause},
+            )
+
+    async def _pod_evidence(self, namespace: str, store: str) -> dict[str, Any]:
+        assert self.evidence is not None
+        if store == CLUSTER_STORE:
+            return {"unreachable": []}
+        try:
+            async with asyncio.timeout(EVIDENCE_SECONDS):
+                return await self.evidence.pod_evidence(namespace, store, timeout=EVIDENCE_SECONDS / 3)
+        except TimeoutError:
+            return pod_evidence(None, [], None, unreachable=[f"the API server: no answer within {EVIDENCE_SECONDS:g}s"])
+
+    async def _metric_evidence(
+        self, spec: MonitoredClusterSpec, queries: Sequence[EvidenceQuery]
+    ) -> dict[str, QueryResult]:
+        """The evidence queries at once, each within its Prometheus's timeout and ``EVIDENCE_QUERY_SECONDS``."""
+        timeout = min(parse_duration(spec.prometheus.timeout), EVIDENCE_QUERY_SECONDS)
+        answers = await asyncio.gather(
+            *(
+                self.metrics.query(
+                    spec.prometheus.url, q.promql, store_label=q.group, namespace_label="", timeout=timeout,
+                    auth=spec.prometheus.auth, keep=q.keep,
+                )
+                for q in queries
+            )
+        )  # fmt: skip
+        return {q.name: answer for q, answer in zip(queries, answers, strict=True)}
+
+    async def _evidence_of(
+        self, ref: ClusterRef, spec: MonitoredClusterSpec, scope: TicketScope, opened: Ticket
+    ) -> None:
+        """The ticket's evidence within ``EVIDENCE_SECONDS`` (the pod's from the API server and Prometheus's, at
+        once), kept with the ticket, and the ticket diagnosed when a rule finds a probable cause in it. Failures are
+        logged: the ticket stays as it was, never worse."""
         assert self.evidence is not None
         store = opened.key.store
-        try:
-            async with self._gather_slots, asyncio.timeout(EVIDENCE_SECONDS):
-                evidence = await self.evidence.pod_evidence(ref.namespace, store, timeout=EVIDENCE_SECONDS / 3)
-        except TimeoutError:
-            evidence = pod_evidence(
-                None, [], None, unreachable=[f"the API server: no answer within {EVIDENCE_SECONDS:g}s"]
+        queries = evidence_queries(spec, ref.namespace, scope)
+        async with self._gather_slots:
+            started = time.monotonic()
+            pod_part, results = await asyncio.gather(
+                self._pod_evidence(ref.namespace, store), self._metric_evidence(spec, queries)
             )
+            now = datetime.now(UTC)
+            threshold = spec.invariants.disk_usage.threshold_percent if spec.invariants.disk_usage.enabled else None
+            pod_part["prometheus"] = prometheus_evidence(
+                queries, results, scope=scope, threshold_percent=threshold, prometheus_url=spec.prometheus.url,
+                start=window_start(opened.opened_at, opened.first_seen, now), end=now,
+            )  # fmt: skip
+            pod_part["gatheredSeconds"] = round(time.monotonic() - started, 3)
+            evidence = bounded(pod_part)
         findings = diagnose(store, evidence)
         try:
             async with self.ledger.lock(ref.uid):
@@ -434,6 +517,10 @@ class Monitor:
                     current.id, evidence, [f.to_json() for f in findings], evidence_summary(evidence),
                     findings[0].summary if findings else None, deadline=self.settings.postgres_timeout,
                 )  # fmt: skip
+                if opened.key.invariant == Invariant.PD_STORES:
+                    counted = pd_named_stores(evidence, spec.invariants.pd_stores.states)
+                    named = [replace(t, counted_stores=counted) if t.id == current.id else t for t in tickets]
+                    await self._store_incidents(ref, {current.id: counted}, incident_links(named))
                 if findings:
 
                     def plan(now_held: list[Ticket]) -> list[Transition]:
@@ -449,6 +536,7 @@ class Monitor:
         log.info(
             "Gathered the evidence of a Ticket",
             extra={"cluster": ref.name, "namespace": ref.namespace, "store": store,
+                   "invariant": opened.key.invariant, "seconds": evidence.get("gatheredSeconds"),
                    "diagnosis": findings[0].summary if findings else "unknown"},
         )  # fmt: skip
 

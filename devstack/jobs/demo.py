@@ -60,7 +60,9 @@ def _create_example(stack: Stack) -> None:
     say(f"Creating namespace {NAMESPACE} and a TidbCluster of 3 TiKV and 3 PD pods (one metrics endpoint each,")
     print("    discovered by Prometheus through the API server, labelled as prometheus-operator does)")
     stack.kubectl("create", "namespace", NAMESPACE)
-    _simulator(stack, "PUT", f"/tidbclusters/{NAMESPACE}/{CLUSTER}", {"stores": 3, "pd": 3, "timings": TIMINGS})
+    # PD v8.5.5 says which stores it counts (pd_cluster_status per store): a disk fault is then one incident
+    tidb = {"stores": 3, "pd": 3, "timings": TIMINGS, "pdVersion": "v8.5.5"}
+    _simulator(stack, "PUT", f"/tidbclusters/{NAMESPACE}/{CLUSTER}", tidb)
     print(stack.kubectl("get", "pods", "-n", NAMESPACE).stdout, end="")
     say(f"Applying {EXAMPLE.relative_to(REPO_ROOT)} (Prometheus URL and timings adjusted for the local stack)")
     print(stack.kubectl("apply", "-f", "-", input_text=json.dumps(example_for_local_stack(stack))).stdout, end="")

@@ -43,6 +43,8 @@ HEALTHY_OTHER_BYTES = GIB // 2
 PLACEHOLDER_BYTES = max(CAPACITY_BYTES // 20, 5 * GIB) // 5
 LOW_SPACE_RATIO = 0.8
 INIT_CLUSTER_REGION_THRESHOLD = 100
+SLOW_SCORE_SLOW = 80.0
+"""PD counts a store slow at this slow score (tikv/pd:pkg/core/store.go ``IsSlow``)."""
 INITIAL_MIN_SPACE = 8 * GIB
 LOCK_WAIT_TIMEOUT_SECONDS = 1.0
 RESTART_LOOP_SECONDS = 5.0
@@ -189,7 +191,7 @@ FAULT_PARAMETERS: dict[Fault, dict[str, float | str]] = {
     Fault.HUNG: {},
     Fault.IDLE: {},
     Fault.CONTENTION: {},
-    Fault.LATENCY: {"seconds": 0.8},
+    Fault.LATENCY: {"seconds": 0.8, "slowScore": 1.0},
     Fault.DISK: {"percent": 95.0},
     Fault.DISK_OTHER: {"percent": 50.0},
     Fault.DISK_UNREADABLE: {},
@@ -216,6 +218,8 @@ def fault_parameters(kind: Fault, given: dict[str, object]) -> dict[str, float |
         raise ValueError("percent must be within 0..100")
     if kind in (Fault.LATENCY, Fault.RESTART_LOOP, Fault.CRASH_LOOP) and float(result["seconds"]) <= 0:
         raise ValueError("seconds must be > 0")
+    if kind is Fault.LATENCY and not 1 <= float(result["slowScore"]) <= 100:
+        raise ValueError("slowScore must be within 1..100")
     return result
 
 
@@ -516,6 +520,12 @@ class TikvStore(Process):
             "max": ordered[-1],
         }
 
+    def slow_score(self) -> float:
+        """TiKV's slow score (1 healthy … 100), what its raftstore inspection of the disk reports to PD: a latency
+        fault says how slow the disk looks to it (``slowScore``; 1 when the cause is not the disk)."""
+        latency = self.faults.get(Fault.LATENCY)
+        return float(latency.get("slowScore", 1.0)) if latency else 1.0
+
     # -- exposition --
 
     def exposition(self, now: float) -> str:
@@ -547,6 +557,8 @@ class TikvStore(Process):
         lines += header("tikv_engine_write_stall", "gauge", "Histogram of write stall")
         for statistic, value in self.write_stall().items():
             lines.append(f"tikv_engine_write_stall{labels(db='kv', type='write_stall_' + statistic)} {number(value)}")
+        lines += header("tikv_raftstore_slow_score", "gauge", "Slow score of the store.")
+        lines.append(f"tikv_raftstore_slow_score {number(self.slow_score())}")
         lines += self.process_lines()
         return "\n".join(lines) + "\n"
 
@@ -660,6 +672,8 @@ class Cluster:
             result["store_unhealth_count"] += 1
         elif down_time > self.timings.store_disconnect:
             result["store_disconnected_count"] += 1
+        elif store.slow_score() >= SLOW_SCORE_SLOW:
+            result["store_slow_count"] += 1
         else:
             result["store_up_count"] += 1
         result["store_serving_count"] += 1
@@ -726,6 +740,9 @@ class Cluster:
         lines = header("pd_cluster_status", "gauge", "Status of the cluster.")
         if is_leader:
             lines += self._cluster_status_lines(now)
+        lines += header("pd_scheduler_store_status", "gauge", "Store status for schedule")
+        if is_leader:
+            lines += self._store_status_lines()
         lines += header("pd_regions_status", "gauge", "Status of the regions.")
         regions = self.region_status(now) if is_leader else dict.fromkeys(REGION_STATUSES, 0.0)
         lines += [f"pd_regions_status{labels(type=kind)} {number(value)}" for kind, value in regions.items()]
@@ -737,6 +754,24 @@ class Cluster:
         lines.append(f"service_member_role{labels(service='PD')} {int(is_leader)}")
         lines += member.process_lines()
         return "\n".join(lines) + "\n"
+
+    def store_address(self, pod: str) -> str:
+        """The address a store advertises to PD, as TiDB Operator sets it: ``<pod>.<peer service>.<ns>.svc``."""
+        return f"{pod}.{self.name}-tikv-peer.{self.namespace}.svc:{TIKV_SERVER_PORT}"
+
+    def _store_status_lines(self) -> list[str]:
+        """``pd_scheduler_store_status{address, store, type}`` (tikv/pd:pkg/statistics/store_collection.go): the
+        leader's per-store gauges, by PD's store id and the store's address, in every PD version."""
+        lines = []
+        for pod, store in self.stores.items():
+            disk = self.disk_seen_by_pd(store)
+            stats = self.store_stats(store)
+            for kind, value in (("store_capacity", disk.capacity), ("store_available", disk.available),
+                                ("store_used", disk.used), ("region_count", stats["region_count"]),
+                                ("leader_count", stats["leader_count"])):  # fmt: skip
+                pairs = labels(address=self.store_address(pod), store=str(store.store_id), type=kind)
+                lines.append(f"pd_scheduler_store_status{pairs} {number(value)}")
+        return lines
 
     def _cluster_status_lines(self, now: float) -> list[str]:
         lines = []

@@ -43,8 +43,10 @@ Faults, each a real-world case (``{"parameter": default}``):
 - ``contention``: pessimistic-lock waits: about 30 % of ``kv_pessimistic_lock`` requests wait, up to the 1 s
   ``wait-for-lock-timeout``; the p99 over all types reads ~950 ms, ``kv_get`` stays under ~1 ms. Healthy by TiKV's
   own standards.
-- ``latency`` ``{"seconds": 0.8}``: point operations (``kv_get``, ``kv_batch_get``, ``kv_prewrite``, ``kv_commit``,
-  ``raw_get``, ``raw_put``) take that long.
+- ``latency`` ``{"seconds": 0.8, "slowScore": 1}``: point operations (``kv_get``, ``kv_batch_get``, ``kv_prewrite``,
+  ``kv_commit``, ``raw_get``, ``raw_put``) take that long; ``slowScore`` is what TiKV's disk inspection reports
+  (``tikv_raftstore_slow_score``; PD counts the store slow at 80): raise it for a slow disk, leave it for a cause
+  that is not the disk.
 - ``disk`` ``{"percent": 95}``: the volume filled by TiKV's own data: ``used`` is that share of ``capacity``,
   ``available`` drops with it.
 - ``disk-other`` ``{"percent": 50}``: that share of the volume filled by something else: ``available`` drops,

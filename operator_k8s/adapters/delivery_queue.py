@@ -141,7 +141,13 @@ class PostgresDeliveryQueue:
                       n.idempotency_key, n.body, t.state <> 'resolved' AND t.state <> 'pending' AS ticket_active,
                       EXISTS (SELECT 1 FROM deliveries f JOIN notices o ON o.id = f.notice_id
                                WHERE f.receiver = d.receiver AND f.state = 'delivered' AND o.ticket_id = n.ticket_id
-                                 AND o.kind = ANY($5::text[])) AS told_firing
+                                 AND o.kind = ANY($5::text[])) AS told_firing,
+                      t.cause_id,
+                      (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', x.id, 'invariant', x.invariant,
+                                                                    'store', x.store, 'message', left(x.message, 512),
+                                                                    'countedStores', x.counted_stores) ORDER BY x.id),
+                                       '[]'::jsonb)
+                         FROM tickets x WHERE x.cause_id = t.id AND x.state <> 'resolved') AS explains
             """,
             receiver, owner, lease, limit, sorted(FIRING_KINDS),
         )  # fmt: skip
@@ -155,6 +161,8 @@ class PostgresDeliveryQueue:
                 queued=_queued(row),
                 ticket_active=row["ticket_active"],
                 told_firing=row["told_firing"],
+                cause_id=row["cause_id"],
+                explains=tuple(json.loads(row["explains"]) if isinstance(row["explains"], str) else row["explains"]),
             )
             for row in rows
         ]

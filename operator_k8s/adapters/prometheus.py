@@ -400,11 +400,12 @@ class PrometheusMetrics:
         namespace_label: str,
         deadline: QueryDeadline,
         auth: PrometheusAuthSpec | None = None,
+        keep: tuple[str, ...] = (),
     ) -> QueryResult:
         started = time.monotonic()
         with bounded_by(deadline):
             try:
-                return self._query_bounded(url, promql, store_label, namespace_label, deadline, auth)
+                return self._query_bounded(url, promql, store_label, namespace_label, deadline, auth, keep)
             finally:
                 if self._observe is not None:
                     self._observe(time.monotonic() - started)
@@ -417,6 +418,7 @@ class PrometheusMetrics:
         namespace_label: str,
         deadline: QueryDeadline,
         auth: PrometheusAuthSpec | None,
+        keep: tuple[str, ...] = (),
     ) -> QueryResult:
         """The query in this thread, under ``deadline``: every way it can end is a QueryResult."""
         late = f"Prometheus did not answer within {deadline.seconds:g}s"
@@ -443,7 +445,7 @@ class PrometheusMetrics:
                 detail = f" ({error})" if isinstance(error, DeadlineExceeded) and str(error) else ""
                 return QueryResult.failed(promql, QueryFailure.UNREACHABLE, late + detail)
             return self._failed(promql, error, authorization)
-        samples, malformed = samples_of(data, store_label, namespace_label)
+        samples, malformed = samples_of(data, store_label, namespace_label, keep)
         return QueryResult(query=promql, samples=samples, malformed=malformed)
 
     @staticmethod
@@ -471,8 +473,10 @@ class PrometheusMetrics:
         namespace_label: str,
         timeout: float,
         auth: PrometheusAuthSpec | None = None,
+        keep: tuple[str, ...] = (),
     ) -> QueryResult:
-        """One instant query, answered or failed within ``timeout`` (waiting for a slot and a thread included)."""
+        """One instant query, answered or failed within ``timeout`` (waiting for a slot and a thread included);
+        the labels named in ``keep`` are kept with each sample."""
         deadline = QueryDeadline(timeout)
         slots = self.endpoint(url)
         refused = await slots.acquire(timeout)
@@ -491,7 +495,7 @@ class PrometheusMetrics:
                 )  # fmt: skip
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
-            self._pool, self._query_blocking, url, promql, store_label, namespace_label, deadline, auth
+            self._pool, self._query_blocking, url, promql, store_label, namespace_label, deadline, auth, keep
         )
         sent = time.monotonic()
 

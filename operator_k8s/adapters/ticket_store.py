@@ -7,7 +7,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -218,6 +218,13 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def _json_object(value: Any) -> dict[str, Any] | None:
+    """A jsonb column as a dict (asyncpg gives its text; ``to_jsonb`` its value), None when unset."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return dict(value) if isinstance(value, dict) else None
+
+
 def ticket_from_row(row: dict[str, Any]) -> Ticket:
     """A Ticket from a ``tickets`` row (as a record or as ``to_jsonb``)."""
 
@@ -255,6 +262,8 @@ def ticket_from_row(row: dict[str, Any]) -> Ticket:
         last_notification=row.get("last_notification"),
         evidence_summary=row.get("evidence_summary"),
         diagnosis=row.get("diagnosis"),
+        cause_id=row.get("cause_id"),
+        counted_stores=_json_object(row.get("counted_stores")),
         flap_changes=tuple(
             datetime.fromisoformat(at) if isinstance(at, str) else at for at in row.get("flap_changes") or ()
         ),
@@ -482,6 +491,27 @@ class PostgresTicketStore:
 
         await self._guarded(deadline, write(), held)
 
+    async def store_incidents(
+        self, counted: Mapping[int, dict[str, list[str]]], links: Mapping[int, int | None], *, deadline: float
+    ) -> None:
+        """Keep the stores cluster-level PD tickets count and which ticket explains which, in one transaction.
+        Idempotent: derived facts, decided again every cycle, outside the tickets' versions."""
+        self._admit()
+        held: list[Any] = []
+
+        async def write() -> None:
+            pool = await self._ensure_pool()
+            async with pool.acquire() as connection, connection.transaction():
+                held.append(connection)
+                for ticket_id, stores in counted.items():
+                    await connection.execute(
+                        "UPDATE tickets SET counted_stores = $2::jsonb WHERE id = $1", ticket_id, json.dumps(stores)
+                    )
+                for ticket_id, cause in links.items():
+                    await connection.execute("UPDATE tickets SET cause_id = $2 WHERE id = $1", ticket_id, cause)
+
+        await self._guarded(deadline, write(), held)
+
     async def _guarded(self, deadline: float, call: Coroutine[Any, Any, T], held: list[Any]) -> T:
         """``call`` within ``deadline``, every failure as TicketStoreUnavailable in the words a condition shows: a
         missed deadline probes Postgres, an unreachable or refusing Postgres opens the breaker, a refusal of this
@@ -570,6 +600,8 @@ class TicketRecord:
     deliveries: list[DeliveryRecord]
     findings: list[dict[str, str]] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
+    explains: list[int] = field(default_factory=list)
+    """The tickets whose cause this ticket is (one incident)."""
 
 
 class TicketHistory:
@@ -624,6 +656,7 @@ class TicketHistory:
                 " ORDER BY n.id, d.receiver",
                 ticket_id,
             )
+            explained = await connection.fetch("SELECT id FROM tickets WHERE cause_id = $1 ORDER BY id", ticket_id)
         finally:
             await connection.close()
         return TicketRecord(
@@ -632,4 +665,5 @@ class TicketHistory:
             [DeliveryRecord(**dict(d)) for d in deliveries],
             json.loads(gathered["findings"]) if gathered else [],
             json.loads(gathered["evidence"]) if gathered else {},
+            [r["id"] for r in explained],
         )

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from operator_k8s.domain.metric_evidence import metric_summary
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketState, Transition
-from operator_k8s.domain.vocabulary import CLUSTER_STORE
+from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant
 
 EVIDENCE_BYTES = 64 * 1024
 EVENTS_KEPT = 20
@@ -230,12 +231,116 @@ def _node(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
 
 
 PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure")
+OTHER_FILES_PERCENT = 20.0
+"""Files that are not TiKV's taking this share of the volume fill it: a healthy store's logs take well under 1 %."""
+SLOW_RATIO = 5.0
+"""A request type this many times slower on the store than on the cluster's other stores is the store's own."""
+SLOW_FLOOR_MS = 10.0
+"""A p99 under this is fast whatever the ratio (point operations take about a millisecond)."""
+CLUSTER_WIDE_RATIO = 2.0
+"""Slow on every store alike: the store is within this factor of the others."""
+SLOW_SCORE_SLOW = 80.0
+HUNG_STATES = frozenset({"disconnected", "down", "unhealth"})
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "not falling"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def _disk(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+    disk = (evidence.get("prometheus") or {}).get("disk") or {}
+    if not disk.get("readable"):
+        return []
+    used, tikv, other = disk["usedPercent"], disk["tikvPercent"], disk["otherPercent"]
+    when = (f"at the present rate the threshold is {_hours(disk.get('secondsToThreshold'))} away and TiKV's"
+            f" write-rejecting reserve (5 GiB) {_hours(disk.get('secondsToReserve'))} away")  # fmt: skip
+    if other >= OTHER_FILES_PERCENT:
+        return [Finding(
+            "disk-other", "disk filled by other files", store, f"{other:g}% of the volume is not TiKV's",
+            f"under {OTHER_FILES_PERCENT:g}% not TiKV's", "critical",
+            f"the volume is {used:g}% full: TiKV's own data (tikv_store_size_bytes used) is {tikv:g}%, files that"
+            f" are not TiKV's are {other:g}% ({disk['otherBytes'] / 2**30:.1f} GiB); {when}",
+            "find what else writes to the volume (core dumps, logs, a backup or import left behind: du on the data"
+            " directory) and remove it; TiKV's data is not the cause",
+        )]  # fmt: skip
+    sizes = disk.get("sizes") or {}
+    return [Finding(
+        "disk-tikv", "disk filled by TiKV's data", store, f"TiKV's data is {tikv:g}% of the volume",
+        f"{used:g}% used in all", "warning",
+        f"TiKV's own data fills the volume: kv {sizes.get('kv_size', 0) / 2**30:.1f} GiB, raft"
+        f" {sizes.get('raft_size', 0) / 2**30:.1f} GiB, snapshots {sizes.get('snap_size', 0) / 2**30:.1f} GiB; {when}",
+        "grow the volume, or add stores so PD moves regions away (check PD's low-space and region balance)",
+    )]  # fmt: skip
+
+
+def _latency(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+    latency = (evidence.get("prometheus") or {}).get("latency") or {}
+    rows = [r for r in latency.get("types") or [] if r.get("p99Ms") is not None and r["p99Ms"] >= SLOW_FLOOR_MS]
+    if not rows or not latency.get("othersAnswered"):
+        return []
+    own = [r for r in rows if r.get("ratio") is not None and r["ratio"] >= SLOW_RATIO]
+    if own:
+        names = ", ".join(f"{r['type']} {r['p99Ms']:g} ms (others {r['othersP99Ms']:g} ms)" for r in own[:4])
+        return [Finding(
+            "slow-store", "slowness on one store", store, f"{own[0]['type']} p99 {own[0]['p99Ms']:g} ms",
+            f"the other stores' p99 {own[0]['othersP99Ms']:g} ms", "warning",
+            f"only this store is slow: {names}",
+            "look at this store alone: its disk (append log and WAL sync durations), its CPU, its node; PD's slow"
+            " score shows whether TiKV sees its disk as slow",
+        )]  # fmt: skip
+    alike = [r for r in rows if r.get("ratio") is not None and r["ratio"] < CLUSTER_WIDE_RATIO]
+    if alike and len(alike) == len([r for r in rows if r.get("ratio") is not None]):
+        top = alike[0]
+        return [Finding(
+            "slow-cluster", "slowness on every store", store, f"{top['type']} p99 {top['p99Ms']:g} ms",
+            f"the other stores' p99 {top['othersP99Ms']:g} ms", "warning",
+            "the other stores are as slow as this one: the cause is shared (the workload, PD, the network), not"
+            " this store",
+            "look at what all stores share: the workload's request mix, hot regions, PD and the network",
+        )]  # fmt: skip
+    return []
+
+
+def _pod_ready(evidence: Mapping[str, Any]) -> bool:
+    pod = evidence.get("pod") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("conditions") or [])
+    containers = _containers(evidence)
+    return pod.get("phase") == "Running" and (ready or (bool(containers) and all(c["ready"] for c in containers)))
+
+
+def _hung(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+    if not _pod_ready(evidence):
+        return []
+    prometheus = evidence.get("prometheus") or {}
+    states = set((prometheus.get("pd") or {}).get("states") or [])
+    score = prometheus.get("slowScore")
+    if states & HUNG_STATES:
+        state = sorted(states & HUNG_STATES)[0]
+        value, reference = f"PD: {state}", "PD: up"
+        details = f"PD counts the store {state} (no heartbeat) while its pod is Running and Ready"
+    elif score is not None and score >= SLOW_SCORE_SLOW:
+        value, reference = f"slow score {score:g}", f"slow score under {SLOW_SCORE_SLOW:g}"
+        details = (
+            f"TiKV reports a slow score of {score:g} (PD counts it slow at 80, evicts its leaders at 100)"
+            " while its pod is Running and Ready"
+        )
+    else:
+        return []
+    return [Finding(
+        "store-hung", "store hung while its pod is Ready", store, value, reference, "critical", details,
+        "TiKV pods have no readiness probe by default: the kubelet cannot see this. Read the store's log and"
+        " stack (kill -QUIT or pprof), its disk latency; restart the pod if it stays stuck",
+    )]  # fmt: skip
 
 
 def diagnose(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
     """The probable causes the evidence supports, most specific first (empty: unknown)."""
     specific = _cluster_id(store, evidence) + _oom(store, evidence) + _pending(store, evidence)
-    return specific + _restart_loop(store, evidence, explained=bool(specific)) + _node(store, evidence)
+    metric = _hung(store, evidence) + _disk(store, evidence) + _latency(store, evidence)
+    looping = _restart_loop(store, evidence, explained=bool(specific))
+    return specific + metric + looping + _node(store, evidence)
 
 
 def evidence_summary(evidence: Mapping[str, Any]) -> str:
@@ -255,6 +360,9 @@ def evidence_summary(evidence: Mapping[str, Any]) -> str:
     if node:
         ready = next((c.get("status") for c in node.get("conditions") or [] if c.get("type") == "Ready"), "?")
         parts.append(f"node {node.get('name')} Ready={ready}")
+    metrics = metric_summary(evidence)
+    if metrics:
+        parts.append(metrics)
     for what in evidence.get("unreachable") or []:
         parts.append(f"not reachable: {what}")
     return "; ".join(parts)[:TEXT_BYTES]
@@ -270,9 +378,11 @@ def diagnosed(ticket: Ticket, findings: Sequence[Finding]) -> Transition:
 
 
 def worth_evidence(transition: Transition) -> bool:
-    """Evidence is gathered when a store's ticket opens, reopens or escalates."""
+    """Evidence is gathered when a store's ticket, or PD's cluster-level store count, opens, reopens or escalates
+    (PD's count is explained by naming the stores it counts)."""
+    after = transition.after
     return (
-        transition.after is not None
-        and transition.after.key.store != CLUSTER_STORE
+        after is not None
+        and (after.key.store != CLUSTER_STORE or after.key.invariant == Invariant.PD_STORES)
         and any(e.kind in (EffectKind.OPENED, EffectKind.REOPENED, EffectKind.ESCALATED) for e in transition.effects)
     )

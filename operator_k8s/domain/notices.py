@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from operator_k8s.domain.incidents import LINKED_INVARIANTS
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketState, Transition, json_number
-from operator_k8s.domain.vocabulary import Severity
+from operator_k8s.domain.vocabulary import CLUSTER_STORE, Severity
 
 PAYLOAD_VERSION = "1"
 """The webhook payload's version: a field is only ever added within a version; anything else is a new version."""
@@ -38,9 +39,10 @@ NOTICE_KINDS = {
 """The transitions someone is told about; the others (pending, a recurrence within an open ticket, a note) are
 history only."""
 
-FLAP_QUIETED = frozenset({EffectKind.OPENED, EffectKind.REOPENED, EffectKind.RESOLVED})
-"""While a ticket flaps, its openings and resolutions are history only: "flapping started" and "flapping stopped"
-(with the state it stopped in) are what its receivers hear, instead of a pair per flap."""
+FLAP_QUIETED = frozenset({EffectKind.OPENED, EffectKind.REOPENED, EffectKind.RESOLVED, EffectKind.DIAGNOSED})
+"""While a ticket flaps, its openings, resolutions and the diagnosis of each reopening are history only: "flapping
+started" and "flapping stopped" (with the state it stopped in) are what its receivers hear, instead of a pair (and a
+diagnosis) per flap."""
 FIRING_KINDS = frozenset({"opened", "reopened", "escalated", "flapping_started"})
 WATCHDOG = "OperatorK8sWatchdog"
 ALERT_NAME = "OperatorK8sTicket"
@@ -250,8 +252,9 @@ def watchdog_alert(instance: str, now: datetime, ends_in: timedelta) -> dict[str
 
 
 def webhook_payload(
-    notice: Notice, *, ticket_id: int, ticket_name: str, sequence: int, idempotency_key: str, links: AlertLinks
-) -> dict[str, Any]:
+    notice: Notice, *, ticket_id: int, ticket_name: str, sequence: int, idempotency_key: str, links: AlertLinks,
+    explains: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:  # fmt: skip
     """The webhook's JSON (version ``PAYLOAD_VERSION``), shaped for one-line templates: ``group_id``/``dedup_key``
     group and deduplicate by ticket, ``status`` firing|resolved auto-resolves, ``sequence`` orders the transitions
     of one ticket (a later sequence supersedes)."""
@@ -284,6 +287,7 @@ def webhook_payload(
             "opened_at": _stamp(notice.opened_at) if notice.opened_at else None,
             "actor": notice.actor,
         },
+        "incident": {"explains": [dict(item) for item in explains]},
         "links": {
             "graph": graph_url(links.prometheus_url, notice.query, notice.opened_at),
             "runbook": f"{links.runbook_url.rstrip('/')}/{notice.invariant}" if links.runbook_url else None,
@@ -321,10 +325,26 @@ def next_attempt(
     return now + wait
 
 
-def worth_sending(kind: str, *, deferred: bool, ticket_active: bool, told_firing: bool) -> str | None:
-    """Whether a delivery that waited for a maintenance window to end still says something (None: send it), else why
-    not: a ticket that resolved inside the window was never announced, so neither its opening nor its resolution is
-    news to anyone."""
+INCIDENT_WAIT = timedelta(seconds=8)
+"""How long the opening of a cluster-level PD ticket waits before it is sent: its evidence (at most 5 s) names the
+stores PD counts, and a ticket another ticket's cause explains is told with that ticket, not on its own."""
+
+
+def awaits_cause(notice: Notice) -> bool:
+    """Whether a notice waits ``INCIDENT_WAIT`` for its ticket's cause to be known (PD's cluster-level counts)."""
+    return notice.invariant in LINKED_INVARIANTS and notice.store == CLUSTER_STORE and notice.kind in FIRING_KINDS
+
+
+def worth_sending(
+    kind: str, *, deferred: bool, ticket_active: bool, told_firing: bool, cause_id: int | None = None
+) -> str | None:
+    """Whether a delivery still says something (None: send it), else why not. A ticket another ticket's cause
+    explains is told with that ticket (one incident, one page): its own notices are not sent, unless its receiver
+    already heard it fire (then its ending is news). A delivery that waited for a maintenance window to end: a
+    ticket that resolved inside the window was never announced, so neither its opening nor its resolution is news
+    to anyone."""
+    if cause_id is not None and not told_firing:
+        return f"explained by ticket {cause_id}: one incident, told with its cause"
     if not deferred:
         return None
     if kind in FIRING_KINDS and not ticket_active:
@@ -377,11 +397,14 @@ class PlannedDelivery:
 
 
 def plan_deliveries(
-    receivers: Sequence[str], *, covered: tuple[str, datetime] | None, disabled: frozenset[str], now: datetime
-) -> list[PlannedDelivery]:
-    """One delivery per receiver the notice is routed to: due now, or when the maintenance window that covers it
-    ends (it is then checked again: ``worth_sending``); dead at once for a receiver a 410 disabled. A notice no
-    route matches says so in its history."""
+    receivers: Sequence[str], *, covered: tuple[str, datetime] | None, disabled: frozenset[str], now: datetime,
+    not_before: datetime | None = None,
+) -> list[PlannedDelivery]:  # fmt: skip
+    """One delivery per receiver the notice is routed to: due now (or at ``not_before``: a notice waiting for its
+    cause, ``awaits_cause``), or when the maintenance window that covers it ends (it is then checked again:
+    ``worth_sending``); dead at once for a receiver a 410 disabled. A notice no route matches says so in its
+    history."""
+    due = max(now, not_before) if not_before is not None else now
     if not receivers:
         return [PlannedDelivery(NO_ROUTE, "suppressed", now, result="no route matched: nobody was told")]
     planned = []
@@ -396,7 +419,7 @@ def plan_deliveries(
             )  # fmt: skip
             planned.append(PlannedDelivery(receiver, "pending", max(until, now), window, reason))
         else:
-            planned.append(PlannedDelivery(receiver, "pending", now))
+            planned.append(PlannedDelivery(receiver, "pending", due))
     return planned
 
 
@@ -414,6 +437,10 @@ class ClaimedDelivery:
     queued: QueuedNotice
     ticket_active: bool
     told_firing: bool
+    cause_id: int | None = None
+    """The ticket whose cause explains this delivery's ticket (its notices are not sent on their own)."""
+    explains: tuple[dict[str, Any], ...] = ()
+    """The active tickets this delivery's ticket is the cause of: told in its payload, as one incident."""
 
 
 @dataclass(frozen=True)

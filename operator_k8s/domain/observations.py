@@ -35,14 +35,22 @@ class Sample:
     store: str | None
     value: float
     namespace: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    """Other labels the caller asked to keep (evidence queries: a request ``type``, PD's ``store`` id)."""
+
+    def label(self, name: str) -> str | None:
+        return dict(self.labels).get(name)
 
 
-def samples_of(data: object, store_label: str, namespace_label: str) -> tuple[tuple[Sample, ...], int]:
+def samples_of(
+    data: object, store_label: str, namespace_label: str, keep: tuple[str, ...] = ()
+) -> tuple[tuple[Sample, ...], int]:
     """The samples of an instant-vector answer (``data.result``) and how many series were malformed.
 
     An answer is input from a server we do not control: a series that is not an object, has no ``[time, "value"]``
     pair, or labels the store or namespace with anything but a string (a list, a number) is counted and skipped,
-    never allowed to stop a cycle. NaN and ±Inf are kept: the invariants judge them."""
+    never allowed to stop a cycle. NaN and ±Inf are kept: the invariants judge them. The labels named in ``keep``
+    are kept with each sample (a label that is missing or not a string is left out)."""
     if not isinstance(data, list):
         return (), 0
     samples, malformed = [], 0
@@ -57,7 +65,8 @@ def samples_of(data: object, store_label: str, namespace_label: str) -> tuple[tu
         if not isinstance(store, str | None) or not isinstance(namespace, str | None):
             malformed += 1
             continue
-        samples.append(Sample(store=store, value=value, namespace=namespace))
+        kept = tuple((name, labels[name]) for name in keep if isinstance(labels.get(name), str))
+        samples.append(Sample(store=store, value=value, namespace=namespace, labels=kept))
     return tuple(samples), malformed
 
 

@@ -114,6 +114,11 @@ def ticket_status(ticket: Ticket) -> dict[str, Any]:
         status["evidence"] = ticket.evidence_summary[:512]
     if ticket.diagnosis:
         status["diagnosis"] = ticket.diagnosis[:512]
+    if ticket.cause_id is not None:
+        status["causeTicketId"] = ticket.cause_id
+    if ticket.counted_stores:
+        counted = ", ".join(f"{store} {'/'.join(states)}" for store, states in sorted(ticket.counted_stores.items()))
+        status["countedStores"] = counted[:512]
     return status
 
 

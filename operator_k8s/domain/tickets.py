@@ -85,6 +85,10 @@ class Ticket:
     cluster_labels: dict[str, str] = field(default_factory=dict)
     """Its MonitoredCluster's labels when the ticket was first recorded, kept for its life: what notification routes
     select it by (``domain.receivers``), so every notice of one ticket is routed alike."""
+    cause_id: int | None = None
+    """The ticket whose cause explains this one (``domain.incidents``): one incident, told once."""
+    counted_stores: dict[str, list[str]] | None = None
+    """For a cluster-level PD ticket: the stores PD counts and their states, from its evidence (pod -> states)."""
 
 
 FLAP_CHECKS = 21
@@ -417,11 +421,12 @@ def apply_human_intent(ticket: Ticket, edit: HumanEdit, *, actor: str) -> Transi
         effects.append(Effect(kind, ticket.state, ticket.state, f"hold set to {edit.hold}", actor))
     if edit.acknowledged is not None and edit.acknowledged != ticket.acknowledged:
         after = replace(after, acknowledged=edit.acknowledged)
-        if edit.acknowledged and ticket.state is TicketState.OPEN:
+        if edit.acknowledged and ticket.state in (TicketState.OPEN, TicketState.DIAGNOSED):
+            # A probable cause found is not a human taking the ticket: acknowledging a diagnosed one still does.
             after = replace(after, state=TicketState.ACKNOWLEDGED)
             effects.append(Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledged", actor))
         elif not edit.acknowledged and ticket.state is TicketState.ACKNOWLEDGED:
-            after = replace(after, state=TicketState.OPEN)
+            after = replace(after, state=TicketState.DIAGNOSED if ticket.diagnosis else TicketState.OPEN)
             effects.append(
                 Effect(EffectKind.ACKNOWLEDGED, ticket.state, after.state, "acknowledgement withdrawn", actor)
             )

@@ -26,6 +26,7 @@ from tests.e2e.support import (
 )
 from tests.hostile_http import serving
 from tests.stackutil import (
+    OPEN_STATES,
     LogFollower,
     condition,
     condition_status,
@@ -94,7 +95,7 @@ def test_frozen_postgres_and_a_silent_prometheus_slow_no_other_cluster(
             )
             back[name] = time.time() - thawed_at
         ticket = eventually(
-            lambda: [r for r in tickets_in_db(stack, namespace, "diskUsage") if r["state"] == "open"],
+            lambda: [r for r in tickets_in_db(stack, namespace, "diskUsage") if r["state"] in OPEN_STATES],
             what="the ticket of the fault injected during the freeze",
             timeout=30,
         )

@@ -14,7 +14,7 @@ import pytest
 from devstack.host.paths import REPO_ROOT
 from devstack.world.stack import Stack
 from tests.conftest import run_operator
-from tests.stackutil import apply, eventually, get_json, metric_samples, monitored_cluster, tickets_in_db
+from tests.stackutil import OPEN_STATES, apply, eventually, get_json, metric_samples, monitored_cluster, tickets_in_db
 
 pytestmark = pytest.mark.stack
 STORES = 500
@@ -164,7 +164,7 @@ def count_a_restart_and_a_state_change(
     """What a restart with every Ticket open writes, and what one state change writes; returns the measurement."""
     with run_operator(stack, **own) as operator:
         apply(stack, cluster)
-        eventually(lambda: sum(1 for t in shown(stack, namespace).values() if t["status"]["state"] == "open") == STORES,
+        eventually(lambda: sum(1 for t in shown(stack, namespace).values() if t["status"]["state"] in OPEN_STATES) == STORES,
                    timeout=180, what=f"{STORES} open Tickets")  # fmt: skip
         # Each opening's evidence lands on its Ticket a moment later (a task of its own): the restart starts settled.
         eventually(lambda: all("evidence" in t["status"] for t in shown(stack, namespace).values()),
@@ -238,7 +238,7 @@ def test_a_tampered_ticket_is_restored_and_a_hold_set_on_it_is_honoured(
                       "-p", json.dumps(healed))  # fmt: skip
         operator.checked_after(namespace, "big", 3)
         current = shown(stack, namespace)[name]
-        assert current["spec"]["hold"] is True and current["status"]["state"] == "open", "held: stays open"
+        assert current["spec"]["hold"] is True and current["status"]["state"] in OPEN_STATES, "held: stays open"
 
 
 def test_tickets_are_rebuilt_after_their_crd_is_deleted_and_recreated_a_held_one_held(
@@ -266,7 +266,7 @@ def test_tickets_are_rebuilt_after_their_crd_is_deleted_and_recreated_a_held_one
         rebuilt = eventually(lambda: (t := shown(stack, namespace)) and sorted(t) == names and t, timeout=60,
                              what="both Tickets rebuilt")  # fmt: skip
         took = time.monotonic() - recreated
-        assert rebuilt[held]["spec"]["hold"] is True and rebuilt[held]["status"]["state"] == "open"
+        assert rebuilt[held]["spec"]["hold"] is True and rebuilt[held]["status"]["state"] in OPEN_STATES
         assert rebuilt[names[1]]["spec"]["hold"] is False
         operator.checked_after(namespace, "big", 2)
     print(f"[measured] Tickets CRD re-created → both Tickets rebuilt: {took:.1f}s")

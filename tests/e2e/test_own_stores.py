@@ -19,6 +19,7 @@ from tests.e2e.support import (
     wait_healthy,
 )
 from tests.stackutil import (
+    OPEN_STATES,
     condition,
     condition_status,
     eventually,
@@ -152,6 +153,6 @@ def test_a_query_that_aggregates_the_namespace_away_judges_no_foreign_value(
 
 def tickets_open(stack: Stack, namespace: str, key: tuple[str, str, str]) -> bool:
     return any(
-        (r["cluster_name"], r["invariant"], r["store"]) == key and r["state"] == "open"
+        (r["cluster_name"], r["invariant"], r["store"]) == key and r["state"] in OPEN_STATES
         for r in tickets_in_db(stack, namespace)
     )

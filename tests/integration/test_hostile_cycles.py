@@ -160,7 +160,15 @@ class ScriptedMetrics:
         )
 
     async def query(
-        self, url: str, promql: str, *, store_label: str, namespace_label: str, timeout: float, auth: Any = None
+        self,
+        url: str,
+        promql: str,
+        *,
+        store_label: str,
+        namespace_label: str,
+        timeout: float,
+        auth: Any = None,
+        keep: tuple[str, ...] = (),
     ) -> QueryResult:
         return QueryResult(promql, self.samples)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -52,6 +52,19 @@ class FakeStore:
             raise TicketStoreUnavailable("Postgres unreachable (fake)")
         self.evidence[ticket_id] = (evidence, list(findings), summary, diagnosis)
 
+    async def store_incidents(
+        self, counted: Mapping[int, dict[str, list[str]]], links: Mapping[int, int | None], *, deadline: float
+    ) -> None:
+        if self.down:
+            raise TicketStoreUnavailable("Postgres unreachable (fake)")
+        for index, row in enumerate(self.rows):
+            changes: dict[str, Any] = {}
+            if row.id in counted:
+                changes["counted_stores"] = counted[row.id]
+            if row.id in links:
+                changes["cause_id"] = links[row.id]
+            self.rows[index] = replace(row, **changes)
+
     def _unresolved(self, ticket: Ticket) -> Ticket | None:
         return next((r for r in self.rows if r.key == ticket.key and r.state is not TicketState.RESOLVED), None)
 
@@ -82,7 +95,9 @@ class FakeStore:
             other = self._unresolved(write.after)
             if write.after.state is not TicketState.RESOLVED and other is not None and other.id != ticket.id:
                 return False
-            row = replace(write.after, id=ticket.id, version=expected + 1)
+            kept = self.rows[index]  # as sync_cluster_cas: the incident columns are not the write's
+            row = replace(write.after, id=ticket.id, version=expected + 1, cause_id=kept.cause_id,
+                          counted_stores=kept.counted_stores)  # fmt: skip
             self.rows[index] = row
         self.history += [(row.id or 0, effect.kind.value, effect.reason) for _, effect in write.history]
         return True
@@ -119,6 +134,10 @@ class FakeMetrics:
         self.latency: dict[str, float] = {"tikv-0": 5.0, "tikv-1": 5.0}
         self.namespace = "ns"
         self.extra: list[Sample] = []
+        self.evidence: dict[str, list[Sample]] = {}
+        """Answers to evidence queries, by a text their PromQL contains."""
+        self.cluster: dict[str, float] = {}
+        """Cluster-wide answers (no store label), by a text their PromQL contains."""
         self.failure: QueryFailure | None = None
         self.queries: list[str] = []
         self.auths: list[PrometheusAuthSpec | None] = []
@@ -132,11 +151,18 @@ class FakeMetrics:
         namespace_label: str,
         timeout: float,
         auth: PrometheusAuthSpec | None = None,
+        keep: tuple[str, ...] = (),
     ) -> QueryResult:
         self.queries.append(promql)
         self.auths.append(auth)
         if self.failure:
             return QueryResult.failed(promql, self.failure, "connection refused")
+        if store_label != "pod":  # an evidence query (grouped by type or PD's store id): what the test set, or nothing
+            found = [samples for marker, samples in self.evidence.items() if marker in promql]
+            return QueryResult(promql, tuple(found[0]) if found else ())
+        for marker, value in self.cluster.items():  # a cluster-wide value (PD's counts)
+            if marker in promql:
+                return QueryResult(promql, (Sample(None, value, self.namespace),))
         if "tikv_grpc_msg_duration_seconds" not in promql:  # error counters, stalls: all quiet
             return QueryResult(promql, tuple(Sample(store, 0.0, self.namespace) for store in self.latency))
         own = tuple(Sample(store, value, self.namespace) for store, value in self.latency.items())

@@ -139,3 +139,61 @@ def test_evidence_is_gathered_when_a_store_ticket_opens_or_escalates(
     after = ticket(TicketState.OPEN, key=TicketKey("uid-1", "latency", store))
     item = Transition(None, after, (Effect(kind, None, TicketState.OPEN, "r"),))
     assert worth_evidence(item) is gathered
+
+
+# -- rules over Prometheus's evidence --------------------------------------------------------------------------------
+
+READY = {"type": "Ready", "status": "True", "reason": ""}
+
+
+def with_metrics(prometheus: dict[str, Any], pod_body: dict[str, Any] | None = None) -> dict[str, Any]:
+    evidence = pod_evidence(pod_body, [], HEALTHY_NODE)
+    evidence["prometheus"] = prometheus
+    return evidence
+
+
+def disk(tikv: float, other: float, **extra: Any) -> dict[str, Any]:
+    return {"disk": {"readable": True, "usedPercent": tikv + other, "tikvPercent": tikv, "otherPercent": other,
+                     "otherBytes": int(other / 100 * 100 * 2**30), "sizes": {"kv_size": 30 * 2**30}, **extra}}  # fmt: skip
+
+
+def latency(*rows: tuple[str, float, float | None], answered: bool = True) -> dict[str, Any]:
+    types = [{"type": t, "p99Ms": own, "othersP99Ms": others, "ratio": own / others if others else None}
+             for t, own, others in rows]  # fmt: skip
+    return {"latency": {"types": types, "failures": {}, "othersAnswered": answered}}
+
+
+def pd_view(*states: str, score: float | None = 1.0) -> dict[str, Any]:
+    return {"pd": {"status": "ok", "stores": {}, "states": list(states), "storeId": "4"}, "slowScore": score}
+
+
+@pytest.mark.parametrize(
+    ("prometheus", "pod_body", "rules", "words"),
+    [
+        # what fills the disk
+        (disk(40, 50), None, ["disk-other"], "not TiKV's are 50%"),
+        (disk(85, 0.5, secondsToReserve=7200.0), None, ["disk-tikv"], "reserve (5 GiB) 2.0 h away"),
+        ({"disk": {"readable": False, "sizes": {}}}, None, [], ""),  # TiKV cannot read its disk: unknown
+        # one store slow, or all of them
+        (latency(("kv_get", 800.0, 0.8), ("coprocessor", 40.0, 38.0)), None, ["slow-store"], "kv_get 800 ms"),
+        (latency(("kv_get", 900.0, 850.0), ("kv_prewrite", 700.0, 690.0)), None, ["slow-cluster"], "shared"),
+        (latency(("kv_get", 800.0, None), answered=False), None, [], ""),  # no other store to compare: unknown
+        (latency(("kv_get", 0.9, 0.1)), None, [], ""),  # 9x of nothing: fast
+        # hung while Ready
+        (pd_view("disconnected"), pod(conditions=[READY]), ["store-hung"], "disconnected (no heartbeat)"),
+        (pd_view(score=95.0), pod(conditions=[READY]), ["store-hung"], "slow score of 95"),
+        (pd_view("disconnected"), pod(restarts=4, last=OOM, waiting={"reason": "CrashLoopBackOff"}),
+         ["memory-limit"], "8Gi"),  # not Ready: the kubelet sees it, and the OOM explains it
+        (pd_view("up", score=1.0), pod(conditions=[READY]), [], ""),
+        (pd_view(score=None), pod(conditions=[READY]), [], ""),  # no slow score answered: nothing said
+    ],
+)  # fmt: skip
+def test_rules_over_prometheus_evidence(
+    prometheus: dict[str, Any], pod_body: dict[str, Any] | None, rules: list[str], words: str
+) -> None:
+    found = diagnose("tikv-1", with_metrics(prometheus, pod_body))
+    assert [f.rule for f in found] == rules
+    if found:
+        assert words in found[0].details + found[0].value
+        assert found[0].store == "tikv-1" and found[0].next_step and found[0].reference
+        assert found[0].runbook.endswith(f"#runbook-{found[0].rule}")

@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from operator_k8s.adapters.receivers_http import outcome_of, signed_headers
+from operator_k8s.domain.diagnosis import Finding as Cause
+from operator_k8s.domain.diagnosis import diagnosed
 from operator_k8s.domain.invariants import Verdict
 from operator_k8s.domain.notices import (
     AlertLinks,
@@ -548,3 +550,11 @@ def test_while_postgres_is_away_what_was_firing_is_sent_again_and_resolutions_ar
 def test_a_window_deleted_or_shortened_releases_what_it_held_at_its_new_end() -> None:
     held = [(1, at(3600), None), (2, at(3600), at(600)), (3, at(3600), at(3600)), (4, at(3600), at(-5))]
     assert released(held, at(0)) == [(1, at(0)), (2, at(600)), (4, at(0))]
+
+
+@pytest.mark.parametrize(("flapping", "told"), [(False, True), (True, False)])
+def test_the_diagnosis_of_a_flapping_tickets_reopening_is_history_only(flapping: bool, told: bool) -> None:
+    cause = Cause("disk-tikv", "disk filled by TiKV's data", "tikv-0", "95%", "80%", "warning", "d", "n")
+    item = diagnosed(ticket(TicketState.OPEN, flapping=flapping), [cause])
+    (effect,) = with_notices(item, T0).effects
+    assert (effect.notice is not None) is told

@@ -414,6 +414,10 @@ async def test_an_opened_ticket_gets_evidence_and_a_diagnosis_without_the_cycle_
     monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence)
     await cycle(monitor, 0)
     metrics.latency["tikv-1"] = 900.0
+    metrics.evidence = {
+        '"tikv-1",type!="kv_gc"': [Sample("kv_get", 850.0), Sample("coprocessor", 40.0)],
+        '"tikv-0",type!="kv_gc"': [Sample("kv_get", 0.9), Sample("coprocessor", 35.0)],
+    }
     await cycle(monitor, 1, mirror.status)
     await monitor.evidence_gathered()
     assert evidence.asked == [("ns", "tikv-1")]
@@ -421,10 +425,41 @@ async def test_an_opened_ticket_gets_evidence_and_a_diagnosis_without_the_cycle_
     assert row.state is TicketState.DIAGNOSED
     assert row.id is not None
     _, findings, summary, diagnosis = store.evidence[row.id]
-    assert [f["rule"] for f in findings] == ["memory-limit"]
+    assert [f["rule"] for f in findings] == ["memory-limit", "slow-store"]
     assert (diagnosis or "").startswith("memory limit hit")
-    assert summary == "pod Running, 2 restarts; last exit OOMKilled (137); not reachable: node n: not found"
+    assert summary == (
+        "pod Running, 2 restarts; last exit OOMKilled (137); slowest kv_get p99 850.0 ms (others 0.9 ms);"
+        " slow score 0; not reachable: node n: not found"
+    )
+    gathered = store.evidence[row.id][0]
+    latency_item = next(i for i in gathered["prometheus"]["items"] if i["name"] == "latency_by_type")
+    assert latency_item["status"] == "ok" and "/graph?g0.expr=histogram_quantile" in latency_item["graph"]
+    assert [q for q in metrics.queries if "tikv_grpc_msg_fail_total" in q], "failures asked for a latency ticket"
     assert [kind for _, kind, _ in store.history][-1] == "Diagnosed"
     await cycle(monitor, 2, mirror.status)
     await monitor.evidence_gathered()
     assert evidence.asked == [("ns", "tikv-1")], "gathered once per opening, not per cycle"
+
+
+async def test_pds_count_is_named_by_its_evidence_and_linked_to_the_store_ticket_that_explains_it() -> None:
+    store, metrics, mirror, evidence = FakeStore(), FakeMetrics(), FakeMirror(), FakeEvidence()
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence)
+    pd_pod = StorePod("pd-0", "Running", True, (("app", "pd"),))
+    spec = {**SPEC, "pd": {"selector": {"matchLabels": {"app": "pd"}}}}
+    metrics.latency["tikv-1"] = 900.0
+    metrics.cluster = {"pd_cluster_status": 1.0}  # PD counts one store slow
+    metrics.evidence = {
+        'store!=""': [Sample("store_slow_count", 1.0, labels=(("store", "4"),))],
+        "pd_scheduler_store_status": [Sample("4", 1.0, labels=(("address", "tikv-1.tikv-peer.ns.svc:20160"),))],
+    }
+    for second in (0, 1, 2):
+        await observed_cycle(monitor, REF, spec, [*PODS, pd_pod], at(second))
+        await monitor.evidence_gathered()
+    rows = {r.key.invariant: r for r in store.rows}
+    latency, pd = rows["latency"], rows["pdStores"]
+    assert pd.counted_stores == {"tikv-1": ["slow"]}
+    assert pd.cause_id == latency.id and latency.cause_id is None
+    assert ("ns", "pd-0") not in evidence.asked and ("ns", "cluster") not in evidence.asked, "no pod for PD's count"
+    shown = {o["status"]["invariant"]: o["status"] for o in mirror.objects.values()}
+    assert shown["pdStores"]["causeTicketId"] == latency.id
+    assert shown["pdStores"]["countedStores"] == "tikv-1 slow"

@@ -100,6 +100,7 @@ def test_tikv_exports_its_real_series_with_their_types_and_no_identity_label() -
         "tikv_grpc_msg_fail_total": "counter",
         "tikv_store_size_bytes": "gauge",
         "tikv_engine_write_stall": "gauge",
+        "tikv_raftstore_slow_score": "gauge",
         "process_start_time_seconds": "gauge",
     }
     series = parse(text)
@@ -325,7 +326,7 @@ def test_an_unschedulable_pod_is_pending_with_the_schedulers_message_and_starts_
 
 def test_fault_parameters_are_validated() -> None:
     assert fault_parameters(Fault.DISK, {"percent": 90}) == {"percent": 90.0}
-    assert fault_parameters(Fault.LATENCY, {}) == {"seconds": 0.8}
+    assert fault_parameters(Fault.LATENCY, {}) == {"seconds": 0.8, "slowScore": 1.0}
     with pytest.raises(ValueError, match="percent"):
         fault_parameters(Fault.DISK, {"percent": 120})
     with pytest.raises(ValueError, match="not"):
@@ -394,6 +395,31 @@ def test_per_store_format_of_pd_v8_5_5() -> None:
     assert {frozenset(dict(k[1])) for k in series} == {frozenset({"type", "engine", "store"})}
     assert sorted(dict(k[1])["store"] for k in series) == ["1", "4", "5"]
     assert sum(series.values()) == 3
+
+
+def test_pd_scheduler_store_status_names_each_store_by_id_and_address_on_the_leader_only() -> None:
+    c = cluster()
+    c.stores["tc-tikv-1"].set_fault(Fault.DISK_OTHER, fault_parameters(Fault.DISK_OTHER, {"percent": 50}), T0)
+    series = select(pd_series(c, "tc-pd-0", T0 + 1), "pd_scheduler_store_status", type="store_available")
+    by_store = {dict(k[1])["store"]: (dict(k[1])["address"], v) for k, v in series.items()}
+    assert by_store["4"][0] == "tc-tikv-1.tc-tikv-peer.ns.svc:20160"
+    assert by_store["4"][1] == pytest.approx(0.10 * CAPACITY_BYTES, abs=2)
+    assert by_store["1"][1] > 0.5 * CAPACITY_BYTES
+    assert not select(pd_series(c, "tc-pd-1", T0 + 1), "pd_scheduler_store_status")
+
+
+def test_a_slow_disk_raises_the_slow_score_and_pd_counts_the_store_slow() -> None:
+    c = cluster(version=PdVersion.PER_STORE)
+    s = c.stores["tc-tikv-2"]
+    assert one(parse(s.exposition(T0 + 1)), "tikv_raftstore_slow_score") == 1
+    s.set_fault(Fault.LATENCY, fault_parameters(Fault.LATENCY, {"slowScore": 90}), T0 + 1)
+    assert one(parse(s.exposition(T0 + 2)), "tikv_raftstore_slow_score") == 90
+    slow = select(pd_series(c, "tc-pd-0", T0 + 2), "pd_cluster_status", type="store_slow_count")
+    assert {dict(k[1])["store"]: v for k, v in slow.items()} == {"1": 0, "4": 0, "5": 1}
+    s.set_fault(Fault.LATENCY, fault_parameters(Fault.LATENCY, {}), T0 + 3)
+    assert status(c, T0 + 4)["store_slow_count"] == 0, "a latency whose cause is not the disk: not slow to PD"
+    with pytest.raises(ValueError, match="slowScore"):
+        fault_parameters(Fault.LATENCY, {"slowScore": 101})
 
 
 def test_leadership_moves_when_the_leader_goes_down() -> None:

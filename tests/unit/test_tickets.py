@@ -185,6 +185,9 @@ def test_reopen_respects_onset_grace() -> None:
         (TicketState.ACKNOWLEDGED, True, HumanEdit(hold=False), TicketState.ACKNOWLEDGED, False,
          [EffectKind.RELEASED]),
         (TicketState.OPEN, True, HumanEdit(), TicketState.OPEN, True, []),
+        # A probable cause found is not a human taking the ticket: a diagnosed one is still acknowledged.
+        (TicketState.DIAGNOSED, False, HumanEdit(acknowledged=True), TicketState.ACKNOWLEDGED, False,
+         [EffectKind.ACKNOWLEDGED]),
         (TicketState.OPEN, False, HumanEdit(note="paging db team", note_changed=True), TicketState.OPEN, False,
          [EffectKind.NOTED]),
     ],
@@ -203,6 +206,14 @@ def test_human_intent(
     assert (result.after.state, result.after.hold) == (want_state, want_hold)
     assert [e.kind for e in result.effects] == want_kinds
     assert all(e.actor == "kubernetes:kubectl-patch" for e in result.effects)
+
+
+def test_withdrawing_an_acknowledgement_returns_to_the_diagnosis_it_had() -> None:
+    acknowledged = ticket(TicketState.ACKNOWLEDGED, acknowledged=True, diagnosis="disk filled by other files: …")
+    result = apply_human_intent(acknowledged, HumanEdit(acknowledged=False), actor="me")
+    assert result.after is not None and result.after.state is TicketState.DIAGNOSED
+    plain = apply_human_intent(replace(acknowledged, diagnosis=None), HumanEdit(acknowledged=False), actor="me")
+    assert plain.after is not None and plain.after.state is TicketState.OPEN
 
 
 @pytest.mark.parametrize(
