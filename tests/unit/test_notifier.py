@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
+
+from operator_k8s.domain.maintenance import OperatorReport, WindowIndex
 from operator_k8s.domain.notices import SendOutcome
 from operator_k8s.domain.receivers import NotificationsConfig
 from operator_k8s.domain.tickets import TicketState
@@ -99,3 +102,35 @@ async def test_while_postgres_is_away_alertmanager_keeps_hearing_what_was_firing
     assert [a["labels"] for a in last] == [a["labels"] for a in first], "the same alerts, from memory"
     ends = [datetime.fromisoformat(a["endsAt"].replace("Z", "+00:00")) for a in last]
     assert all(end > datetime.now().astimezone() + timedelta(seconds=2) for end in ends), "still ahead"
+
+
+@pytest.mark.xfail(strict=True, reason="review-stop22 defect: the automatic window's start is backdated to Ready=False")
+async def test_an_automatic_window_never_withdraws_an_alert_that_fired_before_the_scale_began() -> None:
+    """Review finding (issue 17 item 5): a TidbCluster that has been NotReady since an outage, then scaled out to fix
+    it, opens an automatic window whose start is backdated to the Ready condition's transition. A ticket opened
+    during the outage (and already firing in Alertmanager) must keep firing; leaving it out of the POST lets its
+    ``endsAt`` pass, and Alertmanager then tells the on-call the outage resolved."""
+    now = datetime.now().astimezone()
+    windows = WindowIndex()
+    windows.attach(
+        {}, {("ns", "tikv"): [{}]}, {("ns", "tikv"): ["basic"]},
+        {("ns", "basic"): [OperatorReport((("tikv", "Scale"), ("pd", "Normal")), now - timedelta(hours=2))]},
+    )  # fmt: skip
+    config = NotificationsConfig.model_validate({
+        "receivers": [{"name": "am", "alertmanager": {"urls": ["http://am:9093"], "resendSeconds": 1}}],
+        "routes": [{"receivers": ["am"]}], "instance": "prod",
+    })  # fmt: skip
+    notifier = Notifier(
+        config, FakeQueue(), FakeAlertmanager(), owner="test",  # type: ignore[arg-type]
+        covering=lambda notice, at: windows.covered(notice.namespace, notice.cluster, notice.invariant,
+                                                    notice.store, at),
+    )  # fmt: skip
+    opened_during_the_outage = ticket(TicketState.OPEN, id=42, opened_at=now - timedelta(hours=1))
+
+    class Queue(FakeQueue):
+        async def open_tickets(self) -> list[Any]:
+            return [opened_during_the_outage]
+
+    notifier.queue = Queue()  # type: ignore[assignment]
+    alerting = await notifier._alerting(config.receivers[0], now)
+    assert [t.id for t in alerting] == [42], "an alert that fired an hour before the scale began was withdrawn"
