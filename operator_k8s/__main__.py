@@ -29,6 +29,7 @@ from operator_k8s.adapters.receivers_http import ReceiversHttp
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
 from operator_k8s.domain.receivers import NotificationsConfig
+from operator_k8s.domain.shards import replica_identity
 from operator_k8s.domain.tickets import Ticket
 from operator_k8s.maintenance_handlers import register_maintenance
 from operator_k8s.notifier import Notifier
@@ -279,7 +280,7 @@ class Operator:
         leases = KubeLeases(await self._api(), settings.lease_namespace, settings.lease_prefix)
         self.shards = ShardCoordinator(
             leases,
-            settings.identity or f"{socket.gethostname()}-{os.getpid()}",
+            settings.identity or replica_identity(socket.gethostname(), os.getpid()),
             installation=settings.lease_prefix,
             shards=settings.shard_count,
             lease_seconds=settings.shard_lease_seconds,

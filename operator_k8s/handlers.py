@@ -62,6 +62,9 @@ class Schedule:
     def __len__(self) -> int:
         return len(self._due)
 
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._due
+
     def due(self, uid: str, interval: float, now: float, generation: int = 0) -> Tick | None:
         every_tick = interval <= self._tick
         interval = max(interval, self._tick)
@@ -261,6 +264,21 @@ class IndexSummary:
                 log.info(message, extra=fields)
 
 
+def _still_ours(
+    owns: Callable[[str], bool], ref: ClusterRef, schedule: Schedule, telemetry: Telemetry, monitor: Monitor
+) -> bool:
+    """Whether this replica checks the cluster now. One it checked until now is let go of at once: its series
+    leave this replica's metrics (the new holder exports them), its tickets leave the caches, and its due time is
+    forgotten, so a shard that comes back is spread again and its absence is not counted as skipped intervals."""
+    if owns(ref.uid):
+        return True
+    if ref.uid in schedule:
+        schedule.forget(ref.uid)
+        telemetry.forget(ref)
+        monitor.drop_caches(ref.uid)
+    return False
+
+
 def _ref(meta: Any, namespace: str) -> ClusterRef:
     labels = meta.get("labels") or {}
     return ClusterRef(
@@ -393,11 +411,11 @@ def register(
         summary.log_once(kwargs["store_pods"], kwargs["tickets_shown"])
         now = time.monotonic()
         heartbeats.beat(meta["uid"], now)
-        # A replica that just resumed waits out the settle period (a peer may yet pause it); under sharding, a
-        # cluster whose shard another replica holds is that replica's to check.
-        if not heartbeats.may_check(now) or not owns(meta["uid"]):
-            return
         ref = _ref(meta, namespace or "")
+        # A replica that just resumed waits out the settle period (a peer may yet pause it); under sharding, a
+        # cluster whose shard another replica holds is that replica's to check (and to show).
+        if not heartbeats.may_check(now) or not _still_ours(owns, ref, schedule, telemetry, monitor):
+            return
         tick = schedule.due(ref.uid, _interval(spec), now, ref.generation)
         if tick is None:
             return

@@ -386,8 +386,9 @@ class Notifier:
 
     async def _alerting(self, receiver: Receiver, now: datetime) -> list[Ticket]:
         """The open (or flapping) tickets whose alerts go to ``receiver`` now: routed there, and not opened inside a
-        maintenance window that covers them."""
+        maintenance window that covers them unless Alertmanager already heard them fire."""
         alerting = []
+        told = await self.queue.told_firing(receiver.name)
         for ticket in await self.queue.open_tickets():
             if ticket.cause_id is not None:
                 continue  # told with the ticket of its cause: one incident, one alert
@@ -397,10 +398,11 @@ class Notifier:
                 invariant=notice.invariant, severity=notice.severity, cluster_labels=notice.cluster_labels,
             )  # fmt: skip
             covered = self.covering(notice, now)
-            # A ticket that fired before the window started keeps firing (Alertmanager knows it: no resolution it
-            # did not have); one that opened inside the window waits for its end.
+            # A ticket that fired before the window started, or whose firing Alertmanager heard (a window's start
+            # may be backdated: a TidbCluster NotReady since an outage, then scaled to fix it), keeps firing: no
+            # resolution Alertmanager did not have. One that opened inside the window and was never told waits.
             before = covered is not None and ticket.opened_at is not None and ticket.opened_at < covered[2]
-            if receiver.name in names and (covered is None or before):
+            if receiver.name in names and (covered is None or before or ticket.id in told):
                 alerting.append(ticket)
         return alerting
 

@@ -91,7 +91,11 @@ class Settings(BaseSettings):
         pattern="^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$",
         description="Names this installation's Leases (<prefix>-shard-NN, <prefix>-member-<identity>)",
     )
-    identity: str = Field(default="", description="This replica's name in the Leases (the pod's name); empty: host-pid")
+    identity: str = Field(
+        default="",
+        pattern=r"^([a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?)?$",
+        description="This replica's name in the Leases (the pod's name; a lower-case DNS name); empty: host-pid",
+    )
     notifications_file: str = Field(
         default="",
         description="Where notifications go (receivers, routes; the chart's notifications value, mounted): empty sends"
@@ -131,6 +135,8 @@ class Settings(BaseSettings):
             raise ValueError("sharding needs OPERATOR_K8S_LEASE_NAMESPACE (where the shard Leases live)")
         if self.sharding and self.peering:
             raise ValueError("sharding and peering exclude each other: every sharded replica is active")
+        if self.shard_renew_seconds * 3 > self.shard_lease_seconds:
+            raise ValueError("OPERATOR_K8S_SHARD_RENEW_SECONDS must be at most a third of the shard lease")
         return self
 
     @field_validator("namespaces", mode="before")

@@ -46,6 +46,7 @@ class ShardCoordinator:
         self._seen: dict[str, tuple[str, float]] = {}
         """Per Lease name: the resourceVersion last seen and when it was first seen (client-go's observed time)."""
         self._records: dict[str, LeaseRecord] = {}
+        self._listed_at: float | None = None
         self.stepped = asyncio.Event()
         """Set after the first period that reached the API server (tests and readiness wait on it)."""
 
@@ -80,9 +81,12 @@ class ShardCoordinator:
     async def step(self) -> None:
         records = {record.name: record for record in await self.leases.list()}
         now = self.clock()
-        self._records = records
+        # Blind for more than two periods (the API server away): what changed meanwhile, and when, is unknown, so
+        # every Lease counts as seen now; a peer that lived through the same outage is not taken for dead.
+        blind = self._listed_at is not None and now - self._listed_at > 2 * self.renew_seconds
+        self._records, self._listed_at = records, now
         for name, record in records.items():
-            if self._seen.get(name, ("", 0.0))[0] != record.version:
+            if blind or self._seen.get(name, ("", 0.0))[0] != record.version:
                 self._seen[name] = (record.version, now)
         members = {
             name: self._view(record, now)

@@ -209,6 +209,17 @@ class PostgresDeliveryQueue:
         )
         return [ticket_from_row(dict(row)) for row in rows]
 
+    async def told_firing(self, receiver: str) -> set[int]:
+        """The unresolved tickets whose firing (an opening, reopening, escalation or flapping) reached ``receiver``:
+        Alertmanager knows them, so they keep firing through any window (no resolution it did not have)."""
+        rows = await self._fetch(
+            "SELECT DISTINCT n.ticket_id FROM notices n JOIN deliveries d ON d.notice_id = n.id"
+            " JOIN tickets t ON t.id = n.ticket_id WHERE d.receiver = $1 AND d.state = 'delivered'"
+            " AND n.kind = ANY($2::text[]) AND t.state <> 'resolved'",
+            receiver, sorted(FIRING_KINDS),
+        )  # fmt: skip
+        return {int(row["ticket_id"]) for row in rows}
+
     async def recent_endings(self, receiver: str, since: datetime) -> list[QueuedNotice]:
         """Resolutions and escalations routed to ``receiver`` since ``since`` (their alerts are sent as resolved
         again for a while, as Prometheus does)."""

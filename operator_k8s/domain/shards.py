@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,13 @@ from dataclasses import dataclass
 def _rank(*parts: str) -> int:
     """A stable hash (not Python's ``hash``, which changes per process)."""
     return int.from_bytes(hashlib.blake2b("/".join(parts).encode(), digest_size=8).digest(), "big")
+
+
+def replica_identity(hostname: str, pid: int) -> str:
+    """A default name for a replica in its Lease names (lower-case DNS label characters only: a host name may hold
+    capitals or underscores, which the API server refuses in a name)."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", hostname.lower()).strip("-")[:50] or "replica"
+    return f"{cleaned}-{pid}"
 
 
 def shard_of(cluster_uid: str, shards: int) -> int:

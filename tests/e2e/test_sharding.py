@@ -102,3 +102,60 @@ def test_sharded_replicas_split_the_clusters_and_take_over_a_killed_ones(stack: 
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def skipped(replica: Process) -> float:
+    return metric_value(scrape_metrics(replica), "operator_k8s_skipped_intervals_total")
+
+
+def lag_count_over(replica: Process, bound: str) -> float:
+    samples = scrape_metrics(replica)
+    total = metric_value(samples, r"operator_k8s_check_start_lag_seconds_count")
+    under = metric_value(samples, rf'operator_k8s_check_start_lag_seconds_bucket\{{le="{bound}"\}}')
+    return total - under
+
+
+@pytest.mark.level("low")  # a minute and a half: the full run
+def test_a_shard_handed_over_leaves_no_stale_series_and_coming_back_counts_no_skipped_interval(
+    stack: Stack, namespace: str
+) -> None:
+    a = sharded_replica(stack, namespace, "replica-a")
+    replicas = [a]
+    try:
+        eventually(lambda: http_status(health_url(a)) == 200, what="a healthy")
+        for name in CLUSTERS:
+            start_cluster(stack, namespace, name, invariants={"latency": {"enabled": False}}, interval=f"{INTERVAL}s")
+        eventually(lambda: shards_held(a) == SHARDS, what="a holds all", timeout=60)
+        since = time.time()
+        eventually(lambda: checked_since(a, namespace, since) == set(CLUSTERS), what="a checked all", timeout=30)
+        b = sharded_replica(stack, namespace, "replica-b")
+        replicas.append(b)
+        eventually(lambda: http_status(health_url(b)) == 200, what="b healthy")
+        eventually(lambda: settled(a, b), what="split", timeout=60)
+        before_skipped, before_late = skipped(a), lag_count_over(a, "5.0")
+        away = time.time()
+        eventually(lambda: time.time() - away > 20, what="20 s with b holding its share", timeout=30)
+        moved = checked_since(b, namespace, away)
+        stale_on_a = {n: round(time.time() - scraped_last_check(a, namespace, n), 1) for n in moved}
+        report("review-stale-series", moved_to_b=sorted(moved), age_of_a_series_s=stale_on_a)
+        assert all(scraped_last_check(a, namespace, n) == 0 for n in moved), "a no longer shows clusters it left"
+        b.stop()
+        stopped = time.time()
+        eventually(lambda: shards_held(a) == SHARDS, what="a takes all back", timeout=30)
+        handover = time.time() - stopped
+        since = time.time()
+        eventually(lambda: checked_since(a, namespace, since) == set(CLUSTERS), what="a checks all", timeout=30)
+        leases = get_json(stack, "leases", "-n", namespace)["items"]
+        report(
+            "review-regain",
+            handover_s=handover,
+            skipped_before=before_skipped,
+            skipped_after=skipped(a),
+            late_over_5s_before=before_late,
+            late_over_5s_after=lag_count_over(a, "5.0"),
+            leases=sorted(i["metadata"]["name"] for i in leases),
+        )
+        assert skipped(a) == before_skipped, "a shard handed back is not an overloaded operator"
+    finally:
+        for replica in replicas:
+            replica.stop()

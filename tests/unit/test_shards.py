@@ -7,8 +7,18 @@ import math
 from collections import Counter
 
 import pytest
+from pydantic import ValidationError
 
-from operator_k8s.domain.shards import LeaseView, Move, assignment, live_members, plan, shard_of
+from operator_k8s.domain.shards import (
+    LeaseView,
+    Move,
+    assignment,
+    live_members,
+    plan,
+    replica_identity,
+    shard_of,
+)
+from operator_k8s.settings import Settings
 from operator_k8s.sharding import ShardCoordinator
 from tests.unit.fakes import FakeLeases
 
@@ -167,3 +177,44 @@ async def test_a_replica_cut_off_from_the_api_server_stops_checking_before_its_l
         await a.step()
     clock.now += 10 - 2  # the lease (10 s) less one renew period since the last write
     assert a.held() == [], "it lets go before anyone else could take the shards"
+
+
+def test_a_renew_period_no_shorter_than_the_lease_is_refused_at_start() -> None:
+    """valid_until = write + lease - renew: with renew >= lease a replica never owns a shard, and says nothing."""
+    with pytest.raises(ValidationError):
+        Settings(
+            database_dsn="postgresql://u@h/d",
+            sharding="leases",
+            lease_namespace="ops",
+            shard_lease_seconds=3,
+            shard_renew_seconds=5,
+        )
+
+
+def test_a_replica_name_the_api_server_refuses_is_refused_at_start_and_the_default_is_one_it_takes() -> None:
+    with pytest.raises(ValidationError):
+        Settings(database_dsn="postgresql://u@h/d", sharding="leases", lease_namespace="ops", identity="Replica_A")
+    assert replica_identity("Build_Host.Example", 42) == "build-host-example-42"
+    assert replica_identity("___", 7) == "replica-7"
+
+
+async def test_an_api_server_outage_longer_than_the_lease_moves_no_shard_between_live_replicas() -> None:
+    """Both replicas live through a 30 s API server outage. The one whose last LIST came after the other's last
+    renewal sees every Lease of the other unchanged for longer than its duration, takes the other's shards at the
+    first period back (the other's renewals get 409s), and gives them back a period later: two hand-overs, two cache
+    drops and skewed schedules for nothing."""
+    leases, clock = FakeLeases(), Clock()
+    taken: list[set[int]] = []
+    a, b = coordinator(leases, "a", clock, taken), coordinator(leases, "b", clock, taken)
+    await periods(clock, [a, b], 4)
+    await a.step()  # a's last LIST before the outage comes after b's last renewal
+    before, held_by_b = leases.holders(), set(b.held())
+    taken.clear()
+    clock.now += 30  # the API server away: nothing listed or written
+    for _ in range(3):
+        await a.step()
+        await b.step()
+        clock.now += 2
+    assert leases.holders() == before
+    assert set(b.held()) == held_by_b
+    assert taken == []

@@ -2,7 +2,8 @@
 -- ``cluster_labels``): notification routes with a clusterSelector match them (domain.receivers). They are written
 -- with the ticket's insert, in the same transaction as its first transition, and never updated: every notice of one
 -- ticket, and its Alertmanager alert, is routed alike, whatever a restart, another replica or a relabelling does
--- meanwhile. Tickets recorded before this migration have none ('{}'): only routes without a selector match them.
+-- meanwhile. Tickets recorded before this migration have none ('{}'), as an unlabelled cluster: a selector that only
+-- excludes (NotIn, DoesNotExist) matches them, one that requires a label does not.
 ALTER TABLE tickets ADD COLUMN cluster_labels jsonb NOT NULL DEFAULT '{}'::jsonb;
 
 -- sync_cluster_cas as in 0006, its insert writing cluster_labels.
