@@ -216,7 +216,9 @@ def test_hold_survives_a_rebuilt_ticket_and_release_resolves_it_ack_keeps_a_hold
         what="the Ticket resource resolved",
     )
     kinds = [e["kind"] for e in events_of(stack, row_of("tikv-0")["id"])]
-    assert kinds == ["Pending", "Opened", "Held", "Released", "Resolved"], kinds
+    # its evidence diagnoses it once, in whatever order that lands beside the human's edits
+    assert [k for k in kinds if k != "Diagnosed"] == ["Pending", "Opened", "Held", "Released", "Resolved"], kinds
+    assert kinds.count("Diagnosed") <= 1, kinds
     report("hold", release_to_resolved_s=time.time() - released)
 
     # Acknowledging keeps a hold: only what the human changed changes.
