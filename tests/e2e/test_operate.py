@@ -60,7 +60,8 @@ def test_metrics_cli_and_graceful_shutdown(stack: Stack, namespace: str) -> None
 
     cycles_past(partial(scraped_last_check, operator, namespace, "tikv"), 3, f"MonitoredCluster {namespace}/tikv")
     during = scrape_metrics(operator)
-    assert metric_value(during, r"operator_k8s_open_tickets\{.*state=\"open\".*\}") == 1  # fmt: skip
+    # open, or diagnosed once its evidence names the slow store: one ticket either way
+    assert metric_value(during, r"operator_k8s_open_tickets\{.*state=\"(open|diagnosed)\".*\}") == 1  # fmt: skip
     for name in DOCUMENTED:
         assert any(k.startswith(name) for k in during), f"{name} is not served"
     assert metric_value(during, r"operator_k8s_check_cycles_total\{outcome=\"ok\"\}") >= 3
