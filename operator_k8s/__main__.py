@@ -156,7 +156,7 @@ class Operator:
             store=self.store,
             metrics=self.metrics,
             mirror=_LazyMirror(self),
-            evidence=_LazyEvidence(self),
+            evidence=_LazyEvidence(self) if self.settings.evidence else None,
             settings=ServiceSettings(
                 reopen_window=timedelta(seconds=self.settings.reopen_window_seconds),
                 ticket_retention=timedelta(seconds=self.settings.ticket_retention_seconds),

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         pattern=r"^([a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?)?$",
         description="This replica's name in the Leases (the pod's name; a lower-case DNS name); empty: host-pid",
     )
+    evidence: bool = Field(
+        default=True,
+        description="Gather evidence and diagnose a ticket when it opens or escalates (false: tickets only, as before"
+        " diagnosis; the benchmark's before and after)",
+    )
     notifications_file: str = Field(
         default="",
         description="Where notifications go (receivers, routes; the chart's notifications value, mounted): empty sends"

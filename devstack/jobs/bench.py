@@ -12,6 +12,9 @@ Phases (each optional):
    server's own statistics.
 3. restart (at the step given by ``--restart-at``) — time from operator start to all timers scheduled, and the
    spread of first runs; before it, if asked (``--profile``, needs py-spy), a profile of 60 s of steady state.
+4. evidence — the check cycle with evidence and diagnosis off, then on: ``--evidence-clusters`` clusters checked
+   every ``--evidence-interval``, ``--evidence-faulty`` of them given a disk and a latency fault per run (tickets
+   open, evidence is gathered, they heal); cycle p50/p99, CPU and evidence delay per run, side by side.
 
 Beside the operator's CPU, each step reports the environment's own (simulator, Prometheus, Postgres, PgBouncer, the
 API server, etcd, Alertmanager: their process trees, read from /proc), so a saturated machine shows as such.
@@ -273,7 +276,12 @@ class Bench:
         )
 
     def start_operator(
-        self, name: str, profile: Path | None = None, tick: float | None = None, notifications: Path | None = None
+        self,
+        name: str,
+        profile: Path | None = None,
+        tick: float | None = None,
+        notifications: Path | None = None,
+        evidence: str = "true",
     ) -> Process:
         env = {
             "OPERATOR_K8S_TICK_SECONDS": str(tick or self.args.tick),
@@ -281,6 +289,7 @@ class Bench:
             "OPERATOR_K8S_PROMETHEUS_QUERY_THREADS": "64",  # as the chart sets it
             "OPERATOR_K8S_DB_POOL_SIZE": "4",
             "OPERATOR_K8S_NOTIFICATIONS_FILE": str(notifications or ""),
+            "OPERATOR_K8S_EVIDENCE": evidence,
         }
         process = operator_process(self.stack, f"{name}.log", kubeconfig=None, **env)
         if profile is not None:
@@ -729,6 +738,81 @@ class Bench:
             "top_inclusive_kopf": top(inclusive, lambda f: "kopf/" in f, 10),
         }
 
+    # -- phase 4: evidence on and off -------------------------------------------------------------------------------
+
+    def evidence_phase(self) -> None:
+        """The check cycle with evidence off, then on, over the same clusters and the same faults: each run opens and
+        heals tickets on a share of the clusters (evidence is gathered as they open) while every cluster is checked.
+        Each run faults its own clusters, so no ticket reopens; both runs check all of them."""
+        namespace, interval = "bench-evidence", self.args.evidence_interval
+        size, faulty = self.args.evidence_clusters, self.args.evidence_faulty
+        names = [f"ev{i:04d}" for i in range(size)]
+        self.create_clusters(namespace, names, f"{interval}s")
+        runs: dict[str, Any] = {}
+        self.results["evidence"] = {"clusters": size, "faulty_per_run": faulty, "interval_s": interval, "runs": runs}
+        for run, evidence in enumerate(("false", "true")):
+            chosen = names[run * faulty : (run + 1) * faulty]
+            operator = self.start_operator(f"operator-evidence-{evidence}", tick=1.0, evidence=evidence)
+            self.wait_for("every evidence cluster to be Healthy", lambda: self._all_healthy(namespace, names), 300)
+            time.sleep(interval)  # one whole interval of steady state before the window opens
+            before = self._snapshot()
+            injected: dict[tuple[str, str], float] = {}
+            for name in chosen:
+                for invariant, store in (("diskUsage", 2), ("latency", 1)):
+                    kind, body = FAULTS[invariant]
+                    pod = f"{name}-{store}"
+                    injected[(invariant, pod)] = self.simulate(
+                        "PUT", f"/clusters/{namespace}/{name}/stores/{pod}/faults/{kind}", body
+                    )["at"]
+            opened = self._wait_tickets(namespace, injected, state="open")
+            healed = {
+                key: self.simulate(
+                    "DELETE",
+                    f"/clusters/{namespace}/{key[1].rsplit('-', 1)[0]}/stores/{key[1]}/faults/{FAULTS[key[0]][0]}",
+                )["at"]
+                for key in injected
+            }
+            self._wait_tickets(namespace, healed, state="resolved")
+            after = self._snapshot()
+            durations = histogram(before[0], after[0], "operator_k8s_check_duration_seconds")
+            cycles = total(after[0], r"operator_k8s_check_cycles_total\{.*\}") - total(
+                before[0], r"operator_k8s_check_cycles_total\{.*\}"
+            )
+            gathered = self._evidence_seconds(namespace, set(injected))
+            runs[evidence] = {
+                "tickets": len(injected),
+                "seconds": after[2] - before[2],
+                "cycles": cycles,
+                "cycle_p50_ms": 1000 * quantile_from_buckets(durations, 0.5),
+                "cycle_p99_ms": 1000 * quantile_from_buckets(durations, 0.99),
+                "cpu_cores": (after[1] - before[1]) / (after[2] - before[2]),
+                "skipped_intervals": total(after[0], "operator_k8s_skipped_intervals_total")
+                - total(before[0], "operator_k8s_skipped_intervals_total"),
+                "opened_after_fault_p50_s": percentile([opened[k] - injected[k] for k in injected], 0.5),
+                "evidence_gathered": len(gathered),
+                "evidence_after_opening_p95_s": percentile(gathered, 0.95) if gathered else None,
+            }
+            log(f"Evidence {evidence}: {json.dumps(runs[evidence])}")
+            operator.stop()
+            self.stack.processes.remove(operator)
+
+    def _evidence_seconds(self, namespace: str, keys: set[tuple[str, str]]) -> list[float]:
+        """Seconds from each ticket's opening to its stored evidence (the operator's own Postgres timestamps)."""
+
+        async def fetch() -> list[float]:
+            connection = await asyncpg.connect(self.stack.postgres_dsn)
+            try:
+                rows = await connection.fetch(
+                    "SELECT t.invariant, t.store, extract(epoch FROM e.gathered_at - t.opened_at) AS seconds"
+                    " FROM tickets t JOIN ticket_evidence e ON e.ticket_id = t.id WHERE t.namespace = $1",
+                    namespace,
+                )
+            finally:
+                await connection.close()
+            return [float(r["seconds"]) for r in rows if (r["invariant"], r["store"]) in keys]
+
+        return asyncio.run(fetch())
+
 
 def _frame(text: str) -> str:
     """``function (/…/site-packages/kopf/x/y.py:123)`` shortened to ``function (kopf/x/y.py)``."""
@@ -941,6 +1025,22 @@ def report(results: dict[str, Any]) -> str:
                 "    API server requests per cycle: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in step["apiserver_requests_per_cycle"].items())
             )
+    if results.get("evidence", {}).get("runs"):
+        ev = results["evidence"]
+        lines += [
+            "",
+            f"Evidence off and on ({ev['clusters']} clusters checked every {ev['interval_s']}s; per run "
+            f"{ev['faulty_per_run']} of them get a disk and a latency fault, which open and heal)",
+            "",
+            "evidence | tickets | cycle p50/p99 ms | cpu cores | skipped | evidence after opening p95 s",
+        ]
+        for mode, run in ev["runs"].items():
+            p95 = run["evidence_after_opening_p95_s"]
+            lines.append(
+                f"{'on' if mode == 'true' else 'off'} | {run['tickets']} | {run['cycle_p50_ms']:.1f} / "
+                f"{run['cycle_p99_ms']:.1f} | {run['cpu_cores']:.2f} | {run['skipped_intervals']:.0f} | "
+                + ("—" if p95 is None else f"{p95:.2f} ({run['evidence_gathered']} gathered)")
+            )
     if results.get("restart"):
         r = results["restart"]
         lines += [
@@ -984,7 +1084,12 @@ def main(argv: list[str] | None = None) -> int:
         default=False,
         help="sample 60 s of steady state with py-spy before the restart (opt-in: `pip install py-spy` first)",
     )
-    parser.add_argument("--phases", default="latency,scale")
+    parser.add_argument("--evidence-clusters", type=int, default=200, help="clusters of the evidence phase")
+    parser.add_argument(
+        "--evidence-faulty", type=int, default=20, help="clusters faulted per evidence run (2 tickets each)"
+    )
+    parser.add_argument("--evidence-interval", type=int, default=5, help="check interval of the evidence clusters (s)")
+    parser.add_argument("--phases", default="latency,scale,evidence", help="any of latency, scale, evidence")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / ".bench" / "results.json")
     args = parser.parse_args(argv)
     phases = set(args.phases.split(","))
@@ -1003,6 +1108,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.latency_phase(webhook)
         if "scale" in phases:
             bench.scale_phase()
+        if "evidence" in phases:
+            bench.evidence_phase()
     except BaseException:
         print(stack.logs(), flush=True)
         raise
