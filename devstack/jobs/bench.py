@@ -285,7 +285,7 @@ class Bench:
     ) -> Process:
         env = {
             "OPERATOR_K8S_TICK_SECONDS": str(tick or self.args.tick),
-            "OPERATOR_K8S_LOG_LEVEL": "WARNING",
+            "OPERATOR_K8S_LOG_LEVEL": self.args.operator_log_level,
             "OPERATOR_K8S_PROMETHEUS_QUERY_THREADS": "64",  # as the chart sets it
             "OPERATOR_K8S_DB_POOL_SIZE": "4",
             "OPERATOR_K8S_NOTIFICATIONS_FILE": str(notifications or ""),
@@ -1084,6 +1084,10 @@ def main(argv: list[str] | None = None) -> int:
         default=False,
         help="sample 60 s of steady state with py-spy before the restart (opt-in: `pip install py-spy` first)",
     )
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the stack's directory (its logs) at the end")
+    parser.add_argument(
+        "--operator-log-level", default="WARNING", help="the operator's log level (its log: the stack's)"
+    )
     parser.add_argument("--evidence-clusters", type=int, default=200, help="clusters of the evidence phase")
     parser.add_argument(
         "--evidence-faulty", type=int, default=20, help="clusters faulted per evidence run (2 tickets each)"
@@ -1098,7 +1102,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and not Path(sys.executable).with_name("py-spy").exists():
         parser.error("--profile needs py-spy in the virtualenv (.venv/bin/pip install py-spy)")
     stack = Stack.start(
-        scrape_interval=args.scrape_interval, alert_rules=alert_rules(args.rate_window), alert_webhook=webhook.url
+        scrape_interval=args.scrape_interval,
+        alert_rules=alert_rules(args.rate_window),
+        alert_webhook=webhook.url,
+        keep_workdir=args.keep_workdir,
     )
     bench = Bench(stack, args)
     bench.results["machine"] = machine()
