@@ -261,45 +261,30 @@ async def test_a_receiver_down_loses_nothing_and_duplicates_nothing_after_dedup(
         assert receiver.duplicates() == 0
 
 
-OUTAGE_CAP = timedelta(seconds=4)
-"""The retry cap of the long outage: the production policy's first retry (2 s) and its doubling, its cap shortened
-so that an outage of many caps is seconds long, not minutes (the outage is refused connections: an attempt costs
-no time, so what the outage exercises is the number of backoff rounds, not the wall clock)."""
-OUTAGE_CAPS = 12
-"""How many caps the receiver stays down: as many as issue 17's two minutes spanned at the former 10 s cap. Every
-delivery reaches the cap and retries at it many times over; the first ones about a dozen times."""
-FAULT_PACE_SECONDS = 1.5
-"""The pace of the faults: 32 transitions in the outage (at least 20 asserted), about 40 as before."""
-
-
-@pytest.mark.level("low")  # the full run
+@pytest.mark.level("low")  # two minutes: the full run
 @pytest.mark.timeout(400)
-async def test_a_receiver_down_for_many_retry_caps_while_tickets_come_and_go_loses_nothing(
+async def test_a_receiver_down_for_two_minutes_while_tickets_come_and_go_loses_nothing(
     database: str, cluster: Cluster, receiver: Receiver, key_file: str
 ) -> None:
-    """The production retry policy but its one-minute cap, so the outage spans a dozen caps in under a minute and
-    the test ends soon after the receiver is back."""
+    """The production retry policy but its one-minute cap, so the test ends soon after the receiver is back."""
     dispatcher = notifier(database, config(receiver, key_file))
-    dispatcher.policy = RetryPolicy(cap=OUTAGE_CAP)
-    outage = OUTAGE_CAPS * OUTAGE_CAP.total_seconds()
+    dispatcher.policy = RetryPolicy(cap=timedelta(seconds=10))
     async with running(dispatcher):
         await receiver.go_down()
         down = time.monotonic()
         flips = 0
-        while time.monotonic() - down < outage:  # the outage, during which tickets come and go
+        while time.monotonic() - down < 120:  # the outage lasts two minutes, during which tickets come and go
             await cluster.judge(f"tikv-{flips % 4}", Verdict.VIOLATED if flips // 4 % 2 == 0 else Verdict.HOLDS)
             dispatcher.wake()
             flips += 1
-            await asyncio.sleep(FAULT_PACE_SECONDS)  # the pace of the faults, not a wait for a condition
+            await asyncio.sleep(3)  # the pace of the faults, not a wait for a condition
         await receiver.come_back()
         back = time.monotonic()
         notices = {r["idempotency_key"] for r in await _rows(database, "SELECT idempotency_key FROM notices")}
-        attempts = (await _rows(database, "SELECT max(attempts) AS n FROM deliveries"))[0]["n"]
         await _heard(lambda: set(receiver.unique_hooks()) == notices, "every notice after the outage", 60)
-        report("receiver down 12 retry caps", outage_s=outage, notices=len(notices), most_attempts=attempts,
-               delivered_after_s=time.monotonic() - back, duplicates=receiver.duplicates())  # fmt: skip
+        report("receiver down 2 min", notices=len(notices), delivered_after_s=time.monotonic() - back,
+               duplicates=receiver.duplicates())  # fmt: skip
         assert len(notices) >= 20, "too few transitions to prove anything"
-        assert attempts >= OUTAGE_CAPS // 2, "the outage did not keep a delivery retrying at its cap"
         assert receiver.duplicates() == 0
 
 
