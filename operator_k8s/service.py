@@ -429,7 +429,8 @@ class Monitor:
             key = (ticket.key, ticket.occurrences * 10 + ticket.severity.rank)
             if key not in self._gathering:
                 others = tuple(s for s in stores if s != ticket.key.store)
-                scope = TicketScope(ticket.key.invariant, ticket.key.store, others, pd_pods)
+                watched = tuple(spec.invariants.latency.request_types)
+                scope = TicketScope(ticket.key.invariant, ticket.key.store, others, pd_pods, watched)
                 task = asyncio.create_task(self._evidence_of(ref, spec, scope, ticket))
                 self._gathering[key] = task
                 task.add_done_callback(functools.partial(self._gathered, key))

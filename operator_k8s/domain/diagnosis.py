@@ -334,10 +334,14 @@ def _stall(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
 
 
 def _latency(store: str, evidence: Mapping[str, Any], *, stalled: bool = False) -> list[Finding]:
-    """One store slow, or every store; not the store's own slowness when only its writes are slow and it stalls
-    writes (``stalled``): the stall is the cause, and the slowness its symptom."""
+    """One store slow, or every store, judged on the request types the latency invariant measures (``watched``:
+    the slowness the ticket is about; a lock wait in ``kv_pessimistic_lock`` is the workload's contention, not the
+    store's speed); not the store's own slowness when only its writes are slow and it stalls writes (``stalled``):
+    the stall is the cause, and the slowness its symptom."""
     latency = (evidence.get("prometheus") or {}).get("latency") or {}
-    rows = [r for r in latency.get("types") or [] if r.get("p99Ms") is not None and r["p99Ms"] >= SLOW_FLOOR_MS]
+    watched = set(latency.get("watched") or [])
+    rows = [r for r in latency.get("types") or [] if r.get("p99Ms") is not None and r["p99Ms"] >= SLOW_FLOOR_MS
+            and (not watched or r["type"] in watched)]  # fmt: skip
     if not rows or not latency.get("othersAnswered"):
         return []
     own = [r for r in rows if r.get("ratio") is not None and r["ratio"] >= SLOW_RATIO]

@@ -91,6 +91,8 @@ class TicketScope:
     store: str
     others: tuple[str, ...]
     pd_pods: tuple[str, ...]
+    watched: tuple[str, ...] = ()
+    """The request types the latency invariant measures: the slowness a latency ticket is about."""
 
 
 _LATENCY_BY_TYPE = (
@@ -216,7 +218,7 @@ def prometheus_evidence(
     evidence: dict[str, Any] = {"items": items}
     asked = {q.name for q in queries}
     if "latency_by_type" in asked:
-        evidence["latency"] = _latency(results)
+        evidence["latency"] = _latency(results) | {"watched": list(scope.watched)}
     if "disk_sizes" in asked:
         evidence["disk"] = _disk(results, threshold_percent)
     if "write_stalls" in asked:

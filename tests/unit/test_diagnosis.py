@@ -158,10 +158,12 @@ def disk(tikv: float, other: float, **extra: Any) -> dict[str, Any]:
                      "otherBytes": int(other / 100 * 100 * 2**30), "sizes": {"kv_size": 30 * 2**30}, **extra}}  # fmt: skip
 
 
-def latency(*rows: tuple[str, float, float | None], answered: bool = True) -> dict[str, Any]:
+def latency(
+    *rows: tuple[str, float, float | None], answered: bool = True, watched: tuple[str, ...] = ()
+) -> dict[str, Any]:
     types = [{"type": t, "p99Ms": own, "othersP99Ms": others, "ratio": own / others if others else None}
              for t, own, others in rows]  # fmt: skip
-    return {"latency": {"types": types, "failures": {}, "othersAnswered": answered}}
+    return {"latency": {"types": types, "failures": {}, "othersAnswered": answered, "watched": list(watched)}}
 
 
 def stalls(**reasons: float) -> dict[str, Any]:
@@ -184,6 +186,10 @@ def pd_view(*states: str, score: float | None = 1.0) -> dict[str, Any]:
         (latency(("kv_get", 800.0, 0.8), ("coprocessor", 40.0, 38.0)), None, ["slow-store"], "kv_get 800 ms"),
         (latency(("kv_get", 900.0, 850.0), ("kv_prewrite", 700.0, 690.0)), None, ["slow-cluster"], "shared"),
         (latency(("kv_get", 800.0, None), answered=False), None, [], ""),  # no other store to compare: unknown
+        # judged on the types the invariant measures: lock waits on this store are contention, not its speed
+        (latency(("kv_pessimistic_lock", 1000.0, 2.0), ("kv_get", 800.0, 790.0), watched=("kv_get", "kv_prewrite")),
+         None, ["slow-cluster"], "shared"),
+        (latency(("kv_pessimistic_lock", 1000.0, 2.0), ("kv_get", 1.0, 0.9), watched=("kv_get",)), None, [], ""),
         (latency(("kv_get", 0.9, 0.1)), None, [], ""),  # 9x of nothing: fast
         # a write stall, by cause
         (stalls(level0_file_limit_slowdown=6, level0_file_limit_stop=2), None, ["write-stall"], "level-0 files pile"),

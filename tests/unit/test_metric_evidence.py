@@ -25,7 +25,7 @@ STORES = ("tikv-0", "tikv-1", "tikv-2")
 
 
 def scope(invariant: str, store: str = "tikv-1") -> TicketScope:
-    return TicketScope(invariant, store, tuple(s for s in STORES if s != store), ("pd-0", "pd-1"))
+    return TicketScope(invariant, store, tuple(s for s in STORES if s != store), ("pd-0", "pd-1"), ("kv_get",))
 
 
 @pytest.mark.parametrize(
@@ -136,6 +136,7 @@ def test_latency_compares_each_type_with_the_other_stores() -> None:
     assert latency["types"][0] == {"type": "kv_get", "p99Ms": 800.0, "othersP99Ms": 0.8, "ratio": 1000.0}
     assert [t["type"] for t in latency["types"]] == ["kv_get", "coprocessor"], "NaN (no traffic) is not a value"
     assert latency["failures"] == {"kv_get": 2.5}
+    assert latency["watched"] == ["kv_get"], "the types the latency invariant measures, for the rules"
 
 
 def test_pd_names_the_stores_it_counts_by_pod() -> None:
