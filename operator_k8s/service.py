@@ -23,7 +23,9 @@ from pydantic import ValidationError
 
 from operator_k8s.domain import conditions as cond
 from operator_k8s.domain.diagnosis import (
+    EVIDENCE_BYTES,
     bounded,
+    counted_to_read,
     diagnose,
     diagnosed,
     evidence_summary,
@@ -47,6 +49,7 @@ from operator_k8s.domain.ledger import (
     tracked_stores,
 )
 from operator_k8s.domain.metric_evidence import (
+    COUNTED_PODS,
     EvidenceQuery,
     TicketScope,
     evidence_queries,
@@ -426,7 +429,8 @@ class Monitor:
             key = (ticket.key, ticket.occurrences * 10 + ticket.severity.rank)
             if key not in self._gathering:
                 others = tuple(s for s in stores if s != ticket.key.store)
-                scope = TicketScope(ticket.key.invariant, ticket.key.store, others, pd_pods)
+                watched = tuple(spec.invariants.latency.request_types)
+                scope = TicketScope(ticket.key.invariant, ticket.key.store, others, pd_pods, watched)
                 task = asyncio.create_task(self._evidence_of(ref, spec, scope, ticket))
                 self._gathering[key] = task
                 task.add_done_callback(functools.partial(self._gathered, key))
@@ -457,15 +461,27 @@ class Monitor:
                 extra={"cluster": ref.name, "namespace": ref.namespace, "ticket": ticket_id, "cause": cause},
             )
 
-    async def _pod_evidence(self, namespace: str, store: str) -> dict[str, Any]:
+    async def _pod_evidence(self, namespace: str, store: str, seconds: float = EVIDENCE_SECONDS) -> dict[str, Any]:
         assert self.evidence is not None
         if store == CLUSTER_STORE:
             return {"unreachable": []}
         try:
-            async with asyncio.timeout(EVIDENCE_SECONDS):
-                return await self.evidence.pod_evidence(namespace, store, timeout=EVIDENCE_SECONDS / 3)
+            async with asyncio.timeout(seconds):
+                return await self.evidence.pod_evidence(namespace, store, timeout=seconds / 3)
         except TimeoutError:
-            return pod_evidence(None, [], None, unreachable=[f"the API server: no answer within {EVIDENCE_SECONDS:g}s"])
+            return pod_evidence(None, [], None, unreachable=[f"the API server: no answer within {seconds:g}s"])
+
+    async def _counted_evidence(
+        self, namespace: str, spec: MonitoredClusterSpec, scope: TicketScope, evidence: dict[str, Any], started: float
+    ) -> dict[str, Any]:
+        """The pods of the stores a cluster-level pdStores ticket's PD answer names (``counted_to_read``: at most
+        two, three API requests each), at once, within what is left of ``EVIDENCE_SECONDS``."""
+        pods = counted_to_read(evidence, spec.invariants.pd_stores.states, scope.others)
+        left = EVIDENCE_SECONDS - (time.monotonic() - started)
+        if not pods or left <= 0:
+            return {}
+        views = await asyncio.gather(*(self._pod_evidence(namespace, pod, left) for pod in pods))
+        return {pod: bounded(view, EVIDENCE_BYTES // (2 * COUNTED_PODS)) for pod, view in zip(pods, views, strict=True)}
 
     async def _metric_evidence(
         self, spec: MonitoredClusterSpec, queries: Sequence[EvidenceQuery]
@@ -503,6 +519,10 @@ class Monitor:
                 queries, results, scope=scope, threshold_percent=threshold, prometheus_url=spec.prometheus.url,
                 start=window_start(opened.opened_at, opened.first_seen, now), end=now,
             )  # fmt: skip
+            if opened.key.invariant == Invariant.PD_STORES and store == CLUSTER_STORE:
+                counted = await self._counted_evidence(ref.namespace, spec, scope, pod_part, started)
+                if counted:
+                    pod_part["counted"] = counted
             pod_part["gatheredSeconds"] = round(time.monotonic() - started, 3)
             evidence = bounded(pod_part)
         findings = diagnose(store, evidence)

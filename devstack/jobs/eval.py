@@ -2,9 +2,10 @@
 
 ``python -m devstack eval`` (``make eval``) starts one stack and the operator as a real process (evidence and
 diagnosis on, as shipped) and runs the cases in a few parallel lanes. Each case is isolated: a namespace of its own
-(``ev<run>-<case>``), a TidbCluster ``tc`` of 3 TiKV and 3 PD pods in the store world (PD's store timings shortened:
-heartbeat 1 s, disconnected after 3 s), and a MonitoredCluster ``tc`` made from ``deploy/examples/tikv-cluster.yaml``
-with evaluation timings (interval 1 s, ``for`` 1 s, 5 s rate windows). A case:
+(``ev<run>-<case>``), a TidbCluster ``tc`` of 3 TiKV and 3 PD pods in the store world (PD v8.5.5's metrics,
+``PD_VERSION``; PD's store timings shortened: heartbeat 1 s, disconnected after 3 s), and a MonitoredCluster ``tc``
+made from ``deploy/examples/tikv-cluster.yaml`` with evaluation timings (interval 1 s, ``for`` 1 s, 5 s rate
+windows). A case:
 
 1. creates all that and waits until the cluster is ``Healthy=True`` (a fault "there before monitoring starts" is
    injected first and the MonitoredCluster created after it);
@@ -54,6 +55,10 @@ from devstack.world.stack import Stack
 TC = "tc"
 TIMINGS = {"storeHeartbeatSeconds": 1, "storeDisconnectSeconds": 3, "maxStoreDownSeconds": 3600}
 """PD's store timings, shortened: a silent store is disconnected after 3 s (upstream 20 s), never down."""
+PD_VERSION = "v8.5.5"
+"""PD's metrics as of v8.5.5, which name the store each state counts (``pd_cluster_status{type, store}``), as the demo
+and tests/e2e/test_diagnosis.py run it. An older PD exports counts only: its pdStores ticket cannot name the store, so
+a hung store (seen on that ticket alone) is then Unknown."""
 EXAMPLE = REPO_ROOT / "deploy" / "examples" / "tikv-cluster.yaml"
 HEALTHY_SECONDS = 90.0
 EVIDENCE_SECONDS = 60.0
@@ -178,7 +183,9 @@ class Lane:
         if action.pd_leader is not None:
             self.simulator("PUT", f"{base}/pd-leader", {"pod": f"{TC}-pd-{action.pd_leader}"})
         elif action.scale_to is not None:
-            self.simulator("PUT", base, {"stores": action.scale_to, "pd": 3, "timings": TIMINGS})
+            self.simulator(
+                "PUT", base, {"stores": action.scale_to, "pd": 3, "timings": TIMINGS, "pdVersion": PD_VERSION}
+            )
         elif action.store is None:
             self.simulator("DELETE" if action.heal else "PUT", f"{base}/faults/{action.fault}", action.body)
         elif action.fault:
@@ -199,7 +206,8 @@ class Lane:
         self.stack.kubectl("create", "namespace", namespace)
         try:
             self.simulator("PUT", f"/tidbclusters/{namespace}/{TC}", {"stores": case.stores, "pd": 3,
-                                                                       "timings": TIMINGS})  # fmt: skip
+                                                                       "timings": TIMINGS,
+                                                                       "pdVersion": PD_VERSION})  # fmt: skip
             manifest = json.dumps(monitored_cluster(self.stack, namespace, case.stores))
             done = time.time()
             if case.before_monitoring:

@@ -13,8 +13,11 @@ sources, are in ``../shared/notes/tikv-metrics.md``; the short version:
 - ``tikv_store_size_bytes`` (tikv/tikv:components/server/src/server.rs): ``used = snap + kv + raft + placeholder``
   (the space-reserve placeholder file, max(5 % of capacity, 5 GiB) / 5, is not exported as a type), ``available =
   min(capacity - used, filesystem free)``; both ``capacity`` and ``available`` are 0 when disk stats cannot be read.
-- ``tikv_engine_write_stall`` is a gauge of RocksDB statistics (µs); ``tikv_critical_error_total`` exists only once
-  an error was counted (a counter vector without pre-created children).
+- ``tikv_engine_write_stall`` is a gauge of RocksDB statistics (µs); ``tikv_engine_write_stall_reason{db, type}``
+  holds RocksDB's cumulative cfstats stall counts by reason in a gauge (``type`` in ``ROCKSDB_IOSTALL_TYPE``,
+  tikv/tikv:components/engine_rocks/src/rocks_metrics_defs.rs), with ``tikv_engine_num_files_at_level{db, cf,
+  level}`` and ``tikv_engine_pending_compaction_bytes{db, cf}`` beside it; ``tikv_critical_error_total`` exists only
+  once an error was counted (a counter vector without pre-created children).
 - PD (``/metrics`` on the client port 2379): ``pd_cluster_status`` is set by the leader only (followers have none:
   ``statistics.Reset()`` on losing leadership); classic format ``{type}`` (PD ≤ v8.5.4) or per store ``{type, engine,
   store}`` (PD ≥ v8.5.5). ``pd_regions_status{type}`` exists on every member (pre-created), zero on followers, with
@@ -184,6 +187,23 @@ STOPPED_BY = frozenset({Fault.DOWN, Fault.CRASH_LOOP, Fault.UNSCHEDULABLE})
 """Faults under which no process runs: gone, exiting at every start, or a pod no node takes."""
 WRITE_POINT_KINDS = frozenset({"kv_prewrite", "kv_commit", "raw_put"})
 """The point writes a write stall slows down (reads do not wait on RocksDB's write path)."""
+STALL_CAUSES = ("level0", "pending-compaction", "memtable")
+"""What a write stall is caused by: too many level-0 files (compaction behind flushes), too many pending compaction
+bytes (compaction behind writes), too many memtables (flushes behind writes)."""
+STALL_REASON_OF = {"level0": "level0_file_limit", "pending-compaction": "pending_compaction_bytes",
+                   "memtable": "memtable_count_limit"}  # fmt: skip
+STALL_REASONS = tuple(f"{reason}_{kind}" for reason in STALL_REASON_OF.values() for kind in ("slowdown", "stop"))
+"""``tikv_engine_write_stall_reason`` types (TiKV's ``ROCKSDB_IOSTALL_TYPE``)."""
+STOP_EVERY = 4
+"""One stall in this many reaches the stop trigger (the others slow writes down)."""
+KV_CFS = ("default", "lock", "write", "raft")
+LEVELS = 7
+HEALTHY_LEVEL0_FILES = {"default": 2, "lock": 1, "write": 3, "raft": 0}
+LEVEL0_SLOWDOWN, LEVEL0_STOP = 20, 36
+"""RocksDB's level-0 triggers as TiKV sets them (``level0-slowdown-writes-trigger``, ``level0-stop-writes-trigger``)."""
+HEALTHY_PENDING_COMPACTION_BYTES = 48 * 2**20
+STALLED_PENDING_COMPACTION_BYTES = 200 * GIB
+"""Past TiKV's ``soft-pending-compaction-bytes-limit`` (192 GiB)."""
 CRASH_LOOP_SECONDS = 2.0
 UNSCHEDULABLE_MESSAGE = "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available."
 FAULT_PARAMETERS: dict[Fault, dict[str, float | str]] = {
@@ -198,7 +218,7 @@ FAULT_PARAMETERS: dict[Fault, dict[str, float | str]] = {
     Fault.RESTART_LOOP: {"seconds": RESTART_LOOP_SECONDS},
     Fault.MISSING_PEERS: {"regions": MISSING_PEER_REGIONS},
     Fault.CRITICAL_ERROR: {"type": "default value not found"},
-    Fault.WRITE_STALL: {"writeSeconds": 0.0},
+    Fault.WRITE_STALL: {"writeSeconds": 0.0, "cause": "level0"},
     Fault.CRASH_LOOP: {"seconds": CRASH_LOOP_SECONDS, "reason": "Error", "message": ""},
     Fault.UNSCHEDULABLE: {"message": UNSCHEDULABLE_MESSAGE},
 }
@@ -218,6 +238,8 @@ def fault_parameters(kind: Fault, given: dict[str, object]) -> dict[str, float |
         raise ValueError("percent must be within 0..100")
     if kind in (Fault.LATENCY, Fault.RESTART_LOOP, Fault.CRASH_LOOP) and float(result["seconds"]) <= 0:
         raise ValueError("seconds must be > 0")
+    if kind is Fault.WRITE_STALL and result["cause"] not in STALL_CAUSES:
+        raise ValueError(f"cause must be one of {list(STALL_CAUSES)}")
     if kind is Fault.LATENCY and not 1 <= float(result["slowScore"]) <= 100:
         raise ValueError("slowScore must be within 1..100")
     return result
@@ -370,6 +392,7 @@ class TikvStore(Process):
     histograms: dict[str, HistogramCounts] = field(default_factory=dict)
     critical_errors: dict[str, float] = field(default_factory=dict)
     stalls: list[float] = field(default_factory=list)  # µs, since the process started
+    stall_reasons: dict[str, int] = field(default_factory=dict)  # RocksDB's cfstats counts, since the process started
     next_restart: float | None = None
     next_crash: float | None = None
     disk_at_last_heartbeat: DiskStats | None = None
@@ -383,6 +406,7 @@ class TikvStore(Process):
         self.histograms = {kind.name: HistogramCounts() for kind in REQUEST_KINDS}
         self.critical_errors = {}
         self.stalls = []
+        self.stall_reasons = dict.fromkeys(STALL_REASONS, 0)
 
     # -- traffic --
 
@@ -437,8 +461,11 @@ class TikvStore(Process):
             )
         if Fault.WRITE_STALL in self.faults:
             # A stall at every whole second, each longer than the last (the level-0 files pile up).
+            reason = STALL_REASON_OF[str(self.faults[Fault.WRITE_STALL].get("cause", "level0"))]
             for _ in range(math.floor(end) - math.floor(start)):
                 self.stalls.append(50_000.0 * (len(self.stalls) + 1))
+                how = "stop" if len(self.stalls) % STOP_EVERY == 0 else "slowdown"
+                self.stall_reasons[f"{reason}_{how}"] += 1
 
     # -- faults --
 
@@ -520,6 +547,22 @@ class TikvStore(Process):
             "max": ordered[-1],
         }
 
+    def stall_cause(self) -> str | None:
+        stall = self.faults.get(Fault.WRITE_STALL)
+        return str(stall.get("cause", "level0")) if stall is not None else None
+
+    def level0_files(self, cf: str) -> int:
+        """Level-0 files of a column family: a few when healthy; piling up past the slowdown trigger towards the stop
+        trigger in ``write``, the busiest family, when compaction is behind the flushes."""
+        if cf == "write" and self.stall_cause() == "level0":
+            return min(LEVEL0_STOP, LEVEL0_SLOWDOWN + len(self.stalls))
+        return HEALTHY_LEVEL0_FILES[cf]
+
+    def pending_compaction_bytes(self, cf: str) -> int:
+        if cf == "write" and self.stall_cause() == "pending-compaction":
+            return STALLED_PENDING_COMPACTION_BYTES + len(self.stalls) * GIB
+        return HEALTHY_PENDING_COMPACTION_BYTES if cf in ("default", "write") else 0
+
     def slow_score(self) -> float:
         """TiKV's slow score (1 healthy … 100), what its raftstore inspection of the disk reports to PD: a latency
         fault says how slow the disk looks to it (``slowScore``; 1 when the cause is not the disk)."""
@@ -557,6 +600,16 @@ class TikvStore(Process):
         lines += header("tikv_engine_write_stall", "gauge", "Histogram of write stall")
         for statistic, value in self.write_stall().items():
             lines.append(f"tikv_engine_write_stall{labels(db='kv', type='write_stall_' + statistic)} {number(value)}")
+        lines += header("tikv_engine_write_stall_reason", "gauge", "QPS of each reason which cause tikv write stall")
+        lines += [f"tikv_engine_write_stall_reason{labels(db='kv', type=reason)} {count}"
+                  for reason, count in self.stall_reasons.items()]  # fmt: skip
+        lines += header("tikv_engine_num_files_at_level", "gauge", "Number of files at each level")
+        lines += [f"tikv_engine_num_files_at_level{labels(db='kv', cf=cf, level=str(level))} "
+                  f"{self.level0_files(cf) if level == 0 else 0}"
+                  for cf in KV_CFS for level in range(LEVELS)]  # fmt: skip
+        lines += header("tikv_engine_pending_compaction_bytes", "gauge", "Pending compaction bytes")
+        lines += [f"tikv_engine_pending_compaction_bytes{labels(db='kv', cf=cf)} {self.pending_compaction_bytes(cf)}"
+                  for cf in KV_CFS]  # fmt: skip
         lines += header("tikv_raftstore_slow_score", "gauge", "Slow score of the store.")
         lines.append(f"tikv_raftstore_slow_score {number(self.slow_score())}")
         lines += self.process_lines()

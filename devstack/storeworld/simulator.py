@@ -56,7 +56,11 @@ Faults, each a real-world case (``{"parameter": default}``):
   counters restart from zero, the pod's ``restartCount`` grows (it stays Ready: each restart is quick).
 - ``critical-error`` ``{"type": "default value not found"}``: ``tikv_critical_error_total{type}`` appears and grows
   by one a second.
-- ``write-stall``: RocksDB write stalls: the ``tikv_engine_write_stall`` gauges move.
+- ``write-stall`` ``{"cause": "level0"}``: RocksDB write stalls, one a second: the ``tikv_engine_write_stall``
+  gauges move and ``tikv_engine_write_stall_reason{db="kv"}`` counts them by reason (one in four reaching the stop
+  trigger); ``cause`` says why: ``level0`` (the ``write`` column family's level-0 files pile up past 20,
+  ``tikv_engine_num_files_at_level``), ``pending-compaction`` (its ``tikv_engine_pending_compaction_bytes`` past
+  192 GiB) or ``memtable`` (too many memtables: neither moves).
 - ``crash-loop`` ``{"seconds": 2, "reason": "Error", "message": ""}``: the container exits at every start (a bad
   config, a volume from another cluster: ``"message": "… cluster id mismatch …"``): the pod is NotReady in
   CrashLoopBackOff, ``restartCount`` grows every ``seconds``, the last termination carries ``reason`` (exit code 137

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from operator_k8s.domain.metric_evidence import metric_summary
+from operator_k8s.domain.metric_evidence import COUNTED_PODS, metric_summary, pd_named_stores
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketState, Transition
 from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant
 
@@ -241,6 +241,36 @@ CLUSTER_WIDE_RATIO = 2.0
 """Slow on every store alike: the store is within this factor of the others."""
 SLOW_SCORE_SLOW = 80.0
 HUNG_STATES = frozenset({"disconnected", "down", "unhealth"})
+WRITE_TYPES = frozenset({
+    "kv_prewrite", "kv_commit", "kv_pessimistic_lock", "kv_pessimistic_rollback", "kv_cleanup", "kv_batch_rollback",
+    "kv_txn_heart_beat", "kv_check_txn_status", "kv_check_secondary_locks", "kv_resolve_lock", "kv_flush",
+    "raw_put", "raw_batch_put", "raw_delete", "raw_batch_delete", "raw_delete_range", "raw_compare_and_swap",
+})  # fmt: skip
+"""Request types that write through RocksDB's write path, which a write stall holds up (reads do not wait on it)."""
+STALL_CAUSES: dict[str, tuple[str, str, str]] = {
+    "level0_file_limit": (
+        "too many level-0 files",
+        "compaction is behind the flushes: level-0 files pile up (writes slow down at"
+        " rocksdb.<cf>.level0-slowdown-writes-trigger, 20 files, and stop at level0-stop-writes-trigger)",
+        "compaction is behind: check the disk's write bandwidth and utilisation, the compaction threads"
+        " (rocksdb.max-background-jobs) and the rate limiter (rocksdb.rate-bytes-per-sec); slow down a bulk load",
+    ),
+    "pending_compaction_bytes": (
+        "too many pending compaction bytes",
+        "compaction is behind the writes: the bytes compaction owes pass rocksdb.<cf>.soft-pending-compaction-bytes-"
+        "limit (writes slow down) or hard-pending-compaction-bytes-limit (writes stop)",
+        "compaction is behind: check the disk's write bandwidth, the compaction threads (rocksdb.max-background-jobs)"
+        " and a large import or range deletion; raising the limits only hides it",
+    ),
+    "memtable_count_limit": (
+        "too many memtables",
+        "flushes are behind the writes: memtables reach rocksdb.<cf>.max-write-buffer-number before they are"
+        " flushed (writes slow down one short of it and stop at it)",
+        "flushing is behind: check the disk's write latency, the flush threads (rocksdb.max-background-flushes) and"
+        " a burst of large writes; write-buffer-size and max-write-buffer-number trade memory for headroom",
+    ),
+}
+"""RocksDB's write-stall causes (the reasons' prefixes): the item, what it means, and the next step."""
 
 
 def _hours(seconds: float | None) -> str:
@@ -275,12 +305,48 @@ def _disk(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
     )]  # fmt: skip
 
 
-def _latency(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+def _stall(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
+    stalls = (evidence.get("prometheus") or {}).get("stalls") or {}
+    reasons: dict[str, float] = {r: n for r, n in (stalls.get("reasons") or {}).items() if n and n > 0}
+    if not reasons:
+        return []
+    by_cause: dict[str, float] = {}
+    for reason, count in reasons.items():
+        cause = reason.removesuffix("_slowdown").removesuffix("_stop")
+        if cause in STALL_CAUSES:
+            by_cause[cause] = by_cause.get(cause, 0.0) + count
+    if not by_cause:
+        return []
+    cause = max(by_cause, key=lambda c: (by_cause[c], -list(STALL_CAUSES).index(c)))
+    item, meaning, step = STALL_CAUSES[cause]
+    stops = sum(n for r, n in reasons.items() if r.endswith("_stop"))
+    counts = ", ".join(f"{reason} {count:g}" for reason, count in reasons.items())
+    facts = [f"RocksDB stalled writes ({counts}) over the window: {meaning}"]
+    if stalls.get("level0Files") is not None:
+        facts.append(f"now {stalls['level0Files']:g} level-0 files")
+    if stalls.get("pendingCompactionBytes") is not None:
+        facts.append(f"{stalls['pendingCompactionBytes'] / 2**30:.1f} GiB pending compaction")
+    return [Finding(
+        "write-stall", f"write stall: {item}", store, f"{by_cause[cause]:g} {cause} stalls",
+        "no write stall", "critical" if stops else "warning",
+        "; ".join(facts), step,
+    )]  # fmt: skip
+
+
+def _latency(store: str, evidence: Mapping[str, Any], *, stalled: bool = False) -> list[Finding]:
+    """One store slow, or every store, judged on the request types the latency invariant measures (``watched``:
+    the slowness the ticket is about; a lock wait in ``kv_pessimistic_lock`` is the workload's contention, not the
+    store's speed); not the store's own slowness when only its writes are slow and it stalls writes (``stalled``):
+    the stall is the cause, and the slowness its symptom."""
     latency = (evidence.get("prometheus") or {}).get("latency") or {}
-    rows = [r for r in latency.get("types") or [] if r.get("p99Ms") is not None and r["p99Ms"] >= SLOW_FLOOR_MS]
+    watched = set(latency.get("watched") or [])
+    rows = [r for r in latency.get("types") or [] if r.get("p99Ms") is not None and r["p99Ms"] >= SLOW_FLOOR_MS
+            and (not watched or r["type"] in watched)]  # fmt: skip
     if not rows or not latency.get("othersAnswered"):
         return []
     own = [r for r in rows if r.get("ratio") is not None and r["ratio"] >= SLOW_RATIO]
+    if own and stalled and all(r["type"] in WRITE_TYPES for r in own):
+        return []
     if own:
         names = ", ".join(f"{r['type']} {r['p99Ms']:g} ms (others {r['othersP99Ms']:g} ms)" for r in own[:4])
         return [Finding(
@@ -336,11 +402,33 @@ def _hung(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
 
 
 def diagnose(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
-    """The probable causes the evidence supports, most specific first (empty: unknown)."""
+    """The probable causes the evidence supports, most specific first (empty: unknown). A cluster-level ticket's are
+    those of the stores PD counts, each diagnosed from its own view (``counted_views``)."""
+    if store == CLUSTER_STORE:
+        return [finding for pod, view in counted_views(evidence).items() for finding in diagnose(pod, view)]
     specific = _cluster_id(store, evidence) + _oom(store, evidence) + _pending(store, evidence)
-    metric = _hung(store, evidence) + _disk(store, evidence) + _latency(store, evidence)
+    stall = _stall(store, evidence)
+    metric = _hung(store, evidence) + _disk(store, evidence) + _latency(store, evidence, stalled=bool(stall)) + stall
     looping = _restart_loop(store, evidence, explained=bool(specific))
     return specific + metric + looping + _node(store, evidence)
+
+
+def counted_to_read(evidence: Mapping[str, Any], counted: Sequence[str], stores: Sequence[str]) -> list[str]:
+    """The stores PD counts in a pdStores ticket's states (``counted``) whose pods its evidence reads: the cluster's
+    own stores only, at most ``COUNTED_PODS`` of them (three API requests each, within the ticket's budget)."""
+    return [pod for pod in sorted(pd_named_stores(evidence, counted)) if pod in stores][:COUNTED_PODS]
+
+
+def counted_views(evidence: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each store PD counts whose pod a cluster-level ticket read, seen alone: its pod's evidence and PD's states of
+    it, the evidence a ticket of its own would hold (so a store PD counts whose pod is not Ready is not hung)."""
+    pd = (evidence.get("prometheus") or {}).get("pd") or {}
+    stores = pd.get("stores") or {}
+    return {
+        pod: {**view, "prometheus": {"pd": {"status": pd.get("status"), "stores": {pod: stores.get(pod, [])},
+                                            "states": list(stores.get(pod, []))}}}
+        for pod, view in sorted((evidence.get("counted") or {}).items())
+    }  # fmt: skip
 
 
 def evidence_summary(evidence: Mapping[str, Any]) -> str:
@@ -363,6 +451,10 @@ def evidence_summary(evidence: Mapping[str, Any]) -> str:
     metrics = metric_summary(evidence)
     if metrics:
         parts.append(metrics)
+    for pod, view in sorted((evidence.get("counted") or {}).items()):
+        shown = view.get("pod") or {}
+        ready = "Ready" if _pod_ready(view) else "not Ready"
+        parts.append(f"{pod}: pod {shown.get('phase') or 'not read'}, {ready}")
     for what in evidence.get("unreachable") or []:
         parts.append(f"not reachable: {what}")
     return "; ".join(parts)[:TEXT_BYTES]

@@ -9,12 +9,17 @@ by the Prometheus adapter's timeouts and answer caps. What is asked depends on t
 - diskUsage: ``tikv_store_size_bytes`` by ``type`` (TiKV's own data against what else fills the volume: ``used`` is
   TiKV's, ``capacity - available - used`` is not), and how fast ``available`` falls (``deriv`` over
   ``GROWTH_WINDOW``), hence the time left to the threshold and to TiKV's write-rejecting reserve (5 GiB);
+- latency and writeStall: RocksDB's write stalls on the store by reason (``tikv_engine_write_stall_reason{db="kv",
+  type}``, cumulative counts of RocksDB's cfstats held in a gauge: their ``increase`` over the writeStall window), with
+  the level-0 files (``tikv_engine_num_files_at_level{level="0"}``) and the pending compaction bytes
+  (``tikv_engine_pending_compaction_bytes``) that say why, in one query;
 - every store ticket: TiKV's slow score (``tikv_raftstore_slow_score``, what the store reports to PD: slow at 80,
   evicted at 100), and PD's view from the PD leader's series: the store's state
   (``pd_cluster_status{type, store}``, PD ≥ v8.5.5; older PD exports counts only and which store it counts is not
-  said), PD's id and address of each store (``pd_scheduler_store_status{address, store}``), and the cluster's
-  pending, down and missing peers (``pd_regions_status``);
-- a cluster-level pdStores ticket: the stores PD counts in each state, named by pod.
+  said) with the cluster's pending, down and missing peers (``pd_regions_status``) in one query, and PD's id and
+  address of each store (``pd_scheduler_store_status{address, store}``);
+- a cluster-level pdStores ticket: the stores PD counts in each state, named by pod (the shell then reads the pods of
+  at most ``COUNTED_PODS`` of them, so that each is diagnosed from its own view: ``diagnosis.counted_views``).
 
 A query that fails says so ("not reachable: …"); one that answers nothing says "no data". Nothing is guessed.
 Each item links to its query's graph in Prometheus over the ticket's window.
@@ -36,6 +41,9 @@ from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant
 
 MAX_QUERIES = 7
 """Prometheus queries per ticket: with the pod, its Events and its node, ten calls at most."""
+COUNTED_PODS = 2
+"""Stores PD counts whose pods a cluster-level pdStores ticket reads (three API requests each: with its two queries,
+eight calls)."""
 GIB = 2**30
 RESERVE_BYTES = 5 * GIB
 """TiKV's ``storage.reserve-space`` default: at this much ``available`` it rejects writes."""
@@ -50,6 +58,18 @@ PD_STATES = ("up", "disconnected", "down", "unhealth", "offline", "low_space", "
 """PD's store states as its ``pd_cluster_status`` types spell them (``store_<state>_count``)."""
 PD_REGION_TYPES = ("pending-peer-region-count", "down-peer-region-count", "miss-peer-region-count")
 _PD_LEADER = " and on (instance) (max by (instance) (etcd_server_is_leader{selector}) > 0)"
+STALL_REASONS = (
+    "level0_file_limit_slowdown",
+    "level0_file_limit_stop",
+    "pending_compaction_bytes_slowdown",
+    "pending_compaction_bytes_stop",
+    "memtable_count_limit_slowdown",
+    "memtable_count_limit_stop",
+)
+"""RocksDB's write-stall reasons as TiKV exports them (tikv/tikv:components/engine_rocks/src/rocks_metrics_defs.rs
+``ROCKSDB_IOSTALL_TYPE``)."""
+LEVEL0_FILES = "level0_files"
+PENDING_COMPACTION_BYTES = "pending_compaction_bytes"
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,8 @@ class TicketScope:
     store: str
     others: tuple[str, ...]
     pd_pods: tuple[str, ...]
+    watched: tuple[str, ...] = ()
+    """The request types the latency invariant measures: the slowness a latency ticket is about."""
 
 
 _LATENCY_BY_TYPE = (
@@ -89,6 +111,16 @@ _PD_ADDRESSES = (
     'max by (store, address) (pd_scheduler_store_status{{matchers},type="store_capacity"}' + _PD_LEADER + ")"
 )
 _PD_REGIONS = 'pd_regions_status{{matchers},type=~"' + "|".join(PD_REGION_TYPES) + '"}' + _PD_LEADER
+_PD_STATES_AND_REGIONS = _PD_STATES + " or " + _PD_REGIONS
+_STALLS = (
+    'sum by (type) (increase(tikv_engine_write_stall_reason{{matchers},db="kv"}[{window}]))'
+    ' or label_replace(max(tikv_engine_num_files_at_level{{matchers},db="kv",level="0"}), "type", "'
+    + LEVEL0_FILES
+    + '", "", "")'
+    ' or label_replace(sum(tikv_engine_pending_compaction_bytes{{matchers},db="kv"}), "type", "'
+    + PENDING_COMPACTION_BYTES
+    + '", "", "")'
+)
 
 
 def evidence_queries(spec: MonitoredClusterSpec, namespace: str, scope: TicketScope) -> list[EvidenceQuery]:
@@ -98,9 +130,10 @@ def evidence_queries(spec: MonitoredClusterSpec, namespace: str, scope: TicketSc
     found: list[EvidenceQuery] = []
 
     def ask(
-        name: str, what: str, template: str, about: tuple[str, ...], group: str, keep: tuple[str, ...] = ()
-    ) -> None:
-        promql = render(template, spec, namespace, about, window=spec.prometheus.rate_window)
+        name: str, what: str, template: str, about: tuple[str, ...], group: str, keep: tuple[str, ...] = (),
+        window: str = "",
+    ) -> None:  # fmt: skip
+        promql = render(template, spec, namespace, about, window=window or spec.prometheus.rate_window)
         found.append(EvidenceQuery(name, what, promql, group, keep))
 
     store, label = (scope.store,), spec.prometheus.store_label
@@ -111,18 +144,24 @@ def evidence_queries(spec: MonitoredClusterSpec, namespace: str, scope: TicketSc
                 ask("latency_by_type_others", "p99 by request type on the cluster's other stores (ms)",
                     _LATENCY_BY_TYPE, scope.others, "type")  # fmt: skip
             ask("failures_by_type", "failed requests per second by type", _FAILURES, store, "type")
+        if scope.invariant in (Invariant.LATENCY, Invariant.WRITE_STALL):
+            window = spec.invariants.write_stall.window
+            ask("write_stalls", f"RocksDB write stalls by reason over {window}, level-0 files, pending compaction"
+                " bytes", _STALLS, store, "type", window=window)  # fmt: skip
         if scope.invariant == Invariant.DISK_USAGE:
             ask("disk_sizes", "tikv_store_size_bytes by type (bytes)", _SIZES, store, "type")
             ask("disk_available_deriv", f"change of available bytes per second over {GROWTH_WINDOW}", _GROWTH, store,
                 label)  # fmt: skip
         ask("slow_score", "TiKV's slow score (slow at 80, evicted at 100)", _SLOW_SCORE, store, label)
     if spec.pd is not None and scope.pd_pods:
-        ask("pd_store_states", "PD's state of each store (PD >= v8.5.5)", _PD_STATES, scope.pd_pods, "type",
-            ("store",))  # fmt: skip
+        if scope.store != CLUSTER_STORE:
+            ask("pd_store_states", "PD's state of each store (PD >= v8.5.5) and its regions with pending, down or"
+                " missing peers", _PD_STATES_AND_REGIONS, scope.pd_pods, "type", ("store",))  # fmt: skip
+        else:
+            ask("pd_store_states", "PD's state of each store (PD >= v8.5.5)", _PD_STATES, scope.pd_pods, "type",
+                ("store",))  # fmt: skip
         ask("pd_store_addresses", "PD's store ids and addresses", _PD_ADDRESSES, scope.pd_pods, "store",
             ("address",))  # fmt: skip
-        if scope.store != CLUSTER_STORE:
-            ask("pd_regions", "PD's regions with pending, down or missing peers", _PD_REGIONS, scope.pd_pods, "type")
     return found[:MAX_QUERIES]
 
 
@@ -179,9 +218,11 @@ def prometheus_evidence(
     evidence: dict[str, Any] = {"items": items}
     asked = {q.name for q in queries}
     if "latency_by_type" in asked:
-        evidence["latency"] = _latency(results)
+        evidence["latency"] = _latency(results) | {"watched": list(scope.watched)}
     if "disk_sizes" in asked:
         evidence["disk"] = _disk(results, threshold_percent)
+    if "write_stalls" in asked:
+        evidence["stalls"] = _stalls(results.get("write_stalls"))
     if "slow_score" in asked:
         score = _by_group(results.get("slow_score")).get(scope.store)
         evidence["slowScore"] = _number(score)
@@ -204,6 +245,18 @@ def _latency(results: Mapping[str, QueryResult]) -> dict[str, Any]:
         "types": rows[:TYPES_KEPT],
         "failures": {kind: _number(rate) for kind, rate in sorted(failing.items())},
         "othersAnswered": bool(others),
+    }
+
+
+def _stalls(result: QueryResult | None) -> dict[str, Any]:
+    """The write stalls by reason over the window (only the reasons that stalled), and the level-0 files and pending
+    compaction bytes that say why."""
+    found = _by_group(result)
+    return {
+        "reasons": {reason: _number(found[reason]) for reason in STALL_REASONS if found.get(reason, 0.0) > 0},
+        "level0Files": _number(found.get(LEVEL0_FILES)),
+        "pendingCompactionBytes": int(found[PENDING_COMPACTION_BYTES]) if PENDING_COMPACTION_BYTES in found else None,
+        "answered": _status(result) == "ok",
     }
 
 
@@ -245,7 +298,9 @@ def _pd(results: Mapping[str, QueryResult], scope: TicketScope) -> dict[str, Any
     if states is not None and states.failure is None:
         for sample in states.samples:
             store_id = sample.label("store")
-            if sample.store and store_id and not math.isnan(sample.value) and sample.value > 0:
+            if sample.store in PD_REGION_TYPES or not store_id:
+                continue  # a region count, asked in the same query
+            if sample.store and not math.isnan(sample.value) and sample.value > 0:
                 state = sample.store.removeprefix("store_").removesuffix("_count")
                 counted.setdefault(pods.get(store_id, f"store id {store_id}"), []).append(state)
     pd: dict[str, Any] = {
@@ -256,8 +311,8 @@ def _pd(results: Mapping[str, QueryResult], scope: TicketScope) -> dict[str, Any
         ids = [store_id for store_id, pod in pods.items() if pod == scope.store]
         pd["storeId"] = ids[0] if ids else None
         pd["states"] = sorted(counted.get(scope.store, []))
-        regions = _by_group(results.get("pd_regions"))
-        pd["regions"] = {kind: int(count) for kind, count in sorted(regions.items())}
+        regions = _by_group(states)
+        pd["regions"] = {kind: int(count) for kind, count in sorted(regions.items()) if kind in PD_REGION_TYPES}
     return pd
 
 
@@ -290,6 +345,9 @@ def metric_summary(evidence: Mapping[str, Any]) -> str:
     pd = prometheus.get("pd")
     if pd and pd.get("stores"):
         parts.append("PD counts " + ", ".join(f"{pod} {'/'.join(s)}" for pod, s in pd["stores"].items()))
+    stalls = prometheus.get("stalls")
+    if stalls and stalls.get("reasons"):
+        parts.append("write stalls " + ", ".join(f"{r} {n:g}" for r, n in stalls["reasons"].items()))
     if prometheus.get("slowScore") is not None:
         parts.append(f"slow score {prometheus['slowScore']:g}")
     unreachable = [i["name"] for i in prometheus.get("items") or [] if i["status"].startswith("not reachable")]
@@ -304,6 +362,8 @@ def window_start(opened_at: datetime | None, first_seen: datetime, now: datetime
 
 
 __all__ = [
+    "COUNTED_PODS",
+    "STALL_REASONS",
     "EvidenceQuery",
     "TicketScope",
     "evidence_queries",

@@ -3,7 +3,8 @@
 
 What is asserted follows from the catalogue, not from a recorded run: every expected ticket opens and nothing else
 does; a control stays silent (no ticket, no diagnosis); a cause whose rule exists is named first; a cause whose rule
-does not exist yet (``faults.FUTURE_RULES``) is Unknown or, once the rule lands, right: never a confident wrong one.
+does not exist yet (``faults.FUTURE_RULES``, empty today) is Unknown or, once the rule lands, right: never a confident
+wrong one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def test_the_fast_subset_of_the_fault_catalogue_opens_every_ticket_and_names_eve
     assert summary.missed_tickets == 0 and summary.false_positives == 0, table
     assert summary.control_cases >= 1 and summary.control_tickets == 0 and summary.control_diagnoses == 0, table
     judged = [(s.name, j) for s in result.scores for j in s.judged]
-    assert {j.expected for _, j in judged} & faults.FUTURE_RULES, "the subset keeps a cause with no rule yet"
     for name, j in judged:
         allowed = {RIGHT, ABSTAINED} if j.expected in faults.FUTURE_RULES else {RIGHT}
         assert j.outcome in allowed, f"{name}: {j.expected} → {j.top} ({j.outcome})\n{table}"

@@ -10,6 +10,7 @@ import pytest
 from operator_k8s.domain.diagnosis import (
     EVIDENCE_BYTES,
     bounded,
+    counted_to_read,
     diagnose,
     diagnosed,
     evidence_summary,
@@ -157,10 +158,17 @@ def disk(tikv: float, other: float, **extra: Any) -> dict[str, Any]:
                      "otherBytes": int(other / 100 * 100 * 2**30), "sizes": {"kv_size": 30 * 2**30}, **extra}}  # fmt: skip
 
 
-def latency(*rows: tuple[str, float, float | None], answered: bool = True) -> dict[str, Any]:
+def latency(
+    *rows: tuple[str, float, float | None], answered: bool = True, watched: tuple[str, ...] = ()
+) -> dict[str, Any]:
     types = [{"type": t, "p99Ms": own, "othersP99Ms": others, "ratio": own / others if others else None}
              for t, own, others in rows]  # fmt: skip
-    return {"latency": {"types": types, "failures": {}, "othersAnswered": answered}}
+    return {"latency": {"types": types, "failures": {}, "othersAnswered": answered, "watched": list(watched)}}
+
+
+def stalls(**reasons: float) -> dict[str, Any]:
+    return {"stalls": {"reasons": reasons, "level0Files": 28.0, "pendingCompactionBytes": 208 * 2**30,
+                       "answered": True}}  # fmt: skip
 
 
 def pd_view(*states: str, score: float | None = 1.0) -> dict[str, Any]:
@@ -178,7 +186,23 @@ def pd_view(*states: str, score: float | None = 1.0) -> dict[str, Any]:
         (latency(("kv_get", 800.0, 0.8), ("coprocessor", 40.0, 38.0)), None, ["slow-store"], "kv_get 800 ms"),
         (latency(("kv_get", 900.0, 850.0), ("kv_prewrite", 700.0, 690.0)), None, ["slow-cluster"], "shared"),
         (latency(("kv_get", 800.0, None), answered=False), None, [], ""),  # no other store to compare: unknown
+        # judged on the types the invariant measures: lock waits on this store are contention, not its speed
+        (latency(("kv_pessimistic_lock", 1000.0, 2.0), ("kv_get", 800.0, 790.0), watched=("kv_get", "kv_prewrite")),
+         None, ["slow-cluster"], "shared"),
+        (latency(("kv_pessimistic_lock", 1000.0, 2.0), ("kv_get", 1.0, 0.9), watched=("kv_get",)), None, [], ""),
         (latency(("kv_get", 0.9, 0.1)), None, [], ""),  # 9x of nothing: fast
+        # a write stall, by cause
+        (stalls(level0_file_limit_slowdown=6, level0_file_limit_stop=2), None, ["write-stall"], "level-0 files pile"),
+        (stalls(pending_compaction_bytes_slowdown=9), None, ["write-stall"], "compaction owes"),
+        (stalls(memtable_count_limit_slowdown=3, memtable_count_limit_stop=1, level0_file_limit_slowdown=1), None,
+         ["write-stall"], "flushes are behind"),  # the cause that stalled most
+        (stalls(), None, [], ""),  # no stall over the window
+        # a stall explains the store's slow writes; not its slow reads
+        ({**latency(("kv_prewrite", 800.0, 0.9), ("kv_commit", 700.0, 0.8)), **stalls(level0_file_limit_stop=1)},
+         None, ["write-stall"], "level-0"),
+        ({**latency(("kv_get", 800.0, 0.8), ("kv_prewrite", 700.0, 0.9)), **stalls(level0_file_limit_slowdown=4)},
+         None, ["slow-store", "write-stall"], "kv_get 800 ms"),
+        (latency(("kv_prewrite", 800.0, 0.9)), None, ["slow-store"], "kv_prewrite 800 ms"),  # slow, no stall
         # hung while Ready
         (pd_view("disconnected"), pod(conditions=[READY]), ["store-hung"], "disconnected (no heartbeat)"),
         (pd_view(score=95.0), pod(conditions=[READY]), ["store-hung"], "slow score of 95"),
@@ -197,3 +221,58 @@ def test_rules_over_prometheus_evidence(
         assert words in found[0].details + found[0].value
         assert found[0].store == "tikv-1" and found[0].next_step and found[0].reference
         assert found[0].runbook.endswith(f"#runbook-{found[0].rule}")
+
+
+def test_a_write_stall_says_its_severity_and_next_step_by_cause() -> None:
+    stop, slowdown = (diagnose("tikv-1", with_metrics(stalls(**{reason: 2})))[0]
+                      for reason in ("pending_compaction_bytes_stop", "memtable_count_limit_slowdown"))  # fmt: skip
+    assert stop.severity == "critical" and "compaction is behind" in stop.next_step
+    assert "208.0 GiB pending compaction" in stop.details
+    assert slowdown.severity == "warning" and "flushing is behind" in slowdown.next_step
+
+
+def counted_cluster(pods: dict[str, dict[str, Any] | None], states: dict[str, list[str]]) -> dict[str, Any]:
+    """A cluster-level pdStores ticket's evidence: PD's states of the stores it counts, and the pods it read."""
+    return {
+        "unreachable": [],
+        "prometheus": {"pd": {"status": "ok", "stores": states}},
+        "counted": {name: pod_evidence(body, [], HEALTHY_NODE) for name, body in pods.items()},
+    }
+
+
+@pytest.mark.parametrize(
+    ("pods", "states", "rules"),
+    [
+        # PD counts a store disconnected whose pod is Running and Ready: hung
+        ({"tikv-1": pod(conditions=[READY])}, {"tikv-1": ["disconnected"], "tikv-0": ["up"]}, ["store-hung"]),
+        # ...whose pod was OOMKilled and is not Ready: the OOM, never hung
+        ({"tikv-1": pod(restarts=2, last=OOM, waiting={"reason": "CrashLoopBackOff"})}, {"tikv-1": ["disconnected"]},
+         ["memory-limit"]),
+        # ...Pending: not scheduled
+        ({"tikv-2": pod("Pending", conditions=[UNSCHEDULABLE | {"message": "0/3 nodes: 3 Insufficient memory."}])},
+         {"tikv-2": ["disconnected"]}, ["pod-pending"]),
+        # two stores, each from its own view
+        ({"tikv-1": pod(conditions=[READY]), "tikv-2": pod(restarts=2, last=OOM, waiting={"reason": "BackOff"})},
+         {"tikv-1": ["disconnected"], "tikv-2": ["down"]}, ["store-hung", "memory-limit"]),
+        # low on space only, Ready: not hung (the disk's own ticket says why)
+        ({"tikv-1": pod(conditions=[READY])}, {"tikv-1": ["low_space", "up"]}, []),
+        # no pod read: unknown
+        ({}, {"tikv-1": ["disconnected"]}, []),
+    ],
+    ids=["hung", "oom-not-hung", "pending", "two-stores", "low-space", "no-pod"],
+)  # fmt: skip
+def test_a_cluster_ticket_diagnoses_each_store_pd_counts_from_its_own_view(
+    pods: dict[str, dict[str, Any] | None], states: dict[str, list[str]], rules: list[str]
+) -> None:
+    found = diagnose("cluster", counted_cluster(pods, states))
+    assert [f.rule for f in found] == rules
+    assert [f.store for f in found] == sorted(pods)[: len(found)], "each finding names the store PD counts"
+
+
+def test_a_cluster_ticket_reads_at_most_two_of_its_own_counted_stores() -> None:
+    evidence = {"prometheus": {"pd": {"stores": {"tikv-0": ["disconnected"], "tikv-1": ["up"], "tikv-2": ["down"],
+                                                 "tikv-3": ["disconnected"], "store id 9": ["down"]}}}}  # fmt: skip
+    counted = ("store_disconnected_count", "store_down_count")
+    assert counted_to_read(evidence, counted, ("tikv-0", "tikv-1", "tikv-2", "tikv-3")) == ["tikv-0", "tikv-2"]
+    assert counted_to_read(evidence, counted, ("tikv-1", "tikv-3")) == ["tikv-3"], "never a pod not its cluster's"
+    assert counted_to_read({}, counted, ("tikv-0",)) == []

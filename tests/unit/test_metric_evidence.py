@@ -25,17 +25,18 @@ STORES = ("tikv-0", "tikv-1", "tikv-2")
 
 
 def scope(invariant: str, store: str = "tikv-1") -> TicketScope:
-    return TicketScope(invariant, store, tuple(s for s in STORES if s != store), ("pd-0", "pd-1"))
+    return TicketScope(invariant, store, tuple(s for s in STORES if s != store), ("pd-0", "pd-1"), ("kv_get",))
 
 
 @pytest.mark.parametrize(
     ("invariant", "store", "with_pd", "names"),
     [
-        ("latency", "tikv-1", True, ["latency_by_type", "latency_by_type_others", "failures_by_type", "slow_score",
-                                     "pd_store_states", "pd_store_addresses", "pd_regions"]),
+        ("latency", "tikv-1", True, ["latency_by_type", "latency_by_type_others", "failures_by_type", "write_stalls",
+                                     "slow_score", "pd_store_states", "pd_store_addresses"]),
         ("diskUsage", "tikv-1", True, ["disk_sizes", "disk_available_deriv", "slow_score", "pd_store_states",
-                                       "pd_store_addresses", "pd_regions"]),
-        ("storesReady", "tikv-1", True, ["slow_score", "pd_store_states", "pd_store_addresses", "pd_regions"]),
+                                       "pd_store_addresses"]),
+        ("writeStall", "tikv-1", True, ["write_stalls", "slow_score", "pd_store_states", "pd_store_addresses"]),
+        ("storesReady", "tikv-1", True, ["slow_score", "pd_store_states", "pd_store_addresses"]),
         ("diskUsage", "tikv-1", False, ["disk_sizes", "disk_available_deriv", "slow_score"]),
         ("pdStores", "cluster", True, ["pd_store_states", "pd_store_addresses"]),
         ("pdStores", "cluster", False, []),
@@ -58,6 +59,10 @@ def test_queries_name_the_store_the_others_and_pds_leader() -> None:
     assert 'pod=~"tikv-0|tikv-2"' in queries["latency_by_type_others"].promql
     assert 'type!="kv_gc"' in queries["latency_by_type"].promql
     assert "etcd_server_is_leader" in queries["pd_store_states"].promql
+    assert "pd_regions_status" in queries["pd_store_states"].promql, "PD's region health rides on its states query"
+    stalls = queries["write_stalls"].promql
+    assert 'increase(tikv_engine_write_stall_reason{namespace="ns",pod=~"tikv-1",db="kv"}[10m])' in stalls
+    assert 'tikv_engine_num_files_at_level{namespace="ns",pod=~"tikv-1",db="kv",level="0"}' in stalls
     assert queries["pd_store_states"].keep == ("store",)
     assert queries["pd_store_addresses"].keep == ("address",)
     generic = spec(preset="generic", invariants={"latency": {"enabled": False}})
@@ -131,6 +136,7 @@ def test_latency_compares_each_type_with_the_other_stores() -> None:
     assert latency["types"][0] == {"type": "kv_get", "p99Ms": 800.0, "othersP99Ms": 0.8, "ratio": 1000.0}
     assert [t["type"] for t in latency["types"]] == ["kv_get", "coprocessor"], "NaN (no traffic) is not a value"
     assert latency["failures"] == {"kv_get": 2.5}
+    assert latency["watched"] == ["kv_get"], "the types the latency invariant measures, for the rules"
 
 
 def test_pd_names_the_stores_it_counts_by_pod() -> None:
@@ -142,9 +148,21 @@ def test_pd_names_the_stores_it_counts_by_pod() -> None:
     counted = ("store_low_space_count", "store_disconnected_count")
     assert pd_named_stores(evidence, counted) == {"tikv-1": ["low_space"], "tikv-2": ["disconnected"]}
     assert evidence["prometheus"]["pd"]["stores"]["tikv-0"] == ["up"], "the evidence shows every state"
-    own = read("diskUsage", results | {"pd_regions": answer(**{"pending-peer-region-count": 3.0})})["pd"]
+    with_regions = QueryResult("q", (*results["pd_store_states"].samples, Sample("pending-peer-region-count", 3.0)))
+    own = read("diskUsage", results | {"pd_store_states": with_regions})["pd"]
     assert own["storeId"] == "4" and own["states"] == ["low_space", "up"]
     assert own["regions"] == {"pending-peer-region-count": 3}
+
+
+def test_write_stalls_are_read_by_reason_with_what_says_why() -> None:
+    results = {"write_stalls": answer(level0_file_limit_slowdown=6.0, level0_file_limit_stop=2.0,
+                                      memtable_count_limit_slowdown=0.0, level0_files=28.0,
+                                      pending_compaction_bytes=float(GIB))}  # fmt: skip
+    stalls = read("writeStall", results)["stalls"]
+    assert stalls == {"reasons": {"level0_file_limit_slowdown": 6.0, "level0_file_limit_stop": 2.0},
+                      "level0Files": 28.0, "pendingCompactionBytes": GIB, "answered": True}  # fmt: skip
+    nothing = read("writeStall", {"write_stalls": QueryResult("q", ())})["stalls"]
+    assert nothing["reasons"] == {} and not nothing["answered"]
 
 
 @pytest.mark.parametrize(

@@ -460,6 +460,11 @@ async def test_pds_count_is_named_by_its_evidence_and_linked_to_the_store_ticket
     assert pd.counted_stores == {"tikv-1": ["slow"]}
     assert pd.cause_id == latency.id and latency.cause_id is None
     assert ("ns", "pd-0") not in evidence.asked and ("ns", "cluster") not in evidence.asked, "no pod for PD's count"
+    assert evidence.asked.count(("ns", "tikv-1")) == 2, "the latency ticket's pod, and the pod of the store PD counts"
+    assert pd.id is not None
+    gathered, findings, _, _ = store.evidence[pd.id]
+    assert list(gathered["counted"]) == ["tikv-1"]
+    assert [(f["rule"], f["store"]) for f in findings] == [("memory-limit", "tikv-1")], "diagnosed from its own view"
     shown = {o["status"]["invariant"]: o["status"] for o in mirror.objects.values()}
     assert shown["pdStores"]["causeTicketId"] == latency.id
     assert shown["pdStores"]["countedStores"] == "tikv-1 slow"

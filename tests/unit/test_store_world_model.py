@@ -18,6 +18,7 @@ from devstack.storeworld.model import (
     PLACEHOLDER_BYTES,
     POINT_KINDS,
     REGION_STATUSES,
+    STALL_REASONS,
     Cluster,
     Fault,
     PdMember,
@@ -100,11 +101,14 @@ def test_tikv_exports_its_real_series_with_their_types_and_no_identity_label() -
         "tikv_grpc_msg_fail_total": "counter",
         "tikv_store_size_bytes": "gauge",
         "tikv_engine_write_stall": "gauge",
+        "tikv_engine_write_stall_reason": "gauge",
+        "tikv_engine_num_files_at_level": "gauge",
+        "tikv_engine_pending_compaction_bytes": "gauge",
         "tikv_raftstore_slow_score": "gauge",
         "process_start_time_seconds": "gauge",
     }
     series = parse(text)
-    assert {label for (_, labels) in series for label, _ in labels} == {"type", "priority", "le", "db"}
+    assert {label for (_, labels) in series for label, _ in labels} == {"type", "priority", "le", "db", "cf", "level"}
     bucket = select(series, "tikv_grpc_msg_duration_seconds_bucket", type="kv_get")
     assert {name for key in bucket for name, _ in key[1]} == {"type", "priority", "le"}
     bounds = sorted(float(dict(key[1])["le"]) for key in bucket)
@@ -291,6 +295,34 @@ def test_write_stall_is_a_gauge_that_moves_under_a_stall() -> None:
     first = one(parse(s.exposition(T0 + 8)), "tikv_engine_write_stall", db="kv", type="write_stall_max")
     second = one(parse(s.exposition(T0 + 12)), "tikv_engine_write_stall", db="kv", type="write_stall_max")
     assert 0 < first < second
+
+
+@pytest.mark.parametrize(
+    ("cause", "reason", "level0", "pending_gib"),
+    [
+        ("level0", "level0_file_limit", (26, 36), (0, 1)),
+        ("pending-compaction", "pending_compaction_bytes", (3, 3), (192, 300)),
+        ("memtable", "memtable_count_limit", (3, 3), (0, 1)),
+    ],
+)  # fmt: skip
+def test_a_write_stall_counts_its_reason_and_shows_its_cause(
+    cause: str, reason: str, level0: tuple[int, int], pending_gib: tuple[float, float]
+) -> None:
+    s = store()
+    healthy = parse(s.exposition(T0 + 5))
+    assert {dict(k[1])["type"] for k in select(healthy, "tikv_engine_write_stall_reason", db="kv")} == set(
+        STALL_REASONS), "every reason is there, at 0, before any stall"  # fmt: skip
+    assert all(v == 0 for v in select(healthy, "tikv_engine_write_stall_reason").values())
+    s.set_fault(Fault.WRITE_STALL, fault_parameters(Fault.WRITE_STALL, {"cause": cause}), T0 + 5)
+    series = parse(s.exposition(T0 + 13))
+    counts = {dict(k[1])["type"]: v for k, v in select(series, "tikv_engine_write_stall_reason", db="kv").items()}
+    assert counts[f"{reason}_slowdown"] == 6 and counts[f"{reason}_stop"] == 2, "8 stalls, one in four a stop"
+    assert sum(counts.values()) == 8, "no other reason counts"
+    assert level0[0] <= one(series, "tikv_engine_num_files_at_level", cf="write", level="0") <= level0[1]
+    pending = one(series, "tikv_engine_pending_compaction_bytes", cf="write") / 2**30
+    assert pending_gib[0] <= pending <= pending_gib[1]
+    with pytest.raises(ValueError, match="cause"):
+        fault_parameters(Fault.WRITE_STALL, {"cause": "tuesday"})
 
 
 def test_a_write_stall_with_write_seconds_slows_point_writes_only() -> None:
