@@ -569,6 +569,8 @@ class Monitor:
                 now, stats = datetime.now(UTC), CycleStats()
                 tickets = await self.ledger.read(ref, stats, now, self.settings.postgres_timeout)
                 current = next((t for t in tickets if t.key == opened.key and t.state.active), None)
+                if follow_up:  # the store is back: the ticket may have resolved, its explanation still counts
+                    current = next((t for t in tickets if t.id == opened.id), None)
                 if current is None or current.id is None:
                     return  # resolved meanwhile: its evidence would explain nothing now
                 await self.store.store_evidence(

@@ -554,17 +554,17 @@ BLOCK_CACHE_UNKNOWN = "TiKV's block cache is not known"
 
 def worth_config_again(transition: Transition) -> bool:
     """A store killed for its memory is usually not running when its storesReady ticket opens (that is what opened
-    it), so its status port cannot answer. When the ticket starts clearing (the store runs again) and its diagnosis
-    could not weigh the block cache, the evidence is gathered once more: TiKV's ``/config`` can answer now."""
+    it), so its status port cannot answer. When the ticket starts clearing, or resolves at once (``clearFor: 0s``):
+    the store runs again, and its diagnosis could not weigh the block cache, the evidence is gathered once more:
+    TiKV's ``/config`` can answer now."""
     before, after = transition.before, transition.after
+    if before is None or after is None or not before.state.active or before.clearing_since is not None:
+        return False
+    back = after.clearing_since is not None or after.state is TicketState.RESOLVED  # clearFor 0s resolves at once
     return (
-        before is not None
-        and after is not None
-        and after.state.active
+        back
         and after.key.invariant == Invariant.STORES_READY
         and after.key.store != CLUSTER_STORE
-        and before.clearing_since is None
-        and after.clearing_since is not None
         and BLOCK_CACHE_UNKNOWN in (after.diagnosis or "")
     )
 

@@ -115,22 +115,28 @@ NOW = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
-    ("invariant", "clearing", "diagnosis", "again"),
+    ("invariant", "after", "diagnosis", "again"),
     [
-        ("storesReady", True, f"memory limit hit: …; {BLOCK_CACHE_UNKNOWN}: its /config was not read (…)", True),
-        ("storesReady", False, f"memory limit hit: …; {BLOCK_CACHE_UNKNOWN}: …", False),
-        ("storesReady", True, "memory limit hit: …; TiKV's storage.block-cache.capacity is not set", False),
-        ("storesReady", True, "restart loop: …", False),
-        ("latency", True, f"memory limit hit: …; {BLOCK_CACHE_UNKNOWN}: …", False),
+        ("storesReady", "clearing", f"memory limit hit: …; {BLOCK_CACHE_UNKNOWN}: its /config was not read (…)", True),
+        ("storesReady", "resolved", f"memory limit hit: …; {BLOCK_CACHE_UNKNOWN}: …", True),
+        ("storesReady", "violated", f"memory limit hit: …; {BLOCK_CACHE_UNKNOWN}: …", False),
+        ("storesReady", "clearing", "memory limit hit: …; TiKV's storage.block-cache.capacity is not set", False),
+        ("storesReady", "clearing", "restart loop: …", False),
+        ("latency", "clearing", f"memory limit hit: …; {BLOCK_CACHE_UNKNOWN}: …", False),
     ],
-    ids=["back-and-unknown", "still-down", "already-known", "other-cause", "other-invariant"],
+    ids=["back-and-unknown", "resolved-at-once", "still-down", "already-known", "other-cause", "other-invariant"],
 )  # fmt: skip
 def test_the_evidence_is_gathered_again_once_a_store_killed_for_its_memory_runs_again(
-    invariant: str, clearing: bool, diagnosis: str, again: bool
+    invariant: str, after: str, diagnosis: str, again: bool
 ) -> None:
     before = replace(ticket(TicketState.DIAGNOSED, key=TicketKey("uid-1", invariant, "tikv-0")), diagnosis=diagnosis)
-    after = replace(before, clearing_since=NOW if clearing else None)
-    assert worth_config_again(Transition(before, after)) is again
+    later = {
+        "clearing": replace(before, clearing_since=NOW),
+        "resolved": replace(before, state=TicketState.RESOLVED, resolved_at=NOW),
+        "violated": replace(before, last_seen=NOW),
+    }[after]
+    assert worth_config_again(Transition(before, later)) is again
+    assert not worth_config_again(Transition(later, replace(later, last_seen=NOW))), "once, when it comes back"
 
 
 def test_evidence_gathered_again_is_kept_only_when_it_weighs_the_block_cache() -> None:

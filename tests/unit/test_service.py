@@ -528,3 +528,20 @@ async def test_tikvs_config_is_read_for_a_store_killed_for_its_memory_and_again_
     await observed_cycle(monitor, REF, spec, PODS, at(3))
     await monitor.evidence_gathered()
     assert len(tikv.asked) == 2, "gathered again once, when it started clearing"
+
+
+async def test_tikvs_config_is_read_again_when_the_ticket_resolves_at_once() -> None:
+    store, metrics, mirror = FakeStore(), FakeMetrics(), FakeMirror()
+    evidence, tikv = FakeOomEvidence(), FakeTikvStatus()
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence, tikv=tikv)
+    spec = {**SPEC, "invariants": {**SPEC["invariants"], "storesReady": {"for": "0s"}}}  # clearFor 0s
+    await observed_cycle(monitor, REF, spec, [PODS[0], StorePod("tikv-1", "Running", False, TIKV)], at(0))
+    await monitor.evidence_gathered()
+    evidence.ready = True
+    tikv.running.add("10.0.0.2:20180")
+    await observed_cycle(monitor, REF, spec, PODS, at(1))
+    await monitor.evidence_gathered()
+    (row,) = store.rows
+    assert row.id is not None and row.state is TicketState.RESOLVED
+    _, findings, _, _ = store.evidence[row.id]
+    assert findings[0]["value"] == "OOMKilled (exit code 137); block cache capacity unset"
