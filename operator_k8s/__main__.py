@@ -28,6 +28,7 @@ from operator_k8s.adapters.prometheus_http import AnswerLimits
 from operator_k8s.adapters.receivers_http import ReceiversHttp
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.adapters.ticket_store import PostgresTicketStore
+from operator_k8s.adapters.tikv_status import TikvStatusHttp
 from operator_k8s.domain.receivers import NotificationsConfig
 from operator_k8s.domain.shards import replica_identity
 from operator_k8s.domain.tickets import Ticket
@@ -111,6 +112,7 @@ class Operator:
     ) -> None:
         self.settings = settings
         self.telemetry = Telemetry(self._all_tickets)
+        self.tikv_status = TikvStatusHttp()
         self.notifier = Notifier(
             notifications or NotificationsConfig(),
             PostgresDeliveryQueue(_as_callable(dsn_source(settings))),
@@ -157,6 +159,7 @@ class Operator:
             metrics=self.metrics,
             mirror=_LazyMirror(self),
             evidence=_LazyEvidence(self) if self.settings.evidence else None,
+            tikv=self.tikv_status,
             settings=ServiceSettings(
                 reopen_window=timedelta(seconds=self.settings.reopen_window_seconds),
                 ticket_retention=timedelta(seconds=self.settings.ticket_retention_seconds),
@@ -220,6 +223,7 @@ class Operator:
                 task.cancel()
             await self._release_shards()
             await self.notifier.stop()
+            await self.tikv_status.close()
             self.metrics.close()
 
         return registry

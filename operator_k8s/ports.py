@@ -47,6 +47,12 @@ class EvidenceSource(Protocol):
         requests, each within ``timeout``; what could not be read is said in it, never raised."""
 
 
+class TikvStatusSource(Protocol):
+    async def tikv_config(self, address: str, *, timeout: float) -> dict[str, Any]:
+        """What TiKV's status port at ``address`` serves at ``/config`` (``domain.diagnosis.tikv_config_evidence``),
+        in one request within ``timeout``; what could not be read is said in it (``why``), never raised."""
+
+
 class MetricsSource(Protocol):
     async def query(
         self,

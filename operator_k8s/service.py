@@ -24,12 +24,15 @@ from pydantic import ValidationError
 from operator_k8s.domain import conditions as cond
 from operator_k8s.domain.diagnosis import (
     EVIDENCE_BYTES,
+    block_cache_known,
     bounded,
     counted_to_read,
     diagnose,
     diagnosed,
     evidence_summary,
+    oom_killed,
     pod_evidence,
+    worth_config_again,
     worth_evidence,
 )
 from operator_k8s.domain.durations import parse_duration
@@ -83,6 +86,7 @@ from operator_k8s.ports import (
     TicketMirror,
     TicketStore,
     TicketStoreUnavailable,
+    TikvStatusSource,
 )
 
 log = logging.getLogger("operator_k8s.service")
@@ -91,6 +95,12 @@ EVIDENCE_SECONDS = 5.0
 """The most time one ticket's evidence may take (three API requests and at most seven queries, at once)."""
 EVIDENCE_QUERY_SECONDS = 4.0
 """The most time one evidence query may take (its Prometheus's own timeout, if shorter): its answer lands in time."""
+EVIDENCE_CALLS = 10
+"""API and HTTP calls per ticket at most (issue 18): the pod's three, the queries, TiKV's ``/config``."""
+POD_CALLS = 3
+TIKV_CONFIG_SECONDS = 2.0
+"""The most time TiKV's ``/config`` may take (a status port answers in milliseconds; a hung TiKV never does)."""
+TIKV_CONFIG_MIN_SECONDS = 0.2
 EVIDENCE_CONCURRENCY = 4
 """Tickets whose evidence is gathered at once (a fault on many stores queues the rest)."""
 
@@ -115,6 +125,7 @@ class Monitor:
         mirror: TicketMirror,
         settings: ServiceSettings | None = None,
         evidence: EvidenceSource | None = None,
+        tikv: TikvStatusSource | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -122,6 +133,7 @@ class Monitor:
         self.settings = settings or ServiceSettings()
         self.ledger = Ledger(store, self._horizon)
         self.evidence = evidence
+        self.tikv = tikv
         self._gathering: dict[tuple[TicketKey, int], asyncio.Task[None]] = {}
         self._gather_slots = asyncio.Semaphore(EVIDENCE_CONCURRENCY)
         self._in_flight = 0
@@ -280,6 +292,13 @@ class Monitor:
             self._gather_evidence(
                 ref, spec, pods, [t.after for t in applied if worth_evidence(t) and t.after is not None]
             )
+            self._gather_evidence(
+                ref,
+                spec,
+                pods,
+                [t.after for t in applied if worth_config_again(t) and t.after is not None],
+                follow_up=True,
+            )
             links = incident_links(tickets)
             if links:
                 await self._store_incidents(ref, {}, links)
@@ -418,20 +437,27 @@ class Monitor:
     # -- evidence and diagnosis ----------------------------------------------------------------------------------
 
     def _gather_evidence(
-        self, ref: ClusterRef, spec: MonitoredClusterSpec, pods: Sequence[StorePod], tickets: Sequence[Ticket]
+        self,
+        ref: ClusterRef,
+        spec: MonitoredClusterSpec,
+        pods: Sequence[StorePod],
+        tickets: Sequence[Ticket],
+        *,
+        follow_up: bool = False,
     ) -> None:
-        """Gather evidence for tickets that opened or escalated, in tasks of their own: a cycle never waits for it."""
+        """Gather evidence for tickets that opened or escalated, in tasks of their own: a cycle never waits for it.
+        A ``follow_up`` is gathered again once the store is back (``worth_config_again``)."""
         if self.evidence is None:
             return
         stores = tuple(sorted(p.name for p in select_pods(pods, spec.stores.selector.match_labels)))
         pd_pods = tuple(sorted(p.name for p in select_pods(pods, spec.pd.selector.match_labels))) if spec.pd else ()
         for ticket in tickets:
-            key = (ticket.key, ticket.occurrences * 10 + ticket.severity.rank)
+            key = (ticket.key, ticket.occurrences * 10 + ticket.severity.rank + (5 if follow_up else 0))
             if key not in self._gathering:
                 others = tuple(s for s in stores if s != ticket.key.store)
                 watched = tuple(spec.invariants.latency.request_types)
                 scope = TicketScope(ticket.key.invariant, ticket.key.store, others, pd_pods, watched)
-                task = asyncio.create_task(self._evidence_of(ref, spec, scope, ticket))
+                task = asyncio.create_task(self._evidence_of(ref, spec, scope, ticket, follow_up=follow_up))
                 self._gathering[key] = task
                 task.add_done_callback(functools.partial(self._gathered, key))
 
@@ -499,8 +525,36 @@ class Monitor:
         )  # fmt: skip
         return {q.name: answer for q, answer in zip(queries, answers, strict=True)}
 
+    async def _tikv_config(self, evidence: dict[str, Any], calls: int, started: float) -> None:
+        """TiKV's own config, for a store killed for its memory: one more call if the ticket's ten are not spent,
+        within what is left of ``EVIDENCE_SECONDS``. What could not be read is said."""
+        address = (evidence.get("pod") or {}).get("statusAddress")
+        left = EVIDENCE_SECONDS - (time.monotonic() - started)
+        if self.tikv is None or not oom_killed(evidence):
+            return
+        if calls >= EVIDENCE_CALLS:
+            config: dict[str, Any] = {
+                "readable": False,
+                "why": f"not read: the ticket's {EVIDENCE_CALLS} calls are spent",
+            }
+        elif address is None:
+            config = {"readable": False, "why": "the pod has no IP or declares no status port"}
+        elif left < TIKV_CONFIG_MIN_SECONDS:
+            config = {"readable": False, "why": f"not read: the {EVIDENCE_SECONDS:g}s budget is spent"}
+        else:
+            config = await self.tikv.tikv_config(address, timeout=min(left, TIKV_CONFIG_SECONDS))
+        evidence["tikvConfig"] = config
+        if not config.get("readable"):
+            evidence["unreachable"] = [*evidence.get("unreachable", []), f"TiKV's /config: {config.get('why')}"]
+
     async def _evidence_of(
-        self, ref: ClusterRef, spec: MonitoredClusterSpec, scope: TicketScope, opened: Ticket
+        self,
+        ref: ClusterRef,
+        spec: MonitoredClusterSpec,
+        scope: TicketScope,
+        opened: Ticket,
+        *,
+        follow_up: bool = False,
     ) -> None:
         """The ticket's evidence within ``EVIDENCE_SECONDS`` (the pod's from the API server and Prometheus's, at
         once), kept with the ticket, and the ticket diagnosed when a rule finds a probable cause in it. Failures are
@@ -513,6 +567,8 @@ class Monitor:
             pod_part, results = await asyncio.gather(
                 self._pod_evidence(ref.namespace, store), self._metric_evidence(spec, queries)
             )
+            if store != CLUSTER_STORE:
+                await self._tikv_config(pod_part, POD_CALLS + len(queries), started)
             now = datetime.now(UTC)
             threshold = spec.invariants.disk_usage.threshold_percent if spec.invariants.disk_usage.enabled else None
             pod_part["prometheus"] = prometheus_evidence(
@@ -526,11 +582,15 @@ class Monitor:
             pod_part["gatheredSeconds"] = round(time.monotonic() - started, 3)
             evidence = bounded(pod_part)
         findings = diagnose(store, evidence)
+        if follow_up and not block_cache_known(findings, evidence):
+            return  # the store is back, but its config tells nothing more: the evidence of its opening stays
         try:
             async with self.ledger.lock(ref.uid):
                 now, stats = datetime.now(UTC), CycleStats()
                 tickets = await self.ledger.read(ref, stats, now, self.settings.postgres_timeout)
                 current = next((t for t in tickets if t.key == opened.key and t.state.active), None)
+                if follow_up:  # the store is back: the ticket may have resolved, its explanation still counts
+                    current = next((t for t in tickets if t.id == opened.id), None)
                 if current is None or current.id is None:
                     return  # resolved meanwhile: its evidence would explain nothing now
                 await self.store.store_evidence(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -110,7 +112,7 @@ TIMINGS = {"storeHeartbeatSeconds": 2, "storeDisconnectSeconds": 6, "maxStoreDow
 """PD's store timings shortened for the demo (upstream: heartbeat 10 s, disconnected after 20 s)."""
 STORE = f"{CLUSTER}-tikv-{{}}"
 SCENARIOS = [
-    ("store outage", STORE.format(1), "down", None, "storesReady"),
+    ("store killed for its memory", STORE.format(1), "down", {"reason": "OOMKilled"}, "storesReady"),
     ("hung store, still Ready", STORE.format(1), "hung", None, "pdStores"),  # PD's view: a cluster ticket
     ("latency spike (800 ms)", STORE.format(2), "latency", {"seconds": 0.8}, "latency"),
     ("disk filled by TiKV (95 %)", STORE.format(0), "disk", {"percent": 95}, "diskUsage"),
@@ -121,6 +123,74 @@ CONTROLS = [
     ("idle store (no traffic)", STORE.format(1), "idle"),
 ]
 """Healthy by TiKV's own standards: they must open no ticket."""
+
+
+def _ticket(stack: Stack, invariant: str, subject: str) -> dict[str, Any] | None:
+    """The newest Ticket of ``invariant`` on ``subject`` (a store, or ``cluster``), as ``kubectl`` shows it."""
+    items = json.loads(
+        stack.kubectl("get", "tickets", "-n", NAMESPACE, "-l", f"invariant={invariant}", "-o", "json").stdout
+    )["items"]
+    mine = [i for i in items if (i.get("status") or {}).get("store") == subject]
+    return max(mine, key=lambda i: i["status"].get("ticketId") or 0) if mine else None
+
+
+def _findings(stack: Stack, ticket_id: int) -> list[dict[str, str]]:
+    """The ticket's diagnosis rows, as ``operator-k8s tickets show`` prints them (from Postgres)."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "operator_k8s", "tickets", "--dsn", stack.postgres_dsn, "-o", "json", "show",
+         str(ticket_id)], capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    found: list[dict[str, str]] = json.loads(shown.stdout)["diagnosis"]
+    return found
+
+
+def _print_diagnosis(stack: Stack, ticket_id: int, what: str) -> str:
+    """Print the top finding row (rule, value, reference, next step) of the ticket; return its rule."""
+    findings = _findings(stack, ticket_id)
+    if not findings:
+        print(f"Diagnosis of ticket {ticket_id} ({what}): unknown")
+        return "unknown"
+    top = findings[0]
+    print(f"Diagnosis of ticket {ticket_id} ({what}), as `operator-k8s tickets show {ticket_id}` prints it:")
+    for name, value in (("rule", top["rule"]), ("value", top["value"]), ("reference", top["reference"]),
+                        ("details", top["details"]), ("next step", top["next_step"])):  # fmt: skip
+        print(f"    {name:<10} {value}")
+    return top["rule"]
+
+
+def _diagnosed(stack: Stack, invariant: str, subject: str) -> dict[str, Any]:
+    """Wait for the ticket's evidence (gathered when it opens, within 5 s; its findings are stored with it)."""
+    found: dict[str, Any] = {}
+
+    def gathered() -> bool:
+        ticket = _ticket(stack, invariant, subject)
+        if ticket is not None and (ticket["status"].get("diagnosis") or ticket["status"].get("evidence")):
+            found.update(ticket)
+        return bool(found)
+
+    try:
+        _wait(gathered, 20, f"the {invariant} ticket's evidence")
+    except RuntimeError:  # nothing shown: its diagnosis (from Postgres) says what there is
+        found.update(_ticket(stack, invariant, subject) or {})
+    return found
+
+
+def _one_incident(stack: Stack, cause: dict[str, Any]) -> str:
+    """Wait for PD's pdStores ticket to be linked under the disk ticket; print it."""
+    cause_id = cause["status"]["ticketId"]
+    linked: dict[str, Any] = {}
+
+    def under() -> bool:
+        ticket = _ticket(stack, "pdStores", "cluster")
+        if ticket is not None and ticket["status"].get("causeTicketId") == cause_id:
+            linked.update(ticket)
+        return bool(linked)
+
+    _wait(under, 30, "PD's pdStores ticket to be linked under the disk ticket")
+    status = linked["status"]
+    print(f"One incident: PD's pdStores ticket {status['ticketId']} (PD counts {status.get('countedStores')})"
+          f" is linked under diskUsage ticket {cause_id}; it pages with its cause, not on its own")  # fmt: skip
+    return f"pdStores ticket {status['ticketId']} under it"
 
 
 def _fault_path(store: str, fault: str) -> str:
@@ -183,6 +253,9 @@ def run_demo() -> int:
                     lambda i=invariant, s=subject: _ticket_state(stack, i, s) == "open", 90, f"a {invariant} ticket"
                 )
                 print(f"Ticket opened {detected:.1f}s after the fault ({invariant} 'for' grace is 2s)")
+                ticket = _diagnosed(stack, invariant, subject)
+                rule = _print_diagnosis(stack, ticket["status"]["ticketId"], f"{invariant} {subject}")
+                incident = _one_incident(stack, ticket) if invariant == "diskUsage" else ""
                 _show(stack)
                 say(f"Healing {store}")
                 _simulator(stack, "DELETE", _fault_path(store, fault))
@@ -190,14 +263,17 @@ def run_demo() -> int:
                     lambda i=invariant, s=subject: _ticket_state(stack, i, s) == "resolved", 120, "resolution"
                 )
                 print(f"Ticket auto-resolved {resolved:.1f}s after healing ('clearFor' grace is 4s)")
+                if body and body.get("reason") == "OOMKilled":
+                    # Killed, the store could not answer on its status port; running again, TiKV's /config can.
+                    rule = _print_diagnosis(stack, ticket["status"]["ticketId"], "once the store ran again")
                 _show(stack)
-                results.append((title, invariant, detected, resolved))
+                results.append((title, invariant, detected, resolved, rule, incident))
             say("Events on the MonitoredCluster")
             print(stack.kubectl("get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp").stdout, end="")
             say("Summary (interval 2s, scrape 1s, for 2s, clearFor 4s)")
-            print(f"{'fault':<30}{'invariant':<13}{'detection':>10}{'resolution':>12}")
-            for title, invariant, detected, resolved in results:
-                print(f"{title:<30}{invariant:<13}{detected:>9.1f}s{resolved:>11.1f}s")
+            print(f"{'fault':<30}{'invariant':<13}{'detection':>10}{'resolution':>12}  {'diagnosis':<16}incident")
+            for title, invariant, detected, resolved, rule, incident in results:
+                print(f"{title:<30}{invariant:<13}{detected:>9.1f}s{resolved:>11.1f}s  {rule:<16}{incident}")
             for title, outcome in controls:
                 print(f"{title:<43}{outcome:>22}")
             bad = [title for title, outcome in controls if outcome != "no ticket"]

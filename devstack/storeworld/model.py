@@ -53,6 +53,8 @@ LOCK_WAIT_TIMEOUT_SECONDS = 1.0
 RESTART_LOOP_SECONDS = 5.0
 MISSING_PEER_REGIONS = 150
 CRITICAL_ERRORS_PER_SECOND = 1.0
+BLOCK_CACHE_UNSET = "unset"
+"""A ``blockCacheCapacity`` that leaves ``storage.block-cache.capacity`` unset (TiKV's default install)."""
 TIKV_STATUS_PORT = 20180
 TIKV_SERVER_PORT = 20160
 PD_CLIENT_PORT = 2379
@@ -207,7 +209,7 @@ STALLED_PENDING_COMPACTION_BYTES = 200 * GIB
 CRASH_LOOP_SECONDS = 2.0
 UNSCHEDULABLE_MESSAGE = "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available."
 FAULT_PARAMETERS: dict[Fault, dict[str, float | str]] = {
-    Fault.DOWN: {"reason": "Error"},
+    Fault.DOWN: {"reason": "Error", "blockCacheCapacity": ""},
     Fault.HUNG: {},
     Fault.IDLE: {},
     Fault.CONTENTION: {},
@@ -396,6 +398,9 @@ class TikvStore(Process):
     next_restart: float | None = None
     next_crash: float | None = None
     disk_at_last_heartbeat: DiskStats | None = None
+    block_cache_capacity: str | None = None
+    """``storage.block-cache.capacity`` as its config file sets it (``1GiB``), or None: unset, as in a default
+    install (TiKV then takes 45 % of the memory it sees)."""
 
     def __post_init__(self) -> None:
         self.last_advance = self.started_at
@@ -485,6 +490,10 @@ class TikvStore(Process):
             self.last_exit_at, self.last_exit_reason = now, str(parameters["reason"])
             self.last_exit_message = str(parameters["message"])
             self.next_crash = now + float(parameters["seconds"])
+        capacity = str(parameters.get("blockCacheCapacity", "")) if kind is Fault.DOWN else ""
+        if capacity:
+            # The config it was killed with: what its status port serves once it runs again.
+            self.block_cache_capacity = None if capacity == BLOCK_CACHE_UNSET else capacity
         if kind is Fault.DOWN and parameters.get("reason", "Error") != "Error":
             # Killed for a reason the kubelet reports (OOMKilled): it ended once, was started, and keeps ending.
             self.restarts += 1
@@ -568,6 +577,27 @@ class TikvStore(Process):
         fault says how slow the disk looks to it (``slowScore``; 1 when the cause is not the disk)."""
         latency = self.faults.get(Fault.LATENCY)
         return float(latency.get("slowScore", 1.0)) if latency else 1.0
+
+    def config(self) -> dict[str, object]:
+        """What TiKV's status port serves at ``GET /config``: the running config as JSON, kebab-case keys as in its
+        config file (a part of it; TiKV v8 serves about 40 KB). An unset ``storage.block-cache.capacity`` is
+        ``null`` (tikv/tikv: ``BlockCacheConfig.capacity`` is an ``Option``, resolved only when the cache is built)."""
+        return {
+            "log-level": "info",
+            "memory-usage-limit": None,
+            "server": {"addr": f"0.0.0.0:{TIKV_SERVER_PORT}", "status-addr": f"0.0.0.0:{TIKV_STATUS_PORT}",
+                       "grpc-concurrency": 5},
+            "storage": {
+                "data-dir": "/var/lib/tikv",
+                "reserve-space": "5GiB",
+                "block-cache": {"shared": True, "capacity": self.block_cache_capacity, "num-shard-bits": 6,
+                                "strict-capacity-limit": False, "high-pri-pool-ratio": 0.8,
+                                "memory-allocator": "nodump"},
+            },
+            "raftstore": {"capacity": "0KiB", "raft-entry-max-size": "8MiB"},
+            "rocksdb": {"max-background-jobs": 9, "defaultcf": {"write-buffer-size": "128MiB",
+                                                                  "max-write-buffer-number": 5}},
+        }  # fmt: skip
 
     # -- exposition --
 

@@ -34,7 +34,10 @@ Faults, each a real-world case (``{"parameter": default}``):
   connections (``up`` is 0, the series go stale), PD stops hearing from it (disconnected after 20 s, down after
   ``max-store-down-time``). Healing starts the container again: ``restartCount`` + 1, counters from zero. With
   ``{"reason": "OOMKilled"}`` it was killed for its memory (the containers' limit is ``MEMORY_LIMIT``): the last
-  termination says so (exit code 137) and ``restartCount`` grows at once.
+  termination says so (exit code 137) and ``restartCount`` grows at once. ``{"blockCacheCapacity": "1GiB"}``
+  sets the config it was killed with (``"unset"``: ``storage.block-cache.capacity`` left unset, as in a default
+  install and in every store until a fault sets it), served at ``GET /config`` on the store's status endpoint once
+  it runs again (TiKV's running config as JSON, ``capacity: null`` when unset). The node reports ``NODE_MEMORY``.
 - ``hung``: the process is alive and stuck: the pod stays Ready (TiKV pods have no readiness probe by default), the
   endpoint accepts connections and never answers (the scrape times out, ``up`` is 0), no request completes, PD
   reports the store disconnected (``store_disconnected_count`` + 1). Also on PD pods, where leadership moves.
@@ -110,6 +113,9 @@ from devstack.storeworld.model import (
 )
 
 NODE_NAME = "devstack-node"
+NODE_MEMORY = "64Gi"
+"""The simulated node's memory (``status.capacity.memory``): what TiKV sizes an unset block cache from where it does
+not read its container's limit."""
 MEMORY_LIMIT = "2Gi"
 """The store containers' memory limit, as a TidbCluster sets one (an OOM kill is judged against it)."""
 KUBE_STATE_METRICS_POD = "kube-state-metrics"
@@ -275,8 +281,26 @@ class Simulator:
             response.force_close()  # no keep-alive: a stopped endpoint must not go on answering
             return response
 
+        async def tikv_config(request: web.Request) -> web.StreamResponse:
+            """TiKV's status port also serves its running config (PD's client port does not)."""
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            pod = self.by_endpoint.get((sockname[0], sockname[1])) if sockname else None
+            if pod is None or not isinstance(pod.process, TikvStore):
+                raise web.HTTPNotFound()
+            while pod.process.running and pod.process.hung:
+                pod.released.clear()
+                await pod.released.wait()
+            if not pod.process.running:
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPServiceUnavailable()
+            response = web.json_response(pod.process.config())
+            response.force_close()
+            return response
+
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        app.router.add_get("/config", tikv_config)
         return app
 
     async def _bind(self, pod: Pod, port: int) -> None:
@@ -467,7 +491,10 @@ class Simulator:
             ready = {"type": "Ready", "status": "True", "reason": "SimulatorRunning", "message": "the store simulator",
                      "lastHeartbeatTime": now, "lastTransitionTime": now}  # fmt: skip
             try:
-                await self.core.patch_node_status(NODE_NAME, {"status": {"conditions": [ready]}})
+                memory = {"memory": NODE_MEMORY}
+                await self.core.patch_node_status(
+                    NODE_NAME, {"status": {"conditions": [ready], "capacity": memory, "allocatable": memory}}
+                )
             except Exception as error:  # an API server outage (tests cause them) must not end the simulator
                 log.warning("Node heartbeat failed: %r", error)
             await asyncio.sleep(10)

@@ -79,6 +79,7 @@ def pod_evidence(
                 _condition(c) | {"message": _text(c.get("message"))} for c in status.get("conditions") or []
             ],
             "containers": [_container(s, limits.get(s.get("name"), {})) for s in status.get("containerStatuses") or []],
+            "statusAddress": status_address(pod),
         }
     recent = sorted(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""), reverse=True)
     evidence["events"] = [
@@ -90,6 +91,7 @@ def pod_evidence(
         evidence["node"] = {
             "name": _text((node.get("metadata") or {}).get("name")),
             "conditions": [_condition(c) for c in (node.get("status") or {}).get("conditions") or []],
+            "memory": _text(((node.get("status") or {}).get("capacity") or {}).get("memory")) or None,
         }
     return bounded(evidence)
 
@@ -147,13 +149,15 @@ def _oom(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
         last = container.get("lastTermination") or {}
         if last.get("reason") == "OOMKilled" or container.get("terminated") == "OOMKilled":
             limit = container.get("memoryLimit") or "no limit set"
+            cache = block_cache_reading(evidence, container)
             found.append(Finding(
-                "memory-limit", "memory limit hit", store, f"OOMKilled (exit code {last.get('exitCode', 137)})",
-                f"container {container['name']} memory limit {limit}", "critical",
+                "memory-limit", "memory limit hit", store,
+                f"OOMKilled (exit code {last.get('exitCode', 137)})" + (f"; {cache.value}" if cache.value else ""),
+                f"container {container['name']} memory limit {limit}" + (f"; {cache.reference}" if cache.reference
+                                                                          else ""), "critical",
                 f"container {container['name']} was killed for using more memory than its limit ({limit});"
-                f" restarted {container['restarts']} times",
-                "raise the container's memory limit, or size TiKV's storage.block-cache.capacity for the pod's limit"
-                " (by default it is 45 % of the node's memory, not the pod's)",
+                f" restarted {container['restarts']} times; {cache.details}",
+                cache.next_step,
             ))  # fmt: skip
     return found
 
@@ -477,4 +481,191 @@ def worth_evidence(transition: Transition) -> bool:
         after is not None
         and (after.key.store != CLUSTER_STORE or after.key.invariant == Invariant.PD_STORES)
         and any(e.kind in (EffectKind.OPENED, EffectKind.REOPENED, EffectKind.ESCALATED) for e in transition.effects)
+    )
+
+
+# -- TiKV's own config: the block cache against the container's memory limit ------------------------------------------
+
+BLOCK_CACHE_SHARE = 0.45
+"""TiKV's default ``storage.block-cache.capacity``: 45 % of the memory TiKV sees (tikv/tikv ``BLOCK_CACHE_RATE``,
+of ``SysQuota::memory_limit_in_bytes``: the machine's, or the container's cgroup limit where TiKV reads it)."""
+BLOCK_CACHE_TOLERANCE = 1.02
+"""A capacity written as a rounded size (``0.9GiB`` of a 2 GiB limit) is still 45 %: 2 % of slack."""
+CONFIG_BYTES = 256 * 1024
+"""The most of TiKV's ``/config`` answer read (TiKV v8 answers about 40 KB); only the block cache is kept."""
+_BINARY = {"": 1, "b": 1, "k": 2**10, "ki": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mi": 2**20, "mb": 2**20,
+           "mib": 2**20, "g": 2**30, "gi": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "ti": 2**40, "tb": 2**40,
+           "tib": 2**40, "p": 2**50, "pi": 2**50, "pb": 2**50, "pib": 2**50}  # fmt: skip
+_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+
+
+def _split_unit(text: str) -> tuple[float, str] | None:
+    text = text.strip()
+    digits = len(text) - len(text.lstrip("0123456789.eE+-")) if text[:1].isdigit() else 0
+    while digits and not text[:digits].replace(".", "", 1).isdigit():
+        digits -= 1  # "1E" is one exabyte, not a float's exponent
+    try:
+        return float(text[:digits]), text[digits:].strip()
+    except ValueError:
+        return None
+
+
+def quantity_bytes(text: object) -> int | None:
+    """A Kubernetes memory quantity (``2Gi``, ``2048Mi``, ``2G``, ``2147483648``) in bytes; None if it is not one."""
+    found = _split_unit(str(text or ""))
+    if found is None:
+        return None
+    number, unit = found
+    if unit in _DECIMAL:
+        return int(number * _DECIMAL[unit])
+    factor = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}.get(unit)
+    return None if factor is None else int(number * factor)
+
+
+def readable_size_bytes(value: object) -> int | None:
+    """A TiKV ``ReadableSize`` (``1GiB``, ``512MB``: TiKV's units are binary either way, or a number of bytes)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    found = _split_unit(str(value or ""))
+    if found is None:
+        return None
+    number, unit = found
+    factor = _BINARY.get(unit.lower())
+    return None if factor is None else int(number * factor)
+
+
+def size_text(count: float) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+
+
+def status_address(pod: Mapping[str, Any]) -> str | None:
+    """Where the pod's TiKV status port answers (``/metrics``, ``/config``): its IP and the port Prometheus is told
+    to scrape (TiDB Operator's ``prometheus.io/port`` annotation), else the container port named ``status``. None
+    when the pod has no IP (not scheduled, not started) or declares no such port: nothing is guessed."""
+    ip = (pod.get("status") or {}).get("podIP")
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    port: object = annotations.get("prometheus.io/port")
+    if not str(port or "").isdigit():
+        declared = [p for c in (pod.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+        port = next((p.get("containerPort") for p in declared if p.get("name") == "status"), None)
+    if not ip or not str(port or "").isdigit():
+        return None
+    host = f"[{ip}]" if ":" in str(ip) else str(ip)
+    return f"{host}:{int(str(port))}"[:TEXT_BYTES]
+
+
+def tikv_config_evidence(body: object) -> dict[str, Any]:
+    """What the diagnosis keeps of TiKV's ``/config`` JSON: the block cache's capacity (``null``: unset, TiKV sizes
+    it from the memory it sees) and ``memory-usage-limit``; an answer of another shape says so."""
+    storage = body.get("storage") if isinstance(body, dict) else None
+    cache = storage.get("block-cache") if isinstance(storage, dict) else None
+    if not isinstance(cache, dict) or "capacity" not in cache:
+        return {"readable": False, "why": "its answer has no storage.block-cache.capacity"}
+    capacity = cache.get("capacity")
+    assert isinstance(body, dict)
+    return {
+        "readable": True,
+        "blockCacheCapacity": None if capacity is None else _text(capacity),
+        "blockCacheBytes": None if capacity is None else readable_size_bytes(capacity),
+        "memoryUsageLimit": _text(body.get("memory-usage-limit")) or None,
+    }
+
+
+def oom_killed(evidence: Mapping[str, Any]) -> bool:
+    """Whether a container of the store's pod was killed for its memory: then TiKV's own config is read."""
+    return any(
+        (c.get("lastTermination") or {}).get("reason") == "OOMKilled" or c.get("terminated") == "OOMKilled"
+        for c in _containers(evidence)
+    )
+
+
+@dataclass(frozen=True)
+class CacheReading:
+    """What the memory-limit finding says of the block cache: its value and reference (empty: not known)."""
+
+    value: str
+    reference: str
+    details: str
+    next_step: str
+
+
+def block_cache_reading(evidence: Mapping[str, Any], container: Mapping[str, Any]) -> CacheReading:
+    """The block cache against the container's memory limit: sized for the node (capacity unset, so TiKV takes 45 %
+    of the memory it sees, or set above 45 % of the limit), sized for the pod, or not known (``/config`` not read)."""
+    limit_text = container.get("memoryLimit")
+    limit = quantity_bytes(limit_text)
+    node = evidence.get("node") or {}
+    node_memory = quantity_bytes(node.get("memory"))
+    config = evidence.get("tikvConfig") or {}
+    share = f"{size_text(limit * BLOCK_CACHE_SHARE)} (45 % of the {limit_text} limit)" if limit else ""
+    set_it = (f"set storage.block-cache.capacity to at most {share} in the TidbCluster's spec.tikv.config, or raise"
+              " the container's memory limit") if limit else "give the container a memory limit and size" \
+        " storage.block-cache.capacity for it"  # fmt: skip
+    if not config.get("readable"):
+        why = config.get("why") or "not asked"
+        return CacheReading(
+            "",
+            "",
+            f"{BLOCK_CACHE_UNKNOWN}: its /config was not read ({why})",
+            "raise the container's memory limit, or size TiKV's storage.block-cache.capacity for the pod's limit"
+            " (left unset, TiKV takes 45 % of the memory it sees, which may be the node's, not the pod's)",
+        )
+    capacity = config.get("blockCacheBytes")
+    reference = f"block cache at most {share}" if limit else ""
+    if config.get("blockCacheCapacity") is None:
+        seen = (f" ({size_text(node_memory * BLOCK_CACHE_SHARE)} of node {node.get('name')}'s {node.get('memory')}"
+                " where TiKV does not read the container's limit)") if node_memory else ""  # fmt: skip
+        return CacheReading(
+            "block cache capacity unset", reference,
+            f"TiKV's storage.block-cache.capacity is not set: TiKV sizes it at 45 % of the memory it sees{seen}:"
+            " sized for the node, not the pod", set_it,
+        )  # fmt: skip
+    shown = f"block cache {config['blockCacheCapacity']}"
+    if capacity is None or not limit:
+        return CacheReading(shown, reference, f"TiKV's {shown}; no memory limit to weigh it against", set_it)
+    percent = f"{capacity / limit * 100:.0f} % of the {limit_text} limit"
+    if capacity > limit * BLOCK_CACHE_SHARE * BLOCK_CACHE_TOLERANCE:
+        return CacheReading(
+            f"{shown} ({percent})", reference,
+            f"TiKV's storage.block-cache.capacity is {size_text(capacity)}, {percent}: sized for the node, not the"
+            " pod (TiKV also needs memory for memtables, the raft entry cache and requests)", set_it,
+        )  # fmt: skip
+    return CacheReading(
+        f"{shown} ({percent})", reference,
+        f"the block cache is sized for the pod ({size_text(capacity)}, {percent}): the memory went elsewhere"
+        " (memtables, the raft entry cache, coprocessor requests)",
+        "raise the container's memory limit; TiKV's memory by component (its Grafana memory panels) shows what grew",
+    )  # fmt: skip
+
+
+BLOCK_CACHE_UNKNOWN = "TiKV's block cache is not known"
+"""How a memory-limit diagnosis says it could not read TiKV's config (the store was not running)."""
+
+
+def worth_config_again(transition: Transition) -> bool:
+    """A store killed for its memory is usually not running when its storesReady ticket opens (that is what opened
+    it), so its status port cannot answer. When the ticket starts clearing, or resolves at once (``clearFor: 0s``):
+    the store runs again, and its diagnosis could not weigh the block cache, the evidence is gathered once more:
+    TiKV's ``/config`` can answer now."""
+    before, after = transition.before, transition.after
+    if before is None or after is None or not before.state.active or before.clearing_since is not None:
+        return False
+    back = after.clearing_since is not None or after.state is TicketState.RESOLVED  # clearFor 0s resolves at once
+    return (
+        back
+        and after.key.invariant == Invariant.STORES_READY
+        and after.key.store != CLUSTER_STORE
+        and BLOCK_CACHE_UNKNOWN in (after.diagnosis or "")
+    )
+
+
+def block_cache_known(findings: Sequence[Finding], evidence: Mapping[str, Any]) -> bool:
+    """Whether evidence gathered again names more than the first did: a memory-limit cause with TiKV's config read.
+    Otherwise the evidence of the ticket's opening stays (the store's later state explains less)."""
+    return (
+        bool(findings)
+        and findings[0].rule == "memory-limit"
+        and bool((evidence.get("tikvConfig") or {}).get("readable"))
     )

@@ -70,6 +70,56 @@ def test_a_store_killed_for_its_memory_is_diagnosed_from_its_pods_evidence(
         store_fault(stack, namespace, "oom", stores[1], "down", heal=True)
 
 
+def _shown_by_cli(stack: Stack, ticket_id: int) -> dict[str, Any]:
+    shown = subprocess.run(
+        [sys.executable, "-m", "operator_k8s", "tickets", "--dsn", stack.postgres_dsn, "-o", "json", "show",
+         str(ticket_id)], capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    body: dict[str, Any] = json.loads(shown.stdout)
+    return body
+
+
+def test_a_store_killed_for_its_memory_names_its_block_cache_read_from_tikvs_config(
+    stack: Stack, shared: SharedOperator, scene: Scene
+) -> None:
+    """Killed, the store cannot answer on its status port when its ticket opens: the finding says the block cache
+    is not known, and why. Once the kubelet runs it again, TiKV's /config is read and the finding weighs the block
+    cache (unset, as in a default install: sized from the node's memory) against the container's limit."""
+    shared.running()
+    namespace = scene.namespace("blockcache")
+    stores = scene.stores(namespace, "bc")
+    scene.cluster(namespace, "bc", invariants={"latency": {"enabled": False}})
+    wait_healthy(stack, namespace, "bc")
+    store_fault(stack, namespace, "bc", stores[1], "down", {"reason": "OOMKilled", "blockCacheCapacity": "unset"})
+    healed = False
+    try:
+        (row,) = eventually(
+            lambda: [r for r in tickets_in_db(stack, namespace) if r["store"] == stores[1] and r["state"] == "diagnosed"],
+            what="the storesReady ticket diagnosed", timeout=60,
+        )  # fmt: skip
+        first = _shown_by_cli(stack, row["id"])["diagnosis"][0]
+        assert first["rule"] == "memory-limit"
+        assert "TiKV's block cache is not known: its /config was not read" in first["details"], first
+        store_fault(stack, namespace, "bc", stores[1], "down", heal=True)
+        healed = True
+        weighed = eventually(
+            lambda: [f for f in _shown_by_cli(stack, row["id"])["diagnosis"] if "capacity unset" in f["value"]],
+            what="the finding weighing the block cache read from TiKV's /config", timeout=60,
+        )  # fmt: skip
+        finding = weighed[0]
+        assert finding["rule"] == "memory-limit"
+        assert "sized for the node, not the pod" in finding["details"]
+        assert "28.8 GiB of node devstack-node's 64Gi" in finding["details"]
+        assert "at most 922 MiB (45 % of the 2Gi limit)" in finding["next_step"]
+        evidence = _shown_by_cli(stack, row["id"])["evidence"]
+        assert evidence["tikvConfig"] == {"readable": True, "blockCacheCapacity": None, "blockCacheBytes": None,
+                                          "memoryUsageLimit": None}  # fmt: skip
+        report("diagnosis", block_cache_finding=finding["value"])
+    finally:
+        if not healed:
+            store_fault(stack, namespace, "bc", stores[1], "down", heal=True)
+
+
 def _opened(receiver: Receiver, invariant: str) -> list[dict[str, Any]]:
     return [h["payload"] for h in receiver.hooks
             if h["payload"]["ticket"]["invariant"] == invariant and h["payload"]["transition"] == "opened"]  # fmt: skip

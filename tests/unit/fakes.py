@@ -112,12 +112,19 @@ class FakeStore:
         conflicts = frozenset(i for i, outcome in enumerate(outcomes) if outcome is False)
         rejected = tuple(outcome for outcome in outcomes if isinstance(outcome, str))
         tickets = [
-            r
+            self._with_evidence(r)
             for r in self.rows
             if r.key.cluster_uid == cluster_uid
             and (r.state is not TicketState.RESOLVED or (r.resolved_at and r.resolved_at >= horizon))
         ]
         return SyncResult(tickets=tickets, conflicts=conflicts, rejected=rejected)
+
+    def _with_evidence(self, row: Ticket) -> Ticket:
+        """A row as the real read returns it: with one line of its evidence and of its diagnosis."""
+        if row.id not in self.evidence:
+            return row
+        _, _, summary, diagnosis = self.evidence[row.id]
+        return replace(row, evidence_summary=summary, diagnosis=diagnosis)
 
     async def cluster_uids(self, namespaces: Sequence[str] | None) -> dict[str, str]:
         return {r.key.cluster_uid: r.namespace for r in self.rows if r.state is not TicketState.RESOLVED}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from operator_k8s.domain.diagnosis import pod_evidence
+from operator_k8s.domain.diagnosis import pod_evidence, tikv_config_evidence
 from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
 from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS, TicketWrite
 from operator_k8s.domain.tickets import Ticket, TicketState
@@ -468,3 +468,85 @@ async def test_pds_count_is_named_by_its_evidence_and_linked_to_the_store_ticket
     shown = {o["status"]["invariant"]: o["status"] for o in mirror.objects.values()}
     assert shown["pdStores"]["causeTicketId"] == latency.id
     assert shown["pdStores"]["countedStores"] == "tikv-1 slow"
+
+
+class FakeTikvStatus:
+    """TiKV's status ports: a store's answers only while it runs (``running``); the block cache is unset."""
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.asked: list[str] = []
+
+    async def tikv_config(self, address: str, *, timeout: float) -> dict[str, Any]:
+        self.asked.append(address)
+        if address not in self.running:
+            return {"readable": False, "why": f"http://{address}/config: ClientConnectorError"}
+        return tikv_config_evidence({"storage": {"block-cache": {"capacity": None}}})
+
+
+class FakeOomEvidence(FakeEvidence):
+    """tikv-1 killed for its memory, with an IP and TiKV's status port; Ready as ``ready`` says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready = False
+
+    async def pod_evidence(self, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
+        self.asked.append((namespace, pod))
+        state = {"running": {"startedAt": "t"}} if self.ready else {"waiting": {"reason": "CrashLoopBackOff"}}
+        status = {"name": "tikv", "ready": self.ready, "restartCount": 1, "state": state,
+                  "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}  # fmt: skip
+        body = {"metadata": {"name": pod},
+                "spec": {"containers": [{"name": "tikv", "resources": {"limits": {"memory": "2Gi"}},
+                                         "ports": [{"name": "status", "containerPort": 20180}]}]},
+                "status": {"phase": "Running", "podIP": "10.0.0.2", "containerStatuses": [status]}}  # fmt: skip
+        node = {"metadata": {"name": "n"}, "status": {"capacity": {"memory": "64Gi"}, "conditions": []}}
+        return pod_evidence(body, [], node)
+
+
+async def test_tikvs_config_is_read_for_a_store_killed_for_its_memory_and_again_once_it_runs() -> None:
+    store, metrics, mirror = FakeStore(), FakeMetrics(), FakeMirror()
+    evidence, tikv = FakeOomEvidence(), FakeTikvStatus()
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence, tikv=tikv)
+    spec = {**SPEC, "invariants": {**SPEC["invariants"], "storesReady": {"for": "0s", "clearFor": "5s"}}}
+    down = [PODS[0], StorePod("tikv-1", "Running", False, TIKV)]
+    await observed_cycle(monitor, REF, spec, down, at(0))
+    await monitor.evidence_gathered()
+    (row,) = store.rows
+    assert row.id is not None and row.state is TicketState.DIAGNOSED
+    _, findings, summary, _ = store.evidence[row.id]
+    assert tikv.asked == ["10.0.0.2:20180"]
+    assert "TiKV's block cache is not known: its /config was not read" in findings[0]["details"]
+    assert "not reachable: TiKV's /config: http://10.0.0.2:20180/config: ClientConnectorError" in summary
+    await observed_cycle(monitor, REF, spec, down, at(1))
+    await monitor.evidence_gathered()
+    assert tikv.asked == ["10.0.0.2:20180"], "read once while the store is down, not every cycle"
+    evidence.ready = True
+    tikv.running.add("10.0.0.2:20180")
+    await observed_cycle(monitor, REF, spec, PODS, at(2))  # Ready again: the ticket starts clearing
+    await monitor.evidence_gathered()
+    assert tikv.asked == ["10.0.0.2:20180", "10.0.0.2:20180"]
+    kept, findings, _, diagnosis = store.evidence[row.id]
+    assert kept["tikvConfig"]["readable"] is True
+    assert findings[0]["value"] == "OOMKilled (exit code 137); block cache capacity unset"
+    assert "sized for the node, not the pod" in (diagnosis or "")
+    await observed_cycle(monitor, REF, spec, PODS, at(3))
+    await monitor.evidence_gathered()
+    assert len(tikv.asked) == 2, "gathered again once, when it started clearing"
+
+
+async def test_tikvs_config_is_read_again_when_the_ticket_resolves_at_once() -> None:
+    store, metrics, mirror = FakeStore(), FakeMetrics(), FakeMirror()
+    evidence, tikv = FakeOomEvidence(), FakeTikvStatus()
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence, tikv=tikv)
+    spec = {**SPEC, "invariants": {**SPEC["invariants"], "storesReady": {"for": "0s"}}}  # clearFor 0s
+    await observed_cycle(monitor, REF, spec, [PODS[0], StorePod("tikv-1", "Running", False, TIKV)], at(0))
+    await monitor.evidence_gathered()
+    evidence.ready = True
+    tikv.running.add("10.0.0.2:20180")
+    await observed_cycle(monitor, REF, spec, PODS, at(1))
+    await monitor.evidence_gathered()
+    (row,) = store.rows
+    assert row.id is not None and row.state is TicketState.RESOLVED
+    _, findings, _, _ = store.evidence[row.id]
+    assert findings[0]["value"] == "OOMKilled (exit code 137); block cache capacity unset"

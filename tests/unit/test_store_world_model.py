@@ -28,6 +28,7 @@ from devstack.storeworld.model import (
     fault_parameters,
     store_ids,
 )
+from operator_k8s.domain.diagnosis import tikv_config_evidence
 
 T0 = 1_700_000_000.0
 IDENTITY = ("namespace", "pod", "instance", "job", "kubernetes_namespace", "cluster", "tidb_cluster", "container")
@@ -513,3 +514,17 @@ def test_store_ids_are_as_a_fresh_cluster_allocates_them() -> None:
     assert store_ids(3) == [1, 4, 5]
     assert store_ids(1) == [1]
     assert GIB == 2**30
+
+
+def test_tikvs_config_leaves_the_block_cache_unset_until_an_oom_fault_sets_what_it_was_killed_with() -> None:
+    tikv = store()
+    assert tikv_config_evidence(tikv.config())["blockCacheCapacity"] is None, "a default install leaves it unset"
+    tikv.set_fault(Fault.DOWN, fault_parameters(Fault.DOWN, {"reason": "OOMKilled", "blockCacheCapacity": "28GiB"}),
+                   T0 + 1)  # fmt: skip
+    assert tikv.pod_state().last_exit_reason == "OOMKilled"
+    assert tikv_config_evidence(tikv.config())["blockCacheBytes"] == 28 * GIB
+    tikv.heal(Fault.DOWN, T0 + 2)
+    tikv.set_fault(Fault.DOWN, fault_parameters(Fault.DOWN, {"reason": "OOMKilled"}), T0 + 3)
+    assert tikv.config()["storage"]["block-cache"]["capacity"] == "28GiB", "a fault that says nothing keeps it"  # type: ignore[index]
+    tikv.set_fault(Fault.DOWN, fault_parameters(Fault.DOWN, {"blockCacheCapacity": "unset"}), T0 + 4)
+    assert tikv_config_evidence(tikv.config())["blockCacheCapacity"] is None
