@@ -162,6 +162,7 @@ class Operator:
                 ticket_retention=timedelta(seconds=self.settings.ticket_retention_seconds),
                 postgres_timeout=self.settings.postgres_timeout_seconds,
                 after_commit=_then(_crash_with_probability(self.settings.crash_after_commit), self.notifier.wake),
+                checked_by=self._checked_by,
             ),
         )
         self.monitor = monitor
@@ -274,6 +275,12 @@ class Operator:
         if not self.settings.sharding:
             return True
         return self.shards is not None and self.shards.owns(cluster_uid)
+
+    def _checked_by(self, cluster_uid: str) -> dict[str, Any] | None:
+        """Sharding: this replica and the cluster's shard, for its status (only the shard's holder writes it)."""
+        if self.shards is None:
+            return None
+        return {"replica": self.shards.identity, "shard": self.shards.shard_of(cluster_uid)}
 
     async def _hold_shards(self, monitor: Monitor) -> None:
         settings = self.settings
