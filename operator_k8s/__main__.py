@@ -282,6 +282,13 @@ class Operator:
             return None
         return {"replica": self.shards.identity, "shard": self.shards.shard_of(cluster_uid)}
 
+    def _taken(self, monitor: Monitor) -> None:
+        """Shards were taken: the last holder may have changed anything meanwhile, and their clusters are due here
+        now (their loops wake instead of sleeping out their wait)."""
+        monitor.drop_caches()
+        if self.heartbeats is not None:
+            self.heartbeats.wake_all()
+
     async def _hold_shards(self, monitor: Monitor) -> None:
         settings = self.settings
         leases = KubeLeases(await self._api(), settings.lease_namespace, settings.lease_prefix)
@@ -292,7 +299,7 @@ class Operator:
             shards=settings.shard_count,
             lease_seconds=settings.shard_lease_seconds,
             renew_seconds=settings.shard_renew_seconds,
-            on_taken=lambda shards: monitor.drop_caches(),  # the last holder may have changed anything meanwhile
+            on_taken=lambda shards: self._taken(monitor),
         )
         shards = self.shards
         self.telemetry.shards_held.set_function(lambda: len(shards.held()))
