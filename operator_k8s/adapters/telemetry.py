@@ -61,7 +61,7 @@ class Telemetry:
         self.last_check = Gauge(f"{PREFIX}_last_check_timestamp_seconds",
                                 "Unix time each cluster's last check cycle ended, whatever its outcome",
                                 ["namespace", "cluster"], registry=self.registry)  # fmt: skip
-        self.start_lag = Histogram(f"{PREFIX}_check_start_lag_seconds", "How late due cycles start after their due time",
+        self.start_lag = Histogram(f"{PREFIX}_check_start_lag_seconds", "How late cycles start after their due time",
                                    buckets=FAST_BUCKETS, registry=self.registry)  # fmt: skip
         self.skipped = Counter(f"{PREFIX}_skipped_intervals_total", "Whole check intervals missed (late starts)",
                                registry=self.registry)  # fmt: skip
