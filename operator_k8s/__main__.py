@@ -286,6 +286,9 @@ class Operator:
         """Shards were taken: the last holder may have changed anything meanwhile, and their clusters are due here
         now (their loops wake instead of sleeping out their wait)."""
         monitor.drop_caches()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
         if self.heartbeats is not None:
             self.heartbeats.wake_all()
 
@@ -300,6 +303,7 @@ class Operator:
             lease_seconds=settings.shard_lease_seconds,
             renew_seconds=settings.shard_renew_seconds,
             on_taken=lambda shards: self._taken(monitor),
+            on_lost=lambda shards: self._wake_all(),  # their clusters' loops let go of them now, not at their slot
         )
         shards = self.shards
         self.telemetry.shards_held.set_function(lambda: len(shards.held()))

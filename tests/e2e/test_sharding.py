@@ -146,7 +146,7 @@ def test_a_shard_handed_over_leaves_no_stale_series_and_coming_back_counts_no_sk
                    what="every cluster checked by its holder since the split", timeout=30)  # fmt: skip
         moved = checked_since(b, namespace, away)
         assert moved, "b took a share"
-        # a lets go of a cluster at its next tick (0.5 s); its series must not stay behind as a stale timestamp.
+        # a lets go of a cluster as soon as it hands its shard over; its series must not stay behind as a stale timestamp.
         eventually(lambda: all(scraped_last_check(a, namespace, n) == 0 for n in moved),
                    what="a no longer showing the clusters it left", timeout=10)  # fmt: skip
         report("review-stale-series", moved_to_b=sorted(moved), left_after_s=time.time() - away)
