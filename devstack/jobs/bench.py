@@ -285,7 +285,7 @@ class Bench:
     ) -> Process:
         env = {
             "OPERATOR_K8S_TICK_SECONDS": str(tick or self.args.tick),
-            "OPERATOR_K8S_LOG_LEVEL": "WARNING",
+            "OPERATOR_K8S_LOG_LEVEL": self.args.operator_log_level,
             "OPERATOR_K8S_PROMETHEUS_QUERY_THREADS": "64",  # as the chart sets it
             "OPERATOR_K8S_DB_POOL_SIZE": "4",
             "OPERATOR_K8S_NOTIFICATIONS_FILE": str(notifications or ""),
@@ -741,18 +741,23 @@ class Bench:
     # -- phase 4: evidence on and off -------------------------------------------------------------------------------
 
     def evidence_phase(self) -> None:
-        """The check cycle with evidence off, then on, over the same clusters and the same faults: each run opens and
-        heals tickets on a share of the clusters (evidence is gathered as they open) while every cluster is checked.
-        Each run faults its own clusters, so no ticket reopens; both runs check all of them."""
+        """The check cycle with evidence off and on, alternated ``--evidence-rounds`` times over the same clusters
+        and the same faults (alternation spreads whatever else the machine does over both): each run opens and heals
+        tickets on a share of the clusters (evidence is gathered as they open) while every cluster is checked. Each
+        run faults its own clusters, so no ticket reopens; every run checks all of them."""
         namespace, interval = "bench-evidence", self.args.evidence_interval
         size, faulty = self.args.evidence_clusters, self.args.evidence_faulty
         names = [f"ev{i:04d}" for i in range(size)]
         self.create_clusters(namespace, names, f"{interval}s")
-        runs: dict[str, Any] = {}
-        self.results["evidence"] = {"clusters": size, "faulty_per_run": faulty, "interval_s": interval, "runs": runs}
-        for run, evidence in enumerate(("false", "true")):
+        runs: list[dict[str, Any]] = []
+        merged: dict[str, dict[float, float]] = {}
+        self.results["evidence"] = {
+            "clusters": size, "faulty_per_run": faulty, "interval_s": interval, "runs": runs, "by_mode": {},
+        }  # fmt: skip
+        modes = [mode for _ in range(self.args.evidence_rounds) for mode in ("false", "true")]
+        for run, evidence in enumerate(modes):
             chosen = names[run * faulty : (run + 1) * faulty]
-            operator = self.start_operator(f"operator-evidence-{evidence}", tick=1.0, evidence=evidence)
+            operator = self.start_operator(f"operator-evidence-{run}-{evidence}", tick=1.0, evidence=evidence)
             self.wait_for("every evidence cluster to be Healthy", lambda: self._all_healthy(namespace, names), 300)
             time.sleep(interval)  # one whole interval of steady state before the window opens
             before = self._snapshot()
@@ -775,26 +780,36 @@ class Bench:
             self._wait_tickets(namespace, healed, state="resolved")
             after = self._snapshot()
             durations = histogram(before[0], after[0], "operator_k8s_check_duration_seconds")
-            cycles = total(after[0], r"operator_k8s_check_cycles_total\{.*\}") - total(
-                before[0], r"operator_k8s_check_cycles_total\{.*\}"
-            )
+            mode = merged.setdefault(evidence, {})
+            for bound, count in durations.items():
+                mode[bound] = mode.get(bound, 0.0) + count
             gathered = self._evidence_seconds(namespace, set(injected))
-            runs[evidence] = {
+            seconds = after[2] - before[2]
+            runs.append({
+                "evidence": evidence == "true",
                 "tickets": len(injected),
-                "seconds": after[2] - before[2],
-                "cycles": cycles,
+                "seconds": seconds,
+                "cycles": total(after[0], r"operator_k8s_check_cycles_total\{.*\}")
+                - total(before[0], r"operator_k8s_check_cycles_total\{.*\}"),
                 "cycle_p50_ms": 1000 * quantile_from_buckets(durations, 0.5),
                 "cycle_p99_ms": 1000 * quantile_from_buckets(durations, 0.99),
-                "cpu_cores": (after[1] - before[1]) / (after[2] - before[2]),
+                "cpu_cores": (after[1] - before[1]) / seconds,
+                "environment_cpu_cores": {k: (v - before[6].get(k, 0.0)) / seconds for k, v in after[6].items()},
+                "machine_load_1m": os.getloadavg()[0],
                 "skipped_intervals": total(after[0], "operator_k8s_skipped_intervals_total")
                 - total(before[0], "operator_k8s_skipped_intervals_total"),
                 "opened_after_fault_p50_s": percentile([opened[k] - injected[k] for k in injected], 0.5),
                 "evidence_gathered": len(gathered),
                 "evidence_after_opening_p95_s": percentile(gathered, 0.95) if gathered else None,
-            }
-            log(f"Evidence {evidence}: {json.dumps(runs[evidence])}")
+            })  # fmt: skip
+            log(f"Evidence {evidence}: {json.dumps(runs[-1])}")
             operator.stop()
             self.stack.processes.remove(operator)
+        self.results["evidence"]["by_mode"] = {
+            mode: {"cycle_p50_ms": 1000 * quantile_from_buckets(buckets, 0.5),
+                   "cycle_p99_ms": 1000 * quantile_from_buckets(buckets, 0.99)}
+            for mode, buckets in merged.items()
+        }  # fmt: skip
 
     def _evidence_seconds(self, namespace: str, keys: set[tuple[str, str]]) -> list[float]:
         """Seconds from each ticket's opening to its stored evidence (the operator's own Postgres timestamps)."""
@@ -947,6 +962,33 @@ LATENCY_SYSTEM_NAMES = {
 }
 
 
+def _evidence_report(ev: dict[str, Any]) -> list[str]:
+    """The evidence phase's table: each run, then every run of a mode together."""
+    if not ev.get("runs"):
+        return []
+    lines = [
+        "",
+        f"Evidence off and on, alternated ({ev['clusters']} clusters checked every {ev['interval_s']}s; each run "
+        f"gives {ev['faulty_per_run']} of them a disk and a latency fault, which open and heal)",
+        "",
+        "evidence | tickets | cycle p50/p99 ms | cpu cores | load 1m | skipped | evidence after opening p95 s",
+    ]
+    for run in ev["runs"]:
+        p95 = run["evidence_after_opening_p95_s"]
+        lines.append(
+            f"{'on' if run['evidence'] else 'off'} | {run['tickets']} | {run['cycle_p50_ms']:.1f} / "
+            f"{run['cycle_p99_ms']:.1f} | {run['cpu_cores']:.2f} | {run['machine_load_1m']:.1f} | "
+            f"{run['skipped_intervals']:.0f} | "
+            + ("—" if p95 is None else f"{p95:.2f} ({run['evidence_gathered']} gathered)")
+        )
+    for mode, cell in ev.get("by_mode", {}).items():
+        lines.append(
+            f"all runs with evidence {'on' if mode == 'true' else 'off'}: cycle p50 / p99 "
+            f"{cell['cycle_p50_ms']:.1f} / {cell['cycle_p99_ms']:.1f} ms"
+        )
+    return lines
+
+
 def report(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
@@ -1025,22 +1067,7 @@ def report(results: dict[str, Any]) -> str:
                 "    API server requests per cycle: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in step["apiserver_requests_per_cycle"].items())
             )
-    if results.get("evidence", {}).get("runs"):
-        ev = results["evidence"]
-        lines += [
-            "",
-            f"Evidence off and on ({ev['clusters']} clusters checked every {ev['interval_s']}s; per run "
-            f"{ev['faulty_per_run']} of them get a disk and a latency fault, which open and heal)",
-            "",
-            "evidence | tickets | cycle p50/p99 ms | cpu cores | skipped | evidence after opening p95 s",
-        ]
-        for mode, run in ev["runs"].items():
-            p95 = run["evidence_after_opening_p95_s"]
-            lines.append(
-                f"{'on' if mode == 'true' else 'off'} | {run['tickets']} | {run['cycle_p50_ms']:.1f} / "
-                f"{run['cycle_p99_ms']:.1f} | {run['cpu_cores']:.2f} | {run['skipped_intervals']:.0f} | "
-                + ("—" if p95 is None else f"{p95:.2f} ({run['evidence_gathered']} gathered)")
-            )
+    lines += _evidence_report(results.get("evidence", {}))
     if results.get("restart"):
         r = results["restart"]
         lines += [
@@ -1084,10 +1111,15 @@ def main(argv: list[str] | None = None) -> int:
         default=False,
         help="sample 60 s of steady state with py-spy before the restart (opt-in: `pip install py-spy` first)",
     )
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the stack's directory (its logs) at the end")
+    parser.add_argument(
+        "--operator-log-level", default="WARNING", help="the operator's log level (its log: the stack's)"
+    )
     parser.add_argument("--evidence-clusters", type=int, default=200, help="clusters of the evidence phase")
     parser.add_argument(
         "--evidence-faulty", type=int, default=20, help="clusters faulted per evidence run (2 tickets each)"
     )
+    parser.add_argument("--evidence-rounds", type=int, default=2, help="evidence off/on pairs, alternated")
     parser.add_argument("--evidence-interval", type=int, default=5, help="check interval of the evidence clusters (s)")
     parser.add_argument("--phases", default="latency,scale,evidence", help="any of latency, scale, evidence")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / ".bench" / "results.json")
@@ -1098,7 +1130,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and not Path(sys.executable).with_name("py-spy").exists():
         parser.error("--profile needs py-spy in the virtualenv (.venv/bin/pip install py-spy)")
     stack = Stack.start(
-        scrape_interval=args.scrape_interval, alert_rules=alert_rules(args.rate_window), alert_webhook=webhook.url
+        scrape_interval=args.scrape_interval,
+        alert_rules=alert_rules(args.rate_window),
+        alert_webhook=webhook.url,
+        keep_workdir=args.keep_workdir,
     )
     bench = Bench(stack, args)
     bench.results["machine"] = machine()

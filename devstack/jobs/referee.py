@@ -15,7 +15,8 @@ or a control that must stay silent) injects it into both worlds' clusters at onc
 A fault case polls until both sides agree with the expected verdicts (or a timeout) and records what it saw; a silent
 case waits for evidence that the fault is in the data, then keeps sampling for a few rate windows and records every
 violation either side reported meanwhile. Then it heals and polls until both sides are quiet (no violation, no
-Unknown) before the next case. Cases run in parallel lanes, each lane with a TidbCluster of its own per world.
+Unknown) before the next case. Cases run in parallel lanes, each lane with a TidbCluster of its own per world; a
+free lane takes the next case, longest first.
 
 The rules are written from the upstream rule files, not from the operator's presets (which this module never
 imports): ``referee_rules`` cites, for each, the rule it follows and how it differs (shortened windows, the label
@@ -29,9 +30,11 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -626,8 +629,19 @@ def load_rules(stack: Stack, rules: list[dict[str, Any]]) -> None:
         raise RuntimeError("Prometheus did not load the referee's rules")
 
 
-def run(stack: Stack, *, lanes: int = 2, cases: tuple[Case, ...] = CASES) -> Report:
-    """Every case on ``stack`` (whose Prometheus evaluates ``referee_rules()``), spread over ``lanes``."""
+DEFAULT_LANES = 3
+"""Lanes running cases at once: the rolling restart (about 36 s) on one, the other cases (about as long together
+again) on the other two; two lanes left the rolling restart to start last, after half the rest."""
+
+
+def _cost(case: Case) -> tuple[int, bool]:
+    """How long a case roughly runs, to start the longest first: its steps, then whether it observes a while."""
+    return len(case.steps), case.silent
+
+
+def run(stack: Stack, *, lanes: int = DEFAULT_LANES, cases: tuple[Case, ...] = CASES) -> Report:
+    """Every case on ``stack`` (whose Prometheus evaluates ``referee_rules()``), spread over ``lanes``: each lane takes
+    the next case when it is free, longest first, so that no long case starts last."""
     started = time.monotonic()
     names = [f"tc{n}" for n in range(lanes)]
     for world in WORLDS:
@@ -642,13 +656,16 @@ def run(stack: Stack, *, lanes: int = 2, cases: tuple[Case, ...] = CASES) -> Rep
             if not all(ready):
                 raise RuntimeError("the TidbClusters never looked healthy to both sides")
             _log(f"{len(names)} TidbClusters per world healthy to both sides; running {len(cases)} cases")
-            queues: list[list[Case]] = [[] for _ in workers]
-            for n, case in enumerate(cases):
-                queues[n % lanes].append(case)
+            queue = deque(sorted(cases, key=_cost, reverse=True))
+            taking = threading.Lock()
 
-            def drain(lane: Lane, queue: list[Case]) -> list[Outcome]:
+            def next_case() -> Case | None:
+                with taking:
+                    return queue.popleft() if queue else None
+
+            def drain(lane: Lane) -> list[Outcome]:
                 done = []
-                for case in queue:
+                while (case := next_case()) is not None:
                     outcome = lane.run(case)
                     verdict = "agree" if not outcome.disagreements() else f"DISAGREE {outcome.disagreements()}"
                     extra = f", unexpected {outcome.unexpected()}" if outcome.unexpected() else ""
@@ -656,7 +673,7 @@ def run(stack: Stack, *, lanes: int = 2, cases: tuple[Case, ...] = CASES) -> Rep
                     done.append(outcome)
                 return done
 
-            outcomes = [o for done in pool.map(drain, workers, queues) for o in done]
+            outcomes = [o for done in pool.map(drain, workers) for o in done]
     finally:
         for lane in workers:
             lane.sides.close()
@@ -669,7 +686,9 @@ def run(stack: Stack, *, lanes: int = 2, cases: tuple[Case, ...] = CASES) -> Rep
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devstack referee", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--lanes", type=int, default=2, help="TidbClusters per world running cases in parallel")
+    parser.add_argument(
+        "--lanes", type=int, default=DEFAULT_LANES, help="TidbClusters per world running cases in parallel"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the markdown table")
     args = parser.parse_args(argv)
     with Stack.start(alert_rules=referee_rules()) as stack:

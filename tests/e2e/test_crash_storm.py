@@ -44,6 +44,11 @@ pytestmark = pytest.mark.stack
 
 STORM_LOG = "operator-storm.log"
 STORM_FAULTS: list[tuple[str, dict[str, Any] | None]] = [("down", None), ("disk", {"percent": 95})]
+LONGEST_LIFE_SECONDS = 5.0
+"""The latest moment the test kills an operator at: past its start-up, its first commits (the failpoint's kills come
+about 2 s into a life: a storm of 15 kills of each kind at the former 8 s bound lived 3.0 s on average), a few 1 s
+cycles and the 3 s reopen window. Longer lives added no state a kill could meet, only seconds to the lives the
+failpoint did not end."""
 
 
 class FaultFlipper:
@@ -126,7 +131,7 @@ def _storm(stack: Stack, scene: Scene, namespace: str, notifications: Path, rece
             born = time.monotonic()
             assert process.popen is not None
             try:
-                code = process.popen.wait(timeout=rng.uniform(0.5, 8.0))
+                code = process.popen.wait(timeout=rng.uniform(0.5, LONGEST_LIFE_SECONDS))
             except subprocess.TimeoutExpired:  # still running at the chosen moment: kill it there
                 process.kill()
                 kills["test"] += 1
