@@ -165,6 +165,7 @@ class Operator:
                 ticket_retention=timedelta(seconds=self.settings.ticket_retention_seconds),
                 postgres_timeout=self.settings.postgres_timeout_seconds,
                 after_commit=_then(_crash_with_probability(self.settings.crash_after_commit), self.notifier.wake),
+                checked_by=self._checked_by,
             ),
         )
         self.monitor = monitor
@@ -279,6 +280,22 @@ class Operator:
             return True
         return self.shards is not None and self.shards.owns(cluster_uid)
 
+    def _checked_by(self, cluster_uid: str) -> dict[str, Any] | None:
+        """Sharding: this replica and the cluster's shard, for its status (only the shard's holder writes it)."""
+        if self.shards is None:
+            return None
+        return {"replica": self.shards.identity, "shard": self.shards.shard_of(cluster_uid)}
+
+    def _taken(self, monitor: Monitor) -> None:
+        """Shards were taken: the last holder may have changed anything meanwhile, and their clusters are due here
+        now (their loops wake instead of sleeping out their wait)."""
+        monitor.drop_caches()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        if self.heartbeats is not None:
+            self.heartbeats.wake_all()
+
     async def _hold_shards(self, monitor: Monitor) -> None:
         settings = self.settings
         leases = KubeLeases(await self._api(), settings.lease_namespace, settings.lease_prefix)
@@ -289,7 +306,8 @@ class Operator:
             shards=settings.shard_count,
             lease_seconds=settings.shard_lease_seconds,
             renew_seconds=settings.shard_renew_seconds,
-            on_taken=lambda shards: monitor.drop_caches(),  # the last holder may have changed anything meanwhile
+            on_taken=lambda shards: self._taken(monitor),
+            on_lost=lambda shards: self._wake_all(),  # their clusters' loops let go of them now, not at their slot
         )
         shards = self.shards
         self.telemetry.shards_held.set_function(lambda: len(shards.held()))

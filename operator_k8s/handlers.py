@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +16,7 @@ from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.durations import parse_duration
 from operator_k8s.domain.ledger import ClusterRef, TicketResource
 from operator_k8s.domain.projections import ObservedTicket, normal_intent, ticket_id_of
+from operator_k8s.domain.schedule import next_slot, started
 from operator_k8s.domain.vocabulary import (
     CLUSTER_PLURAL,
     GROUP,
@@ -35,29 +34,23 @@ from operator_k8s.service import Monitor
 log = logging.getLogger("operator_k8s.handlers")
 
 
-@dataclass(frozen=True)
-class Tick:
-    """A due cycle: how late it starts, and how many whole intervals were skipped before it."""
-
-    lag: float
-    skipped: int
+WAKE_SECONDS = 30.0
+"""The longest a cluster's loop sleeps between slots: it beats for the liveness probe at least this often (its
+staleness limit is ten times longer), and nothing else wakes it without a reason."""
 
 
 class Schedule:
-    """Per-cluster due times for a timer that ticks at a fixed base period (kopf fixes a timer's interval).
+    """Each cluster's next slot (``domain.schedule``'s grid, on the wall clock) and a way to wake its loop early.
 
-    A tick that is not due returns at once and writes nothing; the first run of each cluster is spread over one
-    interval so that a restart with 1,000 clusters does not fire them all at once. A new generation of the spec (an
-    interval, selector or invariant edited, an invalid spec corrected) is due at once, so an edit takes effect within
-    one tick and never waits out the old interval. An interval shorter than the tick runs once per tick: that is the
-    fastest the timer can go, not a missed interval, so it is not counted as one.
+    Only a cache: dropped (a resume, a shard lost), every due time is computed again from the grid, so no check is
+    re-pended and the first runs stay spread. An edit of the spec (a new generation) is due at once, so it never
+    waits out the old interval; the grid goes on from there.
     """
 
-    def __init__(self, jitter: float = 1.0, tick: float = 0.0) -> None:
+    def __init__(self) -> None:
         self._due: dict[str, float] = {}
         self._generation: dict[str, int] = {}
-        self._jitter = jitter
-        self._tick = tick
+        self._wakes: dict[str, asyncio.Event] = {}
 
     def __len__(self) -> int:
         return len(self._due)
@@ -65,36 +58,63 @@ class Schedule:
     def __contains__(self, uid: object) -> bool:
         return uid in self._due
 
-    def due(self, uid: str, interval: float, now: float, generation: int = 0) -> Tick | None:
-        every_tick = interval <= self._tick
-        interval = max(interval, self._tick)
-        due = self._due.get(uid)
-        if due is None:
-            due = self._due[uid] = now + random.uniform(0, interval * self._jitter)  # noqa: S311 - spreading load
-        elif self._generation.get(uid, generation) != generation:
-            due = self._due[uid] = now
+    def due(self, uid: str, interval: float, now: float, generation: int = 0) -> float:
+        """When the cluster's next check is due (``now`` or earlier: due now)."""
+        if self._generation.get(uid, generation) != generation:
+            self._due[uid] = now
         self._generation[uid] = generation
-        if now < due:
-            return None
-        lag = now - due
-        late = max(0.0, lag - self._tick)  # within one tick of its due time is as early as a tick can start it
-        if every_tick:
-            # kopf's ticks drift (each waits for the handler): anchored to the tick, the cluster runs every tick.
-            self._due[uid] = now + interval
-            return Tick(lag=late, skipped=0)
-        skipped = int(lag // interval)
-        self._due[uid] = due + (skipped + 1) * interval
-        return Tick(lag=late, skipped=skipped)
+        if uid not in self._due:
+            self._due[uid] = next_slot(uid, interval, now)
+        return self._due[uid]
+
+    def ran(self, uid: str, interval: float, now: float) -> None:
+        """A check started at ``now``: the next is the grid's next slot."""
+        self._due[uid] = next_slot(uid, interval, now + EPSILON_SECONDS)
+
+    def edited(self, uid: str, generation: int) -> None:
+        """The watch saw the cluster's spec at ``generation``: a new one wakes its loop, due at once."""
+        if uid in self._generation and self._generation[uid] != generation:
+            self.wake(uid)
+
+    def wake(self, uid: str) -> None:
+        if uid in self._wakes:
+            self._wakes[uid].set()
+
+    def wake_all(self) -> None:
+        """Every loop looks again now (a shard taken: its clusters are this replica's to check)."""
+        for event in self._wakes.values():
+            event.set()
+
+    async def sleep(self, uid: str, seconds: float, stopped: kopf.DaemonStopped) -> None:
+        """Sleep up to ``seconds``, less if the loop is woken or kopf stops it (a deletion, a pause, the exit)."""
+        wake = self._wakes.setdefault(uid, asyncio.Event())
+        if seconds > 0 and not wake.is_set():
+            waits = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait(seconds))}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        wake.clear()
 
     def forget(self, uid: str) -> None:
         self._due.pop(uid, None)
         self._generation.pop(uid, None)
 
+    def retire(self, uid: str) -> None:
+        """The cluster's loop ended (deleted, or kopf stopped it): nothing of it is kept."""
+        self.forget(uid)
+        self._wakes.pop(uid, None)
+
     def reset(self) -> None:
-        """Forget every due time (a replica resuming after a pause): first runs are spread again, and the pause is
-        not counted as lateness or skipped intervals."""
+        """Forget every due time (a replica resuming after a pause): each is computed again from the grid, and the
+        pause is not counted as lateness or skipped intervals."""
         self._due.clear()
         self._generation.clear()
+
+
+EPSILON_SECONDS = 1e-3
+"""A check that started on its slot is not due again on that same slot."""
 
 
 PEERING_SETTLE_SECONDS = 5.0
@@ -121,6 +141,8 @@ class Heartbeats:
         self._peering = peering
         self._settle = settle
         self._resumed_at: float | None = None
+        self.wake_all: Callable[[], None] = lambda: None
+        """Wakes every cluster's loop now (set by ``register``): shards were taken, their clusters are due here."""
         self.on_resume: list[Callable[[], None]] = []
         """Called when kopf resumes this replica: what was kept from before the pause is stale by then."""
         self.active = not peering
@@ -164,11 +186,13 @@ class Heartbeats:
         return stale
 
 
-def _interval(spec: Any) -> float:
+def _interval(spec: Any, tick_seconds: float) -> float:
+    """The cluster's interval, at least the operator's tick (the shortest interval it runs: a floor on the load a
+    cluster can cause). An invalid spec is checked every tick, so its InvalidSpec condition shows soon."""
     try:
-        return parse_duration(str(spec.get("interval", "30s")))
+        return max(parse_duration(str(spec.get("interval", "30s"))), tick_seconds)
     except ValueError:
-        return 0.0  # an invalid spec is checked every tick, so its InvalidSpec condition shows soon
+        return tick_seconds
 
 
 STATUS_WRITE_ROOM = 30.0
@@ -372,25 +396,78 @@ async def _resolve_deleted(monitor: Monitor, ref: ClusterRef) -> None:
     log.info("Resolved Tickets of deleted MonitoredCluster", extra={"cluster": ref.name, "resolved": resolved})
 
 
+class ClusterLoops:
+    """The loop of each cluster's checks: it sleeps until the cluster's next slot (woken at once by an edit of its
+    spec or a shard taken), then runs the cycle. No call per cluster per tick: a loop wakes for its slot, or at
+    most every ``WAKE_SECONDS`` to beat for the liveness probe. kopf keeps ``spec``, ``body`` and ``meta`` current
+    while a loop sleeps. A loop never raises and never returns a patch: the cycle writes status itself, so it cannot
+    die of an outage."""
+
+    def __init__(
+        self, monitor: Monitor, telemetry: Telemetry, schedule: Schedule, heartbeats: Heartbeats,
+        owns: Callable[[str], bool], tick_seconds: float, summary: IndexSummary,
+    ) -> None:  # fmt: skip
+        self.monitor, self.telemetry, self.schedule, self.heartbeats = monitor, telemetry, schedule, heartbeats
+        self.owns, self.tick_seconds, self.summary = owns, tick_seconds, summary
+
+    async def run(
+        self, stopped: kopf.DaemonStopped, spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, namespace: str,
+        kwargs: dict[str, Any],
+    ) -> None:  # fmt: skip
+        uid = meta["uid"]
+        try:
+            while not stopped:
+                self.summary.log_once(kwargs["store_pods"], kwargs["tickets_shown"])
+                sleep = await self._check_when_due(spec, body, meta, namespace, kwargs)
+                await self.schedule.sleep(uid, sleep, stopped)
+        finally:
+            self.schedule.retire(uid)
+
+    async def _check_when_due(
+        self, spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, namespace: str, kwargs: dict[str, Any]
+    ) -> float:
+        """Run the cluster's check if it is due; return how long to sleep until it is (at most ``WAKE_SECONDS``)."""
+        now, wall = time.monotonic(), time.time()
+        self.heartbeats.beat(meta["uid"], now)
+        ref = _ref(meta, namespace)
+        # A replica that just resumed waits out the settle period (a peer may yet pause it); under sharding, a
+        # cluster whose shard another replica holds is that replica's to check (and to show).
+        if not self.heartbeats.may_check(now):
+            return min(WAKE_SECONDS, self.tick_seconds)
+        if not _still_ours(self.owns, ref, self.schedule, self.telemetry, self.monitor):
+            return WAKE_SECONDS
+        interval = _interval(spec, self.tick_seconds)
+        due = self.schedule.due(ref.uid, interval, wall, ref.generation)
+        if wall < due:
+            return min(WAKE_SECONDS, due - wall)
+        start = started(due, interval, wall)
+        self.schedule.ran(ref.uid, interval, wall)
+        self.telemetry.record_tick(start.lag, start.skipped)
+        candidates = _candidate_pods(kwargs["store_pods"], ref.namespace, spec)
+        shown = list(kwargs["tickets_shown"].get(ref.namespace, []))
+        await _run_cycle(self.monitor, self.telemetry, ref, dict(spec), candidates, body, shown)
+        return 0.0
+
+
 def register(
     registry: kopf.OperatorRegistry,
     monitor: Monitor,
     telemetry: Telemetry,
     *,
     tick_seconds: float,
-    jitter: float = 1.0,
     peering: bool = False,
     owns: Callable[[str], bool] = lambda cluster_uid: True,
 ) -> Heartbeats:
     """Register every handler of the operator in ``registry``, bound to ``monitor``; return the timers' heartbeats
     (which the liveness probe reads). ``owns``: whether this replica checks a cluster now (sharding: its shard's
     Lease is held here); every timer still beats, so liveness does not depend on which shards a replica holds."""
-    schedule = Schedule(jitter, tick_seconds)
+    schedule = Schedule()
     heartbeats = Heartbeats(max(300.0, 20 * tick_seconds), peering=peering)
     # Counted when scraped: no work per timer tick, and right on a paused replica whose timers no longer run.
     telemetry.scheduled.set_function(lambda: heartbeats.running(time.monotonic()))
     telemetry.active.set_function(lambda: float(heartbeats.may_check(time.monotonic())))
     heartbeats.on_resume += [schedule.reset, monitor.drop_caches]  # the peer may have changed anything meanwhile
+    heartbeats.wake_all = schedule.wake_all
     summary = IndexSummary()
 
     @kopf.index("", "v1", "pods", id="store_pods", registry=registry)
@@ -404,25 +481,16 @@ def register(
         """Ticket resources by namespace, as the watch sees them: what a cycle diffs Postgres against."""
         return {namespace or "": observed_ticket(body)}
 
-    @kopf.timer(GROUP, VERSION, CLUSTER_PLURAL, id="check", interval=tick_seconds, registry=registry)
-    async def check(spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, namespace: str | None, **kwargs: Any) -> None:
-        """Never raises and never returns a patch: the cycle writes status itself, so kopf has nothing to retry and
-        the timer cannot die of an outage."""
-        summary.log_once(kwargs["store_pods"], kwargs["tickets_shown"])
-        now = time.monotonic()
-        heartbeats.beat(meta["uid"], now)
-        ref = _ref(meta, namespace or "")
-        # A replica that just resumed waits out the settle period (a peer may yet pause it); under sharding, a
-        # cluster whose shard another replica holds is that replica's to check (and to show).
-        if not heartbeats.may_check(now) or not _still_ours(owns, ref, schedule, telemetry, monitor):
-            return
-        tick = schedule.due(ref.uid, _interval(spec), now, ref.generation)
-        if tick is None:
-            return
-        telemetry.record_tick(tick.lag, tick.skipped)
-        candidates = _candidate_pods(kwargs["store_pods"], ref.namespace, spec)
-        shown = list(kwargs["tickets_shown"].get(ref.namespace, []))
-        await _run_cycle(monitor, telemetry, ref, dict(spec), candidates, body, shown)
+    loops = ClusterLoops(monitor, telemetry, schedule, heartbeats, owns, tick_seconds, summary)
+
+    @kopf.daemon(GROUP, VERSION, CLUSTER_PLURAL, id="check", registry=registry)
+    async def check(
+        stopped: kopf.DaemonStopped, spec: kopf.Spec, body: kopf.Body, meta: kopf.Meta, namespace: str | None,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        """One loop per cluster (``ClusterLoops.run``); kopf stops it when the cluster goes, the replica pauses or
+        the operator exits."""
+        await loops.run(stopped, spec, body, meta, namespace or "", kwargs)
 
     def forget(ref: ClusterRef) -> None:
         schedule.forget(ref.uid)
@@ -444,6 +512,8 @@ def register(
         if event.get("type") == "DELETED":
             forget(_ref(meta, namespace or ""))
             monitor.forget(meta["uid"])
+        else:
+            schedule.edited(meta["uid"], int(meta.get("generation", 0)))
 
     @kopf.on.event(GROUP, VERSION, TICKET_PLURAL, id="ticket_edited", registry=registry)
     async def ticket_edited(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:

@@ -114,6 +114,9 @@ class ServiceSettings:
     after_commit: Callable[[], None] = lambda: None
     """Called after Postgres applied a cycle's transitions and before Kubernetes shows them: the crash-test failpoint
     (the composition root may make it kill the process), a no-op otherwise."""
+    checked_by: Callable[[str], dict[str, Any] | None] = lambda cluster_uid: None
+    """Who checks a cluster, shown on its status as ``checkedBy`` (sharding: this replica and the cluster's shard);
+    None shows nothing (one process checks them all)."""
 
 
 class Monitor:
@@ -212,6 +215,9 @@ class Monitor:
                         "Failed to check MonitoredCluster", extra={"cluster": ref.name, "namespace": ref.namespace}
                     )
                     desired = _failed_status(observed_status, ref, f"{type(error).__name__}: {error}", now)
+                holder = self.settings.checked_by(ref.uid)
+                if holder is not None:
+                    desired["checkedBy"] = holder
                 try:
                     await self._write_status(ref, observed_status, resource_version, desired, now, stats)
                 except Exception:  # the status of anything the API server holds must never stop the checks

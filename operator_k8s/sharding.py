@@ -32,6 +32,7 @@ class ShardCoordinator:
         lease_seconds: int,
         renew_seconds: float,
         on_taken: Callable[[set[int]], None] = lambda shards: None,
+        on_lost: Callable[[set[int]], None] = lambda shards: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.leases = leases
@@ -41,6 +42,8 @@ class ShardCoordinator:
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
         self.on_taken = on_taken
+        self.on_lost = on_lost
+        """Called with the shards this replica released or found written by another: their clusters let go now."""
         self.clock = clock
         self._valid_until: dict[int, float] = {}
         self._seen: dict[str, tuple[str, float]] = {}
@@ -101,11 +104,13 @@ class ShardCoordinator:
         }
         moves = plan(self.identity, self.shards, shard_views, live_members(members))
         taken: set[int] = set()
+        lost: set[int] = set()
         for shard, move in sorted(moves.items()):
             name = self.shard_name(shard)
             if move is Move.RELEASE:
                 if await self._write(name, "", acquired=False):
                     self._valid_until.pop(shard, None)
+                    lost.add(shard)
                     log.info("Released shard Lease", extra={"lease": name, "shard": shard})
                 continue
             written_at = self.clock()
@@ -115,9 +120,12 @@ class ShardCoordinator:
                     taken.add(shard)
             elif move is Move.RENEW:
                 self._valid_until.pop(shard, None)  # someone else wrote it: it is no longer ours
+                lost.add(shard)
         if taken:
             log.info("Took shard Leases", extra={"shards": sorted(taken), "identity": self.identity})
             self.on_taken(taken)
+        if lost:
+            self.on_lost(lost)
         self.stepped.set()
 
     async def release_all(self) -> None:

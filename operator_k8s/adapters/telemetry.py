@@ -61,12 +61,12 @@ class Telemetry:
         self.last_check = Gauge(f"{PREFIX}_last_check_timestamp_seconds",
                                 "Unix time each cluster's last check cycle ended, whatever its outcome",
                                 ["namespace", "cluster"], registry=self.registry)  # fmt: skip
-        self.start_lag = Histogram(f"{PREFIX}_check_start_lag_seconds", "How late due cycles start",
+        self.start_lag = Histogram(f"{PREFIX}_check_start_lag_seconds", "How late cycles start after their due time",
                                    buckets=FAST_BUCKETS, registry=self.registry)  # fmt: skip
-        self.skipped = Counter(f"{PREFIX}_skipped_intervals_total", "Whole check intervals missed (late timers)",
+        self.skipped = Counter(f"{PREFIX}_skipped_intervals_total", "Whole check intervals missed (late starts)",
                                registry=self.registry)  # fmt: skip
         self.scheduled = Gauge(f"{PREFIX}_scheduled_clusters",
-                               "MonitoredClusters whose check timer ran recently (0 on a paused peering replica)",
+                               "MonitoredClusters whose check loop ran recently (0 on a paused peering replica)",
                                registry=self.registry)  # fmt: skip
         self.active = Gauge(f"{PREFIX}_active",
                             "1 while this replica runs the checks, 0 while it stands by for a peer (kopf peering)",

@@ -48,6 +48,12 @@ def sharded_replica(stack: Stack, namespace: str, identity: str) -> Process:
     )  # fmt: skip
 
 
+def checked_by(stack: Stack, namespace: str) -> dict[str, str | None]:
+    """Which replica each cluster's status says checks it."""
+    items = get_json(stack, "mc", "-n", namespace)["items"]
+    return {i["metadata"]["name"]: (i.get("status") or {}).get("checkedBy", {}).get("replica") for i in items}
+
+
 def settled(a: Process, b: Process) -> bool:
     """Both hold a share and together every shard: the hand-over after the second replica joined is done."""
     held = shards_held(a), shards_held(b)
@@ -73,6 +79,8 @@ def test_sharded_replicas_split_the_clusters_and_take_over_a_killed_ones(stack: 
         by_a, by_b = checked_since(a, namespace, since), checked_since(b, namespace, since)
         assert not by_a & by_b, f"checked by both: {by_a & by_b}"
         assert by_a and by_b, "each replica checks a share"
+        expected = {name: "replica-a" if name in by_a else "replica-b" for name in CLUSTERS}
+        eventually(lambda: checked_by(stack, namespace) == expected, what="each cluster's status naming its checker")
 
         victim = next(name for name in CLUSTERS if name in by_a)
         store_fault(stack, namespace, victim, f"{victim}-0", "disk", {"percent": 95})
@@ -138,7 +146,7 @@ def test_a_shard_handed_over_leaves_no_stale_series_and_coming_back_counts_no_sk
                    what="every cluster checked by its holder since the split", timeout=30)  # fmt: skip
         moved = checked_since(b, namespace, away)
         assert moved, "b took a share"
-        # a lets go of a cluster at its next tick (0.5 s); its series must not stay behind as a stale timestamp.
+        # a lets go of a cluster as soon as it hands its shard over; its series must not stay behind as a stale timestamp.
         eventually(lambda: all(scraped_last_check(a, namespace, n) == 0 for n in moved),
                    what="a no longer showing the clusters it left", timeout=10)  # fmt: skip
         report("review-stale-series", moved_to_b=sorted(moved), left_after_s=time.time() - away)

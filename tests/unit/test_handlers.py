@@ -1,63 +1,51 @@
-"""The per-cluster schedule behind the base-period timer."""
+"""Each cluster's loop: its slots, what wakes it, the heartbeats the liveness probe reads."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 
 import kopf
 import pytest
 
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.observations import StorePod
-from operator_k8s.handlers import Heartbeats, Schedule, Tick, _candidate_pods, cycle_deadline, register
+from operator_k8s.domain.schedule import next_slot
+from operator_k8s.handlers import Heartbeats, Schedule, _candidate_pods, cycle_deadline, register
 from operator_k8s.service import Monitor
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
 
 
-@pytest.mark.parametrize("interval", [2.0, 5.0])
-def test_an_interval_up_to_the_tick_runs_every_drifting_tick_and_misses_nothing(interval: float) -> None:
-    """kopf's timer waits ``tick`` after each handler ends, so its ticks drift by the handlers' run time."""
-    schedule = Schedule(jitter=0, tick=5)
-    ticks = [schedule.due("a", interval, n * 5.2) for n in range(200)]
-    assert all(t is not None and t.skipped == 0 for t in ticks)
-    assert max(t.lag for t in ticks if t is not None) < 0.3
+def test_the_first_due_time_is_the_cluster_s_next_slot_alike_before_and_after_a_restart() -> None:
+    before, after = Schedule(), Schedule()
+    assert before.due("a", 30, 1_000.0) == after.due("a", 30, 1_000.0) == next_slot("a", 30, 1_000.0)
+    firsts = [Schedule().due(f"uid-{i}", 30, 1_000.0) - 1_000.0 for i in range(200)]
+    assert min(firsts) < 5 and max(firsts) > 25, "first runs are spread over one interval, not all at once"
+    assert all(0 <= f < 30 for f in firsts)
 
 
-def test_an_interval_off_the_tick_is_never_late_by_the_ticks_granularity() -> None:
-    schedule = Schedule(jitter=0, tick=5)
-    ticks = [t for n in range(100) if (t := schedule.due("a", 7, n * 5.0)) is not None]
-    assert len(ticks) == 495 // 7 + 1  # one run per 7 s due time, at the first tick at or after it
-    assert {(t.lag, t.skipped) for t in ticks} == {(0.0, 0)}
-
-
-def test_first_run_is_spread_within_one_interval() -> None:
+def test_due_every_interval_on_the_grid_and_not_between() -> None:
     schedule = Schedule()
-    firsts = []
-    for uid in range(200):
-        now = 0.0
-        while schedule.due(str(uid), 30, now) is None:
-            now += 0.5
-        firsts.append(now)
-    assert max(firsts) <= 30.5
-    assert min(firsts) < 5, "first runs are spread, not all at once"
-    assert max(firsts) > 25
+    due = schedule.due("a", 10, 0.0)
+    schedule.ran("a", 10, due + 0.2)
+    assert schedule.due("a", 10, due + 5) == pytest.approx(due + 10)
+    schedule.ran("a", 10, due + 35)  # a start 2.5 intervals late: the grid's next slot, not 10 s from now
+    assert schedule.due("a", 10, due + 35) == pytest.approx(due + 40)
 
 
-def test_due_every_interval_and_not_between() -> None:
-    schedule = Schedule(jitter=0)
-    assert schedule.due("a", 10, 0) == Tick(lag=0, skipped=0)
-    assert schedule.due("a", 10, 5) is None
-    assert schedule.due("a", 10, 10.5) == Tick(lag=0.5, skipped=0)
-    assert schedule.due("a", 10, 19) is None
-    assert schedule.due("a", 10, 20) == Tick(lag=0, skipped=0)
-
-
-def test_late_tick_counts_skipped_intervals_and_keeps_the_cadence() -> None:
-    schedule = Schedule(jitter=0)
-    schedule.due("a", 10, 0)
-    assert schedule.due("a", 10, 35) == Tick(lag=25, skipped=2)
-    assert schedule.due("a", 10, 39) is None
-    assert schedule.due("a", 10, 40) == Tick(lag=0, skipped=0)
+def test_an_interval_edited_from_2s_to_1h_and_back_is_due_at_once_each_time() -> None:
+    """dfbc121 kept the 1 h due time after the edit back. A new generation is due at once."""
+    schedule = Schedule()
+    first = schedule.due("a", 2, 0.0, generation=1)
+    schedule.ran("a", 2, first)
+    assert schedule.due("a", 3600, 1.0, generation=2) == 1.0, "the 1 h edit takes effect at once"
+    schedule.ran("a", 3600, 1.0)
+    assert schedule.due("a", 3600, 5.0, generation=2) == pytest.approx(next_slot("a", 3600, 1.001))
+    assert schedule.due("a", 2, 9.0, generation=3) == 9.0
+    schedule.ran("a", 2, 9.0)
+    assert schedule.due("a", 2, 9.5, generation=3) - 9.0 <= 2.0
 
 
 def test_forget_and_len() -> None:
@@ -65,7 +53,42 @@ def test_forget_and_len() -> None:
     schedule.due("a", 10, 0)
     schedule.due("b", 10, 0)
     schedule.forget("a")
-    assert len(schedule) == 1
+    assert len(schedule) == 1 and "b" in schedule and "a" not in schedule
+
+
+class Stopper:
+    """kopf's stop flag as a daemon sees it: falsy until set, and an awaitable wait with a timeout."""
+
+    def __init__(self) -> None:
+        self.flag = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self.flag.is_set()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flag.wait(), timeout)
+
+
+async def test_a_sleeping_loop_wakes_for_an_edit_a_shard_taken_or_a_stop_and_otherwise_sleeps_its_time() -> None:
+    schedule, stopper = Schedule(), Stopper()
+    schedule.due("a", 60, 0.0, generation=1)
+    loop = asyncio.get_running_loop()
+
+    async def slept(wake: Callable[[], None] | None, seconds: float = 30.0) -> float:
+        started = loop.time()
+        sleeping = asyncio.ensure_future(schedule.sleep("a", seconds, stopper))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        if wake is not None:
+            wake()
+        await sleeping
+        return loop.time() - started
+
+    assert await slept(lambda: schedule.edited("a", 2)) < 1, "a new generation wakes it"
+    assert await slept(lambda: schedule.edited("a", 1), 0.3) >= 0.25, "an event of the same generation does not"
+    assert await slept(schedule.wake_all) < 1, "a shard taken wakes it"
+    assert await slept(None, 0.3) == pytest.approx(0.3, abs=0.2), "otherwise it sleeps its time"
+    assert await slept(stopper.flag.set) < 1, "kopf stopping it ends the sleep"
 
 
 def test_candidate_pods_come_from_one_label_of_each_selector() -> None:
@@ -166,24 +189,6 @@ def test_scheduled_and_active_read_zero_on_a_standby_at_once() -> None:
     heartbeats.paused()
     assert telemetry.registry.get_sample_value("operator_k8s_scheduled_clusters") == 0
     assert telemetry.registry.get_sample_value("operator_k8s_active") == 0
-
-
-def test_an_interval_edited_from_2s_to_1h_and_back_runs_every_2s_again_within_one_tick() -> None:
-    """dfbc121 kept the 1 h due time after the edit back. A new generation is due at once."""
-    schedule = Schedule(jitter=0, tick=1)
-    runs = [now for now in range(0, 10) if schedule.due("a", 2, now, generation=1)]
-    assert runs == [0, 2, 4, 6, 8]
-    assert schedule.due("a", 3600, 10, generation=2) is not None, "the 1h edit takes effect at once"
-    assert schedule.due("a", 3600, 12, generation=2) is None
-    runs = [now for now in range(13, 23) if schedule.due("a", 2, now, generation=3)]
-    assert runs == [13, 15, 17, 19, 21]
-
-
-def test_a_corrected_invalid_spec_is_checked_at_once() -> None:
-    schedule = Schedule(jitter=0, tick=5)
-    assert schedule.due("a", 3600, 0, generation=1)  # an invalid selector, valid interval: reported, then 1h
-    assert schedule.due("a", 3600, 5, generation=1) is None
-    assert schedule.due("a", 3600, 10, generation=2) is not None
 
 
 def test_a_resumed_replica_checks_only_after_the_settle_period() -> None:

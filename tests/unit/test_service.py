@@ -14,7 +14,7 @@ from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
 from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS, TicketWrite
 from operator_k8s.domain.tickets import Ticket, TicketState
 from operator_k8s.ports import TicketStoreUnavailable
-from operator_k8s.service import Monitor
+from operator_k8s.service import Monitor, ServiceSettings
 from tests.unit.builders import at, shown
 from tests.unit.cycles import PODS, REF, SPEC, TIKV, Parts, condition, conditions, cycle, run
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore, observed_cycle
@@ -550,3 +550,23 @@ async def test_tikvs_config_is_read_again_when_the_ticket_resolves_at_once() -> 
     assert row.id is not None and row.state is TicketState.RESOLVED
     _, findings, _, _ = store.evidence[row.id]
     assert findings[0]["value"] == "OOMKilled (exit code 137); block cache capacity unset"
+
+
+async def test_a_sharded_replica_shows_on_the_status_that_it_checks_the_cluster_and_for_which_shard() -> None:
+    holders = {"replica": "operator-k8s-a", "shard": 7}
+    store, metrics, mirror = FakeStore(), FakeMetrics(), FakeMirror()
+    settings = ServiceSettings(checked_by=lambda uid: dict(holders) if uid == REF.uid else None)
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror, settings=settings)
+    await cycle(monitor, 0)
+    assert mirror.status["checkedBy"] == {"replica": "operator-k8s-a", "shard": 7}
+    stats = await cycle(monitor, 1, mirror.status)
+    assert not stats.status_written, "the same holder writes nothing again"
+    holders["replica"] = "operator-k8s-b"  # the shard moved: its new holder's first cycle says so
+    await cycle(monitor, 2, mirror.status)
+    assert mirror.status["checkedBy"] == {"replica": "operator-k8s-b", "shard": 7}
+
+
+async def test_one_process_checking_every_cluster_shows_no_holder(parts: Parts) -> None:
+    monitor, _, _, mirror = parts
+    await cycle(monitor, 0)
+    assert "checkedBy" not in mirror.status

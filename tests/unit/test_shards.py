@@ -117,11 +117,16 @@ class Clock:
 
 
 def coordinator(
-    leases: FakeLeases, identity: str, clock: Clock, taken: list[set[int]] | None = None
+    leases: FakeLeases,
+    identity: str,
+    clock: Clock,
+    taken: list[set[int]] | None = None,
+    lost: list[set[int]] | None = None,
 ) -> ShardCoordinator:
     return ShardCoordinator(
         leases, identity, installation="ok8s", shards=SHARDS, lease_seconds=10, renew_seconds=2, clock=clock,
         on_taken=(taken.append if taken is not None else lambda shards: None),
+        on_lost=(lost.append if lost is not None else lambda shards: None),
     )  # fmt: skip
 
 
@@ -142,6 +147,16 @@ async def test_two_replicas_converge_on_halves_and_every_cluster_has_exactly_one
     uids = [f"uid-{i}" for i in range(500)]
     assert all(a.owns(uid) != b.owns(uid) for uid in uids), "one checker per cluster"
     assert set(leases.holders().values()) == {"a", "b"}
+
+
+async def test_a_replica_that_hands_shards_to_a_newcomer_says_which_at_once() -> None:
+    """Its clusters' loops are woken by it, so they let go of those clusters now rather than at their next slot."""
+    leases, clock, lost = FakeLeases(), Clock(), []
+    a, b = coordinator(leases, "a", clock, lost=lost), coordinator(leases, "b", clock)
+    await periods(clock, [a], 2)
+    assert lost == []
+    await periods(clock, [a, b], 3)
+    assert set().union(*lost) == set(b.held()), "every shard handed over, and only those"
 
 
 async def test_a_replica_that_stops_renewing_loses_its_shards_within_the_lease_and_a_period() -> None:
