@@ -259,19 +259,25 @@ class Simulator:
 
     # -- endpoints -----------------------------------------------------------------------------------------------
 
+    async def _serving(self, request: web.Request, kind: type[object] | None = None) -> Pod:
+        """The pod whose endpoint the request reached, once it answers: a hung process holds the request until it
+        is released, a stopped one drops the connection (HTTP 503 if the drop is not possible)."""
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        pod = self.by_endpoint.get((sockname[0], sockname[1])) if sockname else None
+        if pod is None or (kind is not None and not isinstance(pod.process, kind)):
+            raise web.HTTPNotFound()
+        while pod.process.running and pod.process.hung:
+            pod.released.clear()
+            await pod.released.wait()
+        if not pod.process.running:
+            if request.transport is not None:
+                request.transport.abort()
+            raise web.HTTPServiceUnavailable()
+        return pod
+
     def _exporter_app(self) -> web.Application:
         async def metrics(request: web.Request) -> web.StreamResponse:
-            sockname = request.transport.get_extra_info("sockname") if request.transport else None
-            pod = self.by_endpoint.get((sockname[0], sockname[1])) if sockname else None
-            if pod is None:
-                raise web.HTTPNotFound()
-            while pod.process.running and pod.process.hung:
-                pod.released.clear()
-                await pod.released.wait()
-            if not pod.process.running:
-                if request.transport is not None:
-                    request.transport.abort()
-                raise web.HTTPServiceUnavailable()
+            pod = await self._serving(request)
             now = time.time()
             if isinstance(pod.process, TikvStore):
                 text = pod.process.exposition(now)
@@ -283,17 +289,8 @@ class Simulator:
 
         async def tikv_config(request: web.Request) -> web.StreamResponse:
             """TiKV's status port also serves its running config (PD's client port does not)."""
-            sockname = request.transport.get_extra_info("sockname") if request.transport else None
-            pod = self.by_endpoint.get((sockname[0], sockname[1])) if sockname else None
-            if pod is None or not isinstance(pod.process, TikvStore):
-                raise web.HTTPNotFound()
-            while pod.process.running and pod.process.hung:
-                pod.released.clear()
-                await pod.released.wait()
-            if not pod.process.running:
-                if request.transport is not None:
-                    request.transport.abort()
-                raise web.HTTPServiceUnavailable()
+            pod = await self._serving(request, TikvStore)
+            assert isinstance(pod.process, TikvStore)
             response = web.json_response(pod.process.config())
             response.force_close()
             return response
