@@ -609,10 +609,10 @@ class Monitor:
                 self._pd_api(ref.namespace, scope, calls),
             )  # fmt: skip
             if pd_api is not None:
-                pod_part["pdApi"], spent = pd_api
-                calls += spent
-                if not pd_api[0].get("readable"):
-                    pod_part["unreachable"] = [*pod_part.get("unreachable", []), f"PD's store API: {pd_api['why']}"]
+                api, spent = pd_api
+                pod_part["pdApi"], calls = api, calls + spent
+                if not api.get("readable"):
+                    pod_part["unreachable"] = [*pod_part.get("unreachable", []), f"PD's store API: {api.get('why')}"]
             if store != CLUSTER_STORE:
                 await self._tikv_config(pod_part, calls, started)
             now = datetime.now(UTC)

@@ -298,9 +298,29 @@ class Simulator:
             response.force_close()
             return response
 
+        async def pd_stores(request: web.Request) -> web.StreamResponse:
+            """PD's client port also serves its store API (a follower forwards it to the leader; no leader: 503)."""
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            pod = self.by_endpoint.get((sockname[0], sockname[1])) if sockname else None
+            if pod is None or not isinstance(pod.process, PdMember):
+                raise web.HTTPNotFound()
+            while pod.process.running and pod.process.hung:
+                pod.released.clear()
+                await pod.released.wait()
+            if not pod.process.running:
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPServiceUnavailable()
+            if pod.cluster.leader() is None:
+                raise web.HTTPServiceUnavailable(text="no leader")
+            response = web.json_response(pod.cluster.stores_api(time.time()))
+            response.force_close()
+            return response
+
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/config", tikv_config)
+        app.router.add_get("/pd/api/v1/stores", pd_stores)
         return app
 
     async def _bind(self, pod: Pod, port: int) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from operator_k8s.domain.metric_evidence import COUNTED_PODS, metric_summary, pd_named_stores, pd_states
+from operator_k8s.domain.metric_evidence import COUNTED_PODS, metric_summary, pd_named_stores
 from operator_k8s.domain.pd_api import api_store, api_text
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketState, Transition
 from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant
@@ -436,9 +436,10 @@ def counted_to_read(evidence: Mapping[str, Any], counted: Sequence[str], stores:
 
 def counted_views(evidence: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Each store PD counts whose pod a cluster-level ticket read, seen alone: its pod's evidence and PD's states of
-    it, the evidence a ticket of its own would hold (so a store PD counts whose pod is not Ready is not hung)."""
+    it (its series' and its store API's), the evidence a ticket of its own would hold (so a store PD counts whose pod
+    is not Ready is not hung)."""
     pd = (evidence.get("prometheus") or {}).get("pd") or {}
-    stores = pd_states(evidence)
+    stores = pd.get("stores") or {}
     api = evidence.get("pdApi") or {}
     return {
         pod: {**view, "prometheus": {"pd": {"status": pd.get("status"), "stores": {pod: stores.get(pod, [])},

@@ -84,8 +84,9 @@ def pd_stores_evidence(body: object, pods: Sequence[str], first: str | None = No
         return {"readable": False, "why": "its answer has no stores list"}
     stores: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        pod = store_pod((entry.get("store") or {}).get("address"), pods) if isinstance(entry, dict) else None
-        view = _store_view(entry) if pod else None
+        meta = entry.get("store") if isinstance(entry, dict) else None
+        pod = store_pod(meta.get("address"), pods) if isinstance(meta, dict) else None
+        view = _store_view(entry) if pod and isinstance(entry, dict) else None
         if pod and view:
             stores[pod] = view
     order = sorted(stores, key=lambda pod: (pod != first, pod))[:PD_STORES_KEPT]
