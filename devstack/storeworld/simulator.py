@@ -24,6 +24,8 @@ Control API (JSON over HTTP on ``127.0.0.1:<port>``):
   parameters) injects a fault, ``DELETE`` heals it; ``PUT|DELETE /clusters/{namespace}/{name}/faults/{kind}`` for the
   cluster's own faults. Each answers ``{"faults": {...}, "at": <unix time>}``.
 - ``PUT /tidbclusters/{namespace}/{tc}/pd-leader`` ``{"pod": "<tc>-pd-1"}`` moves PD leadership.
+- A PD pod's endpoint also serves PD's store API, ``GET /pd/api/v1/stores`` (``Cluster.stores_api``: each store's
+  ``state_name`` from the same heartbeat model as the series, its address as TiDB Operator names it).
 - ``GET /clusters`` shows every pod, its endpoint and faults. ``GET /metrics`` is kube-state-metrics for these pods
   (``kube_pod_status_ready``, ``kube_pod_container_status_restarts_total``), scraped through a pod of its own in
   ``kube-system``.
