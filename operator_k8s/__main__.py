@@ -404,6 +404,9 @@ class _LazyEvidence:
     async def pod_evidence(self, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
         return await KubeEvidence(await self._operator._api()).pod_evidence(namespace, pod, timeout=timeout)
 
+    async def pod_address(self, namespace: str, pod: str, port_name: str, *, timeout: float) -> str | None:
+        return await KubeEvidence(await self._operator._api()).pod_address(namespace, pod, port_name, timeout=timeout)
+
 
 class PeeringDecisions(logging.Handler):
     """kopf's peering decisions, read from its log records (kopf exposes no other signal): the replica's heartbeats

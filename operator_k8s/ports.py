@@ -46,11 +46,21 @@ class EvidenceSource(Protocol):
         """What the API server shows about one store's pod (``domain.diagnosis.pod_evidence``), in at most three
         requests, each within ``timeout``; what could not be read is said in it, never raised."""
 
+    async def pod_address(self, namespace: str, pod: str, port_name: str, *, timeout: float) -> str | None:
+        """Where the pod's port named ``port_name`` answers (``domain.diagnosis.status_address``), in one request
+        within ``timeout``; None when the pod could not be read or declares no such port."""
+
 
 class TikvStatusSource(Protocol):
     async def tikv_config(self, address: str, *, timeout: float) -> dict[str, Any]:
         """What TiKV's status port at ``address`` serves at ``/config`` (``domain.diagnosis.tikv_config_evidence``),
         in one request within ``timeout``; what could not be read is said in it (``why``), never raised."""
+
+    async def pd_stores(
+        self, address: str, pods: Sequence[str], first: str | None, *, timeout: float
+    ) -> dict[str, Any]:
+        """What PD's client port at ``address`` serves at ``/pd/api/v1/stores`` (``domain.pd_api``), of the
+        cluster's stores (``pods``), in one request within ``timeout``; what could not be read is said (``why``)."""
 
 
 class MetricsSource(Protocol):

@@ -96,8 +96,13 @@ EVIDENCE_SECONDS = 5.0
 EVIDENCE_QUERY_SECONDS = 4.0
 """The most time one evidence query may take (its Prometheus's own timeout, if shorter): its answer lands in time."""
 EVIDENCE_CALLS = 10
-"""API and HTTP calls per ticket at most (issue 18): the pod's three, the queries, TiKV's ``/config``."""
+"""API and HTTP calls per ticket at most (issue 18): the pod's three, the queries, PD's store API (two), TiKV's
+``/config``, the pods of the stores PD counts (three each)."""
 POD_CALLS = 3
+PD_API_CALLS = 2
+"""PD's store API: the PD pod read for its address, then one GET (``_pd_api``)."""
+PD_API_SECONDS = 2.0
+"""The most time PD's store API may take, the PD pod's read included (PD answers in milliseconds)."""
 TIKV_CONFIG_SECONDS = 2.0
 """The most time TiKV's ``/config`` may take (a status port answers in milliseconds; a hung TiKV never does)."""
 TIKV_CONFIG_MIN_SECONDS = 0.2
@@ -504,11 +509,19 @@ class Monitor:
             return pod_evidence(None, [], None, unreachable=[f"the API server: no answer within {seconds:g}s"])
 
     async def _counted_evidence(
-        self, namespace: str, spec: MonitoredClusterSpec, scope: TicketScope, evidence: dict[str, Any], started: float
+        self,
+        namespace: str,
+        spec: MonitoredClusterSpec,
+        scope: TicketScope,
+        evidence: dict[str, Any],
+        started: float,
+        calls: int,
     ) -> dict[str, Any]:
         """The pods of the stores a cluster-level pdStores ticket's PD answer names (``counted_to_read``: at most
-        two, three API requests each), at once, within what is left of ``EVIDENCE_SECONDS``."""
-        pods = counted_to_read(evidence, spec.invariants.pd_stores.states, scope.others)
+        two, three API requests each, as many as the ticket's calls allow), at once, within what is left of
+        ``EVIDENCE_SECONDS``."""
+        affordable = max(0, (EVIDENCE_CALLS - calls) // POD_CALLS)
+        pods = counted_to_read(evidence, spec.invariants.pd_stores.states, scope.others)[:affordable]
         left = EVIDENCE_SECONDS - (time.monotonic() - started)
         if not pods or left <= 0:
             return {}
@@ -530,6 +543,32 @@ class Monitor:
             )
         )  # fmt: skip
         return {q.name: answer for q, answer in zip(queries, answers, strict=True)}
+
+    async def _pd_api(self, namespace: str, scope: TicketScope, calls: int) -> tuple[dict[str, Any], int] | None:
+        """PD's store API, from one PD pod (its IP and the port it declares for ``/metrics``), if the ticket's calls
+        allow two more: what PD says of each of the cluster's stores, and the calls spent. None when the cluster has
+        no PD to ask."""
+        if self.tikv is None or self.evidence is None or not scope.pd_pods:
+            return None
+        if calls + PD_API_CALLS > EVIDENCE_CALLS:
+            return {"readable": False, "why": f"not read: the ticket's {EVIDENCE_CALLS} calls are spent"}, 0
+        return await self._pd_api_read(namespace, scope), PD_API_CALLS
+
+    async def _pd_api_read(self, namespace: str, scope: TicketScope) -> dict[str, Any]:
+        assert self.tikv is not None
+        assert self.evidence is not None
+        started, pd_pod = time.monotonic(), scope.pd_pods[0]
+        stores = tuple(s for s in (scope.store, *scope.others) if s != CLUSTER_STORE)
+        try:
+            async with asyncio.timeout(PD_API_SECONDS):
+                address = await self.evidence.pod_address(namespace, pd_pod, "client", timeout=PD_API_SECONDS / 2)
+                if address is None:
+                    return {"readable": False, "why": f"PD pod {pd_pod} not read, or it has no IP or client port"}
+                left = PD_API_SECONDS - (time.monotonic() - started)
+                first = None if scope.store == CLUSTER_STORE else scope.store
+                return await self.tikv.pd_stores(address, stores, first, timeout=left)
+        except TimeoutError:
+            return {"readable": False, "why": f"PD pod {pd_pod}: no answer within {PD_API_SECONDS:g}s"}
 
     async def _tikv_config(self, evidence: dict[str, Any], calls: int, started: float) -> None:
         """TiKV's own config, for a store killed for its memory: one more call if the ticket's ten are not spent,
@@ -570,11 +609,18 @@ class Monitor:
         queries = evidence_queries(spec, ref.namespace, scope)
         async with self._gather_slots:
             started = time.monotonic()
-            pod_part, results = await asyncio.gather(
-                self._pod_evidence(ref.namespace, store), self._metric_evidence(spec, queries)
-            )
+            calls = (0 if store == CLUSTER_STORE else POD_CALLS) + len(queries)
+            pod_part, results, pd_api = await asyncio.gather(
+                self._pod_evidence(ref.namespace, store), self._metric_evidence(spec, queries),
+                self._pd_api(ref.namespace, scope, calls),
+            )  # fmt: skip
+            if pd_api is not None:
+                api, spent = pd_api
+                pod_part["pdApi"], calls = api, calls + spent
+                if not api.get("readable"):
+                    pod_part["unreachable"] = [*pod_part.get("unreachable", []), f"PD's store API: {api.get('why')}"]
             if store != CLUSTER_STORE:
-                await self._tikv_config(pod_part, POD_CALLS + len(queries), started)
+                await self._tikv_config(pod_part, calls, started)
             now = datetime.now(UTC)
             threshold = spec.invariants.disk_usage.threshold_percent if spec.invariants.disk_usage.enabled else None
             pod_part["prometheus"] = prometheus_evidence(
@@ -582,7 +628,7 @@ class Monitor:
                 start=window_start(opened.opened_at, opened.first_seen, now), end=now,
             )  # fmt: skip
             if opened.key.invariant == Invariant.PD_STORES and store == CLUSTER_STORE:
-                counted = await self._counted_evidence(ref.namespace, spec, scope, pod_part, started)
+                counted = await self._counted_evidence(ref.namespace, spec, scope, pod_part, started, calls)
                 if counted:
                     pod_part["counted"] = counted
             pod_part["gatheredSeconds"] = round(time.monotonic() - started, 3)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from functools import cache
@@ -838,6 +839,38 @@ class Cluster:
         lines += member.process_lines()
         return "\n".join(lines) + "\n"
 
+    def stores_api(self, now: float) -> dict[str, object]:
+        """What PD's ``GET /pd/api/v1/stores`` answers at ``now`` (tikv/pd server/api/store.go,
+        pkg/response/store.go): each store's meta state, Disconnected or Down derived from its last heartbeat as
+        the series are, and its last heartbeat's stats; sizes as PD's ``typeutil.ByteSize`` writes them."""
+        for store in self.stores.values():
+            store.advance(now)
+        entries = []
+        for pod, store in self.stores.items():
+            heartbeat = store.last_heartbeat(now, self.timings.store_heartbeat)
+            quiet = now - heartbeat
+            state = "Up"
+            if quiet >= self.timings.max_store_down:
+                state = "Down"
+            elif quiet > self.timings.store_disconnect:
+                state = "Disconnected"
+            disk, stats = self.disk_seen_by_pd(store), self.store_stats(store)
+            status: dict[str, object] = {
+                "capacity": byte_size(disk.capacity), "available": byte_size(disk.available),
+                "used_size": byte_size(disk.used), "leader_count": int(stats["leader_count"]),
+                "region_count": int(stats["region_count"]),
+                "slow_score": int(store.slow_score()),
+                "start_ts": go_time(store.started_at), "last_heartbeat_ts": go_time(heartbeat),
+                "uptime": go_duration(heartbeat - store.started_at),
+            }  # fmt: skip
+            entries.append({
+                "store": {"id": store.store_id, "address": self.store_address(pod), "version": "8.5.4",
+                          "status_address": f"{pod}.{self.name}-tikv-peer.{self.namespace}.svc:20180",
+                          "state_name": state},
+                "status": status,
+            })  # fmt: skip
+        return {"count": len(entries), "stores": entries}
+
     def store_address(self, pod: str) -> str:
         """The address a store advertises to PD, as TiDB Operator sets it: ``<pod>.<peer service>.<ns>.svc``."""
         return f"{pod}.{self.name}-tikv-peer.{self.namespace}.svc:{TIKV_SERVER_PORT}"
@@ -876,3 +909,26 @@ class Cluster:
 def store_ids(count: int) -> list[int]:
     """Store IDs as a fresh cluster allocates them (PD hands out 2 and 3 to the first region and its peer)."""
     return [1, *range(4, 4 + count - 1)][:count]
+
+
+def byte_size(count: float) -> str:
+    """Bytes as PD's ``typeutil.ByteSize`` marshals them (docker/go-units ``BytesSize``: ``%.4g`` and a binary
+    unit, e.g. ``100GiB``, ``1.953GiB``)."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    value, index = float(count), 0
+    while value >= 1024 and index < len(units) - 1:
+        value, index = value / 1024, index + 1
+    return f"{value:.4g}{units[index]}"
+
+
+def go_time(seconds: float) -> str:
+    """A Unix time as Go's ``time.Time`` marshals it (RFC 3339, UTC)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go's ``time.Duration`` prints it, to the second (``1h2m3s``)."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else (f"{minutes}m{secs}s" if minutes else f"{secs}s")

@@ -24,6 +24,8 @@ Control API (JSON over HTTP on ``127.0.0.1:<port>``):
   parameters) injects a fault, ``DELETE`` heals it; ``PUT|DELETE /clusters/{namespace}/{name}/faults/{kind}`` for the
   cluster's own faults. Each answers ``{"faults": {...}, "at": <unix time>}``.
 - ``PUT /tidbclusters/{namespace}/{tc}/pd-leader`` ``{"pod": "<tc>-pd-1"}`` moves PD leadership.
+- A PD pod's endpoint also serves PD's store API, ``GET /pd/api/v1/stores`` (``Cluster.stores_api``: each store's
+  ``state_name`` from the same heartbeat model as the series, its address as TiDB Operator names it).
 - ``GET /clusters`` shows every pod, its endpoint and faults. ``GET /metrics`` is kube-state-metrics for these pods
   (``kube_pod_status_ready``, ``kube_pod_container_status_restarts_total``), scraped through a pod of its own in
   ``kube-system``.
@@ -295,9 +297,29 @@ class Simulator:
             response.force_close()
             return response
 
+        async def pd_stores(request: web.Request) -> web.StreamResponse:
+            """PD's client port also serves its store API (a follower forwards it to the leader; no leader: 503)."""
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            pod = self.by_endpoint.get((sockname[0], sockname[1])) if sockname else None
+            if pod is None or not isinstance(pod.process, PdMember):
+                raise web.HTTPNotFound()
+            while pod.process.running and pod.process.hung:
+                pod.released.clear()
+                await pod.released.wait()
+            if not pod.process.running:
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPServiceUnavailable()
+            if pod.cluster.leader() is None:
+                raise web.HTTPServiceUnavailable(text="no leader")
+            response = web.json_response(pod.cluster.stores_api(time.time()))
+            response.force_close()
+            return response
+
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/config", tikv_config)
+        app.router.add_get("/pd/api/v1/stores", pd_stores)
         return app
 
     async def _bind(self, pod: Pod, port: int) -> None:

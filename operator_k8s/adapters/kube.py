@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client, config
 
-from operator_k8s.domain.diagnosis import EVENTS_KEPT, pod_evidence
+from operator_k8s.domain.diagnosis import EVENTS_KEPT, pod_evidence, status_address
 from operator_k8s.domain.ledger import ClusterRef, TicketEvent
 from operator_k8s.domain.observations import StorePod
 from operator_k8s.domain.projections import ObservedTicket
@@ -325,6 +325,10 @@ class KubeEvidence:
             return f"{what}: {reason}"
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
             return f"{what}: {type(error).__name__}"
+
+    async def pod_address(self, namespace: str, pod: str, port_name: str, *, timeout: float) -> str | None:
+        found = await self._read(f"pod {pod}", self._core.read_namespaced_pod, pod, namespace, timeout=timeout)
+        return status_address(found, port_name) if isinstance(found, dict) else None
 
     async def pod_evidence(self, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
         unreachable: list[str] = []

@@ -1,16 +1,19 @@
-"""TiKV's status port (``/config``), read when a store killed for its memory needs its block cache weighed: one GET,
-one total deadline, no redirect followed, at most ``CONFIG_BYTES`` read, and every failure a reason, never an
-exception. The port is the one Prometheus scrapes (``domain.diagnosis.status_address``)."""
+"""TiKV's status port (``/config``), read when a store killed for its memory needs its block cache weighed, and PD's
+client port (``/pd/api/v1/stores``), read for PD's view of the stores: one GET each, one total deadline, no redirect
+followed, a bounded answer, and every failure a reason, never an exception. The port is the one Prometheus scrapes
+(``domain.diagnosis.status_address``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 
 from operator_k8s.domain.diagnosis import CONFIG_BYTES, tikv_config_evidence
+from operator_k8s.domain.pd_api import PD_STORES_BYTES, PD_STORES_PATH, pd_stores_evidence
 
 USER_AGENT = "operator-k8s"
 
@@ -28,27 +31,43 @@ class TikvStatusHttp:
             )
         return self._session
 
-    async def tikv_config(self, address: str, *, timeout: float) -> dict[str, Any]:
-        url = f"http://{address}/config"
+    async def _json(self, url: str, limit: int, timeout: float) -> object | str:
+        """The JSON at ``url``, or why not (a string): HTTP status, timeout, connection, over ``limit`` bytes."""
         try:
             async with asyncio.timeout(timeout):
                 async with self._get().get(url, allow_redirects=False, headers={"user-agent": USER_AGENT}) as answer:
                     if answer.status != 200:
-                        return {"readable": False, "why": f"{url}: HTTP {answer.status}"}
+                        return f"{url}: HTTP {answer.status}"
                     content = b""
-                    while len(content) <= CONFIG_BYTES and (chunk := await answer.content.read(CONFIG_BYTES + 1)):
+                    while len(content) <= limit and (chunk := await answer.content.read(limit + 1)):
                         content += chunk
         except TimeoutError:
-            return {"readable": False, "why": f"{url}: no answer within {timeout:.1f}s"}
+            return f"{url}: no answer within {timeout:.1f}s"
         except (aiohttp.ClientError, OSError) as error:
-            return {"readable": False, "why": f"{url}: {type(error).__name__}: {error}"[:300]}
-        if len(content) > CONFIG_BYTES:
-            return {"readable": False, "why": f"{url}: answer over {CONFIG_BYTES} bytes: refused"}
+            return f"{url}: {type(error).__name__}: {error}"[:300]
+        if len(content) > limit:
+            return f"{url}: answer over {limit} bytes: refused"
         try:
-            body = json.loads(content)
+            body: object = json.loads(content)
         except ValueError:
-            return {"readable": False, "why": f"{url}: not JSON"}
-        return tikv_config_evidence(body)
+            return f"{url}: not JSON"
+        return {"body": body}
+
+    async def tikv_config(self, address: str, *, timeout: float) -> dict[str, Any]:
+        found = await self._json(f"http://{address}/config", CONFIG_BYTES, timeout)
+        if isinstance(found, str):
+            return {"readable": False, "why": found}
+        assert isinstance(found, dict)
+        return tikv_config_evidence(found["body"])
+
+    async def pd_stores(
+        self, address: str, pods: Sequence[str], first: str | None, *, timeout: float
+    ) -> dict[str, Any]:
+        found = await self._json(f"http://{address}{PD_STORES_PATH}", PD_STORES_BYTES, timeout)
+        if isinstance(found, str):
+            return {"readable": False, "why": found}
+        assert isinstance(found, dict)
+        return {**pd_stores_evidence(found["body"], pods, first), "from": address}
 
     async def close(self) -> None:
         if self._session is not None:

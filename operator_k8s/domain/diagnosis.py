@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from operator_k8s.domain.metric_evidence import COUNTED_PODS, metric_summary, pd_named_stores
+from operator_k8s.domain.pd_api import api_store, api_text
 from operator_k8s.domain.tickets import Effect, EffectKind, Ticket, TicketState, Transition
 from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant
 
@@ -385,11 +386,21 @@ def _hung(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
         return []
     prometheus = evidence.get("prometheus") or {}
     states = set((prometheus.get("pd") or {}).get("states") or [])
+    api = api_store(evidence, store)
     score = prometheus.get("slowScore")
-    if states & HUNG_STATES:
+    if not states & HUNG_STATES and api is not None and set(api["states"]) & HUNG_STATES:
+        state = sorted(set(api["states"]) & HUNG_STATES)[0]
+        value, reference = f"PD: {state}", "PD: up"
+        details = (
+            f"PD's store API says {api['stateName']} (last heartbeat {api.get('lastHeartbeat') or '?'})"
+            " while its pod is Running and Ready"
+        )
+    elif states & HUNG_STATES:
         state = sorted(states & HUNG_STATES)[0]
         value, reference = f"PD: {state}", "PD: up"
         details = f"PD counts the store {state} (no heartbeat) while its pod is Running and Ready"
+        if api is not None:
+            details += f" ({api_text(api)})"
     elif score is not None and score >= SLOW_SCORE_SLOW:
         value, reference = f"slow score {score:g}", f"slow score under {SLOW_SCORE_SLOW:g}"
         details = (
@@ -425,12 +436,15 @@ def counted_to_read(evidence: Mapping[str, Any], counted: Sequence[str], stores:
 
 def counted_views(evidence: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Each store PD counts whose pod a cluster-level ticket read, seen alone: its pod's evidence and PD's states of
-    it, the evidence a ticket of its own would hold (so a store PD counts whose pod is not Ready is not hung)."""
+    it (its series' and its store API's), the evidence a ticket of its own would hold (so a store PD counts whose pod
+    is not Ready is not hung)."""
     pd = (evidence.get("prometheus") or {}).get("pd") or {}
     stores = pd.get("stores") or {}
+    api = evidence.get("pdApi") or {}
     return {
         pod: {**view, "prometheus": {"pd": {"status": pd.get("status"), "stores": {pod: stores.get(pod, [])},
-                                            "states": list(stores.get(pod, []))}}}
+                                            "states": list(stores.get(pod, []))}},
+              **({"pdApi": {**api, "stores": {pod: found}}} if (found := api_store(evidence, pod)) else {})}
         for pod, view in sorted((evidence.get("counted") or {}).items())
     }  # fmt: skip
 
@@ -459,6 +473,10 @@ def evidence_summary(evidence: Mapping[str, Any]) -> str:
         shown = view.get("pod") or {}
         ready = "Ready" if _pod_ready(view) else "not Ready"
         parts.append(f"{pod}: pod {shown.get('phase') or 'not read'}, {ready}")
+    api = evidence.get("pdApi") or {}
+    for pod, view in (api.get("stores") or {}).items() if api.get("readable") else ():
+        if pod == (evidence.get("pod") or {}).get("name") or pod in (evidence.get("counted") or {}):
+            parts.append(f"{pod}: {api_text(view)}")
     for what in evidence.get("unreachable") or []:
         parts.append(f"not reachable: {what}")
     return "; ".join(parts)[:TEXT_BYTES]
@@ -540,16 +558,17 @@ def size_text(count: float) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
-def status_address(pod: Mapping[str, Any]) -> str | None:
-    """Where the pod's TiKV status port answers (``/metrics``, ``/config``): its IP and the port Prometheus is told
-    to scrape (TiDB Operator's ``prometheus.io/port`` annotation), else the container port named ``status``. None
-    when the pod has no IP (not scheduled, not started) or declares no such port: nothing is guessed."""
+def status_address(pod: Mapping[str, Any], port_name: str = "status") -> str | None:
+    """Where the pod's status port answers (TiKV's ``/metrics``, ``/config``; PD's client port, ``/metrics`` and
+    its API): its IP and the port Prometheus is told to scrape (TiDB Operator's ``prometheus.io/port``
+    annotation), else the container port named ``port_name`` (TiKV ``status``, PD ``client``). None when the pod
+    has no IP (not scheduled, not started) or declares no such port: nothing is guessed."""
     ip = (pod.get("status") or {}).get("podIP")
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     port: object = annotations.get("prometheus.io/port")
     if not str(port or "").isdigit():
         declared = [p for c in (pod.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
-        port = next((p.get("containerPort") for p in declared if p.get("name") == "status"), None)
+        port = next((p.get("containerPort") for p in declared if p.get("name") == port_name), None)
     if not ip or not str(port or "").isdigit():
         return None
     host = f"[{ip}]" if ":" in str(ip) else str(ip)

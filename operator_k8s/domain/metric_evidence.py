@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from operator_k8s.domain.observations import QueryResult
+from operator_k8s.domain.pd_api import api_states
 from operator_k8s.domain.queries import render
 from operator_k8s.domain.specs import MonitoredClusterSpec
 from operator_k8s.domain.vocabulary import CLUSTER_STORE, Invariant
@@ -316,13 +317,20 @@ def _pd(results: Mapping[str, QueryResult], scope: TicketScope) -> dict[str, Any
     return pd
 
 
+def pd_states(evidence: Mapping[str, Any]) -> dict[str, list[str]]:
+    """PD's states of each store by pod: from its series when they name stores (PD >= v8.5.5), else from its store
+    API (``pd_api.api_states``); empty when neither said."""
+    pd = (evidence.get("prometheus") or {}).get("pd") or {}
+    return dict(pd.get("stores") or {}) or api_states(evidence)
+
+
 def pd_named_stores(evidence: Mapping[str, Any], counted: Sequence[str]) -> dict[str, list[str]]:
     """The stores PD counts in the ``counted`` types (``store_low_space_count``…: a pdStores ticket's states), by
     pod, with their states (empty when PD did not say: an old PD or no answer). A store is counted Up and low on
-    space at once; only the states the ticket counts explain it."""
-    pd = (evidence.get("prometheus") or {}).get("pd") or {}
+    space at once; only the states the ticket counts explain it. An older PD's series only count: then PD's store
+    API names them (``pd_states``)."""
     named = {}
-    for pod, states in (pd.get("stores") or {}).items():
+    for pod, states in pd_states(evidence).items():
         kept = [state for state in states if f"store_{state}_count" in counted]
         if kept:
             named[pod] = kept
@@ -370,6 +378,7 @@ __all__ = [
     "graph_link",
     "metric_summary",
     "pd_named_stores",
+    "pd_states",
     "prometheus_evidence",
     "window_start",
 ]

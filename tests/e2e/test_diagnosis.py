@@ -239,3 +239,47 @@ def test_a_disk_filled_by_other_files_is_one_incident_diagnosed_with_what_fills_
             store_fault(stack, namespace, tc, store, "disk-other", heal=True)
             operator.kill()
             stack.processes.remove(operator)
+
+
+def test_a_hung_store_under_an_older_pd_is_named_and_diagnosed_through_pds_store_api(
+    stack: Stack, shared: SharedOperator, scene: Scene
+) -> None:
+    """PD v8.5.4 exports counts only (``pd_cluster_status{type}``): its series cannot say which store it counts
+    disconnected. PD's store API names it (by its address), so its pod is read and the hung store diagnosed."""
+    shared.running()
+    namespace = scene.namespace("pdapi")
+    tc = "pdapi"
+    stores = simulator(stack, "PUT", f"/tidbclusters/{namespace}/{tc}", {"stores": 3, "pd": 3, "pdVersion": "v8.5.4"})
+    scene.store_sets.append((namespace, tc))
+    store = stores["pods"][1]
+    selector = {"app.kubernetes.io/instance": tc}
+    scene.cluster(
+        namespace, tc,
+        stores={"selector": {"matchLabels": {**selector, "app.kubernetes.io/component": "tikv"}}, "expected": 3},
+        pd={"selector": {"matchLabels": {**selector, "app.kubernetes.io/component": "pd"}}},
+        invariants={"latency": {"enabled": False}, "pdStores": {"for": "0s"}},
+    )  # fmt: skip
+    wait_healthy(stack, namespace, tc)
+    faulted = time.time()
+    store_fault(stack, namespace, tc, store, "hung")
+    try:
+        (pd,) = eventually(
+            lambda: [t for t in ticket_resources(stack, namespace)
+                     if t["status"]["invariant"] == "pdStores" and t["status"].get("diagnosis")],
+            what="PD's cluster ticket diagnosed", timeout=90,
+        )  # fmt: skip
+        diagnosed_after = time.time() - faulted
+        status = pd["status"]
+        assert status["state"] == "diagnosed", status
+        assert status["diagnosis"].startswith("store hung while its pod is Ready: PD's store API says Disconnected")
+        assert status["countedStores"] == f"{store} disconnected"
+        assert f"{store}: PD API: Disconnected" in status["evidence"], status["evidence"]
+        evidence = _shown_by_cli(stack, status["ticketId"])["evidence"]
+        assert evidence["prometheus"]["pd"]["stores"] == {}, "PD v8.5.4's series name no store"
+        api = evidence["pdApi"]
+        assert api["readable"] and api["stores"][store]["stateName"] == "Disconnected", api
+        assert api["stores"][stores["pods"][0]]["stateName"] == "Up"
+        assert list(evidence["counted"]) == [store]
+        report("diagnosis", hung_older_pd_fault_to_diagnosis_s=diagnosed_after)
+    finally:
+        store_fault(stack, namespace, tc, store, "hung", heal=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from operator_k8s.domain.diagnosis import pod_evidence, tikv_config_evidence
 from operator_k8s.domain.observations import QueryFailure, Sample, StorePod
 from operator_k8s.domain.outbox import MAX_QUEUED_EVENTS, TicketWrite
+from operator_k8s.domain.pd_api import pd_stores_evidence
 from operator_k8s.domain.tickets import Ticket, TicketState
 from operator_k8s.ports import TicketStoreUnavailable
 from operator_k8s.service import Monitor, ServiceSettings
@@ -408,6 +410,10 @@ class FakeEvidence:
                 "status": {"phase": "Running", "containerStatuses": [status]}}  # fmt: skip
         return pod_evidence(body, [], None, unreachable=["node n: not found"])
 
+    async def pod_address(self, namespace: str, pod: str, port_name: str, *, timeout: float) -> str | None:
+        self.asked.append((namespace, pod))
+        return "10.0.0.9:2379" if port_name == "client" else None
+
 
 async def test_an_opened_ticket_gets_evidence_and_a_diagnosis_without_the_cycle_waiting() -> None:
     store, metrics, mirror, evidence = FakeStore(), FakeMetrics(), FakeMirror(), FakeEvidence()
@@ -482,6 +488,58 @@ class FakeTikvStatus:
         if address not in self.running:
             return {"readable": False, "why": f"http://{address}/config: ClientConnectorError"}
         return tikv_config_evidence({"storage": {"block-cache": {"capacity": None}}})
+
+    async def pd_stores(
+        self, address: str, pods: Sequence[str], first: str | None, *, timeout: float
+    ) -> dict[str, Any]:
+        """PD's store API: tikv-1 Disconnected (no heartbeat), the others Up; unreachable unless ``running``."""
+        self.asked.append(address)
+        if address not in self.running:
+            return {"readable": False, "why": f"http://{address}/pd/api/v1/stores: ClientConnectorError"}
+        stores = [{"store": {"id": n, "address": f"tikv-{n}.basic-tikv-peer.ns.svc:20160",
+                             "state_name": "Disconnected" if n == 1 else "Up"},
+                   "status": {"capacity": "100GiB", "available": "50GiB", "slow_score": 1}} for n in range(3)]  # fmt: skip
+        return pd_stores_evidence({"count": 3, "stores": stores}, pods, first)
+
+
+class FakeReadyEvidence(FakeEvidence):
+    """Every store pod Running and Ready: a store PD does not hear from is hung, not crashed."""
+
+    async def pod_evidence(self, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
+        self.asked.append((namespace, pod))
+        status = {"name": "tikv", "ready": True, "restartCount": 0, "state": {"running": {"startedAt": "t"}}}
+        body = {"metadata": {"name": pod}, "spec": {"containers": [{"name": "tikv"}]},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                           "containerStatuses": [status]}}  # fmt: skip
+        return pod_evidence(body, [], None)
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+async def test_an_older_pds_count_is_named_by_its_store_api_and_the_hung_store_diagnosed(reachable: bool) -> None:
+    store, metrics, mirror = FakeStore(), FakeMetrics(), FakeMirror()
+    evidence, status = FakeReadyEvidence(), FakeTikvStatus()
+    if reachable:
+        status.running.add("10.0.0.9:2379")
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence, tikv=status)
+    pd_pod = StorePod("pd-0", "Running", True, (("app", "pd"),))
+    spec = {**SPEC, "pd": {"selector": {"matchLabels": {"app": "pd"}}}}
+    metrics.cluster = {"pd_cluster_status": 1.0}  # an older PD: a count, no store named by its series
+    for second in (0, 1, 2):
+        await observed_cycle(monitor, REF, spec, [*PODS, pd_pod], at(second))
+        await monitor.evidence_gathered()
+    (pd,) = store.rows
+    assert pd.id is not None
+    gathered, findings, summary, _ = store.evidence[pd.id]
+    assert status.asked == ["10.0.0.9:2379"], "one PD pod's store API, at the port it declares"
+    if not reachable:
+        assert "not reachable: PD's store API: http://10.0.0.9:2379/pd/api/v1/stores: ClientConnectorError" in summary
+        assert findings == [] and "counted" not in gathered, "nothing guessed"
+        return
+    assert pd.counted_stores == {"tikv-1": ["disconnected"]}
+    assert list(gathered["counted"]) == ["tikv-1"]
+    assert [(f["rule"], f["store"]) for f in findings] == [("store-hung", "tikv-1")]
+    assert "tikv-1: PD API: Disconnected" in summary
+    assert evidence.asked.count(("ns", "pd-0")) == 1 and evidence.asked.count(("ns", "tikv-1")) == 1
 
 
 class FakeOomEvidence(FakeEvidence):

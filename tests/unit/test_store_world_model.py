@@ -25,10 +25,12 @@ from devstack.storeworld.model import (
     PdVersion,
     TikvStore,
     Timings,
+    byte_size,
     fault_parameters,
     store_ids,
 )
 from operator_k8s.domain.diagnosis import tikv_config_evidence
+from operator_k8s.domain.pd_api import pd_stores_evidence
 
 T0 = 1_700_000_000.0
 IDENTITY = ("namespace", "pod", "instance", "job", "kubernetes_namespace", "cluster", "tidb_cluster", "container")
@@ -528,3 +530,31 @@ def test_tikvs_config_leaves_the_block_cache_unset_until_an_oom_fault_sets_what_
     assert tikv.config()["storage"]["block-cache"]["capacity"] == "28GiB", "a fault that says nothing keeps it"  # type: ignore[index]
     tikv.set_fault(Fault.DOWN, fault_parameters(Fault.DOWN, {"blockCacheCapacity": "unset"}), T0 + 4)
     assert tikv_config_evidence(tikv.config())["blockCacheCapacity"] is None
+
+
+@pytest.mark.parametrize(
+    ("quiet", "state"),
+    [(0.5, "Up"), (3.0, "Disconnected"), (7.0, "Disconnected"), (12.0, "Down")],
+    ids=["heard", "disconnected", "unhealthy-is-disconnected", "down"],
+)
+def test_pds_store_api_says_each_stores_state_from_the_heartbeat_model_the_series_use(quiet: float, state: str) -> None:
+    c = cluster()
+    c.stores["tc-tikv-1"].set_fault(Fault.HUNG, {}, T0 + 100)
+    answer = c.stores_api(T0 + 100 + quiet)
+    assert answer["count"] == 3
+    found = pd_stores_evidence(answer, ("tc-tikv-0", "tc-tikv-1", "tc-tikv-2"))
+    assert found["readable"] and list(found["stores"]) == ["tc-tikv-0", "tc-tikv-1", "tc-tikv-2"]
+    assert found["stores"]["tc-tikv-1"]["stateName"] == state
+    assert found["stores"]["tc-tikv-0"]["stateName"] == "Up" and found["stores"]["tc-tikv-0"]["lowSpace"] is False
+
+
+def test_pds_store_api_writes_sizes_as_pd_does_and_says_low_space_by_its_rule() -> None:
+    c = cluster()
+    c.stores["tc-tikv-2"].set_fault(Fault.DISK_OTHER, fault_parameters(Fault.DISK_OTHER, {"percent": 85}), T0 + 1)
+    answer = c.stores_api(T0 + 2)
+    entries = {e["store"]["address"].split(".")[0]: e for e in answer["stores"]}  # type: ignore[attr-defined]
+    assert entries["tc-tikv-0"]["status"]["capacity"].endswith("GiB")
+    assert entries["tc-tikv-0"]["store"]["address"] == "tc-tikv-0.tc-tikv-peer.ns.svc:20160"
+    found = pd_stores_evidence(answer, ("tc-tikv-0", "tc-tikv-1", "tc-tikv-2"))["stores"]
+    assert found["tc-tikv-2"]["lowSpace"] and "low_space" in found["tc-tikv-2"]["states"]
+    assert byte_size(100 * GIB) == "100GiB" and byte_size(2000 * 2**20) == "1.953GiB" and byte_size(12) == "12B"
