@@ -299,17 +299,7 @@ class Simulator:
 
         async def pd_stores(request: web.Request) -> web.StreamResponse:
             """PD's client port also serves its store API (a follower forwards it to the leader; no leader: 503)."""
-            sockname = request.transport.get_extra_info("sockname") if request.transport else None
-            pod = self.by_endpoint.get((sockname[0], sockname[1])) if sockname else None
-            if pod is None or not isinstance(pod.process, PdMember):
-                raise web.HTTPNotFound()
-            while pod.process.running and pod.process.hung:
-                pod.released.clear()
-                await pod.released.wait()
-            if not pod.process.running:
-                if request.transport is not None:
-                    request.transport.abort()
-                raise web.HTTPServiceUnavailable()
+            pod = await self._serving(request, PdMember)
             if pod.cluster.leader() is None:
                 raise web.HTTPServiceUnavailable(text="no leader")
             response = web.json_response(pod.cluster.stores_api(time.time()))
