@@ -136,6 +136,12 @@ def _pd_rows(stack: Stack, namespace: str) -> list[dict[str, Any]]:
     )
 
 
+def _diagnosed(stack: Stack, namespace: str, invariant: str) -> list[dict[str, Any]]:
+    """The namespace's Ticket resources of ``invariant`` that show a diagnosis."""
+    return [t for t in ticket_resources(stack, namespace)
+            if t["status"]["invariant"] == invariant and t["status"].get("diagnosis")]  # fmt: skip
+
+
 def _evidence_delays(stack: Stack, namespace: str) -> list[float]:
     rows = pg_rows(
         stack,
@@ -172,11 +178,8 @@ def test_a_disk_filled_by_other_files_is_one_incident_diagnosed_with_what_fills_
             wait_healthy(stack, namespace, tc)
             faulted = time.time()
             store_fault(stack, namespace, tc, store, "disk-other", {"percent": 50})
-            (disk,) = eventually(
-                lambda: [t for t in ticket_resources(stack, namespace)
-                         if t["status"]["invariant"] == "diskUsage" and t["status"].get("diagnosis")],
-                what="the diskUsage Ticket diagnosed", timeout=60,
-            )  # fmt: skip
+            (disk,) = eventually(lambda: _diagnosed(stack, namespace, "diskUsage"),
+                                 what="the diskUsage Ticket diagnosed", timeout=60)  # fmt: skip
             diagnosed_after = time.time() - faulted
             status = disk["status"]
             assert status["store"] == store and status["state"] == "diagnosed"
@@ -263,11 +266,8 @@ def test_a_hung_store_under_an_older_pd_is_named_and_diagnosed_through_pds_store
     faulted = time.time()
     store_fault(stack, namespace, tc, store, "hung")
     try:
-        (pd,) = eventually(
-            lambda: [t for t in ticket_resources(stack, namespace)
-                     if t["status"]["invariant"] == "pdStores" and t["status"].get("diagnosis")],
-            what="PD's cluster ticket diagnosed", timeout=90,
-        )  # fmt: skip
+        (pd,) = eventually(lambda: _diagnosed(stack, namespace, "pdStores"), what="PD's cluster ticket diagnosed",
+                           timeout=90)  # fmt: skip
         diagnosed_after = time.time() - faulted
         status = pd["status"]
         assert status["state"] == "diagnosed", status
