@@ -421,11 +421,14 @@ def diagnose(store: str, evidence: Mapping[str, Any]) -> list[Finding]:
     those of the stores PD counts, each diagnosed from its own view (``counted_views``)."""
     if store == CLUSTER_STORE:
         return [finding for pod, view in counted_views(evidence).items() for finding in diagnose(pod, view)]
+    hung = _hung(store, evidence)
     specific = _cluster_id(store, evidence) + _oom(store, evidence) + _pending(store, evidence)
     stall = _stall(store, evidence)
-    metric = _hung(store, evidence) + _disk(store, evidence) + _latency(store, evidence, stalled=bool(stall)) + stall
+    metric = _disk(store, evidence) + _latency(store, evidence, stalled=bool(stall)) + stall
     looping = _restart_loop(store, evidence, explained=bool(specific))
-    return specific + metric + looping + _node(store, evidence)
+    if hung:  # the pod runs and is Ready now: an earlier exit (an OOM kill in its last state) is history, not this
+        return hung + specific + metric + looping + _node(store, evidence)
+    return specific + hung + metric + looping + _node(store, evidence)
 
 
 def counted_to_read(evidence: Mapping[str, Any], counted: Sequence[str], stores: Sequence[str]) -> list[str]:

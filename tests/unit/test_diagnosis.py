@@ -208,6 +208,8 @@ def pd_view(*states: str, score: float | None = 1.0) -> dict[str, Any]:
         (pd_view(score=95.0), pod(conditions=[READY]), ["store-hung"], "slow score of 95"),
         (pd_view("disconnected"), pod(restarts=4, last=OOM, waiting={"reason": "CrashLoopBackOff"}),
          ["memory-limit"], "8Gi"),  # not Ready: the kubelet sees it, and the OOM explains it
+        (pd_view("disconnected"), pod(restarts=1, last=OOM, conditions=[READY]), ["store-hung", "memory-limit"],
+         "disconnected (no heartbeat)"),  # Ready again after an old OOM kill: the hang is now, the kill history
         (pd_view("up", score=1.0), pod(conditions=[READY]), [], ""),
         (pd_view(score=None), pod(conditions=[READY]), [], ""),  # no slow score answered: nothing said
     ],
