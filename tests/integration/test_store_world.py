@@ -125,7 +125,7 @@ def test_raw_expositions_carry_no_identity_label(stack: Stack, tidb: dict[str, A
         assert not names & IDENTITY, (pod, names & IDENTITY)
         types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
         if "-tikv-" in pod:
-            assert names == {"type", "priority", "le", "db"}
+            assert names == {"type", "priority", "le", "db", "cf", "level"}  # RocksDB's column family and level
             assert types["tikv_grpc_msg_duration_seconds"] == "histogram"
             assert types["tikv_engine_write_stall"] == "gauge"
         else:
