@@ -462,11 +462,11 @@ class Monitor:
             return
         stores = tuple(sorted(p.name for p in select_pods(pods, spec.stores.selector.match_labels)))
         pd_pods = tuple(sorted(p.name for p in select_pods(pods, spec.pd.selector.match_labels))) if spec.pd else ()
+        watched = tuple(spec.invariants.latency.request_types)
         for ticket in tickets:
             key = (ticket.key, ticket.occurrences * 10 + ticket.severity.rank + (5 if follow_up else 0))
             if key not in self._gathering:
                 others = tuple(s for s in stores if s != ticket.key.store)
-                watched = tuple(spec.invariants.latency.request_types)
                 scope = TicketScope(ticket.key.invariant, ticket.key.store, others, pd_pods, watched)
                 task = asyncio.create_task(self._evidence_of(ref, spec, scope, ticket, follow_up=follow_up))
                 self._gathering[key] = task
@@ -477,8 +477,19 @@ class Monitor:
         while self._gathering:
             await asyncio.gather(*self._gathering.values(), return_exceptions=True)
 
-    def _gathered(self, key: tuple[TicketKey, int], _: asyncio.Task[None]) -> None:
+    def _gathered(self, key: tuple[TicketKey, int], task: asyncio.Task[None]) -> None:
+        """A gathering ended: forget it, and log what it raised (a task's exception is otherwise never seen; the
+        ticket keeps what it had, and a later opening or escalation gathers again)."""
         self._gathering.pop(key, None)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error(
+                "Could not gather the evidence of a Ticket",
+                extra={
+                    "invariant": key[0].invariant,
+                    "store": key[0].store,
+                    "error": f"{type(error).__name__}: {error}",
+                },
+            )
 
     async def _store_incidents(
         self, ref: ClusterRef, counted: dict[int, dict[str, list[str]]], links: dict[int, int | None]

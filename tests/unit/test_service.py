@@ -415,6 +415,26 @@ class FakeEvidence:
         return "10.0.0.9:2379" if port_name == "client" else None
 
 
+class BrokenEvidence(FakeEvidence):
+    """An evidence source with a bug: every read raises."""
+
+    async def pod_evidence(self, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
+        raise KeyError("status")
+
+
+async def test_a_gathering_that_raises_is_logged_and_the_ticket_stays_open(caplog: pytest.LogCaptureFixture) -> None:
+    store, metrics, mirror = FakeStore(), FakeMetrics(), FakeMirror()
+    monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=BrokenEvidence())
+    await cycle(monitor, 0)
+    metrics.latency["tikv-1"] = 900.0
+    await cycle(monitor, 1, mirror.status)
+    await monitor.evidence_gathered()
+    (row,) = store.rows
+    assert row.state is TicketState.OPEN
+    errors = [r for r in caplog.records if r.getMessage() == "Could not gather the evidence of a Ticket"]
+    assert len(errors) == 1 and "KeyError" in errors[0].__dict__["error"], caplog.text
+
+
 async def test_an_opened_ticket_gets_evidence_and_a_diagnosis_without_the_cycle_waiting() -> None:
     store, metrics, mirror, evidence = FakeStore(), FakeMetrics(), FakeMirror(), FakeEvidence()
     monitor = Monitor(store=store, metrics=metrics, mirror=mirror, evidence=evidence)
