@@ -418,7 +418,12 @@ class ClusterLoops:
         try:
             while not stopped:
                 self.summary.log_once(kwargs["store_pods"], kwargs["tickets_shown"])
-                sleep = await self._check_when_due(spec, body, meta, namespace, kwargs)
+                try:
+                    sleep = await self._check_when_due(spec, body, meta, namespace, kwargs)
+                except Exception:  # the last resort: the loop outlives anything one pass meets, and says so
+                    self.telemetry.record_failure("cycle_failed")
+                    log.exception("Check loop of MonitoredCluster failed", extra={"cluster": meta.get("name")})
+                    sleep = self.tick_seconds
                 await self.schedule.sleep(uid, sleep, stopped)
         finally:
             self.schedule.retire(uid)

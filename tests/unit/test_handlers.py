@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import kopf
 import pytest
@@ -13,7 +14,15 @@ import pytest
 from operator_k8s.adapters.telemetry import Telemetry
 from operator_k8s.domain.observations import StorePod
 from operator_k8s.domain.schedule import next_slot
-from operator_k8s.handlers import Heartbeats, Schedule, _candidate_pods, cycle_deadline, register
+from operator_k8s.handlers import (
+    ClusterLoops,
+    Heartbeats,
+    IndexSummary,
+    Schedule,
+    _candidate_pods,
+    cycle_deadline,
+    register,
+)
 from operator_k8s.service import Monitor
 from tests.unit.fakes import FakeMetrics, FakeMirror, FakeStore
 
@@ -203,3 +212,32 @@ def test_a_resumed_replica_checks_only_after_the_settle_period() -> None:
     heartbeats.resumed(30)
     assert heartbeats.may_check(35)
     assert Heartbeats(300, peering=False).may_check(0), "standalone checks at once"
+
+
+class ExplodingSpec(dict[str, Any]):
+    """A spec whose reads raise the first ``failures`` times, then stop the loop (the stopper is set)."""
+
+    def __init__(self, stopper: Stopper, failures: int) -> None:
+        super().__init__()
+        self.stopper, self.failures, self.reads = stopper, failures, 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.reads += 1
+        if self.reads <= self.failures:
+            raise RuntimeError("a bug met by one pass")
+        self.stopper.flag.set()
+        return "1h"
+
+
+async def test_a_pass_of_the_loop_that_raises_is_counted_and_the_loop_goes_on() -> None:
+    telemetry, stopper = Telemetry(), Stopper()
+    monitor = Monitor(store=FakeStore(), metrics=FakeMetrics(), mirror=FakeMirror())
+    loops = ClusterLoops(monitor, telemetry, Schedule(), Heartbeats(300, peering=False), lambda uid: True, 0.01,
+                         IndexSummary())  # fmt: skip
+    spec = ExplodingSpec(stopper, failures=2)
+    meta = {"uid": "u", "name": "c", "generation": 1}
+    kwargs = {"store_pods": {}, "tickets_shown": {}}
+    await asyncio.wait_for(loops.run(stopper, spec, {}, meta, "ns", kwargs), 5)  # type: ignore[arg-type]
+    assert spec.reads == 3, "it ran again after each failure, until kopf stopped it"
+    failed = telemetry.registry.get_sample_value("operator_k8s_check_errors_total", {"kind": "cycle_failed"})
+    assert failed == 2
